@@ -1,0 +1,320 @@
+# shellcheck shell=bash
+# Shared helpers for the QEMU scripts of sanroot (qemu/make-ibft-fixtures,
+# qemu/ibft-guest-test, qemu/demo). Source it from a bash script that runs
+# with `set -euo pipefail`:
+#
+#   . "$(dirname "$0")/lib.sh"
+#   sr_init                      # work dir + cleanup trap
+#   sr_find_kernel               # SR_KERNEL, SR_KVER
+#   sr_build_initramfs OUT [SRC:DST ...]
+#   sr_tgt_start; sr_tgt_add_target 1 IQN; sr_tgt_add_chap 1 U P
+#   sr_tftp_dir DIR SCRIPT_TEXT KERNEL INITRD
+#   sr_qemu_ipxe bios|uefi TFTPDIR LOG   /  sr_qemu_direct LOG INITRD APPEND [args]
+#   sr_extract_section LOG NAME
+#
+# Everything runs locally: tgtd listens on 127.0.0.1 only and the guest uses
+# QEMU user networking (the host's 127.0.0.1 is 10.0.2.2 inside the guest).
+# KVM is not assumed: QEMU always runs with -accel tcg.
+
+SR_QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SR_REPO=$(cd "$SR_QEMU_DIR/.." && pwd)
+SR_QEMU_TIMEOUT=${SR_QEMU_TIMEOUT:-240}
+SR_OVMF=${SR_OVMF:-/usr/share/ovmf/OVMF.fd}
+SR_PXE_ROM_BIOS=${SR_PXE_ROM_BIOS:-/usr/lib/ipxe/qemu/pxe-virtio.rom}
+SR_PXE_ROM_UEFI=${SR_PXE_ROM_UEFI:-/usr/lib/ipxe/qemu/efi-virtio.rom}
+# MAC of the guest's NIC (so tests can check it); SR_NIC_EXTRA adds -nic
+# user options, e.g. hostname=... for the DHCP server.
+SR_MAC=${SR_MAC:-52:54:00:12:34:56}
+SR_NIC_EXTRA=${SR_NIC_EXTRA:-}
+# Packages the scripts need on Debian 12 (qemu/demo installs them).
+SR_DEBIAN_PACKAGES=(tgt qemu-system-x86 ipxe-qemu ovmf linux-image-6.12-amd64
+    busybox-static cpio python3 xz-utils)
+
+SR_WORK=
+SR_TGT_PID=
+SR_TGT_CTL=
+SR_TGT_PORT=
+SR_QEMU_PID=
+
+sr_log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+sr_die() {
+    sr_log "error: $*"
+    exit 1
+}
+
+# Create the work dir (kept with SR_KEEP_WORK=1) and install the cleanup trap.
+sr_init() {
+    [ "$(id -u)" = 0 ] || sr_die "must run as root (tgtd needs it): use sudo"
+    SR_WORK=$(mktemp -d /tmp/sanroot-qemu.XXXXXX)
+    trap sr_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+sr_cleanup() {
+    local rc=$?
+    if [ -n "$SR_QEMU_PID" ] && kill -0 "$SR_QEMU_PID" 2>/dev/null; then
+        kill "$SR_QEMU_PID" 2>/dev/null || true
+        wait "$SR_QEMU_PID" 2>/dev/null || true
+    fi
+    sr_tgt_stop
+    if [ -n "$SR_WORK" ] && [ -d "$SR_WORK" ]; then
+        if [ "${SR_KEEP_WORK:-0}" = 1 ] || [ "$rc" != 0 ]; then
+            sr_log "work dir kept: $SR_WORK"
+        else
+            rm -rf "$SR_WORK"
+        fi
+    fi
+    return "$rc"
+}
+
+sr_need() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || sr_die "missing command '$c' (apt-get install ${SR_DEBIAN_PACKAGES[*]})"
+    done
+}
+
+# Install the Debian packages the scripts need if something is missing.
+sr_apt_install_missing() {
+    local missing=() p
+    for p in "${SR_DEBIAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        sr_log "installing: ${missing[*]}"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# A free TCP port on 127.0.0.1.
+sr_free_port() {
+    python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+# Newest Debian 6.12 kernel: sets SR_KERNEL (vmlinuz path) and SR_KVER.
+sr_find_kernel() {
+    SR_KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-6.12*' | sort -V | tail -n 1)
+    [ -n "$SR_KERNEL" ] || sr_die "no /boot/vmlinuz-6.12* (apt-get install linux-image-6.12-amd64)"
+    SR_KVER=${SR_KERNEL##*/vmlinuz-}
+    [ -d "/lib/modules/$SR_KVER" ] || sr_die "no /lib/modules/$SR_KVER"
+}
+
+# Copy module NAME of SR_KVER, decompressed, to DIR/NAME.ko.
+sr_copy_module() {
+    local name=$1 dir=$2 path
+    path=$(modinfo -k "$SR_KVER" -n "$name") || sr_die "module $name not found for $SR_KVER"
+    case "$path" in
+    *.ko.xz) xz -dc "$path" >"$dir/$name.ko" ;;
+    *.ko.zst) zstd -dc "$path" >"$dir/$name.ko" ;;
+    *.ko.gz) gzip -dc "$path" >"$dir/$name.ko" ;;
+    *.ko) cp "$path" "$dir/$name.ko" ;;
+    *) sr_die "unknown module file $path" ;;
+    esac
+}
+
+# sr_build_initramfs OUT [SRC:DST ...]
+# A gzip'd newc cpio with static busybox, qemu/guest-init/init as /init, the
+# iscsi_boot_sysfs + iscsi_ibft modules (loaded in that order) and extra files.
+sr_build_initramfs() {
+    local out=$1 root spec
+    shift
+    [ -n "${SR_KVER:-}" ] || sr_find_kernel
+    root=$(mktemp -d "$SR_WORK/initramfs.XXXXXX")
+    mkdir -p "$root"/{bin,dev,proc,sys,tmp,lib/modules}
+    cp /bin/busybox "$root/bin/busybox"
+    cp "$SR_QEMU_DIR/guest-init/init" "$root/init"
+    chmod 755 "$root/init"
+    sr_copy_module iscsi_boot_sysfs "$root/lib/modules"
+    sr_copy_module iscsi_ibft "$root/lib/modules"
+    # insmod order = glob order; make it explicit.
+    mv "$root/lib/modules/iscsi_boot_sysfs.ko" "$root/lib/modules/00-iscsi_boot_sysfs.ko"
+    mv "$root/lib/modules/iscsi_ibft.ko" "$root/lib/modules/10-iscsi_ibft.ko"
+    mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+    for spec in "$@"; do
+        mkdir -p "$root/$(dirname "${spec#*:}")"
+        cp "${spec%%:*}" "$root/${spec#*:}"
+    done
+    (cd "$root" && find . -print0 | sort -z | cpio --quiet -o -0 -H newc -R 0:0) | gzip -1 >"$out"
+}
+
+# ---- tgtd ---------------------------------------------------------------
+
+# Start a private tgtd on 127.0.0.1:<free port> with a free control port.
+# Sets SR_TGT_PID, SR_TGT_CTL, SR_TGT_PORT.
+sr_tgt_start() {
+    local i
+    sr_need tgtd tgtadm
+    SR_TGT_PORT=$(sr_free_port)
+    SR_TGT_CTL=
+    for i in $(shuf -i 100-4000 -n 50); do
+        if [ ! -e "/var/run/tgtd/socket.$i" ] && [ ! -e "/var/run/tgtd.ipc_abstract_namespace.$i" ]; then
+            SR_TGT_CTL=$i
+            break
+        fi
+    done
+    [ -n "$SR_TGT_CTL" ] || sr_die "no free tgtd control port"
+    tgtd -f -C "$SR_TGT_CTL" --iscsi "portal=127.0.0.1:$SR_TGT_PORT" >"$SR_WORK/tgtd.log" 2>&1 &
+    SR_TGT_PID=$!
+    for i in $(seq 50); do
+        if tgtadm -C "$SR_TGT_CTL" --lld iscsi --mode sys --op show >/dev/null 2>&1; then
+            sr_log "tgtd pid $SR_TGT_PID on 127.0.0.1:$SR_TGT_PORT (control $SR_TGT_CTL)"
+            return 0
+        fi
+        kill -0 "$SR_TGT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$SR_WORK/tgtd.log" >&2 || true
+    sr_die "tgtd did not start"
+}
+
+sr_tgtadm() { tgtadm -C "$SR_TGT_CTL" --lld iscsi "$@"; }
+
+# sr_tgt_add_target TID IQN [SIZE]: target with a sparse file as LUN 1, open to all.
+sr_tgt_add_target() {
+    local tid=$1 iqn=$2 size=${3:-64M} backing
+    backing="$SR_WORK/lun-$tid.img"
+    truncate -s "$size" "$backing"
+    sr_tgtadm --mode target --op new --tid "$tid" --targetname "$iqn"
+    sr_tgtadm --mode logicalunit --op new --tid "$tid" --lun 1 --backing-store "$backing"
+    sr_tgtadm --mode target --op bind --tid "$tid" --initiator-address ALL
+}
+
+# sr_tgt_add_chap TID USER SECRET: the initiator must authenticate (CHAP).
+sr_tgt_add_chap() {
+    sr_tgtadm --mode account --op new --user "$2" --password "$3"
+    sr_tgtadm --mode account --op bind --tid "$1" --user "$2"
+}
+
+# sr_tgt_add_mutual TID USER SECRET: the target authenticates back (mutual CHAP).
+sr_tgt_add_mutual() {
+    sr_tgtadm --mode account --op new --user "$2" --password "$3"
+    sr_tgtadm --mode account --op bind --tid "$1" --user "$2" --outgoing
+}
+
+sr_tgt_stop() {
+    if [ -n "$SR_TGT_PID" ] && kill -0 "$SR_TGT_PID" 2>/dev/null; then
+        kill "$SR_TGT_PID" 2>/dev/null || true
+        wait "$SR_TGT_PID" 2>/dev/null || true
+    fi
+    SR_TGT_PID=
+}
+
+# ---- iPXE / QEMU ----------------------------------------------------------
+
+# sr_ipxe_script FIRMWARE TARGET_IQN PORT KERNEL_APPEND [IPXE_LINES...]
+# Print an iPXE script: the extra lines (settings) come first, then sanhook of
+# LUN 1 of TARGET_IQN on 10.0.2.2:PORT and a kernel+initrd boot over tftp.
+sr_ipxe_script() {
+    local fw=$1 iqn=$2 port=$3 append=$4 line
+    shift 4
+    echo '#!ipxe'
+    echo 'echo sanroot: iPXE script running'
+    for line in "$@"; do echo "$line"; done
+    echo "sanhook iscsi:10.0.2.2::$port:1:$iqn || goto failed"
+    if [ "$fw" = uefi ]; then append="initrd=initrd.img $append"; fi
+    echo "kernel tftp://10.0.2.2/vmlinuz $append || goto failed"
+    echo 'initrd tftp://10.0.2.2/initrd.img || goto failed'
+    echo 'boot || goto failed'
+    echo ':failed'
+    echo 'echo sanroot: iPXE script failed'
+    echo 'poweroff'
+}
+
+# sr_tftp_dir DIR SCRIPT KERNEL INITRD: DIR with boot.ipxe, vmlinuz, initrd.img.
+sr_tftp_dir() {
+    local dir=$1
+    mkdir -p "$dir"
+    printf '%s\n' "$2" >"$dir/boot.ipxe"
+    cp "$3" "$dir/vmlinuz"
+    cp "$4" "$dir/initrd.img"
+}
+
+# Run qemu-system-x86_64 "$@" in the background under a hard timeout and wait.
+# Serial output goes to LOG (first arg). With SR_QEMU_SHOW=1 the log is also
+# followed on stderr while QEMU runs. Returns QEMU's status.
+sr_qemu_run() {
+    local log=$1 rc=0 tailpid=
+    shift
+    : >"$log"
+    if [ "${SR_QEMU_SHOW:-0}" = 1 ]; then
+        tail -n +1 -f "$log" >&2 &
+        tailpid=$!
+    fi
+    timeout -k 5 "$SR_QEMU_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 \
+        -display none -no-reboot -serial "file:$log" -monitor none "$@" \
+        </dev/null >"$log.qemu" 2>&1 &
+    SR_QEMU_PID=$!
+    wait "$SR_QEMU_PID" || rc=$?
+    SR_QEMU_PID=
+    if [ -n "$tailpid" ]; then
+        sleep 0.5
+        kill "$tailpid" 2>/dev/null || true
+        wait "$tailpid" 2>/dev/null || true
+    fi
+    if [ "$rc" = 124 ]; then sr_log "qemu timed out after ${SR_QEMU_TIMEOUT}s"; fi
+    if [ -s "$log.qemu" ]; then sed 's/^/qemu: /' "$log.qemu" >&2; fi
+    return "$rc"
+}
+
+# sr_qemu_ipxe bios|uefi TFTPDIR LOG [extra qemu args]: network boot via
+# Debian's iPXE option ROM, DHCP bootfile boot.ipxe from QEMU's tftp server.
+sr_qemu_ipxe() {
+    local fw=$1 tftp=$2 log=$3
+    shift 3
+    local nic="user,model=virtio-net-pci,mac=$SR_MAC,tftp=$tftp,bootfile=boot.ipxe${SR_NIC_EXTRA:+,$SR_NIC_EXTRA}"
+    case "$fw" in
+    bios)
+        sr_qemu_run "$log" -machine pc -boot n -nic "$nic,romfile=$SR_PXE_ROM_BIOS" "$@"
+        ;;
+    uefi)
+        [ -r "$SR_OVMF" ] || sr_die "no $SR_OVMF (apt-get install ovmf)"
+        sr_qemu_run "$log" -machine q35 -bios "$SR_OVMF" -boot n \
+            -nic "$nic,romfile=$SR_PXE_ROM_UEFI" "$@"
+        ;;
+    *) sr_die "firmware must be bios or uefi, not $fw" ;;
+    esac
+}
+
+# sr_qemu_direct LOG INITRD APPEND [extra qemu args]: -kernel/-initrd boot
+# (SeaBIOS, no network boot), e.g. with -acpitable file=...
+sr_qemu_direct() {
+    local log=$1 initrd=$2 append=$3
+    shift 3
+    [ -n "${SR_KERNEL:-}" ] || sr_find_kernel
+    sr_qemu_run "$log" -machine pc -kernel "$SR_KERNEL" -initrd "$initrd" \
+        -append "$append" -nic "user,model=virtio-net-pci,mac=$SR_MAC" "$@"
+}
+
+# Kernel command line for the guest; ACTIONS as in qemu/guest-init/init.
+sr_guest_append() {
+    echo "console=ttyS0 quiet panic=-1 sanroot.actions=$1"
+}
+
+# sr_extract_section LOG NAME: print the lines between the markers written by
+# qemu/guest-init/init (carriage returns removed). Fails if absent.
+sr_extract_section() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+log, name = sys.argv[1], sys.argv[2]
+text = open(log, "rb").read().decode("utf-8", "replace").replace("\r", "")
+begin, end = f"===SANROOT-BEGIN {name}===\n", f"\n===SANROOT-END {name}==="
+i = text.find(begin)
+if i < 0:
+    sys.exit(1)
+i += len(begin)
+j = text.find(end, i - 1)
+if j < 0:
+    sys.exit(1)
+out = text[i:j + 1] if j >= i else ""
+sys.stdout.write(out)
+PY
+}
+
+# sr_section_rc LOG NAME: the exit code the guest printed for NAME.
+sr_section_rc() {
+    sed -n "s/^===SANROOT-RC $2=\([0-9]*\)===.*/\1/p" "$1" | tr -d '\r' | head -n 1
+}

@@ -248,7 +248,7 @@ fn from_mem(opts: &FindOptions, tried: &mut Vec<String>) -> Option<Result<Found,
     }
     if rejected.is_empty() {
         tried.push(format!(
-            "mem: no iBFT/BIFT signature in {}",
+            "mem: no iBFT/BIFT table in {}",
             MEM_RANGES
                 .iter()
                 .map(|(s, e)| format!("0x{s:x}-0x{:x}", e - 1))
@@ -256,20 +256,19 @@ fn from_mem(opts: &FindOptions, tried: &mut Vec<String>) -> Option<Result<Found,
                 .join(", ")
         ));
         None
-    } else if opts.source == Some(SourceKind::Mem) && rejected.len() == 1 {
-        // The user asked for memory and there is one broken candidate:
-        // say exactly what is wrong with it.
+    } else {
+        // Something shaped like a table is there and is broken: that is
+        // the firmware's table, and saying exactly what is wrong with it
+        // helps more than "not found".
         let (addr, error) = rejected.remove(0);
+        for (a, e) in rejected {
+            log::warn!("another broken iBFT candidate at 0x{a:x}: {e}");
+        }
         Some(Err(FindError::Invalid {
             kind: SourceKind::Mem,
             detail: format!("0x{addr:x}"),
             error,
         }))
-    } else {
-        for (addr, e) in rejected {
-            tried.push(format!("mem: candidate at 0x{addr:x} rejected: {e}"));
-        }
-        None
     }
 }
 
@@ -295,23 +294,45 @@ pub enum ScanResult {
 
 /// Scan `region` (physical address `base`) in 16-byte steps for a table
 /// that validates. Pure, so it can be tested on captured memory.
+///
+/// A signature alone is not a table: iPXE's own code holds the string
+/// "iBFT". Only a candidate whose length fits the region and which has a
+/// control structure (id 1) at 0x30 counts as a table; if such a candidate
+/// fails validation it is reported, anything else is skipped as a decoy.
 pub fn scan_region(region: &[u8], base: u64, opts: ParseOptions) -> ScanResult {
     let mut rejected = Vec::new();
     let mut pos = 0usize;
     while pos + 4 <= region.len() {
         let sig = &region[pos..pos + 4];
         if ACPI_NAMES.iter().any(|n| n.as_bytes() == sig) {
-            match parse::parse(&region[pos..], opts) {
-                Ok(ibft) => return ScanResult::Found(base + pos as u64, Box::new(ibft)),
-                Err(e) => {
-                    log::debug!("candidate at 0x{:x}: {}", base + pos as u64, e);
-                    rejected.push((base + pos as u64, e));
+            let at = base + pos as u64;
+            let rest = &region[pos..];
+            if !looks_like_table(rest) {
+                log::debug!(
+                    "\"{}\" at 0x{at:x} is not a table header; skipped",
+                    String::from_utf8_lossy(sig)
+                );
+            } else {
+                match parse::parse(rest, opts) {
+                    Ok(ibft) => return ScanResult::Found(at, Box::new(ibft)),
+                    Err(e) => {
+                        log::debug!("candidate at 0x{at:x}: {e}");
+                        rejected.push((at, e));
+                    }
                 }
             }
         }
         pos += 16;
     }
     ScanResult::NotFound(rejected)
+}
+
+fn looks_like_table(rest: &[u8]) -> bool {
+    let len = rest
+        .get(4..8)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .unwrap_or(0);
+    len >= 0x30 + 18 && len <= rest.len() && rest.get(0x30) == Some(&1)
 }
 
 fn from_sysfs(opts: &FindOptions, tried: &mut Vec<String>) -> Option<Result<Found, FindError>> {

@@ -1,0 +1,541 @@
+//! PDU framing over a byte stream: BHS, AHS, header digest, data segment,
+//! padding, data digest (RFC 7143 §11.1, §13.1).
+//!
+//! The reader hands the data segment straight into the caller's buffer (a
+//! read buffer of a SCSI command, say), so Data-In payload is copied once,
+//! from the socket to its destination. The writer sends a whole PDU, or
+//! several, with one vectored write. Everything read is bounded by what was
+//! negotiated: a target declaring a larger data segment than we accept is a
+//! protocol error, not an allocation.
+
+use std::fmt;
+use std::io::{self, BufReader, IoSlice, Read, Write};
+
+use super::digest;
+use super::pdu::{BHS_LEN, Bhs, Framing, Opcode, Pdu, PduError, pad4};
+
+/// What the connection needs to know to frame PDUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameParams {
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// The largest data segment we accept (our MaxRecvDataSegmentLength).
+    pub max_recv_data_segment: usize,
+}
+
+impl FrameParams {
+    /// Before and during login: no digests, and the RFC's 8192-byte default
+    /// raised to what we declare (targets stay below it during login).
+    pub fn login(max_recv_data_segment: usize) -> FrameParams {
+        FrameParams {
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment,
+        }
+    }
+}
+
+/// Failure to read or write a PDU.
+#[derive(Debug)]
+pub enum ConnError {
+    Io(io::Error),
+    /// The peer closed the connection (EOF at a PDU boundary).
+    Closed,
+    Pdu(PduError),
+    HeaderDigest {
+        opcode: u8,
+        got: u32,
+        want: u32,
+    },
+    DataDigest {
+        opcode: Opcode,
+        itt: u32,
+        got: u32,
+        want: u32,
+    },
+    /// A data segment longer than we declared we accept.
+    Oversized {
+        opcode: Opcode,
+        len: usize,
+        max: usize,
+    },
+    /// The caller's buffer does not match the segment (a session bug or a
+    /// hostile target; reported, never a panic).
+    LengthMismatch {
+        opcode: Opcode,
+        len: usize,
+        buffer: usize,
+    },
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnError::Io(e) => write!(f, "connection error: {e}"),
+            ConnError::Closed => write!(f, "the target closed the connection"),
+            ConnError::Pdu(e) => write!(f, "bad PDU from target: {e}"),
+            ConnError::HeaderDigest { opcode, got, want } => write!(
+                f,
+                "header digest error on a PDU with opcode 0x{opcode:02x} (got 0x{got:08x}, computed 0x{want:08x}): the network corrupts data"
+            ),
+            ConnError::DataDigest {
+                opcode,
+                itt,
+                got,
+                want,
+            } => write!(
+                f,
+                "data digest error on {} itt=0x{itt:x} (got 0x{got:08x}, computed 0x{want:08x}): the network corrupts data",
+                opcode.name()
+            ),
+            ConnError::Oversized { opcode, len, max } => write!(
+                f,
+                "{} with a {len}-byte data segment, above the {max} bytes we negotiated: protocol violation by the target",
+                opcode.name()
+            ),
+            ConnError::LengthMismatch {
+                opcode,
+                len,
+                buffer,
+            } => write!(
+                f,
+                "{} data segment of {len} bytes does not fit its {buffer}-byte destination",
+                opcode.name()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConnError {}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ConnError::Closed
+        } else {
+            ConnError::Io(e)
+        }
+    }
+}
+
+/// A received header: the parsed value, the raw bytes (for Reject data and
+/// logs) and the length of the data segment still to be read.
+#[derive(Debug, Clone)]
+pub struct RxHeader {
+    pub pdu: Pdu,
+    pub raw: [u8; BHS_LEN],
+    pub data_len: usize,
+}
+
+/// Reads PDUs from the target.
+pub struct PduReader<R: Read> {
+    r: BufReader<R>,
+    params: FrameParams,
+    /// Opcode and ITT of the header whose data is pending, for messages.
+    pending: Option<(Opcode, u32, usize)>,
+}
+
+/// Large enough to take several small PDUs per read() call; large data
+/// segments bypass it and land directly in the destination.
+const READ_BUFFER: usize = 64 * 1024;
+/// AHS we read and skip (we never ask for one); bounded by the 8-bit
+/// TotalAHSLength field anyway (1020 bytes).
+const MAX_AHS: usize = 255 * 4;
+
+impl<R: Read> PduReader<R> {
+    pub fn new(r: R, params: FrameParams) -> PduReader<R> {
+        PduReader {
+            r: BufReader::with_capacity(READ_BUFFER, r),
+            params,
+            pending: None,
+        }
+    }
+
+    pub fn set_params(&mut self, params: FrameParams) {
+        self.params = params;
+    }
+
+    pub fn params(&self) -> FrameParams {
+        self.params
+    }
+
+    pub fn get_ref(&self) -> &R {
+        self.r.get_ref()
+    }
+
+    /// Read the next header. Any data segment of the previous PDU must have
+    /// been consumed with `read_data`/`read_data_vec`/`skip_data`.
+    pub fn read_header(&mut self) -> Result<RxHeader, ConnError> {
+        if let Some((op, itt, len)) = self.pending.take() {
+            // A caller forgot the data: skip it rather than misframe.
+            log::warn!(
+                "skipping unread {len}-byte data segment of {} itt=0x{itt:x}",
+                op.name()
+            );
+            self.skip(op, itt, len)?;
+        }
+        let mut raw = [0u8; BHS_LEN];
+        read_exact_or_closed(&mut self.r, &mut raw)?;
+        let bhs = Bhs::new_unchecked(&raw[..]);
+        let framing = Framing::of(&bhs);
+        let mut ahs = [0u8; MAX_AHS];
+        let ahs = &mut ahs[..framing.ahs_len.min(MAX_AHS)];
+        self.r.read_exact(ahs)?;
+        if self.params.header_digest {
+            let mut d = [0u8; 4];
+            self.r.read_exact(&mut d)?;
+            let got = digest::from_wire(d);
+            let want = digest::crc32c(&[&raw, ahs]);
+            if got != want {
+                return Err(ConnError::HeaderDigest {
+                    opcode: raw[0] & 0x3f,
+                    got,
+                    want,
+                });
+            }
+        }
+        let pdu = Pdu::parse_from_target(&raw).map_err(ConnError::Pdu)?;
+        let data_len = framing.data_len;
+        if data_len > self.params.max_recv_data_segment {
+            return Err(ConnError::Oversized {
+                opcode: pdu.opcode(),
+                len: data_len,
+                max: self.params.max_recv_data_segment,
+            });
+        }
+        if data_len > 0 {
+            self.pending = Some((pdu.opcode(), bhs.itt(), data_len));
+        }
+        Ok(RxHeader { pdu, raw, data_len })
+    }
+
+    /// Read the pending data segment into `dst`, which must be exactly as
+    /// long as the segment; then the padding and the data digest.
+    pub fn read_data(&mut self, dst: &mut [u8]) -> Result<(), ConnError> {
+        let Some((op, itt, len)) = self.pending.take() else {
+            return if dst.is_empty() {
+                Ok(())
+            } else {
+                Err(ConnError::LengthMismatch {
+                    opcode: Opcode::Reject,
+                    len: 0,
+                    buffer: dst.len(),
+                })
+            };
+        };
+        if dst.len() != len {
+            // Keep framing: consume the segment, then report.
+            self.skip(op, itt, len)?;
+            return Err(ConnError::LengthMismatch {
+                opcode: op,
+                len,
+                buffer: dst.len(),
+            });
+        }
+        self.r.read_exact(dst)?;
+        let mut pad = [0u8; 3];
+        let pad = &mut pad[..pad4(len) - len];
+        self.r.read_exact(pad)?;
+        if self.params.data_digest {
+            let mut d = [0u8; 4];
+            self.r.read_exact(&mut d)?;
+            let got = digest::from_wire(d);
+            let want = digest::crc32c(&[dst, pad]);
+            if got != want {
+                return Err(ConnError::DataDigest {
+                    opcode: op,
+                    itt,
+                    got,
+                    want,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the pending data segment into a new vector (text, sense,
+    /// login data: small and bounded by the negotiated maximum).
+    pub fn read_data_vec(&mut self) -> Result<Vec<u8>, ConnError> {
+        let len = self.pending.map(|p| p.2).unwrap_or(0);
+        let mut v = vec![0u8; len];
+        self.read_data(&mut v)?;
+        Ok(v)
+    }
+
+    /// Discard the pending data segment (still checking its digest).
+    pub fn skip_data(&mut self) -> Result<(), ConnError> {
+        if let Some((op, itt, len)) = self.pending.take() {
+            self.skip(op, itt, len)?;
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, op: Opcode, itt: u32, len: usize) -> Result<(), ConnError> {
+        let mut left = pad4(len);
+        let mut crc = 0u32;
+        let mut buf = [0u8; 4096];
+        while left > 0 {
+            let n = left.min(buf.len());
+            self.r.read_exact(&mut buf[..n])?;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            left -= n;
+        }
+        if self.params.data_digest && len > 0 {
+            let mut d = [0u8; 4];
+            self.r.read_exact(&mut d)?;
+            let got = digest::from_wire(d);
+            if got != crc {
+                return Err(ConnError::DataDigest {
+                    opcode: op,
+                    itt,
+                    got,
+                    want: crc,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ConnError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) if done == 0 => return Err(ConnError::Closed),
+            Ok(0) => {
+                return Err(ConnError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {done} bytes of a PDU header"),
+                )));
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One PDU ready to send: its BHS and the parts of its data segment.
+pub struct TxPdu<'a> {
+    pub bhs: [u8; BHS_LEN],
+    pub data: &'a [&'a [u8]],
+}
+
+/// Writes PDUs to the target.
+pub struct PduWriter<W: Write> {
+    w: W,
+    params: FrameParams,
+}
+
+const ZERO_PAD: [u8; 3] = [0; 3];
+
+impl<W: Write> PduWriter<W> {
+    pub fn new(w: W, params: FrameParams) -> PduWriter<W> {
+        PduWriter { w, params }
+    }
+
+    pub fn set_params(&mut self, params: FrameParams) {
+        self.params = params;
+    }
+
+    pub fn get_ref(&self) -> &W {
+        &self.w
+    }
+
+    /// Send one PDU: `pdu` is emitted with the data length of `data`.
+    pub fn send(&mut self, pdu: &Pdu, data: &[&[u8]]) -> io::Result<()> {
+        let len: usize = data.iter().map(|d| d.len()).sum();
+        let mut bhs = [0u8; BHS_LEN];
+        pdu.emit(&mut bhs, 0, len);
+        self.send_batch(&[TxPdu { bhs, data }])
+    }
+
+    /// Send several PDUs with as few system calls as the kernel allows.
+    /// Each BHS must already carry its data segment length.
+    pub fn send_batch(&mut self, pdus: &[TxPdu<'_>]) -> io::Result<()> {
+        // Digests live here so the slices below can point at them.
+        let mut hdig: Vec<[u8; 4]> = Vec::with_capacity(pdus.len());
+        let mut ddig: Vec<[u8; 4]> = Vec::with_capacity(pdus.len());
+        for p in pdus {
+            hdig.push(digest::to_wire(digest::crc32c(&[&p.bhs])));
+            let len: usize = p.data.iter().map(|d| d.len()).sum();
+            let mut crc = digest::crc32c(p.data);
+            crc = crc32c::crc32c_append(crc, &ZERO_PAD[..pad4(len) - len]);
+            ddig.push(digest::to_wire(crc));
+        }
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(pdus.len() * 6);
+        for (i, p) in pdus.iter().enumerate() {
+            iov.push(IoSlice::new(&p.bhs));
+            if self.params.header_digest {
+                iov.push(IoSlice::new(&hdig[i]));
+            }
+            let len: usize = p.data.iter().map(|d| d.len()).sum();
+            for d in p.data {
+                if !d.is_empty() {
+                    iov.push(IoSlice::new(d));
+                }
+            }
+            if len > 0 {
+                if pad4(len) > len {
+                    iov.push(IoSlice::new(&ZERO_PAD[..pad4(len) - len]));
+                }
+                if self.params.data_digest {
+                    iov.push(IoSlice::new(&ddig[i]));
+                }
+            }
+        }
+        write_all_vectored(&mut self.w, &mut iov)?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// `write_all` for vectored writes (std's is unstable). Writes at most
+/// IOV_MAX slices per call.
+pub fn write_all_vectored<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    while !bufs.is_empty() {
+        let n = bufs.len().min(IOV_MAX);
+        match w.write_vectored(&bufs[..n]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the connection accepted no more data",
+                ));
+            }
+            Ok(written) => IoSlice::advance_slices(&mut bufs, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::pdu::{NopIn, RESERVED_TAG, TargetSn, TextResponse};
+
+    fn frame(pdu: &Pdu, data: &[u8], params: FrameParams) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = PduWriter::new(&mut out, params);
+        w.send(pdu, &[data]).unwrap();
+        out
+    }
+
+    fn text_resp() -> Pdu {
+        Pdu::TextResponse(TextResponse {
+            final_: true,
+            cont: false,
+            itt: 7,
+            ttt: RESERVED_TAG,
+            sn: TargetSn::default(),
+        })
+    }
+
+    #[test]
+    fn round_trip_with_and_without_digests() {
+        for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
+            let p = FrameParams {
+                header_digest: hd,
+                data_digest: dd,
+                max_recv_data_segment: 8192,
+            };
+            let data = b"TargetName=iqn.x\0abc";
+            let bytes = frame(&text_resp(), data, p);
+            assert_eq!(
+                bytes.len(),
+                48 + if hd { 4 } else { 0 } + pad4(data.len()) + if dd { 4 } else { 0 }
+            );
+            let mut r = PduReader::new(&bytes[..], p);
+            let h = r.read_header().unwrap();
+            assert_eq!(h.pdu, text_resp());
+            assert_eq!(h.data_len, data.len());
+            assert_eq!(r.read_data_vec().unwrap(), data);
+            assert!(matches!(r.read_header(), Err(ConnError::Closed)));
+        }
+    }
+
+    #[test]
+    fn corrupted_digests_are_caught() {
+        let p = FrameParams {
+            header_digest: true,
+            data_digest: true,
+            max_recv_data_segment: 8192,
+        };
+        let good = frame(&text_resp(), b"abcdef", p);
+        let mut bad = good.clone();
+        bad[20] ^= 1;
+        assert!(matches!(
+            PduReader::new(&bad[..], p).read_header(),
+            Err(ConnError::HeaderDigest { .. })
+        ));
+        let mut bad = good.clone();
+        bad[53] ^= 1;
+        let mut r = PduReader::new(&bad[..], p);
+        r.read_header().unwrap();
+        assert!(matches!(
+            r.read_data_vec(),
+            Err(ConnError::DataDigest { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_and_short_input() {
+        let p = FrameParams::login(16);
+        let bytes = frame(&text_resp(), &[b'x'; 17], FrameParams::login(1 << 20));
+        assert!(matches!(
+            PduReader::new(&bytes[..], p).read_header(),
+            Err(ConnError::Oversized {
+                len: 17,
+                max: 16,
+                ..
+            })
+        ));
+        // A header cut short is an I/O error, not a panic.
+        assert!(matches!(
+            PduReader::new(&bytes[..20], p).read_header(),
+            Err(ConnError::Io(_))
+        ));
+        // Data cut short.
+        let bytes = frame(&text_resp(), b"0123456789", p);
+        let mut r = PduReader::new(&bytes[..52], p);
+        r.read_header().unwrap();
+        assert!(r.read_data_vec().is_err());
+    }
+
+    #[test]
+    fn unread_data_is_skipped() {
+        let p = FrameParams::login(8192);
+        let mut bytes = frame(&text_resp(), b"some data", p);
+        let nop = Pdu::NopIn(NopIn {
+            lun: [0; 8],
+            itt: RESERVED_TAG,
+            ttt: 5,
+            sn: TargetSn::default(),
+        });
+        bytes.extend(frame(&nop, b"", p));
+        let mut r = PduReader::new(&bytes[..], p);
+        r.read_header().unwrap();
+        assert_eq!(r.read_header().unwrap().pdu, nop);
+    }
+
+    #[test]
+    fn wrong_destination_length_keeps_framing() {
+        let p = FrameParams::login(8192);
+        let mut bytes = frame(&text_resp(), b"12345", p);
+        bytes.extend(frame(&text_resp(), b"", p));
+        let mut r = PduReader::new(&bytes[..], p);
+        r.read_header().unwrap();
+        let mut small = [0u8; 2];
+        assert!(matches!(
+            r.read_data(&mut small),
+            Err(ConnError::LengthMismatch { .. })
+        ));
+        assert_eq!(r.read_header().unwrap().data_len, 0);
+    }
+}

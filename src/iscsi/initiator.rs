@@ -1,0 +1,206 @@
+//! The entry points the rest of sanroot uses: log in to a target and start
+//! its session, or run a discovery session (SendTargets).
+//!
+//! This is where the pieces meet: an initiator name, credentials and
+//! preferences become a [`LoginConfig`]; a login becomes a running
+//! [`Session`]. Nothing here knows about block devices or the boot flow.
+
+use std::time::Duration;
+
+use super::chap::AuthConfig;
+use super::conn::{ConnError, PduWriter};
+use super::login::{self, LoggedIn, LoginConfig, LoginError, Portal};
+use super::negotiate::{DigestOffer, OperationalParams, SessionType};
+use super::pdu::*;
+use super::session::{Session, SessionEvent, SessionOptions};
+use super::text::{self, DiscoveredTarget, TextKeys};
+use std::sync::mpsc::Sender;
+
+/// How to talk to targets.
+#[derive(Debug, Clone)]
+pub struct InitiatorConfig {
+    pub initiator_name: String,
+    pub auth: Option<AuthConfig>,
+    pub allow_no_auth: bool,
+    pub header_digest: DigestOffer,
+    pub data_digest: DigestOffer,
+    pub session: SessionOptions,
+    pub connect_timeout: Duration,
+    /// Our MaxRecvDataSegmentLength.
+    pub max_recv_data_segment: u32,
+    /// Fixed ISID (reinstatement); random when None.
+    pub isid: Option<[u8; 6]>,
+}
+
+impl InitiatorConfig {
+    pub fn new(initiator_name: impl Into<String>) -> InitiatorConfig {
+        InitiatorConfig {
+            initiator_name: initiator_name.into(),
+            auth: None,
+            allow_no_auth: false,
+            header_digest: DigestOffer::None,
+            data_digest: DigestOffer::None,
+            session: SessionOptions::default(),
+            connect_timeout: Duration::from_secs(10),
+            max_recv_data_segment: 256 * 1024,
+            isid: None,
+        }
+    }
+
+    fn login_config(&self, target: Option<&str>, session_type: SessionType) -> LoginConfig {
+        let mut p = OperationalParams::new(self.initiator_name.clone());
+        p.target_name = target.map(str::to_string);
+        p.header_digest = self.header_digest;
+        p.data_digest = self.data_digest;
+        p.max_recv_data_segment_length = self.max_recv_data_segment;
+        let mut c = LoginConfig::new(
+            p,
+            session_type,
+            self.isid.unwrap_or_else(login::random_isid),
+        );
+        c.auth = self.auth.clone();
+        c.allow_no_auth = self.allow_no_auth;
+        c.connect_timeout = self.connect_timeout;
+        c
+    }
+}
+
+/// A running session and what its login settled.
+pub struct Connection {
+    pub session: Session,
+    pub portal: Portal,
+    pub tsih: u16,
+    pub isid: [u8; 6],
+    pub negotiated: String,
+}
+
+/// Log in to `target` at `portal` and start the full-feature phase.
+pub fn connect(
+    portal: &Portal,
+    target: &str,
+    cfg: &InitiatorConfig,
+    events: Option<Sender<SessionEvent>>,
+) -> Result<Connection, LoginError> {
+    let lc = cfg.login_config(Some(target), SessionType::Normal);
+    let l = login::login(portal, &lc)?;
+    let params = l.ffp_params();
+    let negotiated = l.negotiated.to_string();
+    let (tsih, portal) = (l.tsih, l.portal.clone());
+    let session =
+        Session::start(l.socket, l.reader, params, l.sn, cfg.session, events).map_err(|error| {
+            LoginError::Connect {
+                portal: portal.to_string(),
+                error,
+            }
+        })?;
+    Ok(Connection {
+        session,
+        portal,
+        tsih,
+        isid: lc.isid,
+        negotiated,
+    })
+}
+
+/// Ask a portal which targets it offers (SendTargets=All, RFC 7143
+/// Appendix C), then log out.
+pub fn discover(
+    portal: &Portal,
+    cfg: &InitiatorConfig,
+) -> Result<Vec<DiscoveredTarget>, LoginError> {
+    let lc = cfg.login_config(None, SessionType::Discovery);
+    let l = login::login(portal, &lc)?;
+    let p = l.portal.clone();
+    send_targets(l).map_err(|what| LoginError::Protocol {
+        portal: p.to_string(),
+        what,
+    })
+}
+
+/// Bound on a SendTargets answer spread over Text Responses.
+const MAX_SENDTARGETS: usize = 4 << 20;
+
+fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
+    let LoggedIn {
+        socket,
+        mut reader,
+        sn,
+        ..
+    } = l;
+    let params = reader.params();
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut w = PduWriter::new(socket.try_clone().map_err(|e| e.to_string())?, params);
+    let mut cmd_sn = sn.cmd_sn;
+    let mut exp_stat_sn = sn.exp_stat_sn;
+    let itt = 1u32;
+    let mut ttt = RESERVED_TAG;
+    let mut req = TextKeys::new();
+    req.push("SendTargets", "All");
+    let mut first = true;
+    let mut collected = Vec::new();
+    loop {
+        let data = if first { req.to_bytes() } else { Vec::new() };
+        first = false;
+        let pdu = Pdu::TextRequest(TextRequest {
+            final_: true,
+            cont: false,
+            itt,
+            ttt,
+            cmd_sn,
+            exp_stat_sn,
+        });
+        w.send(&pdu, &[&data])
+            .map_err(|e| format!("sending SendTargets: {e}"))?;
+        cmd_sn = cmd_sn.wrapping_add(1);
+        let h = reader.read_header().map_err(|e| e.to_string())?;
+        let resp = match h.pdu {
+            Pdu::TextResponse(r) => r,
+            Pdu::Reject(r) => {
+                let _ = reader.skip_data();
+                return Err(format!(
+                    "target rejected SendTargets (reason 0x{:02x})",
+                    r.reason
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "{} in answer to SendTargets",
+                    other.opcode().name()
+                ));
+            }
+        };
+        let seg = reader.read_data_vec().map_err(|e| e.to_string())?;
+        exp_stat_sn = resp.sn.stat_sn.wrapping_add(1);
+        if resp.itt != itt {
+            return Err(format!("Text Response for ITT 0x{:x}", resp.itt));
+        }
+        if collected.len() + seg.len() > MAX_SENDTARGETS {
+            return Err("SendTargets answer larger than 4 MiB".into());
+        }
+        collected.extend_from_slice(&seg);
+        if resp.final_ && !resp.cont {
+            break;
+        }
+        // More to come: continue with the target's TTT (RFC 7143 §11.10.4).
+        ttt = resp.ttt;
+    }
+    let targets = text::parse_send_targets(&collected).map_err(|e| e.to_string())?;
+    // Log out politely; a failure here does not spoil the answer.
+    let logout = Pdu::LogoutRequest(LogoutRequest {
+        reason: LogoutReason::CloseSession,
+        itt: 2,
+        cid: 0,
+        cmd_sn,
+        exp_stat_sn,
+    });
+    if w.send(&logout, &[]).is_ok() {
+        match reader.read_header() {
+            Ok(_) => {
+                let _ = reader.skip_data();
+            }
+            Err(ConnError::Closed) => {}
+            Err(e) => log::debug!("discovery logout: {e}"),
+        }
+    }
+    Ok(targets)
+}

@@ -10,3 +10,10 @@ pub const USAGE: i32 = 2;
 pub const NO_IBFT: i32 = 3;
 /// An iBFT was found but is invalid as a whole (or, with --strict, any part).
 pub const INVALID_IBFT: i32 = 4;
+/// The target could not be reached or refused the login (connection,
+/// authentication, unknown target, ...).
+pub const LOGIN: i32 = 5;
+/// A SCSI or I/O error on the LU, or on the local file, during a transfer.
+pub const IO: i32 = 6;
+/// `cp --verify` found the copy differs from the source.
+pub const VERIFY: i32 = 7;

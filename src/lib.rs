@@ -13,5 +13,7 @@ pub mod ibft;
 pub mod iscsi;
 pub mod logging;
 pub mod lun;
+pub mod nodes;
 pub mod scsi;
 pub mod secret;
+pub mod url;

@@ -25,6 +25,168 @@ struct Cli {
 enum Command {
     /// Find, validate and print the iSCSI Boot Firmware Table.
     Ibft(IbftArgs),
+    /// List the targets a portal offers (SendTargets), as iscsiadm prints them.
+    Discover(DiscoverArgs),
+    /// List a target's LUNs: type, vendor, product, size, block size, WP, thin.
+    Ls(LsArgs),
+    /// Copy between an iSCSI LUN and a file, block device or stdin/stdout.
+    Cp(CpArgs),
+    /// Measure IOPS, throughput and latency of a LUN.
+    Bench(BenchArgs),
+    /// Saved node records: list them, or export them for open-iscsi.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+/// How to log in: shared by every command that talks to a target.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ConnectOpts {
+    /// Initiator IQN (default: /etc/iscsi/initiatorname.iscsi, else one
+    /// derived from /etc/machine-id).
+    #[arg(long, value_name = "IQN")]
+    initiator_name: Option<String>,
+    /// CHAP user name (or SANROOT_CHAP_USER, or user@ in the URL).
+    #[arg(long, value_name = "NAME")]
+    chap_user: Option<String>,
+    /// File holding the CHAP secret (or SANROOT_CHAP_SECRET_FILE /
+    /// SANROOT_CHAP_SECRET).
+    #[arg(long, value_name = "PATH")]
+    chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the name the target must answer with
+    /// (or SANROOT_TARGET_CHAP_USER).
+    #[arg(long, value_name = "NAME")]
+    target_chap_user: Option<String>,
+    /// Mutual CHAP: file holding the target's secret
+    /// (or SANROOT_TARGET_CHAP_SECRET_FILE / SANROOT_TARGET_CHAP_SECRET).
+    #[arg(long, value_name = "PATH")]
+    target_chap_secret_file: Option<PathBuf>,
+    /// Header digest: none, crc32c, or prefer (offer both).
+    #[arg(long, value_name = "MODE")]
+    header_digest: Option<String>,
+    /// Data digest: none, crc32c, or prefer (offer both).
+    #[arg(long, value_name = "MODE")]
+    data_digest: Option<String>,
+    /// Accept a target that skips authentication although CHAP
+    /// credentials are configured.
+    #[arg(long)]
+    allow_no_auth: bool,
+}
+
+impl ConnectOpts {
+    fn into_args(self) -> cmd::common::ConnectArgs {
+        cmd::common::ConnectArgs {
+            initiator_name: self.initiator_name,
+            chap_user: self.chap_user,
+            chap_secret_file: self.chap_secret_file,
+            target_chap_user: self.target_chap_user,
+            target_chap_secret_file: self.target_chap_secret_file,
+            header_digest: self.header_digest,
+            data_digest: self.data_digest,
+            allow_no_auth: self.allow_no_auth,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct DiscoverArgs {
+    /// The portal to ask: HOST[:PORT] (IPv6 as [ADDR]:PORT).
+    portal: String,
+    /// Print JSON instead of iscsiadm's lines.
+    #[arg(long)]
+    json: bool,
+    /// Do not save node records.
+    #[arg(long)]
+    no_save: bool,
+    #[command(flatten)]
+    connect: ConnectOpts,
+}
+
+#[derive(clap::Args, Debug)]
+struct LsArgs {
+    /// iscsi://[user@]host[:port]/target-iqn[/lun], or a discovered IQN.
+    target: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectOpts,
+}
+
+#[derive(clap::Args, Debug)]
+struct CpArgs {
+    /// Source: iscsi://.../target-iqn/LUN, a file or block device, or - for stdin.
+    src: String,
+    /// Destination: iscsi://.../target-iqn/LUN, a file or block device, or - for stdout.
+    dst: String,
+    /// Read the destination back and compare.
+    #[arg(long)]
+    verify: bool,
+    /// Bytes per command (default 1 MiB, capped by the LUN's limit).
+    #[arg(long, value_name = "BYTES")]
+    chunk: Option<usize>,
+    /// Commands in flight on the LUN (default 8).
+    #[arg(long)]
+    qd: Option<usize>,
+    /// Copy at most this many bytes.
+    #[arg(long, value_name = "N")]
+    bytes: Option<u64>,
+    /// Show progress even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
+    #[command(flatten)]
+    connect: ConnectOpts,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// iscsi://[user@]host[:port]/target-iqn/LUN
+    url: String,
+    /// Write instead of read (destroys the LUN's data).
+    #[arg(long)]
+    write: bool,
+    /// Random offsets instead of sequential.
+    #[arg(long)]
+    random: bool,
+    /// Bytes per I/O (default 4096).
+    #[arg(long, value_name = "N")]
+    bs: Option<usize>,
+    /// I/Os in flight (default 32).
+    #[arg(long, value_name = "N")]
+    qd: Option<usize>,
+    /// How long to run (default 10).
+    #[arg(long, value_name = "S")]
+    seconds: Option<f64>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectOpts,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// List saved node records (HOST:PORT,TPGT TARGET-IQN).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the records in open-iscsi's layout (nodes/, send_targets/)
+    /// under DIR, e.g. /mnt/sysimage/etc/iscsi.
+    Export {
+        #[arg(long, value_name = "DIR", default_value = "/etc/iscsi")]
+        dir: PathBuf,
+        /// node.startup in the exported records.
+        #[arg(long, value_enum, default_value = "automatic")]
+        startup: StartupArg,
+        /// Only this target.
+        #[arg(long, value_name = "IQN")]
+        target: Option<String>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum StartupArg {
+    Manual,
+    Automatic,
+    Onboot,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -83,6 +245,53 @@ fn main() -> ExitCode {
             strict: a.strict,
             verbose: cli.verbose > 0,
             sysroot: a.sysroot,
+        }),
+        Command::Discover(a) => cmd::discover::run(&cmd::discover::Args {
+            portal: a.portal,
+            json: a.json,
+            no_save: a.no_save,
+            connect: a.connect.into_args(),
+        }),
+        Command::Ls(a) => cmd::ls::run(&cmd::ls::Args {
+            target: a.target,
+            json: a.json,
+            connect: a.connect.into_args(),
+        }),
+        Command::Cp(a) => cmd::cp::run(&cmd::cp::Args {
+            src: a.src,
+            dst: a.dst,
+            verify: a.verify,
+            chunk: a.chunk,
+            qd: a.qd,
+            bytes: a.bytes,
+            progress: a.progress.then_some(true),
+            connect: a.connect.into_args(),
+        }),
+        Command::Bench(a) => cmd::bench::run(&cmd::bench::Args {
+            url: a.url,
+            write: a.write,
+            random: a.random,
+            bs: a.bs,
+            qd: a.qd,
+            seconds: a.seconds,
+            json: a.json,
+            connect: a.connect.into_args(),
+        }),
+        Command::Node(n) => cmd::node::run(&match n {
+            NodeCmd::List { json } => cmd::node::Args::List { json },
+            NodeCmd::Export {
+                dir,
+                startup,
+                target,
+            } => cmd::node::Args::Export {
+                dir,
+                startup: match startup {
+                    StartupArg::Manual => sanroot::nodes::Startup::Manual,
+                    StartupArg::Automatic => sanroot::nodes::Startup::Automatic,
+                    StartupArg::Onboot => sanroot::nodes::Startup::Onboot,
+                },
+                target,
+            },
         }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -163,6 +163,12 @@ impl<R: Read> PduReader<R> {
         self.r.get_ref()
     }
 
+    /// Bytes already read from the socket and not yet consumed: when 0,
+    /// the next read blocks on the network.
+    pub fn buffered(&self) -> usize {
+        self.r.buffer().len()
+    }
+
     /// Read the next header. Any data segment of the previous PDU must have
     /// been consumed with `read_data`/`read_data_vec`/`skip_data`.
     pub fn read_header(&mut self) -> Result<RxHeader, ConnError> {

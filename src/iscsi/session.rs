@@ -293,6 +293,10 @@ struct Shared {
     opts: SessionOptions,
     /// For shutting the socket down to unblock the threads.
     socket: TcpStream,
+    /// The transmit side. Whoever holds it assigns CmdSNs and writes, so
+    /// wire order is CmdSN order. Submitters write directly when it is
+    /// free (no thread hop); the writer thread takes over when it is busy.
+    tx: Mutex<PduWriter<TcpStream>>,
 }
 
 /// A logged-in session in its full-feature phase.
@@ -336,6 +340,9 @@ impl Session {
         reader.set_params(frame);
         let writer = PduWriter::new(socket.try_clone()?, frame);
         let _ = socket.set_nodelay(true);
+        // A write blocked this long means the target stopped reading: the
+        // connection is dead, and recovery must not wait forever on it.
+        let _ = socket.set_write_timeout(Some(opts.nop_timeout.max(Duration::from_secs(5)) * 3));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 tasks: (0..depth).map(|_| None).collect(),
@@ -355,6 +362,7 @@ impl Session {
             params,
             opts,
             socket: socket.try_clone()?,
+            tx: Mutex::new(writer),
         });
         let r = Arc::clone(&shared);
         let reader_t = std::thread::Builder::new()
@@ -363,7 +371,7 @@ impl Session {
         let w = Arc::clone(&shared);
         let writer_t = std::thread::Builder::new()
             .name("iscsi-tx".into())
-            .spawn(move || writer_loop(w, writer))?;
+            .spawn(move || writer_loop(w))?;
         Ok(Session {
             shared,
             threads: vec![reader_t, writer_t],
@@ -443,7 +451,25 @@ impl Session {
         });
         st.cmd_queue.push_back(slot);
         drop(st);
-        self.shared.wake_writer.notify_one();
+        self.kick();
+    }
+
+    /// Get queued PDUs onto the wire: from the reader thread, leave them
+    /// for its batch; otherwise send them here if the transmit side is
+    /// free, else hand them to the writer thread.
+    fn kick(&self) {
+        if ON_READER.with(|r| r.get()) {
+            return;
+        }
+        match self.shared.tx.try_lock() {
+            Ok(mut w) => {
+                if let Err(e) = flush(&self.shared, &mut w) {
+                    drop(w);
+                    fail(&self.shared, e);
+                }
+            }
+            Err(_) => self.shared.wake_writer.notify_one(),
+        }
     }
 
     /// Run a command and wait for it.
@@ -488,7 +514,7 @@ impl Session {
             st.tasks[usize::from(slot)] = Some(Task::control(generation, kind, Some(tx)));
             st.ctl_queue.push_back(Ctl::Immediate { slot, pdu });
         }
-        self.shared.wake_writer.notify_one();
+        self.kick();
         match rx.recv_timeout(wait) {
             Ok(r) => r,
             Err(_) => Err(SessionError::ConnectionLost(format!(
@@ -791,21 +817,15 @@ enum OutData {
     Task { slot: u16, start: usize, end: usize },
 }
 
-fn writer_loop(shared: Arc<Shared>, mut w: PduWriter<TcpStream>) {
-    let p = shared.params;
-    let max_seg = p.max_send_data_segment.max(512) as usize;
+fn writer_loop(shared: Arc<Shared>) {
     loop {
-        let mut outs: Vec<Out> = Vec::new();
-        // Buffers lent out for this batch, by slot.
-        let mut lent: Vec<(u16, Vec<u8>)> = Vec::new();
         {
             let mut st = lock(&shared.state);
             loop {
                 if st.failed.is_some() {
                     return;
                 }
-                let window_open = sn_le(st.sn.cmd_sn, st.sn.max_cmd_sn);
-                if !st.ctl_queue.is_empty() || (!st.cmd_queue.is_empty() && window_open) {
+                if has_work(&st) {
                     break;
                 }
                 let timeout = match ping_due(&mut st, &shared) {
@@ -816,7 +836,7 @@ fn writer_loop(shared: Arc<Shared>, mut w: PduWriter<TcpStream>) {
                         return;
                     }
                 };
-                if !st.ctl_queue.is_empty() {
+                if has_work(&st) {
                     break;
                 }
                 st = match timeout {
@@ -830,6 +850,43 @@ fn writer_loop(shared: Arc<Shared>, mut w: PduWriter<TcpStream>) {
                         .wait(st)
                         .unwrap_or_else(|e| e.into_inner()),
                 };
+            }
+        }
+        let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = flush(&shared, &mut w) {
+            drop(w);
+            fail(&shared, e);
+            return;
+        }
+    }
+}
+
+/// Something can be sent now: control PDUs, or commands within the window.
+fn has_work(st: &State) -> bool {
+    !st.ctl_queue.is_empty() || (!st.cmd_queue.is_empty() && sn_le(st.sn.cmd_sn, st.sn.max_cmd_sn))
+}
+
+thread_local! {
+    /// Set on a session's reader thread: submissions made there (from a
+    /// completion) are only queued, and the reader sends them in one batch
+    /// before it next waits for the target.
+    static ON_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Send everything that can be sent now, in as few writes as possible.
+/// The caller holds the transmit lock, which keeps CmdSN order equal to
+/// wire order.
+fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionError> {
+    let p = shared.params;
+    let max_seg = p.max_send_data_segment.max(512) as usize;
+    loop {
+        let mut outs: Vec<Out> = Vec::new();
+        // Buffers lent out for this batch, by slot.
+        let mut lent: Vec<(u16, Vec<u8>)> = Vec::new();
+        {
+            let mut st = lock(&shared.state);
+            if st.failed.is_some() || !has_work(&st) {
+                return Ok(());
             }
             // Control first: NOP answers, Data-Out bursts, immediate tasks.
             while let Some(c) = st.ctl_queue.pop_front() {
@@ -983,8 +1040,8 @@ fn writer_loop(shared: Arc<Shared>, mut w: PduWriter<TcpStream>) {
             }
         }
 
-        // Send the batch without holding the lock.
-        let result = send_outs(&mut w, &outs, &lent);
+        // Send the batch without holding the state lock.
+        let result = send_outs(w, &outs, &lent);
 
         // Return the buffers; complete tasks answered meanwhile.
         let mut st = lock(&shared.state);
@@ -999,15 +1056,9 @@ fn writer_loop(shared: Arc<Shared>, mut w: PduWriter<TcpStream>) {
         }
         drop(st);
         for (slot, r) in to_finish {
-            finish(&shared, lock(&shared.state), slot, r);
+            finish(shared, lock(&shared.state), slot, r);
         }
-        if let Err(e) = result {
-            fail(
-                &shared,
-                SessionError::ConnectionLost(format!("sending: {e}")),
-            );
-            return;
-        }
+        result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))?;
     }
 }
 
@@ -1125,7 +1176,21 @@ fn send_outs(
 // ---------------------------------------------------------------- reader
 
 fn reader_loop(shared: Arc<Shared>, mut r: PduReader<TcpStream>) {
+    ON_READER.with(|f| f.set(true));
     loop {
+        // About to wait for the target: first send what completions queued
+        // (resubmissions, Data-Out for R2Ts, NOP answers), in one batch.
+        if r.buffered() == 0 {
+            let work = has_work(&lock(&shared.state));
+            if work {
+                let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = flush(&shared, &mut w) {
+                    drop(w);
+                    fail(&shared, e);
+                    return;
+                }
+            }
+        }
         let e = match rx_one(&shared, &mut r) {
             Ok(()) => continue,
             Err(e) => e,
@@ -1200,9 +1265,8 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
     let h = r.read_header()?;
     let mut st = lock(&shared.state);
     st.last_rx = Instant::now();
-    if update_sn(&mut st, &h.pdu) {
-        shared.wake_writer.notify_one();
-    }
+    // A window that opened is used by the reader's next flush.
+    update_sn(&mut st, &h.pdu);
     match h.pdu {
         Pdu::DataIn(d) => {
             let len = h.data_len;
@@ -1327,8 +1391,6 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                 offset: r2t.buffer_offset,
                 len: r2t.desired_len,
             });
-            drop(st);
-            shared.wake_writer.notify_one();
         }
         Pdu::NopIn(n) => {
             drop(st);
@@ -1354,8 +1416,6 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                     lun: n.lun,
                     data,
                 });
-                drop(st);
-                shared.wake_writer.notify_one();
             }
         }
         Pdu::TaskMgmtResponse(tm) => {

@@ -102,6 +102,7 @@ fn open(spec: &str, write: bool, args: &Args) -> Result<End, CmdError> {
     let path = PathBuf::from(spec);
     let file = if write {
         OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)

@@ -260,14 +260,14 @@ fn bench(args: &Args) -> Result<(), CmdError> {
             },
             "cpu_us_per_io": cpu_us,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("{url}: {pattern} {mode}, {io}-byte I/O, {qd} in flight, {elapsed:.1} s");
-        println!(
+        crate::outln!("{url}: {pattern} {mode}, {io}-byte I/O, {qd} in flight, {elapsed:.1} s");
+        crate::outln!(
             "  {iops:.0} IOPS, {:.1} MB/s, {ios} I/Os, {errors} errors",
             bytes / elapsed / 1e6
         );
-        println!(
+        crate::outln!(
             "  latency us: mean {mean:.0}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             pct(0.5),
             pct(0.9),
@@ -275,7 +275,7 @@ fn bench(args: &Args) -> Result<(), CmdError> {
             pct(0.999),
             lat_us[lat_us.len() - 1]
         );
-        println!("  CPU {cpu_us:.1} us per I/O");
+        crate::outln!("  CPU {cpu_us:.1} us per I/O");
     }
     if let Some(e) = first_error {
         eprintln!("sanroot: {errors} I/O errors, first: {e}");

@@ -70,10 +70,10 @@ fn discover(args: &Args) -> Result<(), CmdError> {
                 }))
                 .collect::<Vec<_>>()
         );
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         for r in &records {
-            println!("{}", r.line());
+            crate::outln!("{}", r.line());
         }
     }
     if !args.no_save {

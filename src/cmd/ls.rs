@@ -75,11 +75,18 @@ fn ls(args: &Args) -> Result<(), CmdError> {
     }
     if args.json {
         let v: Vec<Value> = rows.iter().map(row_json).collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!(
+        crate::outln!(
             "{:<5} {:<13} {:<8} {:<16} {:>8} {:>6} {:<3} {:<4}",
-            "LUN", "TYPE", "VENDOR", "PRODUCT", "SIZE", "BLOCK", "WP", "THIN"
+            "LUN",
+            "TYPE",
+            "VENDOR",
+            "PRODUCT",
+            "SIZE",
+            "BLOCK",
+            "WP",
+            "THIN"
         );
         for r in &rows {
             let (ty, vendor, product) = match &r.inquiry {
@@ -99,9 +106,16 @@ fn ls(args: &Args) -> Result<(), CmdError> {
                 ),
                 None => ("-".into(), "-".into(), "-", "-"),
             };
-            println!(
+            crate::outln!(
                 "{:<5} {:<13} {:<8} {:<16} {:>8} {:>6} {:<3} {:<4}",
-                r.lun, ty, vendor, product, size, bs, wp, thin
+                r.lun,
+                ty,
+                vendor,
+                product,
+                size,
+                bs,
+                wp,
+                thin
             );
             if let Some(e) = &r.error {
                 eprintln!("sanroot: LUN {}: {e}", r.lun);

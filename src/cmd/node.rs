@@ -37,10 +37,10 @@ fn node(args: &Args) -> Result<(), CmdError> {
                                "discovery_host": r.discovery_host, "discovery_port": r.discovery_port})
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 for r in &records {
-                    println!("{}", r.line());
+                    crate::outln!("{}", r.line());
                 }
             }
         }
@@ -65,7 +65,7 @@ fn node(args: &Args) -> Result<(), CmdError> {
                 )
             })?;
             for f in files {
-                println!("{}", f.display());
+                crate::outln!("{}", f.display());
             }
         }
     }

@@ -183,6 +183,9 @@ impl<R: Read> PduReader<R> {
         let mut raw = [0u8; BHS_LEN];
         read_exact_or_closed(&mut self.r, &mut raw)?;
         let bhs = Bhs::new_unchecked(&raw[..]);
+        // Refuse garbage before trusting any length in it: an unknown
+        // opcode must not make us swallow up to 1 KiB of "AHS".
+        let pdu = Pdu::parse_from_target(&raw).map_err(ConnError::Pdu)?;
         let framing = Framing::of(&bhs);
         let mut ahs = [0u8; MAX_AHS];
         let ahs = &mut ahs[..framing.ahs_len.min(MAX_AHS)];
@@ -200,7 +203,6 @@ impl<R: Read> PduReader<R> {
                 });
             }
         }
-        let pdu = Pdu::parse_from_target(&raw).map_err(ConnError::Pdu)?;
         let data_len = framing.data_len;
         if data_len > self.params.max_recv_data_segment {
             return Err(ConnError::Oversized {

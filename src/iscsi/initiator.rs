@@ -130,7 +130,7 @@ fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
     let params = reader.params();
     let _ = socket.set_read_timeout(Some(Duration::from_secs(30)));
     let mut w = PduWriter::new(socket.try_clone().map_err(|e| e.to_string())?, params);
-    let mut cmd_sn = sn.cmd_sn;
+    let cmd_sn = sn.cmd_sn;
     let mut exp_stat_sn = sn.exp_stat_sn;
     let itt = 1u32;
     let mut ttt = RESERVED_TAG;
@@ -149,9 +149,10 @@ fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
             cmd_sn,
             exp_stat_sn,
         });
+        // Text Requests go out immediate: CmdSN is carried, not consumed
+        // (RFC 7143 §3.2.2.1).
         w.send(&pdu, &[&data])
             .map_err(|e| format!("sending SendTargets: {e}"))?;
-        cmd_sn = cmd_sn.wrapping_add(1);
         let h = reader.read_header().map_err(|e| e.to_string())?;
         let resp = match h.pdu {
             Pdu::TextResponse(r) => r,

@@ -710,13 +710,16 @@ fn ping_pdu(itt: u32, sn: &SnState) -> Pdu {
 
 /// Mark the session failed and fail every task. Idempotent.
 fn fail(shared: &Shared, err: SessionError) {
-    let first = {
+    // The first recorded cause wins: a later "connection closed" from the
+    // other thread is a consequence, not the reason.
+    let (first, err) = {
         let mut st = lock(&shared.state);
-        if st.failed.is_none() {
-            st.failed = Some(err.clone());
-            true
-        } else {
-            false
+        match &st.failed {
+            None => {
+                st.failed = Some(err.clone());
+                (true, err)
+            }
+            Some(e) => (false, e.clone()),
         }
     };
     if first {

@@ -1,0 +1,901 @@
+//! The initiator engine against a scripted fake target
+//! (`support/fake_target.rs`): the cases a real target does not produce
+//! on request — redirects, refusals, odd negotiation answers, pings,
+//! async events, unit attentions and hostile PDUs.
+//!
+//! Every test runs under [`within`], a hard 20 s limit, so a hang fails the
+//! test instead of stalling CI; errors are checked for text that names the
+//! problem.
+
+mod support;
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sanroot::iscsi::initiator::{self, Connection, InitiatorConfig};
+use sanroot::iscsi::login::LoginError;
+use sanroot::iscsi::negotiate::DigestOffer;
+use sanroot::iscsi::pdu::{
+    DataIn, Pdu, R2t, RESERVED_TAG, ScsiCommand, ScsiResponse, TargetSn, TmfFunction, lun_field,
+};
+use sanroot::iscsi::session::{Command, DataDir, SessionError, SessionEvent, event_channel};
+use sanroot::iscsi::text::Portal as TextPortal;
+use sanroot::lun::{Lun, pad16};
+use sanroot::scsi::cdb;
+use sanroot::scsi::sense::{Sense, SenseKey};
+use support::fake_target::{
+    BLOCK, Behaviour, Corrupt, Ctx, FakeTarget, SERIAL, Step, TARGET_IQN, TextChunk,
+};
+
+const INITIATOR: &str = "iqn.2026-11.org.sanroot.test:initiator";
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Run `f` on its own thread and fail the test if it takes longer than
+/// [`LIMIT`]; a panic inside `f` fails the test with its own message.
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(v) => {
+            let _ = worker.join();
+            v
+        }
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("no result within {LIMIT:?}: the initiator hangs")
+        }
+        Err(RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker ended without a result"),
+        },
+    }
+}
+
+fn config() -> InitiatorConfig {
+    InitiatorConfig::new(INITIATOR)
+}
+
+fn digests() -> InitiatorConfig {
+    let mut c = config();
+    c.header_digest = DigestOffer::PreferCrc32c;
+    c.data_digest = DigestOffer::PreferCrc32c;
+    c
+}
+
+fn connect(fake: &FakeTarget, cfg: &InitiatorConfig) -> Connection {
+    initiator::connect(&fake.portal(), TARGET_IQN, cfg, None)
+        .unwrap_or_else(|e| panic!("login to the fake target: {e}"))
+}
+
+fn login_error(fake: &FakeTarget, target: &str, cfg: &InitiatorConfig) -> LoginError {
+    match initiator::connect(&fake.portal(), target, cfg, None) {
+        Ok(c) => panic!("login succeeded: {}", c.negotiated),
+        Err(e) => e,
+    }
+}
+
+fn open(c: Connection) -> Lun {
+    Lun::open(Arc::new(c.session), 0).unwrap_or_else(|e| panic!("open LUN 0: {e}"))
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+/// Write a pattern at `lba`, read it back, check both the answer and the
+/// fake's disk.
+fn round_trip(fake: &FakeTarget, lun: &Lun, lba: u64, len: usize, seed: u8) {
+    let data = pattern(len, seed);
+    let (r, _) = lun.write(lba, data.clone(), false);
+    r.unwrap_or_else(|e| panic!("write {len} bytes at {lba}: {e}"));
+    let at = lba as usize * BLOCK;
+    assert!(
+        fake.disk()[at..at + len] == data[..],
+        "the target's disk holds what was written"
+    );
+    let (r, back) = lun.read(lba, vec![0u8; len]);
+    r.unwrap_or_else(|e| panic!("read {len} bytes at {lba}: {e}"));
+    assert!(back == data, "read back what was written");
+}
+
+fn is_read(c: &ScsiCommand) -> bool {
+    matches!(c.cdb[0], 0x28 | 0x88)
+}
+
+fn read_lba(c: &ScsiCommand) -> u32 {
+    u32::from_be_bytes([c.cdb[2], c.cdb[3], c.cdb[4], c.cdb[5]])
+}
+
+fn assert_mentions(msg: &str, words: &[&str]) {
+    for w in words {
+        assert!(msg.contains(w), "error should mention {w:?}: {msg}");
+    }
+}
+
+// ---------------------------------------------------------------- 1, 2, 3 login
+
+#[test]
+fn login_redirect_is_followed() {
+    within(|| {
+        let b = FakeTarget::start(Behaviour::default());
+        let to = format!("127.0.0.1:{},1", b.port);
+        let a = FakeTarget::start(Behaviour::default().on_login(move |t| {
+            if t.security_stage() {
+                t.redirect(&to);
+            }
+        }));
+        let c = connect(&a, &config());
+        assert_eq!(
+            c.portal.port, b.port,
+            "logged in where the redirect pointed"
+        );
+        let lun = open(c);
+        round_trip(&b, &lun, 8, 64 << 10, 3);
+        assert_eq!(a.log().connections, 1);
+        assert_eq!(a.log().logins, 0, "nothing logged in at the first portal");
+        assert_eq!(b.log().logins, 1);
+        a.assert_clean();
+        b.assert_clean();
+    })
+}
+
+#[test]
+fn endless_redirects_end_quickly() {
+    within(|| {
+        let a = FakeTarget::start(Behaviour::default().on_login(|t| {
+            let me = format!("127.0.0.1:{},1", t.local_port);
+            t.redirect(&me);
+        }));
+        let t0 = Instant::now();
+        let e = login_error(&a, TARGET_IQN, &config());
+        assert!(matches!(e, LoginError::TooManyRedirects(8)), "{e:?}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_mentions(&e.to_string(), &["redirected 8 times", "redirect loop"]);
+        // The first login and 8 redirections, then it stopped.
+        assert!(a.wait_for(Duration::from_secs(2), |l| l.connections == 9));
+    })
+}
+
+#[test]
+fn login_status_errors_are_clear() {
+    within(|| {
+        let refused = |class: u8, detail: u8| {
+            let f =
+                FakeTarget::start(Behaviour::default().on_login(move |t| t.refuse(class, detail)));
+            login_error(&f, TARGET_IQN, &config())
+        };
+
+        let e = refused(2, 1);
+        assert_mentions(&e.to_string(), &["authentication failed", "0x0201"]);
+        assert!(!e.is_transient());
+
+        let e = refused(2, 2);
+        assert_mentions(
+            &e.to_string(),
+            &["not authorized", INITIATOR, TARGET_IQN, "0x0202"],
+        );
+        assert!(!e.is_transient());
+
+        // 0x0203 from the fake's own check of TargetName.
+        let f = FakeTarget::start(Behaviour::default());
+        let wrong = "iqn.2026-11.org.sanroot.test:no-such-disk";
+        let e = login_error(&f, wrong, &config());
+        assert!(
+            matches!(
+                e,
+                LoginError::Status {
+                    class: 2,
+                    detail: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_mentions(&e.to_string(), &["target not found", wrong, "0x0203"]);
+        assert!(!e.is_transient());
+
+        let e = refused(3, 1);
+        assert_mentions(&e.to_string(), &["busy", "0x0301"]);
+        assert!(e.is_transient(), "a busy target is worth retrying");
+    })
+}
+
+// ---------------------------------------------------------------- 4 negotiation
+
+/// A login where the target's operational answer has `key=value`.
+fn negotiation_error(key: &'static str, value: &'static str) -> String {
+    let f = FakeTarget::start(Behaviour::default().on_login(move |t| {
+        if !t.security_stage() {
+            t.reply_keys.set(key, value);
+        }
+    }));
+    let e = login_error(&f, TARGET_IQN, &config());
+    assert!(matches!(e, LoginError::Negotiation(_)), "{e:?}");
+    e.to_string()
+}
+
+#[test]
+fn digest_we_did_not_offer_is_refused() {
+    within(|| {
+        let m = negotiation_error("HeaderDigest", "CRC32C");
+        assert_mentions(&m, &["HeaderDigest=CRC32C", "HeaderDigest=None"]);
+    })
+}
+
+#[test]
+fn error_recovery_level_2_is_refused() {
+    within(|| {
+        let m = negotiation_error("ErrorRecoveryLevel", "2");
+        assert_mentions(&m, &["ErrorRecoveryLevel=2", "ErrorRecoveryLevel 0 only"]);
+    })
+}
+
+#[test]
+fn target_max_recv_data_segment_length_is_obeyed() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour {
+            max_recv_data_segment: 512,
+            ..Behaviour::default()
+        });
+        let c = connect(&f, &config());
+        assert!(
+            c.negotiated.contains("TargetMaxRecvDataSegmentLength=512"),
+            "{}",
+            c.negotiated
+        );
+        let lun = open(c);
+        // 64 KiB: immediate data and unsolicited Data-Out; 256 KiB: R2Ts too.
+        round_trip(&f, &lun, 100, 64 << 10, 1);
+        round_trip(&f, &lun, 1000, 256 << 10, 2);
+        let log = f.log();
+        let imm = log.commands().map(|(_, d)| d.len()).max().unwrap_or(0);
+        let out: Vec<usize> = log.data_outs().map(|(_, d)| d.len()).collect();
+        assert!(imm <= 512, "immediate data segment of {imm} bytes");
+        assert!(!out.is_empty(), "the writes used Data-Out");
+        assert!(out.iter().all(|&n| n <= 512), "Data-Out segments {out:?}");
+        assert_eq!(
+            out.iter().sum::<usize>() + log.commands().map(|(_, d)| d.len()).sum::<usize>(),
+            (64 + 256) << 10,
+            "every byte sent once"
+        );
+        assert!(log.r2ts > 0, "the 256 KiB write needed R2Ts");
+        drop(log);
+        f.assert_clean();
+    })
+}
+
+#[test]
+fn initial_r2t_without_immediate_data_writes_by_r2t_only() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour {
+            initial_r2t: true,
+            immediate_data: false,
+            max_burst: 4096,
+            ..Behaviour::default()
+        });
+        let c = connect(&f, &config());
+        for want in ["InitialR2T=Yes", "ImmediateData=No", "MaxBurstLength=4096"] {
+            assert!(c.negotiated.contains(want), "{want}: {}", c.negotiated);
+        }
+        let lun = open(c);
+        round_trip(&f, &lun, 40, 64 << 10, 9);
+        let log = f.log();
+        assert_eq!(log.r2ts, 16, "64 KiB in 4 KiB bursts");
+        assert!(
+            log.commands().all(|(c, d)| d.is_empty() && c.final_),
+            "no immediate data, no unsolicited Data-Out announced"
+        );
+        assert!(
+            log.data_outs().all(|(d, _)| d.ttt != RESERVED_TAG),
+            "every Data-Out answers an R2T"
+        );
+        drop(log);
+        f.assert_clean();
+    })
+}
+
+#[test]
+fn crc32c_digests_round_trip() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default());
+        let c = connect(&f, &digests());
+        assert!(
+            c.negotiated
+                .contains("HeaderDigest=CRC32C DataDigest=CRC32C"),
+            "{}",
+            c.negotiated
+        );
+        let lun = open(c);
+        // Odd-sized INQUIRY data exercised padding in the digests already;
+        // now bulk data both ways (the fake checks every digest it gets).
+        round_trip(&f, &lun, 0, 128 << 10, 4);
+        round_trip(&f, &lun, 3000, 512 << 10, 5);
+        f.assert_clean();
+    })
+}
+
+// ---------------------------------------------------------------- 5 NOP
+
+type Ping = (u32, Vec<u8>);
+
+#[test]
+fn target_pings_are_answered_during_io() {
+    within(|| {
+        // (TTT, ping data) of every NOP-In the fake sent.
+        let sent: Arc<Mutex<Vec<Ping>>> = Arc::default();
+        let s = Arc::clone(&sent);
+        let mut n = 0u32;
+        let f = FakeTarget::start(Behaviour::default().on_pdu(move |ctx, seen| {
+            if seen.command().is_some() {
+                n += 1;
+                let ttt = 0x5000 + n;
+                // Odd lengths: the answer must keep the data, not the padding.
+                let data = format!("ping #{n}").into_bytes();
+                ctx.nop_ping(ttt, &data);
+                s.lock().unwrap().push((ttt, data));
+            }
+            Step::Default
+        }));
+        let lun = open(connect(&f, &config()));
+        round_trip(&f, &lun, 10, 32 << 10, 1);
+        round_trip(&f, &lun, 200, 300 << 10, 2);
+        let want = sent.lock().unwrap().clone();
+        assert!(want.len() > 5);
+        let answered = |log: &support::fake_target::Log| {
+            want.iter().all(|(ttt, data)| {
+                log.pdus.iter().any(|s| {
+                    matches!(&s.pdu, Pdu::NopOut(o) if o.itt == RESERVED_TAG && o.ttt == *ttt)
+                        && s.data == *data
+                })
+            })
+        };
+        assert!(
+            f.wait_for(Duration::from_secs(5), answered),
+            "every ping answered with its TTT and data"
+        );
+        f.assert_clean();
+    })
+}
+
+#[test]
+fn liveness_pings_keep_a_live_session() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default());
+        let mut cfg = config();
+        cfg.session.nop_interval = Some(Duration::from_secs(1));
+        cfg.session.nop_timeout = Duration::from_secs(2);
+        let c = connect(&f, &cfg);
+        std::thread::sleep(Duration::from_millis(3500));
+        assert!(c.session.failure().is_none(), "{:?}", c.session.failure());
+        let pings = f
+            .log()
+            .pdus
+            .iter()
+            .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
+            .count();
+        assert!(pings >= 2, "{pings} pings in 3.5 s with a 1 s interval");
+        let lun = open(c);
+        lun.test_unit_ready().expect("the session still works");
+        f.assert_clean();
+    })
+}
+
+/// Log in with 1 s / 2 s NOP settings to a fake that swallows every PDU
+/// after login, submit a read, and return its error, the time it took,
+/// the session's own failure and the Failed event.
+fn silent_target() -> (SessionError, Duration, SessionError, String) {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_pdu(|_, _| Step::Handled));
+        let mut cfg = config();
+        cfg.session.nop_interval = Some(Duration::from_secs(1));
+        cfg.session.nop_timeout = Duration::from_secs(2);
+        let (etx, erx) = event_channel();
+        let c = initiator::connect(&f.portal(), TARGET_IQN, &cfg, Some(etx))
+            .unwrap_or_else(|e| panic!("login: {e}"));
+        let t0 = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        c.session.submit(
+            Command {
+                lun: 0,
+                cdb: pad16(&cdb::read(0, 8, false)),
+                dir: DataDir::Read(4096),
+                attr: 1,
+            },
+            vec![0u8; 4096],
+            Box::new(move |r, _| {
+                let _ = tx.send(r);
+            }),
+        );
+        let r = rx
+            .recv_timeout(Duration::from_secs(8))
+            .expect("the in-flight read must complete");
+        let took = t0.elapsed();
+        let e = r.expect_err("nothing answered the read");
+        let event = match erx.recv_timeout(Duration::from_secs(2)) {
+            Ok(SessionEvent::Failed(m)) => m,
+            other => panic!("expected a Failed event, got {other:?}"),
+        };
+        let failure = c.session.failure().expect("the session failed");
+        assert!(
+            f.log()
+                .pdus
+                .iter()
+                .any(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG)),
+            "the initiator pinged"
+        );
+        (e, took, failure, event)
+    })
+}
+
+#[test]
+fn silent_target_fails_the_session_by_ping_timeout() {
+    let (_, took, failure, event) = silent_target();
+    // nop_interval + nop_timeout, with slack either way.
+    assert!(took > Duration::from_millis(2500), "failed after {took:?}");
+    assert!(took < Duration::from_millis(4500), "failed after {took:?}");
+    assert!(
+        matches!(failure, SessionError::PingTimeout(_)),
+        "{failure:?}"
+    );
+    assert_mentions(&failure.to_string(), &["NOP-Out ping"]);
+    assert_mentions(&event, &["NOP-Out ping"]);
+}
+
+#[test]
+
+fn silent_target_in_flight_command_names_the_ping_timeout() {
+    // A race: about every second run loses it, so try a few times.
+    for _ in 0..4 {
+        let (e, _, _, _) = silent_target();
+        assert!(matches!(e, SessionError::PingTimeout(_)), "{e:?}");
+        assert_mentions(&e.to_string(), &["NOP-Out ping"]);
+    }
+}
+
+// ---------------------------------------------------------------- 6 async
+
+#[test]
+fn async_events_reach_the_events_channel() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_ready(|ctx| {
+            ctx.async_event(1, [0; 8], 7, &[]);
+            let mut data = vec![0, 0];
+            Sense::new(SenseKey::UnitAttention, 0x2a, 0x09).emit(&mut data);
+            let n = (data.len() - 2) as u16;
+            data[..2].copy_from_slice(&n.to_be_bytes());
+            ctx.async_event(0, lun_field(0), 0, &data);
+        }));
+        let (etx, erx) = event_channel();
+        let c = initiator::connect(&f.portal(), TARGET_IQN, &config(), Some(etx))
+            .unwrap_or_else(|e| panic!("login: {e}"));
+        let ev = erx.recv_timeout(Duration::from_secs(5)).expect("an event");
+        assert_eq!(ev, SessionEvent::LogoutRequested { within: 7 });
+        match erx.recv_timeout(Duration::from_secs(5)).expect("an event") {
+            SessionEvent::ScsiEvent { lun, sense } => {
+                assert_eq!(lun, lun_field(0));
+                let s = Sense::parse(&sense).expect("sense data");
+                assert_eq!(
+                    (s.key, s.asc, s.ascq),
+                    (SenseKey::UnitAttention, 0x2a, 0x09)
+                );
+            }
+            other => panic!("expected a SCSI event, got {other:?}"),
+        }
+        let lun = open(c);
+        lun.test_unit_ready().expect("the session still works");
+        f.assert_clean();
+    })
+}
+
+// ---------------------------------------------------------------- 7 SCSI status
+
+#[test]
+fn unit_attention_busy_and_medium_error() {
+    within(|| {
+        let mut commands = 0;
+        let mut busy_left = 2;
+        let f = FakeTarget::start(Behaviour::default().on_pdu(move |ctx, seen| {
+            let Some(c) = seen.command() else {
+                return Step::Default;
+            };
+            commands += 1;
+            if commands <= 2 {
+                // POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+                ctx.check_condition(c, SenseKey::UnitAttention, 0x29, 0);
+                return Step::Handled;
+            }
+            if is_read(c) && read_lba(c) == 50 && busy_left > 0 {
+                busy_left -= 1;
+                ctx.respond(c, 0x08, None);
+                return Step::Handled;
+            }
+            if is_read(c) && read_lba(c) == 100 {
+                // UNRECOVERED READ ERROR.
+                ctx.check_condition(c, SenseKey::MediumError, 0x11, 0);
+                return Step::Handled;
+            }
+            Step::Default
+        }));
+        let lun = open(connect(&f, &config()));
+        assert_eq!(lun.info.serial.as_deref(), Some(SERIAL));
+        assert_eq!(lun.info.blocks(), (8 << 20) / 512);
+
+        let data = pattern(4096, 7);
+        f.disk()[50 * BLOCK..50 * BLOCK + 4096].copy_from_slice(&data);
+        let (r, back) = lun.read(50, vec![0u8; 4096]);
+        r.unwrap_or_else(|e| panic!("BUSY twice, then the read: {e}"));
+        assert!(back == data);
+
+        let (r, _) = lun.read(100, vec![0u8; 4096]);
+        let e = r.expect_err("a medium error fails the read");
+        assert_mentions(&e.to_string(), &["MEDIUM ERROR", "READ(10)"]);
+
+        let log = f.log();
+        let reads_at = |lba| {
+            log.commands()
+                .filter(|(c, _)| is_read(c) && read_lba(c) == lba)
+                .count()
+        };
+        assert_eq!(reads_at(50), 3, "BUSY retried");
+        assert_eq!(reads_at(100), 1, "a medium error is not retried");
+        drop(log);
+        assert!(lun.session().failure().is_none());
+        f.assert_clean();
+    })
+}
+
+// ---------------------------------------------------------------- 8 hostile
+
+fn data_in(c: &ScsiCommand, sn: TargetSn, data_sn: u32, offset: u32, last: bool) -> Pdu {
+    Pdu::DataIn(DataIn {
+        final_: last,
+        ack: false,
+        overflow: false,
+        underflow: false,
+        has_status: last,
+        status: 0,
+        lun: c.lun,
+        itt: c.itt,
+        ttt: RESERVED_TAG,
+        sn,
+        data_sn,
+        buffer_offset: offset,
+        residual: 0,
+    })
+}
+
+fn good(itt: u32, sn: TargetSn) -> Pdu {
+    Pdu::ScsiResponse(ScsiResponse {
+        bidi_overflow: false,
+        bidi_underflow: false,
+        overflow: false,
+        underflow: false,
+        response: 0,
+        status: 0,
+        itt,
+        sn,
+        exp_data_sn: 0,
+        bidi_residual: 0,
+        residual: 0,
+    })
+}
+
+/// Open the LUN normally, then answer a 4 KiB READ with `act`. The read
+/// must fail, the session must drop the connection; returns the error text.
+fn hostile(
+    cfg: InitiatorConfig,
+    mut act: impl FnMut(&mut Ctx<'_>, &ScsiCommand) + Send + Sync + 'static,
+) -> String {
+    within(move || {
+        let f = FakeTarget::start(Behaviour::default().on_pdu(
+            move |ctx, seen| match seen.command() {
+                Some(c) if is_read(c) => {
+                    act(ctx, c);
+                    Step::Handled
+                }
+                _ => Step::Default,
+            },
+        ));
+        let lun = open(connect(&f, &cfg));
+        let (r, _) = lun.read(0, vec![0u8; 4096]);
+        let msg = match r {
+            Ok(()) => panic!("the read succeeded despite a hostile answer"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            lun.session().failure().is_some(),
+            "the session must drop the connection after: {msg}"
+        );
+        assert!(
+            f.wait_for(Duration::from_secs(5), |l| !l.closed.is_empty()),
+            "the connection must be closed after: {msg}"
+        );
+        msg
+    })
+}
+
+#[test]
+fn hostile_oversized_data_segment() {
+    let m = hostile(config(), |ctx, c| {
+        // A header claiming 16 MiB - 1 (the 24-bit maximum) of data.
+        let bhs = data_in(c, ctx.sn(), 0, 0, false).to_bytes(0xff_ffff);
+        ctx.send_raw(&bhs);
+    });
+    assert_mentions(&m, &["16777215-byte", "above the 262144 bytes"]);
+}
+
+#[test]
+fn hostile_response_for_unknown_task() {
+    let m = hostile(config(), |ctx, _| {
+        let sn = ctx.status_sn();
+        ctx.send(&good(0x7fff_7777, sn), &[]);
+    });
+    assert_mentions(&m, &["SCSI Response", "unknown task tag 0x7fff7777"]);
+}
+
+#[test]
+fn hostile_data_in_beyond_the_buffer() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.status_sn();
+        let off = c.expected_len - 256;
+        ctx.send(&data_in(c, sn, 0, off, true), &[0xaa; 512]);
+    });
+    assert_mentions(&m, &["Data-In", "beyond the 4096-byte transfer"]);
+}
+
+#[test]
+fn hostile_data_sn_out_of_order() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.sn();
+        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 512]);
+        let sn = ctx.status_sn();
+        ctx.send(&data_in(c, sn, 2, 512, true), &[2; 512]);
+    });
+    assert_mentions(&m, &["DataSN 2", "expected 1"]);
+}
+
+#[test]
+fn hostile_r2t_for_a_read() {
+    let m = hostile(config(), |ctx, c| {
+        let pdu = Pdu::R2t(R2t {
+            lun: c.lun,
+            itt: c.itt,
+            ttt: 0x99,
+            sn: ctx.sn(),
+            r2t_sn: 0,
+            buffer_offset: 0,
+            desired_len: 512,
+        });
+        ctx.send(&pdu, &[]);
+    });
+    assert_mentions(&m, &["R2T", "writes nothing"]);
+}
+
+#[test]
+fn hostile_header_cut_short() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.status_sn();
+        let bhs = good(c.itt, sn).to_bytes(0);
+        ctx.send_raw(&bhs[..20]);
+        ctx.hang_up();
+    });
+    assert_mentions(&m, &["closed", "20 bytes of a PDU header"]);
+}
+
+#[test]
+fn hostile_header_digest_error() {
+    let m = hostile(digests(), |ctx, c| {
+        let sn = ctx.status_sn();
+        ctx.send_corrupt(&good(c.itt, sn), &[], Corrupt::HeaderDigest);
+    });
+    assert_mentions(&m, &["header digest error"]);
+}
+
+#[test]
+fn hostile_data_digest_error() {
+    let m = hostile(digests(), |ctx, c| {
+        let sn = ctx.status_sn();
+        let data = pattern(4096, 1);
+        ctx.send_corrupt(&data_in(c, sn, 0, 0, true), &data, Corrupt::DataDigest);
+    });
+    assert_mentions(&m, &["data digest error", "Data-In"]);
+}
+
+/// 48 bytes from a fixed xorshift, opcode byte forced to the unassigned
+/// 0x1d.
+fn garbage() -> [u8; 48] {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut g = [0u8; 48];
+    for b in g.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 24) as u8;
+    }
+    g[0] = 0x1d;
+    g
+}
+
+#[test]
+fn hostile_garbage_without_ahs() {
+    let m = hostile(config(), |ctx, _| {
+        let mut g = garbage();
+        g[4] = 0; // TotalAHSLength
+        ctx.send_raw(&g);
+        // And keep the connection open: the initiator must not wait.
+    });
+    assert_mentions(&m, &["unknown PDU opcode 0x1d"]);
+}
+
+#[test]
+
+fn hostile_garbage() {
+    assert_ne!(garbage()[4], 0, "random garbage claims an AHS");
+    // NOPs off, as open-iscsi advises for a root disk: nothing else can
+    // break a wait.
+    let mut cfg = config();
+    cfg.session.nop_interval = None;
+    let m = hostile(cfg, |ctx, _| {
+        ctx.send_raw(&garbage());
+        // And keep the connection open: the initiator must not wait.
+    });
+    assert_mentions(&m, &["unknown PDU opcode 0x1d"]);
+}
+
+// ---------------------------------------------------------------- 9 TMF
+
+#[test]
+fn lun_reset_answers() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default());
+        let c = connect(&f, &config());
+        c.session
+            .lun_reset(0)
+            .expect("TMF response 0: function complete");
+        assert!(f.log().pdus.iter().any(|s| matches!(
+            &s.pdu,
+            Pdu::TaskMgmtRequest(t) if t.function == TmfFunction::LogicalUnitReset && t.lun == lun_field(0)
+        )));
+        f.assert_clean();
+
+        let f = FakeTarget::start(Behaviour {
+            tmf_response: 5,
+            ..Behaviour::default()
+        });
+        let c = connect(&f, &config());
+        let e = c.session.lun_reset(0).expect_err("TMF response 5");
+        assert!(matches!(e, SessionError::TaskManagement(5)), "{e:?}");
+        assert_mentions(&e.to_string(), &["not supported"]);
+        assert!(
+            c.session.failure().is_none(),
+            "a refused TMF keeps the session"
+        );
+        f.assert_clean();
+    })
+}
+
+// ---------------------------------------------------------------- 10 discovery
+
+const SEND_TARGETS: &[u8] = b"TargetName=iqn.2026-11.org.sanroot.test:one\0\
+TargetAddress=127.0.0.1:3260,1\0\
+TargetAddress=[fd00::5]:3261,2\0\
+TargetName=iqn.2026-11.org.sanroot.test:two\0\
+TargetAddress=10.0.0.2:3262,3\0\
+TargetName=iqn.2026-11.org.sanroot.test:three\0\
+TargetAddress=10.0.0.3,4\0";
+
+/// Discover through a fake whose SendTargets answer is split at `at`;
+/// check the answer and the continuation; return the protocol violations
+/// the fake saw.
+fn discover_split(at: usize, cont: bool) -> Vec<String> {
+    within(move || {
+        let f = FakeTarget::start(Behaviour {
+            send_targets: vec![
+                TextChunk {
+                    data: SEND_TARGETS[..at].to_vec(),
+                    cont,
+                },
+                TextChunk {
+                    data: SEND_TARGETS[at..].to_vec(),
+                    cont: false,
+                },
+            ],
+            ..Behaviour::default()
+        });
+        let targets = initiator::discover(&f.portal(), &config())
+            .unwrap_or_else(|e| panic!("discovery: {e}"));
+        let p = |host: &str, port, tpgt| TextPortal {
+            host: host.into(),
+            port,
+            tpgt,
+        };
+        let got: Vec<(&str, &[TextPortal])> = targets
+            .iter()
+            .map(|t| (t.name.as_str(), &t.portals[..]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "iqn.2026-11.org.sanroot.test:one",
+                    &[p("127.0.0.1", 3260, 1), p("fd00::5", 3261, 2)][..]
+                ),
+                (
+                    "iqn.2026-11.org.sanroot.test:two",
+                    &[p("10.0.0.2", 3262, 3)][..]
+                ),
+                (
+                    "iqn.2026-11.org.sanroot.test:three",
+                    &[p("10.0.0.3", 3260, 4)][..]
+                ),
+            ]
+        );
+        let log = f.log();
+        assert_eq!(log.login_keys[0].get("SessionType"), Some("Discovery"));
+        let texts: Vec<_> = log
+            .pdus
+            .iter()
+            .filter_map(|s| match &s.pdu {
+                Pdu::TextRequest(t) => Some((t.ttt, s.data.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts.len(), 2, "{texts:x?}");
+        assert_eq!(texts[0].0, RESERVED_TAG);
+        assert_eq!(texts[1], (0x7e00, 0), "an empty Text Request with our TTT");
+        assert!(
+            log.pdus
+                .iter()
+                .any(|s| matches!(s.pdu, Pdu::LogoutRequest(_))),
+            "discovery logs out"
+        );
+        log.violations.clone()
+    })
+}
+
+/// Violations other than the known engine bug that
+/// `discovery_text_requests_carry_the_current_cmd_sn` shows.
+fn unexpected(violations: Vec<String>) -> Vec<String> {
+    violations
+        .into_iter()
+        .filter(|v| !v.contains("with CmdSN"))
+        .collect()
+}
+
+#[test]
+fn discovery_over_two_text_responses() {
+    // Split between two key=value pairs: F=0, C=0, a TTT.
+    let second = b"TargetName=iqn.2026-11.org.sanroot.test:two";
+    let at = SEND_TARGETS
+        .windows(second.len())
+        .position(|w| w == second)
+        .expect("split point");
+    let v = unexpected(discover_split(at, false));
+    assert!(v.is_empty(), "{v:#?}");
+}
+
+#[test]
+fn discovery_text_continued_mid_value() {
+    // Split inside "[fd00::5]": F=0, C=1.
+    let at = SEND_TARGETS
+        .windows(4)
+        .position(|w| w == b"fd00")
+        .expect("split point")
+        + 2;
+    let v = unexpected(discover_split(at, true));
+    assert!(v.is_empty(), "{v:#?}");
+}
+
+#[test]
+
+fn discovery_text_requests_carry_the_current_cmd_sn() {
+    // Text and Logout Requests go out with the I bit, so each must carry
+    // the current CmdSN and not advance it (RFC 7143 §3.2.2.1); the fake
+    // expects CmdSN 1 on all three, the engine sends 1, 2, 3.
+    let v = discover_split(20, false);
+    assert!(v.is_empty(), "{v:#?}");
+}

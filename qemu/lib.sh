@@ -196,8 +196,16 @@ sr_tgt_add_mutual() {
 }
 
 sr_tgt_stop() {
+    local i
     if [ -n "$SR_TGT_PID" ] && kill -0 "$SR_TGT_PID" 2>/dev/null; then
-        kill "$SR_TGT_PID" 2>/dev/null || true
+        # tgtd ignores SIGTERM while it has targets: ask it to shut down.
+        timeout 5 tgtadm -C "$SR_TGT_CTL" --mode system --op delete --force >/dev/null 2>&1 ||
+            kill "$SR_TGT_PID" 2>/dev/null || true
+        for i in $(seq 30); do
+            kill -0 "$SR_TGT_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$SR_TGT_PID" 2>/dev/null || true
         wait "$SR_TGT_PID" 2>/dev/null || true
     fi
     SR_TGT_PID=
@@ -221,7 +229,7 @@ sr_ipxe_script() {
     echo 'boot || goto failed'
     echo ':failed'
     echo 'echo sanroot: iPXE script failed'
-    echo 'poweroff'
+    echo 'reboot'  # QEMU runs with -no-reboot: this ends the run
 }
 
 # sr_tftp_dir DIR SCRIPT KERNEL INITRD: DIR with boot.ipxe, vmlinuz, initrd.img.
@@ -265,15 +273,20 @@ sr_qemu_run() {
 sr_qemu_ipxe() {
     local fw=$1 tftp=$2 log=$3
     shift 3
-    local nic="user,model=virtio-net-pci,mac=$SR_MAC,tftp=$tftp,bootfile=boot.ipxe${SR_NIC_EXTRA:+,$SR_NIC_EXTRA}"
+    local netdev="user,id=n0,tftp=$tftp,bootfile=boot.ipxe${SR_NIC_EXTRA:+,$SR_NIC_EXTRA}"
+    local nic="virtio-net-pci,netdev=n0,mac=$SR_MAC"
     case "$fw" in
     bios)
-        sr_qemu_run "$log" -machine pc -boot n -nic "$nic,romfile=$SR_PXE_ROM_BIOS" "$@"
+        # Debian's pxe-virtio.rom is built for the modern virtio-net PCI id
+        # (0x1041): SeaBIOS only runs it on a modern-only device, and only
+        # boots from it with a bootindex.
+        sr_qemu_run "$log" -machine pc -netdev "$netdev" \
+            -device "$nic,disable-legacy=on,bootindex=1,romfile=$SR_PXE_ROM_BIOS" "$@"
         ;;
     uefi)
         [ -r "$SR_OVMF" ] || sr_die "no $SR_OVMF (apt-get install ovmf)"
-        sr_qemu_run "$log" -machine q35 -bios "$SR_OVMF" -boot n \
-            -nic "$nic,romfile=$SR_PXE_ROM_UEFI" "$@"
+        sr_qemu_run "$log" -machine q35 -bios "$SR_OVMF" -boot n -netdev "$netdev" \
+            -device "$nic,romfile=$SR_PXE_ROM_UEFI" "$@"
         ;;
     *) sr_die "firmware must be bios or uefi, not $fw" ;;
     esac
@@ -317,4 +330,30 @@ PY
 # sr_section_rc LOG NAME: the exit code the guest printed for NAME.
 sr_section_rc() {
     sed -n "s/^===SANROOT-RC $2=\([0-9]*\)===.*/\1/p" "$1" | tr -d '\r' | head -n 1
+}
+
+# ---- composed steps -------------------------------------------------------
+
+SR_GUEST_IP=10.0.2.15
+SR_GUEST_PREFIX=24
+SR_GUEST_NETMASK=255.255.255.0
+SR_GUEST_GATEWAY=10.0.2.2
+SR_GUEST_DNS=10.0.2.3
+SR_GUEST_HOSTNAME=${SR_GUEST_HOSTNAME:-sanroot-guest}
+
+# sr_boot_sanhook FW LOG INITRD TARGET_IQN INITIATOR_IQN APPEND [IPXE_LINES...]
+# Network-boot through iPXE with a static address (SR_GUEST_*), `sanhook`
+# LUN 1 of TARGET_IQN on the running tgtd, then boot SR_KERNEL + INITRD with
+# APPEND. Extra iPXE lines (e.g. CHAP settings) go before the sanhook.
+sr_boot_sanhook() {
+    local fw=$1 log=$2 initrd=$3 target=$4 initiator=$5 append=$6 script
+    shift 6
+    [ -n "${SR_KERNEL:-}" ] || sr_find_kernel
+    script=$(sr_ipxe_script "$fw" "$target" "$SR_TGT_PORT" "$append" \
+        "set initiator-iqn $initiator" "$@" ifclose \
+        "set net0/ip $SR_GUEST_IP" "set net0/netmask $SR_GUEST_NETMASK" \
+        "set net0/gateway $SR_GUEST_GATEWAY" "set dns $SR_GUEST_DNS" \
+        "set hostname $SR_GUEST_HOSTNAME" ifopen)
+    sr_tftp_dir "$SR_WORK/tftp-$fw" "$script" "$SR_KERNEL" "$initrd"
+    sr_qemu_ipxe "$fw" "$SR_WORK/tftp-$fw" "$log"
 }

@@ -314,78 +314,73 @@ fn produce(job: &Job, src: &mut End, tx: SyncSender<Chunk>, crcs: &Mutex<Vec<(u6
             });
         }
         End::File { file, path, .. } => {
-            let mut off = 0u64;
-            loop {
-                if job.stopped() || job.total.is_some_and(|t| off >= t) {
-                    return;
-                }
-                let want = job
-                    .total
-                    .map_or(job.chunk as u64, |t| (t - off).min(job.chunk as u64))
-                    as usize;
-                let mut buf = vec![0u8; want];
-                match read_full_at(file, &mut buf, off) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        let c = Chunk { offset: off, buf };
-                        record(&c);
-                        off += n as u64;
-                        if tx.send(c).is_err() {
-                            return;
-                        }
-                        if n < want {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        job.fail(CmdError::new(
-                            exit::IO,
-                            format!("reading {path} at byte {off}: {e}"),
-                        ));
-                        return;
-                    }
-                }
-            }
+            let path = path.clone();
+            sequential(job, &tx, &record, &path, |buf, off| {
+                read_full_at(file, buf, off)
+            });
         }
         End::Stdin => {
             let mut stdin = io::stdin().lock();
-            let mut off = 0u64;
-            loop {
-                if job.stopped() || job.total.is_some_and(|t| off >= t) {
-                    return;
-                }
-                let want = job
-                    .total
-                    .map_or(job.chunk as u64, |t| (t - off).min(job.chunk as u64))
-                    as usize;
-                let mut buf = vec![0u8; want];
-                let mut n = 0;
-                while n < want {
-                    match stdin.read(&mut buf[n..]) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            job.fail(CmdError::new(exit::IO, format!("reading stdin: {e}")));
-                            return;
-                        }
-                    }
-                }
-                if n == 0 {
-                    return;
-                }
-                buf.truncate(n);
-                let c = Chunk { offset: off, buf };
-                record(&c);
-                off += n as u64;
-                if tx.send(c).is_err() || n < want {
-                    return;
-                }
-            }
+            sequential(job, &tx, &record, "stdin", |buf, _| {
+                read_full(&mut stdin, buf)
+            });
         }
         End::Stdout => job.fail(CmdError::usage("stdout cannot be a source")),
     }
+}
+
+/// Read a sequential source chunk by chunk into the pipeline until it ends
+/// (a short read) or the job's byte count is reached.
+fn sequential(
+    job: &Job,
+    tx: &SyncSender<Chunk>,
+    record: &dyn Fn(&Chunk),
+    name: &str,
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) {
+    let mut off = 0u64;
+    loop {
+        if job.stopped() || job.total.is_some_and(|t| off >= t) {
+            return;
+        }
+        let want =
+            job.total
+                .map_or(job.chunk as u64, |t| (t - off).min(job.chunk as u64)) as usize;
+        let mut buf = vec![0u8; want];
+        let n = match read(&mut buf, off) {
+            Ok(n) => n,
+            Err(e) => {
+                job.fail(CmdError::new(
+                    exit::IO,
+                    format!("reading {name} at byte {off}: {e}"),
+                ));
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        buf.truncate(n);
+        let c = Chunk { offset: off, buf };
+        record(&c);
+        off += n as u64;
+        if tx.send(c).is_err() || n < want {
+            return;
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {

@@ -203,20 +203,8 @@ impl Lun {
     /// peripheral addressing below 256, flat space addressing up to 16383,
     /// otherwise the Linux-style 16-bit groups.
     pub fn from_number(n: u64) -> Lun {
-        let mut raw = [0u8; 8];
-        if n < 256 {
-            raw[1] = n as u8;
-        } else if n < 0x4000 {
-            raw[0] = 0x40 | (n >> 8) as u8;
-            raw[1] = (n & 0xff) as u8;
-        } else {
-            for (i, chunk) in raw.chunks_exact_mut(2).enumerate() {
-                let group = (n >> (16 * i)) as u16;
-                chunk.copy_from_slice(&group.to_be_bytes());
-            }
-        }
         Lun {
-            raw,
+            raw: crate::scsi::data::lun_to_bytes(n),
             number: n,
             encoding: LunEncoding::Sam,
         }

@@ -277,18 +277,12 @@ pub fn parse(buf: &[u8], opts: ParseOptions) -> Result<Ibft, IbftError> {
         if noff != 0 {
             let name = format!("nic{pair}");
             if let Some(nic) = p.nic(&name, nic_field, noff) {
-                if let Some(prev) = ibft.nics.iter().find(|n| n.index == nic.index) {
-                    p.problem(
-                        Severity::Error,
-                        &name,
-                        "index",
-                        noff + shdr::INDEX,
-                        format!(
-                            "index {} is already used by the NIC at 0x{:x}; targets could not tell them apart, so this one is ignored",
-                            nic.index, prev.place.offset
-                        ),
-                    );
-                } else {
+                let known: Vec<(u8, usize)> = ibft
+                    .nics
+                    .iter()
+                    .map(|n| (n.index, n.place.offset))
+                    .collect();
+                if p.unique_index(&name, noff, nic.index, &known, "NIC") {
                     ibft.nics.push(nic);
                 }
             }
@@ -297,18 +291,12 @@ pub fn parse(buf: &[u8], opts: ParseOptions) -> Result<Ibft, IbftError> {
         if toff != 0 {
             let name = format!("target{pair}");
             if let Some(tgt) = p.target(&name, tgt_field, toff) {
-                if let Some(prev) = ibft.targets.iter().find(|t| t.index == tgt.index) {
-                    p.problem(
-                        Severity::Error,
-                        &name,
-                        "index",
-                        toff + shdr::INDEX,
-                        format!(
-                            "index {} is already used by the target at 0x{:x}; this one is ignored",
-                            tgt.index, prev.place.offset
-                        ),
-                    );
-                } else {
+                let known: Vec<(u8, usize)> = ibft
+                    .targets
+                    .iter()
+                    .map(|t| (t.index, t.place.offset))
+                    .collect();
+                if p.unique_index(&name, toff, tgt.index, &known, "target") {
                     ibft.targets.push(tgt);
                 }
             }
@@ -368,6 +356,32 @@ impl<'a> Parser<'a> {
             offset,
             message,
         });
+    }
+
+    /// A structure's header index must not repeat (targets name their NIC
+    /// by it; Linux drops the whole table on duplicates, we drop the later
+    /// structure). `known` holds (index, offset) of those already accepted.
+    fn unique_index(
+        &mut self,
+        name: &str,
+        off: usize,
+        index: u8,
+        known: &[(u8, usize)],
+        kind: &str,
+    ) -> bool {
+        match known.iter().find(|(i, _)| *i == index) {
+            None => true,
+            Some((_, prev)) => {
+                self.problem(
+                    Severity::Error,
+                    name,
+                    "index",
+                    off + shdr::INDEX,
+                    format!("index {index} is already used by the {kind} at 0x{prev:x}; this one is ignored"),
+                );
+                false
+            }
+        }
     }
 
     /// Locate and check the common header of a structure the control

@@ -310,6 +310,22 @@ impl Dialogue {
         }
     }
 
+    /// A Login Request header for this dialogue.
+    fn request(&self, transit: bool, cont: bool, csg: Stage, nsg: Stage) -> Pdu {
+        Pdu::LoginRequest(LoginRequest {
+            transit,
+            cont,
+            csg,
+            nsg,
+            isid: self.isid,
+            tsih: self.tsih,
+            itt: self.itt,
+            cid: 0,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+        })
+    }
+
     /// Send one login request with `keys` and collect the full answer
     /// (joining continuation PDUs).
     fn exchange(
@@ -328,18 +344,7 @@ impl Dialogue {
             let (chunk, rest) = data_out.split_at(data_out.len().min(max));
             data_out = rest;
             let cont = !data_out.is_empty();
-            let req = Pdu::LoginRequest(LoginRequest {
-                transit: transit && !cont,
-                cont,
-                csg,
-                nsg,
-                isid: self.isid,
-                tsih: self.tsih,
-                itt: self.itt,
-                cid: 0,
-                cmd_sn: self.cmd_sn,
-                exp_stat_sn: self.exp_stat_sn,
-            });
+            let req = self.request(transit && !cont, cont, csg, nsg);
             self.w
                 .send(&req, &[chunk])
                 .map_err(|e| self.conn_err(ConnError::from(e)))?;
@@ -389,18 +394,7 @@ impl Dialogue {
                 if !data_out.is_empty() {
                     return Err(self.protocol("target continued while we were continuing"));
                 }
-                let more = Pdu::LoginRequest(LoginRequest {
-                    transit: false,
-                    cont: false,
-                    csg,
-                    nsg,
-                    isid: self.isid,
-                    tsih: self.tsih,
-                    itt: self.itt,
-                    cid: 0,
-                    cmd_sn: self.cmd_sn,
-                    exp_stat_sn: self.exp_stat_sn,
-                });
+                let more = self.request(false, false, csg, nsg);
                 self.w
                     .send(&more, &[])
                     .map_err(|e| self.conn_err(ConnError::from(e)))?;

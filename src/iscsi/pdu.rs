@@ -1094,21 +1094,10 @@ impl fmt::Display for Pdu {
     }
 }
 
-/// A SAM LUN number as the 8 bytes of the LUN field (single level:
+/// A LUN number as the 8 bytes of the LUN field (SAM single level:
 /// peripheral below 256, flat space below 16384).
 pub fn lun_field(lun: u64) -> [u8; 8] {
-    let mut raw = [0u8; 8];
-    if lun < 256 {
-        raw[1] = lun as u8;
-    } else if lun < 0x4000 {
-        raw[0] = 0x40 | (lun >> 8) as u8;
-        raw[1] = (lun & 0xff) as u8;
-    } else {
-        for (i, chunk) in raw.chunks_exact_mut(2).enumerate() {
-            chunk.copy_from_slice(&((lun >> (16 * i)) as u16).to_be_bytes());
-        }
-    }
-    raw
+    crate::scsi::data::lun_to_bytes(lun)
 }
 
 /// Serial number arithmetic (RFC 1982, 32 bits) as used for CmdSN/StatSN.

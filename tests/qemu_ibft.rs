@@ -32,14 +32,18 @@ fn guest(mode: &str) -> (serde_json::Value, BTreeMap<String, String>) {
         .output()
         .expect("run qemu/ibft-guest-test (install the QEMU tools with `sudo qemu/install-deps`)");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "qemu/ibft-guest-test {mode} failed:\n{err}");
+    assert!(
+        out.status.success(),
+        "qemu/ibft-guest-test {mode} failed:\n{err}"
+    );
     let meta = err
         .lines()
         .filter_map(|l| l.strip_prefix("#meta "))
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("guest JSON: {e}\n{err}"));
+    let json =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("guest JSON: {e}\n{err}"));
     (json, meta)
 }
 
@@ -57,8 +61,17 @@ fn acpitable_table_is_read_in_guest() {
     let (v, _) = guest("acpitable");
     let m = fixture_meta("uefi-chap-dhcp");
     assert_eq!(v["source"], "acpi");
-    assert!(v["source_detail"].as_str().unwrap_or("").contains("/sys/firmware/acpi/tables/iBFT"), "{v}");
-    assert_eq!(v["header"]["checksum_ok"], true, "QEMU rewrote the checksum consistently");
+    assert!(
+        v["source_detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/sys/firmware/acpi/tables/iBFT"),
+        "{v}"
+    );
+    assert_eq!(
+        v["header"]["checksum_ok"], true,
+        "QEMU rewrote the checksum consistently"
+    );
     assert_eq!(v["initiator"]["name"], m["initiator_iqn"].as_str());
     let t = &v["targets"][0];
     assert_eq!(t["name"], m["target_iqn"].as_str());
@@ -78,8 +91,18 @@ fn acpitable_table_is_read_in_guest() {
 #[test]
 fn sanhook_table_is_read_in_guest() {
     let (v, m) = guest("sanhook");
-    assert_eq!(v["source"], "mem", "BIOS iPXE leaves the table in low memory: {v}");
-    let addr = u64::from_str_radix(v["source_detail"].as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap_or(0);
+    assert_eq!(
+        v["source"], "mem",
+        "BIOS iPXE leaves the table in low memory: {v}"
+    );
+    let addr = u64::from_str_radix(
+        v["source_detail"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap_or(0);
     assert!((0x80000..0xa0000).contains(&addr), "table at 0x{addr:x}");
     assert_eq!(v["initiator"]["name"], m["initiator_iqn"].as_str());
     let t = &v["targets"][0];

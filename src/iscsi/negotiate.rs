@@ -350,10 +350,15 @@ impl OperationalParams {
             data_digest: false,
             max_recv_data_segment_length: self.max_recv_data_segment_length,
             max_send_data_segment_length: DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH,
-            max_burst_length: 262_144,
-            first_burst_length: 65_536,
+            // A key the target leaves unanswered (or calls Irrelevant)
+            // takes its RFC default, combined with our offer by the key's
+            // own result function: never more than we offered.
+            max_burst_length: self.max_burst_length.min(262_144),
+            first_burst_length: self.first_burst_length.min(65_536),
+            // InitialR2T: our offer OR default Yes = Yes.
             initial_r2t: true,
-            immediate_data: true,
+            // ImmediateData: our offer AND default Yes = our offer.
+            immediate_data: self.immediate_data,
             max_outstanding_r2t: 1,
             data_pdu_in_order: true,
             data_sequence_in_order: true,

@@ -671,6 +671,22 @@ pub struct DiscoveredTarget {
     pub portals: Vec<Portal>,
 }
 
+/// An IPv6 address, optionally with a `%zone` made of letters, digits and
+/// `-_.` (interface names): anything else in a zone (say `]`) would make
+/// the address unprintable in TargetAddress form.
+fn valid_ipv6_with_zone(s: &str) -> bool {
+    let (ip, zone) = match s.split_once('%') {
+        Some((ip, z)) => (ip, Some(z)),
+        None => (s, None),
+    };
+    ip.parse::<Ipv6Addr>().is_ok()
+        && zone.is_none_or(|z| {
+            !z.is_empty()
+                && z.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
 /// Parse a `TargetAddress` value: `host[:port][,tpgt]` with IPv6 hosts in
 /// brackets (RFC 7143 §13.8). An IPv6 address without brackets is accepted
 /// as a host without a port. Port defaults to 3260, tag to 1.
@@ -689,8 +705,7 @@ pub fn parse_target_address(value: &str) -> Result<Portal, ValueError> {
         let Some((host, after)) = rest.split_once(']') else {
             return Err(err("'[' without ']'"));
         };
-        let ip = host.split_once('%').map_or(host, |(ip, _zone)| ip);
-        if ip.parse::<Ipv6Addr>().is_err() {
+        if !valid_ipv6_with_zone(host) {
             return Err(err("not an IPv6 address inside brackets"));
         }
         let port = match after {
@@ -703,8 +718,7 @@ pub fn parse_target_address(value: &str) -> Result<Portal, ValueError> {
         (host, port)
     } else if addr.matches(':').count() > 1 {
         // Bare IPv6 address: no way to carry a port.
-        let ip = addr.split_once('%').map_or(addr, |(ip, _zone)| ip);
-        if ip.parse::<Ipv6Addr>().is_err() {
+        if !valid_ipv6_with_zone(addr) {
             return Err(err("not a host[:port]"));
         }
         (addr, None)

@@ -1,0 +1,7 @@
+//! Fuzz target `conn_reader`: see `sanroot_fuzz::conn_reader` (fuzz/src/lib.rs) for the
+//! input layout and the invariants checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sanroot_fuzz::conn_reader(data));

@@ -357,3 +357,109 @@ sr_boot_sanhook() {
     sr_tftp_dir "$SR_WORK/tftp-$fw" "$script" "$SR_KERNEL" "$initrd"
     sr_qemu_ipxe "$fw" "$SR_WORK/tftp-$fw" "$log"
 }
+
+# ---- modules with dependencies ---------------------------------------------
+
+# sr_copy_modules_deps DIR NAME...: copy each module NAME of SR_KVER and,
+# first, everything it depends on (`modinfo -F depends`, recursively;
+# built-in modules are skipped), decompressed, as DIR/NNN-name.ko so that
+# the glob order of DIR/*.ko is a valid insmod order. Modules already in DIR
+# are not copied twice; numbering continues after the highest present.
+sr_copy_modules_deps() {
+    local dir=$1 name
+    shift
+    [ -n "${SR_KVER:-}" ] || sr_find_kernel
+    mkdir -p "$dir"
+    for name in "$@"; do
+        _sr_copy_module_rec "$dir" "${name//-/_}" ""
+    done
+}
+
+_sr_copy_module_rec() {
+    local dir=$1 name=$2 stack=$3 path dep deps n
+    case " $stack " in *" $name "*) sr_die "module dependency loop: $stack $name" ;; esac
+    if compgen -G "$dir/[0-9][0-9][0-9]-$name.ko" >/dev/null; then return 0; fi
+    path=$(modinfo -k "$SR_KVER" -n "$name" 2>/dev/null) || sr_die "module $name not found for $SR_KVER"
+    case "$path" in
+    "(builtin)" | "") return 0 ;;
+    esac
+    deps=$(modinfo -k "$SR_KVER" -F depends "$name" 2>/dev/null || true)
+    for dep in ${deps//,/ }; do
+        _sr_copy_module_rec "$dir" "${dep//-/_}" "$stack $name"
+    done
+    n=$(find "$dir" -maxdepth 1 -name '[0-9][0-9][0-9]-*.ko' | wc -l)
+    n=$(printf '%03d' "$n")
+    case "$path" in
+    *.ko.xz) xz -dc "$path" >"$dir/$n-$name.ko" ;;
+    *.ko.zst) zstd -dc "$path" >"$dir/$n-$name.ko" ;;
+    *.ko.gz) gzip -dc "$path" >"$dir/$n-$name.ko" ;;
+    *.ko) cp "$path" "$dir/$n-$name.ko" ;;
+    *) sr_die "unknown module file $path" ;;
+    esac
+}
+
+# ---- dynamically linked host tools in an initramfs --------------------------
+
+# sr_copy_dynamic ROOT FILE...: copy each host executable FILE into ROOT at
+# the same path, with every shared library and the dynamic loader that ldd
+# lists for it, also at the same paths (symlinks resolved: the initramfs gets
+# real files). A FILE that is a symlink (fsck.ext4 -> e2fsck) is copied as
+# its target and linked under its own name. Prints nothing; dies when ldd
+# cannot resolve a library.
+sr_copy_dynamic() {
+    local root=$1 f real lib
+    shift
+    for f in "$@"; do
+        [ -e "$f" ] || sr_die "no $f on the host"
+        real=$(readlink -f "$f")
+        mkdir -p "$root$(dirname "$f")" "$root$(dirname "$real")"
+        [ -e "$root$real" ] || cp "$real" "$root$real"
+        if [ "$real" != "$f" ] && [ ! -e "$root$f" ]; then
+            ln -s "$real" "$root$f"
+        fi
+        ldd "$real" | grep -q 'not found' && sr_die "ldd $real: a library is missing"
+        # "libx.so => /path (addr)", "/lib64/ld-linux-x86-64.so.2 (addr)";
+        # vdso lines have no path.
+        for lib in $(ldd "$real" | sed -n -e 's/.*=> \(\/[^ ]*\) .*/\1/p' -e 's/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'); do
+            [ -e "$root$lib" ] && continue
+            mkdir -p "$root$(dirname "$lib")"
+            cp -L "$lib" "$root$lib"
+        done
+    done
+}
+
+# sr_tgt_add_lun TID LUN SIZE [readonly] [thin] [bs=N] [file=PATH]: add a
+# LUN backed by a sparse file (default $SR_WORK/t$TID-lun$LUN.img) to an
+# existing target; prints the backing file's path.
+sr_tgt_add_lun() {
+    local tid=$1 lun=$2 size=$3 opt ro=0 thin=0 bs= backing
+    shift 3
+    backing="$SR_WORK/t$tid-lun$lun.img"
+    for opt in "$@"; do
+        case "$opt" in
+        readonly) ro=1 ;;
+        thin) thin=1 ;;
+        bs=*) bs=${opt#bs=} ;;
+        file=*) backing=${opt#file=} ;;
+        *) sr_die "sr_tgt_add_lun: unknown option $opt" ;;
+        esac
+    done
+    [ -e "$backing" ] || truncate -s "$size" "$backing"
+    sr_tgtadm --mode logicalunit --op new --tid "$tid" --lun "$lun" \
+        --backing-store "$backing" ${bs:+--blocksize "$bs"} >&2
+    if [ "$ro" = 1 ]; then
+        sr_tgtadm --mode logicalunit --op update --tid "$tid" --lun "$lun" --params readonly=1 >&2
+    fi
+    if [ "$thin" = 1 ]; then
+        sr_tgtadm --mode logicalunit --op update --tid "$tid" --lun "$lun" --params thin_provisioning=1 >&2
+    fi
+    echo "$backing"
+}
+
+# sr_tgt_sessions TID: number of I_T nexuses (sessions) of target TID.
+sr_tgt_sessions() {
+    sr_tgtadm --mode target --op show 2>/dev/null | awk -v tid="$1" '
+        /^Target [0-9]+:/ { sub(":", "", $2); cur = $2 }
+        cur == tid && /I_T nexus:/ { n++ }
+        END { print n + 0 }'
+}

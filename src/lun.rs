@@ -271,7 +271,7 @@ pub fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
         .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
         .min(p.max_backoff);
     let mut r = [0u8; 2];
-    let _ = getrandom::fill(&mut r);
+    crate::nonblocking_random(&mut r);
     let jitter = f64::from(u16::from_le_bytes(r)) / 65535.0 * 0.5 + 0.75;
     base.mul_f64(jitter)
 }

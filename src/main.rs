@@ -36,6 +36,40 @@ enum Command {
     /// Saved node records: list them, or export them for open-iscsi.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Log in and make a LUN a kernel block device (/dev/ublkbN or /dev/nbdN);
+    /// prints the device and leaves a daemon serving it.
+    Attach(AttachArgs),
+    /// Stop serving a device attached by sanroot: flush, log out.
+    Detach {
+        /// /dev/nbdN or /dev/ublkbN (or just nbdN).
+        device: String,
+    },
+    /// What this host has attached: device, target, portal, session, bridge, state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum BridgeArg {
+    /// ublk when /dev/ublk-control exists and io_uring is allowed, else NBD.
+    Auto,
+    Ublk,
+    Nbd,
+}
+
+#[derive(clap::Args, Debug)]
+struct AttachArgs {
+    /// iscsi://[user@]host[:port]/target-iqn/LUN, or IQN/LUN of a discovered target.
+    target: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    bridge: BridgeArg,
+    /// Serve in this process instead of a background daemon.
+    #[arg(long)]
+    foreground: bool,
+    #[command(flatten)]
+    connect: ConnectOpts,
 }
 
 /// How to log in: shared by every command that talks to a target.
@@ -229,6 +263,11 @@ struct IbftArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Attach(_)) {
+        // A daemon that may serve the root filesystem: '@' in argv[0] when
+        // started from an initramfs (systemd's kill sweeps skip it).
+        sanroot::daemon::ensure_at_argv0();
+    }
     sanroot::logging::init(cli.verbose);
     let code = match cli.command {
         Command::Ibft(a) => cmd::ibft::run(&cmd::ibft::Args {
@@ -277,6 +316,18 @@ fn main() -> ExitCode {
             json: a.json,
             connect: a.connect.into_args(),
         }),
+        Command::Attach(a) => cmd::attach::attach(&cmd::attach::AttachArgs {
+            target: a.target,
+            bridge: match a.bridge {
+                BridgeArg::Auto => cmd::attach::BridgeKind::Auto,
+                BridgeArg::Ublk => cmd::attach::BridgeKind::Ublk,
+                BridgeArg::Nbd => cmd::attach::BridgeKind::Nbd,
+            },
+            foreground: a.foreground,
+            connect: a.connect.into_args(),
+        }),
+        Command::Detach { device } => cmd::attach::detach(&device),
+        Command::Status { json } => cmd::attach::status(json),
         Command::Node(n) => cmd::node::run(&match n {
             NodeCmd::List { json } => cmd::node::Args::List { json },
             NodeCmd::Export {

@@ -89,7 +89,7 @@ pub fn initiator_name(flag: Option<&str>) -> String {
         .filter(|m| m.len() == 12 && m.chars().all(|c| c.is_ascii_hexdigit()))
         .unwrap_or_else(|| {
             let mut r = [0u8; 6];
-            let _ = getrandom::fill(&mut r);
+            crate::nonblocking_random(&mut r);
             r.iter().map(|b| format!("{b:02x}")).collect()
         });
     format!("iqn.2026-11.org.sanroot:{suffix}")

@@ -622,6 +622,6 @@ fn parse_printable(s: &str) -> String {
 /// drops the old one) rather than leaking it.
 pub fn random_isid() -> [u8; 6] {
     let mut r = [0u8; 5];
-    let _ = getrandom::fill(&mut r);
+    crate::nonblocking_random(&mut r);
     [0x80, r[0], r[1], r[2], r[3], r[4]]
 }

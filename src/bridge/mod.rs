@@ -1,0 +1,393 @@
+//! Block-device bridges: a LUN as a kernel block device (/dev/ublkbN over
+//! ublk, /dev/nbdN over NBD), so a root filesystem can live on it.
+//!
+//! A bridge only moves block requests between the kernel and a [`Backend`]:
+//! it does not know iSCSI. [`IscsiBackend`] is the backend that turns block
+//! requests into SCSI commands on a session, without blocking and without
+//! copying: the request's buffer travels with the command and comes back
+//! with its completion.
+//!
+//! - [`nbd`]: the kernel NBD driver over its generic-netlink interface and a
+//!   socketpair (never the blocking NBD_DO_IT ioctl, which systemd's
+//!   switch-root breaks);
+//! - [`ublk`]: the ublk driver through io_uring;
+//! - [`netlink`]: the small generic-netlink client NBD needs.
+
+pub mod nbd;
+pub mod netlink;
+
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError};
+use crate::lun::{LunInfo, RetryPolicy, backoff, pad16};
+use crate::scsi::cdb::{self, Cdb};
+use crate::scsi::sense::{Disposition, Sense, Status, disposition};
+
+/// One block request, in logical blocks of the LU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockOp {
+    Read { lba: u64, blocks: u32 },
+    Write { lba: u64, blocks: u32, fua: bool },
+    Flush,
+    Discard { lba: u64, blocks: u32 },
+    WriteZeroes { lba: u64, blocks: u32 },
+}
+
+/// Why a block request failed (what the kernel sees is EIO/ENOSPC/...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockError {
+    /// The device is read-only or the LU refused writes.
+    ReadOnly,
+    /// Outside the device.
+    OutOfRange,
+    /// The operation is not supported by the LU.
+    NotSupported,
+    /// Anything else, with a readable reason.
+    Io(String),
+}
+
+impl BlockError {
+    /// The negative errno a bridge reports to the kernel.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BlockError::ReadOnly => -(nix::errno::Errno::EROFS as i32),
+            BlockError::OutOfRange => -(nix::errno::Errno::ENOSPC as i32),
+            BlockError::NotSupported => -(nix::errno::Errno::EOPNOTSUPP as i32),
+            BlockError::Io(_) => -(nix::errno::Errno::EIO as i32),
+        }
+    }
+}
+
+impl fmt::Display for BlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockError::ReadOnly => write!(f, "the device is read-only"),
+            BlockError::OutOfRange => write!(f, "beyond the end of the device"),
+            BlockError::NotSupported => write!(f, "not supported by the LU"),
+            BlockError::Io(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// Called once when a request ends, with its buffer handed back. Runs on a
+/// backend thread: it must be quick (post a completion, write a reply).
+pub type BlockDone = Box<dyn FnOnce(Result<(), BlockError>, Vec<u8>) + Send>;
+
+/// What a bridge needs from the storage behind it.
+pub trait Backend: Send + Sync {
+    /// Geometry and capabilities.
+    fn info(&self) -> &LunInfo;
+    /// Start a request. For reads `buf` must hold `blocks * block_size`
+    /// bytes and is filled; for writes it holds the data. `done` is called
+    /// exactly once. Never blocks for long (at most for a free slot).
+    fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone);
+}
+
+/// Block requests as SCSI commands on an iSCSI session.
+///
+/// A write is acknowledged (its `done` called with Ok) only after the
+/// target's GOOD status. Unit attentions are retried at once, BUSY and the
+/// like after a backoff on a small timer thread, so no session thread ever
+/// sleeps.
+pub struct IscsiBackend {
+    session: Arc<Session>,
+    info: LunInfo,
+    retry: RetryPolicy,
+    timer: Arc<Timer>,
+}
+
+impl IscsiBackend {
+    pub fn new(session: Arc<Session>, info: LunInfo) -> IscsiBackend {
+        IscsiBackend {
+            session,
+            info,
+            retry: RetryPolicy::default(),
+            timer: Timer::start(),
+        }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+/// A request in flight with its retry count.
+struct Pending {
+    session: Arc<Session>,
+    lun: u64,
+    cdb: Cdb,
+    dir: DataDir,
+    retry: RetryPolicy,
+    timer: Arc<Timer>,
+    attempts: u32,
+    uas: u32,
+    done: BlockDone,
+}
+
+fn send(p: Pending, buf: Vec<u8>) {
+    let session = Arc::clone(&p.session);
+    let cmd = Command {
+        lun: p.lun,
+        cdb: pad16(&p.cdb),
+        dir: p.dir,
+        attr: 1,
+    };
+    session.submit(cmd, buf, Box::new(move |r, b| completed(p, r, b)));
+}
+
+fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) {
+    let res = match r {
+        Ok(res) => res,
+        Err(e) => {
+            (p.done)(Err(BlockError::Io(e.to_string())), buf);
+            return;
+        }
+    };
+    let status = Status::from_u8(res.status);
+    let sense = res.sense.as_deref().and_then(|s| Sense::parse(s).ok());
+    match disposition(status, sense.as_ref()) {
+        Disposition::Done => {
+            if let DataDir::Read(n) = p.dir
+                && res.data_in < n as usize
+            {
+                (p.done)(
+                    Err(BlockError::Io(format!(
+                        "{}: {} of {n} bytes arrived",
+                        p.cdb.name(),
+                        res.data_in
+                    ))),
+                    buf,
+                );
+                return;
+            }
+            (p.done)(Ok(()), buf)
+        }
+        Disposition::UnitAttention { reason } if p.uas < p.retry.unit_attention_retries => {
+            p.uas += 1;
+            log::info!("{}: unit attention ({reason:?}); retrying", p.cdb.name());
+            send(p, buf);
+        }
+        Disposition::RetryAfterBackoff if p.attempts < p.retry.backoff_retries => {
+            let d = backoff(&p.retry, p.attempts);
+            p.attempts += 1;
+            let timer = Arc::clone(&p.timer);
+            timer.after(d, Box::new(move || send(p, buf)));
+        }
+        Disposition::WriteProtected => (p.done)(Err(BlockError::ReadOnly), buf),
+        Disposition::Unsupported => (p.done)(Err(BlockError::NotSupported), buf),
+        _ => {
+            let what = match &sense {
+                Some(s) => format!("{} failed: {status}: {s}", p.cdb.name()),
+                None => format!("{} failed: {status}", p.cdb.name()),
+            };
+            log::error!("{what}");
+            (p.done)(Err(BlockError::Io(what)), buf)
+        }
+    }
+}
+
+impl Backend for IscsiBackend {
+    fn info(&self) -> &LunInfo {
+        &self.info
+    }
+
+    fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {
+        let bs = self.info.block_size();
+        let end_ok = |lba: u64, blocks: u32| {
+            lba.checked_add(u64::from(blocks))
+                .is_some_and(|e| e <= self.info.blocks())
+        };
+        let (c, dir, buf) = match op {
+            BlockOp::Read { lba, blocks } => {
+                if !end_ok(lba, blocks) {
+                    return done(Err(BlockError::OutOfRange), buf);
+                }
+                (
+                    cdb::read(lba, blocks, false),
+                    DataDir::Read(blocks * bs),
+                    buf,
+                )
+            }
+            BlockOp::Write { lba, blocks, fua } => {
+                if self.info.write_protected {
+                    return done(Err(BlockError::ReadOnly), buf);
+                }
+                if !end_ok(lba, blocks) {
+                    return done(Err(BlockError::OutOfRange), buf);
+                }
+                (
+                    cdb::write(lba, blocks, fua && self.info.fua),
+                    DataDir::Write(blocks * bs),
+                    buf,
+                )
+            }
+            BlockOp::Flush => {
+                let c = if self.info.blocks() > u64::from(u32::MAX) {
+                    cdb::sync_cache_16(0, 0)
+                } else {
+                    cdb::sync_cache(0, 0)
+                };
+                (c, DataDir::None, buf)
+            }
+            BlockOp::Discard { lba, blocks } => {
+                if !self.info.can_unmap() {
+                    return done(Err(BlockError::NotSupported), buf);
+                }
+                if !end_ok(lba, blocks) {
+                    return done(Err(BlockError::OutOfRange), buf);
+                }
+                let list = match cdb::unmap_parameter_list(&[(lba, blocks)]) {
+                    Ok(l) => l,
+                    Err(_) => return done(Err(BlockError::NotSupported), buf),
+                };
+                // The parameter list rides in its own small buffer; the
+                // caller's (empty) buffer comes back untouched.
+                let len = list.len() as u16;
+                let mut caller = Some((buf, done));
+                let pending_done: BlockDone = Box::new(move |r, _list| {
+                    if let Some((b, d)) = caller.take() {
+                        d(r, b);
+                    }
+                });
+                send(
+                    self.pending(
+                        cdb::unmap(len),
+                        DataDir::Write(u32::from(len)),
+                        pending_done,
+                    ),
+                    list,
+                );
+                return;
+            }
+            BlockOp::WriteZeroes { lba, blocks } => {
+                if !self.info.can_write_same() {
+                    return done(Err(BlockError::NotSupported), buf);
+                }
+                if !end_ok(lba, blocks) {
+                    return done(Err(BlockError::OutOfRange), buf);
+                }
+                // WRITE SAME(16) with one zeroed block of data, unmapping
+                // when the LU reads unmapped blocks back as zeros.
+                let unmap = self.info.can_unmap()
+                    && self
+                        .info
+                        .provisioning
+                        .is_some_and(|p| p.unmapped_reads_zero());
+                let zeros = vec![0u8; bs as usize];
+                let mut caller = Some((buf, done));
+                let pending_done: BlockDone = Box::new(move |r, _z| {
+                    if let Some((b, d)) = caller.take() {
+                        d(r, b);
+                    }
+                });
+                send(
+                    self.pending(
+                        cdb::write_same_16(lba, blocks, unmap, false),
+                        DataDir::Write(bs),
+                        pending_done,
+                    ),
+                    zeros,
+                );
+                return;
+            }
+        };
+        send(self.pending(c, dir, done), buf);
+    }
+}
+
+impl IscsiBackend {
+    fn pending(&self, cdb: Cdb, dir: DataDir, done: BlockDone) -> Pending {
+        Pending {
+            session: Arc::clone(&self.session),
+            lun: self.info.lun,
+            cdb,
+            dir,
+            retry: self.retry,
+            timer: Arc::clone(&self.timer),
+            attempts: 0,
+            uas: 0,
+            done,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Timed {
+    at: Instant,
+    seq: u64,
+    job: Job,
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Timed {
+    // Earliest first in a max-heap.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// Runs jobs after a delay on one thread (retries with backoff are rare:
+/// one thread for all of them).
+pub struct Timer {
+    q: Mutex<(BinaryHeap<Timed>, u64)>,
+    cv: Condvar,
+}
+
+impl Timer {
+    pub fn start() -> Arc<Timer> {
+        let t = Arc::new(Timer {
+            q: Mutex::new((BinaryHeap::new(), 0)),
+            cv: Condvar::new(),
+        });
+        let w = Arc::downgrade(&t);
+        let _ = std::thread::Builder::new()
+            .name("sanroot-retry".into())
+            .spawn(move || {
+                loop {
+                    let Some(t) = w.upgrade() else { return };
+                    let mut g = t.q.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    let due = g.0.peek().is_some_and(|j| j.at <= now);
+                    if due {
+                        if let Some(j) = g.0.pop() {
+                            drop(g);
+                            (j.job)();
+                        }
+                        continue;
+                    }
+                    let wait =
+                        g.0.peek()
+                            .map(|j| j.at - now)
+                            .unwrap_or(Duration::from_secs(1));
+                    let _ = t.cv.wait_timeout(g, wait);
+                }
+            });
+        t
+    }
+
+    pub fn after(&self, d: Duration, job: Job) {
+        let mut g = self.q.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 += 1;
+        let seq = g.1;
+        g.0.push(Timed {
+            at: Instant::now() + d,
+            seq,
+            job,
+        });
+        self.cv.notify_one();
+    }
+}

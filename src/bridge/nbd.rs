@@ -1,0 +1,551 @@
+//! The NBD bridge: the kernel's NBD driver talks to us over one end of a
+//! socketpair, configured through the "nbd" generic-netlink family.
+//!
+//! Never the NBD_DO_IT ioctl: it parks a thread in the kernel for the life
+//! of the device and systemd's SIGSTOP/SIGCONT sweep at switch-root breaks
+//! it (the kernel then shuts the sockets down). With netlink the daemon
+//! only serves a socket, and a dead socket can be replaced with
+//! NBD_CMD_RECONFIGURE while the kernel holds I/O for the dead-connection
+//! timeout.
+//!
+//! Wire protocol (the kernel is the client, big-endian): request = magic
+//! 0x25609513, u16 flags + u16 type, 8-byte handle, u64 offset, u32 length
+//! (+ data for writes); reply = magic 0x67446698, u32 error (errno), handle
+//! (+ data for successful reads).
+
+use std::fmt;
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::netlink::{self, GenlMsg, GenlSocket, NLM_F_ACK, NLM_F_REQUEST, NetlinkError, Reply};
+use super::{Backend, BlockError, BlockOp};
+
+// include/uapi/linux/nbd-netlink.h
+pub const NBD_GENL_FAMILY_NAME: &str = "nbd";
+pub const NBD_GENL_VERSION: u8 = 1;
+pub const NBD_CMD_CONNECT: u8 = 1;
+pub const NBD_CMD_DISCONNECT: u8 = 2;
+pub const NBD_CMD_RECONFIGURE: u8 = 3;
+pub const NBD_ATTR_INDEX: u16 = 1;
+pub const NBD_ATTR_SIZE_BYTES: u16 = 2;
+pub const NBD_ATTR_BLOCK_SIZE_BYTES: u16 = 3;
+pub const NBD_ATTR_TIMEOUT: u16 = 4;
+pub const NBD_ATTR_SERVER_FLAGS: u16 = 5;
+pub const NBD_ATTR_CLIENT_FLAGS: u16 = 6;
+pub const NBD_ATTR_SOCKETS: u16 = 7;
+pub const NBD_ATTR_DEAD_CONN_TIMEOUT: u16 = 8;
+pub const NBD_ATTR_BACKEND_IDENTIFIER: u16 = 10;
+pub const NBD_SOCK_ITEM: u16 = 1;
+pub const NBD_SOCK_FD: u16 = 1;
+
+// include/uapi/linux/nbd.h: transmission flags.
+pub const NBD_FLAG_HAS_FLAGS: u64 = 1 << 0;
+pub const NBD_FLAG_READ_ONLY: u64 = 1 << 1;
+pub const NBD_FLAG_SEND_FLUSH: u64 = 1 << 2;
+pub const NBD_FLAG_SEND_FUA: u64 = 1 << 3;
+pub const NBD_FLAG_SEND_TRIM: u64 = 1 << 5;
+pub const NBD_FLAG_SEND_WRITE_ZEROES: u64 = 1 << 6;
+
+pub const NBD_REQUEST_MAGIC: u32 = 0x2560_9513;
+pub const NBD_REPLY_MAGIC: u32 = 0x6744_6698;
+pub const NBD_CMD_READ: u16 = 0;
+pub const NBD_CMD_WRITE: u16 = 1;
+pub const NBD_CMD_DISC: u16 = 2;
+pub const NBD_CMD_FLUSH: u16 = 3;
+pub const NBD_CMD_TRIM: u16 = 4;
+pub const NBD_CMD_WRITE_ZEROES: u16 = 6;
+pub const NBD_CMD_FLAG_FUA: u16 = 1 << 0;
+
+pub const REQUEST_LEN: usize = 28;
+pub const REPLY_LEN: usize = 16;
+/// Largest request we accept (the kernel splits below its max_sectors).
+pub const MAX_REQUEST: u32 = 32 << 20;
+
+/// One request from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub flags: u16,
+    pub cmd: u16,
+    pub handle: [u8; 8],
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl Request {
+    pub fn parse(b: &[u8; REQUEST_LEN]) -> Result<Request, String> {
+        let magic = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        if magic != NBD_REQUEST_MAGIC {
+            return Err(format!("bad NBD request magic 0x{magic:08x}"));
+        }
+        let mut handle = [0u8; 8];
+        handle.copy_from_slice(&b[8..16]);
+        Ok(Request {
+            flags: u16::from_be_bytes([b[4], b[5]]),
+            cmd: u16::from_be_bytes([b[6], b[7]]),
+            handle,
+            offset: u64::from_be_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
+            len: u32::from_be_bytes([b[24], b[25], b[26], b[27]]),
+        })
+    }
+
+    pub fn emit(&self) -> [u8; REQUEST_LEN] {
+        let mut b = [0u8; REQUEST_LEN];
+        b[0..4].copy_from_slice(&NBD_REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&self.flags.to_be_bytes());
+        b[6..8].copy_from_slice(&self.cmd.to_be_bytes());
+        b[8..16].copy_from_slice(&self.handle);
+        b[16..24].copy_from_slice(&self.offset.to_be_bytes());
+        b[24..28].copy_from_slice(&self.len.to_be_bytes());
+        b
+    }
+}
+
+pub fn reply_header(error: u32, handle: &[u8; 8]) -> [u8; REPLY_LEN] {
+    let mut b = [0u8; REPLY_LEN];
+    b[0..4].copy_from_slice(&NBD_REPLY_MAGIC.to_be_bytes());
+    b[4..8].copy_from_slice(&error.to_be_bytes());
+    b[8..16].copy_from_slice(handle);
+    b
+}
+
+/// Map a request to a block operation on `block_size`-byte blocks.
+pub fn to_op(r: &Request, block_size: u32) -> Result<BlockOp, BlockError> {
+    let bs = u64::from(block_size);
+    let aligned = r.offset.is_multiple_of(bs) && u64::from(r.len).is_multiple_of(bs);
+    let lba = r.offset / bs;
+    let blocks = (u64::from(r.len) / bs) as u32;
+    match r.cmd {
+        NBD_CMD_FLUSH => Ok(BlockOp::Flush),
+        _ if !aligned => Err(BlockError::Io(format!(
+            "request at {}+{} is not aligned to {block_size}-byte blocks",
+            r.offset, r.len
+        ))),
+        NBD_CMD_READ => Ok(BlockOp::Read { lba, blocks }),
+        NBD_CMD_WRITE => Ok(BlockOp::Write {
+            lba,
+            blocks,
+            fua: r.flags & NBD_CMD_FLAG_FUA != 0,
+        }),
+        NBD_CMD_TRIM => Ok(BlockOp::Discard { lba, blocks }),
+        NBD_CMD_WRITE_ZEROES => Ok(BlockOp::WriteZeroes { lba, blocks }),
+        other => Err(BlockError::Io(format!("unknown NBD command {other}"))),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct NbdOptions {
+    /// A specific /dev/nbdN, or the first free one.
+    pub index: Option<u32>,
+    /// How long the kernel holds I/O when our socket dies, waiting for a
+    /// RECONFIGURE with a new one (a restarted daemon).
+    pub dead_conn_timeout: Duration,
+    /// Per-request timeout in the kernel; zero: requests never fail on time
+    /// (for a root disk the daemon decides when to give up).
+    pub io_timeout: Duration,
+    /// Buffers allocated up front.
+    pub buffers: usize,
+}
+
+impl Default for NbdOptions {
+    fn default() -> Self {
+        NbdOptions {
+            index: None,
+            dead_conn_timeout: Duration::from_secs(3600),
+            io_timeout: Duration::ZERO,
+            buffers: 64,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum NbdError {
+    Netlink(NetlinkError),
+    Io(String),
+}
+
+impl fmt::Display for NbdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NbdError::Netlink(e) => write!(f, "NBD: {e}"),
+            NbdError::Io(m) => write!(f, "NBD: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for NbdError {}
+
+impl From<NetlinkError> for NbdError {
+    fn from(e: NetlinkError) -> Self {
+        NbdError::Netlink(e)
+    }
+}
+
+/// A connected /dev/nbdN being served.
+pub struct NbdDevice {
+    index: u32,
+    family: u16,
+    stop: Arc<AtomicBool>,
+    server: Option<JoinHandle<()>>,
+    ctl: UnixStream,
+}
+
+/// The transmission flags for what the backend can do.
+pub fn server_flags(b: &dyn Backend) -> u64 {
+    let i = b.info();
+    let mut f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
+    if i.fua {
+        f |= NBD_FLAG_SEND_FUA;
+    }
+    if i.write_protected {
+        f |= NBD_FLAG_READ_ONLY;
+    }
+    if i.can_unmap() {
+        f |= NBD_FLAG_SEND_TRIM;
+    }
+    if i.can_write_same() {
+        f |= NBD_FLAG_SEND_WRITE_ZEROES;
+    }
+    f
+}
+
+impl NbdDevice {
+    /// Connect a free (or the given) NBD device to `backend` and serve it.
+    pub fn create(
+        backend: Arc<dyn Backend>,
+        opts: NbdOptions,
+        identifier: &str,
+    ) -> Result<NbdDevice, NbdError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| NbdError::Io(format!("socketpair: {e}")))?;
+        let mut nl = GenlSocket::open()?;
+        let family = nl.family_id(NBD_GENL_FAMILY_NAME)?;
+        let info = backend.info();
+        let size = info
+            .capacity
+            .bytes()
+            .ok_or_else(|| NbdError::Io("the LU is larger than 16 EiB".into()))?;
+        let seq = nl.next_seq();
+        let mut m = GenlMsg::new(
+            family,
+            NBD_CMD_CONNECT,
+            NBD_GENL_VERSION,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+        );
+        if let Some(i) = opts.index {
+            m.u32(NBD_ATTR_INDEX, i);
+        }
+        m.u64(NBD_ATTR_SIZE_BYTES, size)
+            .u64(NBD_ATTR_BLOCK_SIZE_BYTES, u64::from(info.block_size()))
+            .u64(NBD_ATTR_TIMEOUT, opts.io_timeout.as_secs())
+            .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, opts.dead_conn_timeout.as_secs())
+            .u64(NBD_ATTR_SERVER_FLAGS, server_flags(backend.as_ref()))
+            .u64(NBD_ATTR_CLIENT_FLAGS, 0)
+            .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
+        m.begin_nested(NBD_ATTR_SOCKETS)
+            .begin_nested(NBD_SOCK_ITEM)
+            .u32(NBD_SOCK_FD, theirs.as_raw_fd() as u32)
+            .end_nested()
+            .end_nested();
+        let replies = nl.request(&m.finish(), "NBD_CMD_CONNECT")?;
+        let index = replies
+            .iter()
+            .find_map(|r| match r {
+                Reply::Genl { attrs, .. } => netlink::attr(attrs, NBD_ATTR_INDEX)
+                    .and_then(|v| v.get(0..4))
+                    .map(|v| u32::from_ne_bytes([v[0], v[1], v[2], v[3]])),
+                _ => None,
+            })
+            .or(opts.index)
+            .ok_or_else(|| {
+                NbdError::Io("the kernel did not say which /dev/nbdN it connected".into())
+            })?;
+        // The kernel holds its own reference to its end now.
+        drop(theirs);
+        let ctl = ours
+            .try_clone()
+            .map_err(|e| NbdError::Io(format!("socket: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = spawn_server(ours, backend, opts.buffers, Arc::clone(&stop))?;
+        log::info!("/dev/nbd{index} connected ({size} bytes)");
+        Ok(NbdDevice {
+            index,
+            family,
+            stop,
+            server: Some(server),
+            ctl,
+        })
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn path(&self) -> String {
+        format!("/dev/nbd{}", self.index)
+    }
+
+    /// Ask the kernel to disconnect the device (it sends NBD_CMD_DISC after
+    /// the requests in flight), then wait for the server to finish.
+    pub fn disconnect(mut self) -> Result<(), NbdError> {
+        let r = disconnect(self.family, self.index);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+        let _ = self.ctl.shutdown(std::net::Shutdown::Both);
+        r
+    }
+
+    /// Serve until the kernel disconnects us.
+    pub fn wait(&mut self) {
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// NBD_CMD_DISCONNECT for /dev/nbd`index` (from any process: `detach`).
+pub fn disconnect(family: u16, index: u32) -> Result<(), NbdError> {
+    let mut nl = GenlSocket::open()?;
+    let seq = nl.next_seq();
+    let m = GenlMsg::new(
+        family,
+        NBD_CMD_DISCONNECT,
+        NBD_GENL_VERSION,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    )
+    .u32(NBD_ATTR_INDEX, index)
+    .finish();
+    nl.request(&m, "NBD_CMD_DISCONNECT")?;
+    Ok(())
+}
+
+/// NBD_CMD_DISCONNECT by device index, looking the family up.
+pub fn disconnect_index(index: u32) -> Result<(), NbdError> {
+    let family = GenlSocket::open()?.family_id(NBD_GENL_FAMILY_NAME)?;
+    disconnect(family, index)
+}
+
+/// Give a connected device a new socket (NBD_CMD_RECONFIGURE), e.g. after
+/// the daemon restarted, and serve it.
+pub fn reconfigure(
+    index: u32,
+    backend: Arc<dyn Backend>,
+    buffers: usize,
+) -> Result<JoinHandle<()>, NbdError> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| NbdError::Io(format!("socketpair: {e}")))?;
+    let mut nl = GenlSocket::open()?;
+    let family = nl.family_id(NBD_GENL_FAMILY_NAME)?;
+    let seq = nl.next_seq();
+    let mut m = GenlMsg::new(
+        family,
+        NBD_CMD_RECONFIGURE,
+        NBD_GENL_VERSION,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    );
+    m.u32(NBD_ATTR_INDEX, index);
+    m.begin_nested(NBD_ATTR_SOCKETS)
+        .begin_nested(NBD_SOCK_ITEM)
+        .u32(NBD_SOCK_FD, theirs.as_raw_fd() as u32)
+        .end_nested()
+        .end_nested();
+    nl.request(&m.finish(), "NBD_CMD_RECONFIGURE")?;
+    drop(theirs);
+    spawn_server(ours, backend, buffers, Arc::new(AtomicBool::new(false)))
+}
+
+fn spawn_server(
+    sock: UnixStream,
+    backend: Arc<dyn Backend>,
+    buffers: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, NbdError> {
+    std::thread::Builder::new()
+        .name("nbd-rx".into())
+        .spawn(move || {
+            crate::daemon::io_thread();
+            if let Err(e) = serve(sock, backend.as_ref(), buffers, &stop)
+                && !stop.load(Ordering::SeqCst)
+            {
+                log::error!("NBD server stopped: {e}");
+            }
+        })
+        .map_err(|e| NbdError::Io(format!("thread: {e}")))
+}
+
+/// Buffers reused across requests, allocated up front.
+struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pool {
+    fn get(&self, len: usize) -> Vec<u8> {
+        let mut b = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        // Same allocation when large enough; grows once for big requests.
+        b.resize(len, 0);
+        b
+    }
+    fn put(&self, b: Vec<u8>) {
+        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() < 256 {
+            f.push(b);
+        }
+    }
+}
+
+fn serve(
+    sock: UnixStream,
+    backend: &dyn Backend,
+    buffers: usize,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let writer = Arc::new(Mutex::new(sock.try_clone()?));
+    let pool = Arc::new(Pool {
+        free: Mutex::new((0..buffers).map(|_| Vec::with_capacity(1 << 20)).collect()),
+    });
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut r = BufReader::with_capacity(64 * 1024, sock);
+    let bs = backend.info().block_size();
+    loop {
+        let mut hdr = [0u8; REQUEST_LEN];
+        if let Err(e) = r.read_exact(&mut hdr) {
+            if stop.load(Ordering::SeqCst) || e.kind() == io::ErrorKind::UnexpectedEof {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        let req =
+            Request::parse(&hdr).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if req.cmd == NBD_CMD_DISC {
+            log::info!("NBD: the kernel disconnected");
+            return Ok(());
+        }
+        if req.len > MAX_REQUEST {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("NBD request of {} bytes above {MAX_REQUEST}", req.len),
+            ));
+        }
+        let mut buf = match req.cmd {
+            NBD_CMD_READ | NBD_CMD_WRITE => pool.get(req.len as usize),
+            _ => pool.get(0),
+        };
+        if req.cmd == NBD_CMD_WRITE {
+            r.read_exact(&mut buf)?;
+        }
+        let op = match to_op(&req, bs) {
+            Ok(op) => op,
+            Err(e) => {
+                log::error!("NBD: {e}");
+                reply(&writer, &req, Err(e), &[])?;
+                pool.put(buf);
+                continue;
+            }
+        };
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let (w, p, n) = (
+            Arc::clone(&writer),
+            Arc::clone(&pool),
+            Arc::clone(&in_flight),
+        );
+        backend.submit(
+            op,
+            buf,
+            Box::new(move |res, b| {
+                let data: &[u8] = if req.cmd == NBD_CMD_READ && res.is_ok() {
+                    &b
+                } else {
+                    &[]
+                };
+                if let Err(e) = reply(&w, &req, res, data) {
+                    log::error!("NBD: cannot reply to the kernel: {e}");
+                }
+                p.put(b);
+                n.fetch_sub(1, Ordering::SeqCst);
+            }),
+        );
+    }
+}
+
+fn reply(
+    w: &Mutex<UnixStream>,
+    req: &Request,
+    res: Result<(), BlockError>,
+    data: &[u8],
+) -> io::Result<()> {
+    let err = match &res {
+        Ok(()) => 0,
+        Err(e) => (-e.errno()) as u32,
+    };
+    let hdr = reply_header(err, &req.handle);
+    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+    let mut bufs = [IoSlice::new(&hdr), IoSlice::new(data)];
+    crate::iscsi::conn::write_all_vectored(&mut *w, &mut bufs)?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let r = Request {
+            flags: NBD_CMD_FLAG_FUA,
+            cmd: NBD_CMD_WRITE,
+            handle: *b"handle01",
+            offset: 4096 * 7,
+            len: 8192,
+        };
+        assert_eq!(Request::parse(&r.emit()), Ok(r));
+        let mut bad = r.emit();
+        bad[0] = 0;
+        assert!(Request::parse(&bad).is_err());
+        let h = reply_header(5, b"handle01");
+        assert_eq!(&h[0..4], &NBD_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(&h[4..8], &5u32.to_be_bytes());
+    }
+
+    #[test]
+    fn ops() {
+        let mut r = Request {
+            flags: 0,
+            cmd: NBD_CMD_READ,
+            handle: [0; 8],
+            offset: 1024,
+            len: 2048,
+        };
+        assert_eq!(to_op(&r, 512), Ok(BlockOp::Read { lba: 2, blocks: 4 }));
+        assert!(to_op(&r, 4096).is_err(), "unaligned for 4K blocks");
+        r.cmd = NBD_CMD_WRITE;
+        r.flags = NBD_CMD_FLAG_FUA;
+        assert_eq!(
+            to_op(&r, 512),
+            Ok(BlockOp::Write {
+                lba: 2,
+                blocks: 4,
+                fua: true
+            })
+        );
+        r.cmd = NBD_CMD_TRIM;
+        assert_eq!(to_op(&r, 512), Ok(BlockOp::Discard { lba: 2, blocks: 4 }));
+        r.cmd = NBD_CMD_FLUSH;
+        assert_eq!(to_op(&r, 512), Ok(BlockOp::Flush));
+        r.cmd = 99;
+        assert!(to_op(&r, 512).is_err());
+    }
+}

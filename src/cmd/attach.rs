@@ -1,0 +1,348 @@
+//! `sanroot attach`, `detach` and `status`: a LUN as a kernel block device,
+//! served by a daemon that lives as long as the device.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use super::common::{self, CmdError, ConnectArgs};
+use crate::bridge::nbd::{self, NbdDevice, NbdOptions};
+use crate::bridge::{Backend, IscsiBackend};
+use crate::iscsi::initiator;
+use crate::iscsi::session::SessionEvent;
+use crate::lun::Lun;
+use crate::state::{self, DeviceRecord};
+use crate::{daemon, exit};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeKind {
+    Auto,
+    Ublk,
+    Nbd,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttachArgs {
+    pub target: String,
+    pub bridge: BridgeKind,
+    pub foreground: bool,
+    pub connect: ConnectArgs,
+}
+
+enum Event {
+    Signal(Signal),
+    DeviceGone,
+    Session(SessionEvent),
+}
+
+pub fn attach(args: &AttachArgs) -> i32 {
+    if args.foreground {
+        return common::report(serve(args, None));
+    }
+    // Fork before any thread exists; the parent waits for the child to say
+    // which device it made (or why it failed), prints it and exits.
+    let (rd, wr) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return common::report(Err(CmdError::new(exit::FAILURE, format!("pipe: {e}")))),
+    };
+    // SAFETY: no other thread exists yet (main has only parsed arguments
+    // and set up logging), so the child may run arbitrary code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => common::report(Err(CmdError::new(exit::FAILURE, format!("fork: {e}")))),
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(wr);
+            let mut s = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut s);
+            match s.split_once(' ') {
+                Some(("ok", dev)) => {
+                    crate::outln!("{}", dev.trim());
+                    exit::OK
+                }
+                Some(("err", rest)) => {
+                    let (code, msg) = rest.split_once(' ').unwrap_or(("1", rest));
+                    eprintln!("sanroot: {}", msg.trim());
+                    code.parse().unwrap_or(exit::FAILURE)
+                }
+                _ => {
+                    eprintln!("sanroot: the attach daemon died before it was ready");
+                    exit::FAILURE
+                }
+            }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(rd);
+            let _ = nix::unistd::setsid();
+            let code = common::report(serve(args, Some(wr)));
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Tell the parent (if any) the outcome, then detach from its terminal.
+fn ready(pipe: &mut Option<OwnedFd>, msg: &str) {
+    if let Some(fd) = pipe.take() {
+        let mut f = std::fs::File::from(fd);
+        let _ = f.write_all(msg.as_bytes());
+        drop(f);
+        // stdin/stdout/stderr to /dev/null: the parent's terminal is not ours.
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for fd in 0..3 {
+                // SAFETY: dup2 onto the standard descriptors of this process.
+                unsafe {
+                    nix::libc::dup2(null.as_raw_fd(), fd);
+                }
+            }
+        }
+    }
+}
+
+fn serve(args: &AttachArgs, pipe: Option<OwnedFd>) -> Result<(), CmdError> {
+    let mut pipe = pipe;
+    let r = setup_and_serve(args, &mut pipe);
+    if let Err(e) = &r {
+        ready(&mut pipe, &format!("err {} {}\n", e.code, e.message));
+    }
+    r
+}
+
+fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), CmdError> {
+    // Signals are taken by one thread with sigwait: block them everywhere
+    // before any thread starts.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    let _ = sigs.thread_block();
+
+    let (url, portal) = common::resolve_target(&args.target)?;
+    let lun_n = url
+        .lun
+        .ok_or_else(|| CmdError::usage(format!("{url}: name the LUN (…/target-iqn/LUN)")))?;
+    let cfg = common::initiator_config(&args.connect, Some(&url))?;
+    let (ev_tx, ev_rx) = mpsc::channel::<Event>();
+    let (sess_tx, sess_rx) = mpsc::channel::<SessionEvent>();
+    let conn = initiator::connect(&portal, &url.target, &cfg, Some(sess_tx))
+        .map_err(common::login_error)?;
+    let (isid, tsih, portal_s) = (conn.isid, conn.tsih, conn.portal.to_string());
+    let session = Arc::new(conn.session);
+    let lun = Lun::open(Arc::clone(&session), lun_n)
+        .map_err(|e| CmdError::new(exit::IO, format!("{url}: {e}")))?;
+    let info = lun.info.clone();
+    let backend: Arc<dyn Backend> = Arc::new(IscsiBackend::new(Arc::clone(&session), info.clone()));
+
+    let kind = match args.bridge {
+        BridgeKind::Auto => BridgeKind::Nbd,
+        k => k,
+    };
+    if kind == BridgeKind::Ublk {
+        return Err(CmdError::new(
+            exit::FAILURE,
+            "the ublk bridge is not available in this build yet; use --bridge nbd",
+        ));
+    }
+    daemon::harden(false);
+    let ident = format!("sanroot:{}:{}", url.target, lun_n);
+    let mut dev =
+        NbdDevice::create(Arc::clone(&backend), NbdOptions::default(), &ident).map_err(|e| {
+            CmdError::new(
+                exit::FAILURE,
+                format!("{e} (is the nbd module loaded? run as root)"),
+            )
+        })?;
+    let path = dev.path();
+    let record = DeviceRecord {
+        device: path.clone(),
+        bridge: "nbd".into(),
+        index: dev.index(),
+        target: url.target.clone(),
+        portal: portal_s,
+        lun: lun_n,
+        initiator: cfg.initiator_name.clone(),
+        isid: state::hex(&isid),
+        tsih,
+        pid: std::process::id(),
+        state: "running".into(),
+        lu_id: info.identity(),
+        size_bytes: info.capacity.bytes().unwrap_or(0),
+        block_size: info.block_size(),
+        read_only: info.write_protected,
+    };
+    let run = state::run_dir();
+    if let Err(e) = state::save(&run, &record) {
+        log::warn!("cannot write {}: {e}", run.display());
+    }
+    log::info!("{path}: serving {url} LUN {lun_n} ({})", info.capacity);
+    if args.foreground {
+        crate::outln!("{path}");
+    }
+    ready(pipe, &format!("ok {path}\n"));
+
+    // Forward signals, session events and the end of the device.
+    {
+        let tx = ev_tx.clone();
+        std::thread::spawn(move || {
+            while let Ok(s) = sigs.wait() {
+                if tx.send(Event::Signal(s)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let tx = ev_tx.clone();
+        std::thread::spawn(move || {
+            for e in sess_rx {
+                if tx.send(Event::Session(e)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let index = dev.index();
+    let waiter = {
+        let tx = ev_tx.clone();
+        std::thread::spawn(move || {
+            dev.wait();
+            let _ = tx.send(Event::DeviceGone);
+        })
+    };
+    drop(ev_tx);
+    let mut rec = record;
+    loop {
+        match ev_rx.recv() {
+            Ok(Event::Signal(s)) => {
+                log::info!("{path}: {s:?}: detaching");
+                if let Err(e) = nbd::disconnect_index(index) {
+                    log::error!("{path}: {e}");
+                }
+                let _ = waiter.join();
+                break;
+            }
+            Ok(Event::DeviceGone) | Err(_) => {
+                log::info!("{path}: disconnected by the kernel");
+                break;
+            }
+            Ok(Event::Session(SessionEvent::Failed(m))) => {
+                log::error!("{path}: the iSCSI session failed: {m}");
+                rec.state = "failed".into();
+                let _ = state::save(&run, &rec);
+            }
+            Ok(Event::Session(e)) => log::warn!("{path}: target event: {e:?}"),
+        }
+    }
+    // Everything acknowledged is on the target; make the target's cache
+    // stable too, then log out.
+    if let Err(e) = lun.flush() {
+        log::warn!("{path}: final SYNCHRONIZE CACHE: {e}");
+    }
+    drop(lun);
+    drop(backend);
+    state::remove(&run, &path);
+    if let Ok(s) = Arc::try_unwrap(session)
+        && let Err(e) = s.logout(Duration::from_secs(10))
+    {
+        log::warn!("{path}: logout: {e}");
+    }
+    Ok(())
+}
+
+pub fn detach(device: &str) -> i32 {
+    common::report(detach_inner(device))
+}
+
+fn detach_inner(device: &str) -> Result<(), CmdError> {
+    let run = state::run_dir();
+    let dev = if device.starts_with("/dev/") {
+        device.to_string()
+    } else {
+        format!("/dev/{device}")
+    };
+    let rec = state::load(&run, &dev).ok_or_else(|| {
+        CmdError::usage(format!(
+            "{dev} is not attached by sanroot (see `sanroot status`)"
+        ))
+    })?;
+    if state::alive(rec.pid) {
+        kill(Pid::from_raw(rec.pid as i32), Signal::SIGTERM).map_err(|e| {
+            CmdError::new(
+                exit::FAILURE,
+                format!("signalling the daemon (pid {}): {e}", rec.pid),
+            )
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while state::alive(rec.pid) {
+            if Instant::now() > deadline {
+                return Err(CmdError::new(
+                    exit::FAILURE,
+                    format!("the daemon (pid {}) did not stop within 60 s", rec.pid),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    } else if rec.bridge == "nbd" {
+        // The daemon is gone: disconnect the device ourselves.
+        nbd::disconnect_index(rec.index)
+            .map_err(|e| CmdError::new(exit::FAILURE, e.to_string()))?;
+    }
+    state::remove(&run, &dev);
+    eprintln!("sanroot: detached {dev}");
+    Ok(())
+}
+
+pub fn status(json_out: bool) -> i32 {
+    let recs = state::load_all(&state::run_dir());
+    let live = |r: &DeviceRecord| {
+        if state::alive(r.pid) {
+            r.state.clone()
+        } else {
+            "daemon-gone".to_string()
+        }
+    };
+    if json_out {
+        let v: Vec<_> = recs
+            .iter()
+            .map(|r| {
+                let mut j = serde_json::to_value(r).unwrap_or(json!({}));
+                j["state"] = json!(live(r));
+                j
+            })
+            .collect();
+        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        crate::outln!(
+            "{:<12} {:<6} {:<8} {:<22} {:<4} {:<8} {:<12} {}",
+            "DEVICE",
+            "BRIDGE",
+            "STATE",
+            "PORTAL",
+            "LUN",
+            "PID",
+            "ISID/TSIH",
+            "TARGET"
+        );
+        for r in &recs {
+            crate::outln!(
+                "{:<12} {:<6} {:<8} {:<22} {:<4} {:<8} {:<12} {}",
+                r.device,
+                r.bridge,
+                live(r),
+                r.portal,
+                r.lun,
+                r.pid,
+                format!("{}/{}", &r.isid[..r.isid.len().min(12)], r.tsih),
+                r.target
+            );
+        }
+    }
+    exit::OK
+}

@@ -1,0 +1,127 @@
+//! Records of what this host has attached, under /run/sanroot/devices
+//! (`$SANROOT_RUN_DIR` overrides): one JSON file per device, written by the
+//! daemon that serves it, read by `sanroot status` and `sanroot detach`.
+//! World-readable, and never holding a secret.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// "/dev/nbd0", "/dev/ublkb0".
+    pub device: String,
+    /// "nbd" or "ublk".
+    pub bridge: String,
+    /// NBD index or ublk device id.
+    pub index: u32,
+    pub target: String,
+    pub portal: String,
+    pub lun: u64,
+    pub initiator: String,
+    /// Hex ISID and the TSIH the target gave the session.
+    pub isid: String,
+    pub tsih: u16,
+    /// The serving daemon.
+    pub pid: u32,
+    /// "running", "reconnecting", "failed", ...
+    pub state: String,
+    /// The LU's identity (VPD 0x83/0x80), to refuse another disk later.
+    pub lu_id: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub read_only: bool,
+}
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("SANROOT_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/sanroot"))
+}
+
+fn devices_dir(run: &Path) -> PathBuf {
+    run.join("devices")
+}
+
+fn file_for(run: &Path, device: &str) -> PathBuf {
+    let name = device.trim_start_matches("/dev/").replace('/', "_");
+    devices_dir(run).join(format!("{name}.json"))
+}
+
+/// Write (or replace) a record atomically.
+pub fn save(run: &Path, r: &DeviceRecord) -> io::Result<()> {
+    fs::create_dir_all(devices_dir(run))?;
+    let p = file_for(run, &r.device);
+    let tmp = p.with_extension("tmp");
+    let text = serde_json::to_string_pretty(r).map_err(io::Error::other)?;
+    fs::write(&tmp, text)?;
+    fs::rename(tmp, p)
+}
+
+pub fn remove(run: &Path, device: &str) {
+    let _ = fs::remove_file(file_for(run, device));
+}
+
+pub fn load(run: &Path, device: &str) -> Option<DeviceRecord> {
+    let text = fs::read_to_string(file_for(run, device)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Every record, sorted by device.
+pub fn load_all(run: &Path) -> Vec<DeviceRecord> {
+    let mut v: Vec<DeviceRecord> = fs::read_dir(devices_dir(run))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| fs::read_to_string(e.path()).ok())
+                .filter_map(|t| serde_json::from_str(&t).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a: &DeviceRecord, b| a.device.cmp(&b.device));
+    v
+}
+
+/// Whether process `pid` is alive.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let d = std::env::temp_dir().join(format!("sanroot-state-{}", std::process::id()));
+        let r = DeviceRecord {
+            device: "/dev/nbd0".into(),
+            bridge: "nbd".into(),
+            index: 0,
+            target: "iqn.x:y".into(),
+            portal: "10.0.2.2:3260".into(),
+            lun: 1,
+            initiator: "iqn.i".into(),
+            isid: "80aabbccddee".into(),
+            tsih: 7,
+            pid: 1,
+            state: "running".into(),
+            lu_id: "naa.1".into(),
+            size_bytes: 1 << 30,
+            block_size: 512,
+            read_only: false,
+        };
+        save(&d, &r).unwrap();
+        assert_eq!(load(&d, "/dev/nbd0"), Some(r.clone()));
+        assert_eq!(load_all(&d), vec![r]);
+        remove(&d, "/dev/nbd0");
+        assert!(load_all(&d).is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+}

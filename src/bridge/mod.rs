@@ -239,28 +239,29 @@ impl Backend for IscsiBackend {
                 if !end_ok(lba, blocks) {
                     return done(Err(BlockError::OutOfRange), buf);
                 }
-                let list = match cdb::unmap_parameter_list(&[(lba, blocks)]) {
-                    Ok(l) => l,
-                    Err(_) => return done(Err(BlockError::NotSupported), buf),
+                // Split by the LU's limits (VPD B0): blocks per descriptor,
+                // descriptors per UNMAP. The kernel may discard gigabytes
+                // at once (mkfs does).
+                let limits = self.info.limits.unwrap_or_default();
+                let per_desc = match limits.max_unmap_lba_count {
+                    0 => u32::MAX,
+                    n => n,
                 };
-                // The parameter list rides in its own small buffer; the
-                // caller's (empty) buffer comes back untouched.
-                let len = list.len() as u16;
-                let mut caller = Some((buf, done));
-                let pending_done: BlockDone = Box::new(move |r, _list| {
-                    if let Some((b, d)) = caller.take() {
-                        d(r, b);
-                    }
-                });
-                send(
-                    self.pending(
-                        cdb::unmap(len),
-                        DataDir::Write(u32::from(len)),
-                        pending_done,
-                    ),
-                    list,
-                );
-                return;
+                let per_cmd = match limits.max_unmap_descriptor_count {
+                    0 => 256,
+                    n => n.min(cdb::UNMAP_MAX_DESCRIPTORS as u32),
+                } as usize;
+                let ranges = split(lba, blocks, per_desc);
+                let mut cmds = std::collections::VecDeque::new();
+                for group in ranges.chunks(per_cmd.max(1)) {
+                    let list = match cdb::unmap_parameter_list(group) {
+                        Ok(l) => l,
+                        Err(_) => return done(Err(BlockError::NotSupported), buf),
+                    };
+                    let len = list.len() as u16;
+                    cmds.push_back((cdb::unmap(len), DataDir::Write(u32::from(len)), list));
+                }
+                return self.chain(cmds, buf, done);
             }
             BlockOp::WriteZeroes { lba, blocks } => {
                 if !self.info.can_write_same() {
@@ -270,35 +271,79 @@ impl Backend for IscsiBackend {
                     return done(Err(BlockError::OutOfRange), buf);
                 }
                 // WRITE SAME(16) with one zeroed block of data, unmapping
-                // when the LU reads unmapped blocks back as zeros.
+                // when the LU reads unmapped blocks back as zeros; split by
+                // MAXIMUM WRITE SAME LENGTH.
                 let unmap = self.info.can_unmap()
                     && self
                         .info
                         .provisioning
                         .is_some_and(|p| p.unmapped_reads_zero());
-                let zeros = vec![0u8; bs as usize];
-                let mut caller = Some((buf, done));
-                let pending_done: BlockDone = Box::new(move |r, _z| {
-                    if let Some((b, d)) = caller.take() {
-                        d(r, b);
-                    }
-                });
-                send(
-                    self.pending(
-                        cdb::write_same_16(lba, blocks, unmap, false),
-                        DataDir::Write(bs),
-                        pending_done,
-                    ),
-                    zeros,
-                );
-                return;
+                let max = match self
+                    .info
+                    .limits
+                    .map(|l| l.max_write_same_length)
+                    .unwrap_or(0)
+                {
+                    0 => u64::from(u32::MAX),
+                    n => n.min(u64::from(u32::MAX)),
+                } as u32;
+                let cmds = split(lba, blocks, max)
+                    .into_iter()
+                    .map(|(l, n)| {
+                        (
+                            cdb::write_same_16(l, n, unmap, false),
+                            DataDir::Write(bs),
+                            vec![0u8; bs as usize],
+                        )
+                    })
+                    .collect();
+                return self.chain(cmds, buf, done);
             }
         };
         send(self.pending(c, dir, done), buf);
     }
 }
 
+/// (lba, blocks) split into ranges of at most `max` blocks.
+fn split(lba: u64, blocks: u32, max: u32) -> Vec<(u64, u32)> {
+    let max = max.max(1);
+    let mut out = Vec::new();
+    let (mut at, mut left) = (lba, blocks);
+    while left > 0 {
+        let n = left.min(max);
+        out.push((at, n));
+        at += u64::from(n);
+        left -= n;
+    }
+    out
+}
+
 impl IscsiBackend {
+    /// Run commands one after another (each with its own small buffer);
+    /// `done` gets the caller's buffer back after the last, or the first
+    /// failure.
+    fn chain(
+        &self,
+        mut cmds: std::collections::VecDeque<(Cdb, DataDir, Vec<u8>)>,
+        caller_buf: Vec<u8>,
+        done: BlockDone,
+    ) {
+        let Some((c, dir, data)) = cmds.pop_front() else {
+            return done(Ok(()), caller_buf);
+        };
+        let next = IscsiBackend {
+            session: Arc::clone(&self.session),
+            info: self.info.clone(),
+            retry: self.retry,
+            timer: Arc::clone(&self.timer),
+        };
+        let step: BlockDone = Box::new(move |r, _data| match r {
+            Ok(()) => next.chain(cmds, caller_buf, done),
+            Err(e) => done(Err(e), caller_buf),
+        });
+        send(self.pending(c, dir, step), data);
+    }
+
     fn pending(&self, cdb: Cdb, dir: DataDir, done: BlockDone) -> Pending {
         Pending {
             session: Arc::clone(&self.session),

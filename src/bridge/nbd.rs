@@ -434,7 +434,8 @@ fn serve(
             log::info!("NBD: the kernel disconnected");
             return Ok(());
         }
-        if req.len > MAX_REQUEST {
+        // Only reads and writes carry data; a discard may span gigabytes.
+        if matches!(req.cmd, NBD_CMD_READ | NBD_CMD_WRITE) && req.len > MAX_REQUEST {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("NBD request of {} bytes above {MAX_REQUEST}", req.len),

@@ -81,7 +81,8 @@ pub fn harden(own_mount_namespace: bool) {
 pub fn io_thread() {
     const PR_SET_IO_FLUSHER: nix::libc::c_int = 57;
     // SAFETY: prctl with integer arguments only; no pointers involved.
-    let r = unsafe { nix::libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) };
+    let (one, zero): (nix::libc::c_ulong, nix::libc::c_ulong) = (1, 0);
+    let r = unsafe { nix::libc::prctl(PR_SET_IO_FLUSHER, one, zero, zero, zero) };
     if r != 0 {
         log::debug!(
             "PR_SET_IO_FLUSHER: {} (needs CAP_SYS_RESOURCE and Linux 5.6)",

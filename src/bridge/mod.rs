@@ -15,6 +15,7 @@
 
 pub mod nbd;
 pub mod netlink;
+pub mod ublk;
 
 use std::collections::BinaryHeap;
 use std::fmt;

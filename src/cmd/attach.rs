@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::common::{self, CmdError, ConnectArgs};
 use crate::bridge::nbd::{self, NbdDevice, NbdOptions};
+use crate::bridge::ublk::{self, UblkDevice, UblkOptions};
 use crate::bridge::{Backend, IscsiBackend};
 use crate::iscsi::initiator;
 use crate::iscsi::session::SessionEvent;
@@ -141,28 +142,62 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
     let backend: Arc<dyn Backend> = Arc::new(IscsiBackend::new(Arc::clone(&session), info.clone()));
 
     let kind = match args.bridge {
-        BridgeKind::Auto => BridgeKind::Nbd,
+        BridgeKind::Auto => {
+            if ublk::available() {
+                BridgeKind::Ublk
+            } else {
+                BridgeKind::Nbd
+            }
+        }
         k => k,
     };
-    if kind == BridgeKind::Ublk {
-        return Err(CmdError::new(
-            exit::FAILURE,
-            "the ublk bridge is not available in this build yet; use --bridge nbd",
-        ));
-    }
-    daemon::harden(false);
+    // ublk's daemon gets its own mount namespace: its exit must never wait
+    // on a mount of the device it serves.
+    daemon::harden(kind == BridgeKind::Ublk);
     let ident = format!("sanroot:{}:{}", url.target, lun_n);
-    let mut dev =
-        NbdDevice::create(Arc::clone(&backend), NbdOptions::default(), &ident).map_err(|e| {
-            CmdError::new(
-                exit::FAILURE,
-                format!("{e} (is the nbd module loaded? run as root)"),
-            )
-        })?;
+    let dev = match kind {
+        BridgeKind::Ublk => {
+            if let Err(why) = ublk::availability() {
+                return Err(CmdError::new(
+                    exit::FAILURE,
+                    format!("ublk is not usable here: {why} (try --bridge nbd)"),
+                ));
+            }
+            let opts = UblkOptions {
+                // Memory is locked: keep the per-tag buffers modest.
+                queues: UblkOptions::default().queues.min(2),
+                depth: 32,
+                max_io_bytes: 256 * 1024,
+                // Requests a killed daemon had taken are sent again by the
+                // next one (same ISID: the session is reinstated), instead
+                // of failing with EIO and aborting a journal.
+                reissue: true,
+                ..UblkOptions::default()
+            };
+            Device::Ublk(Box::new(
+                UblkDevice::create(Arc::clone(&backend), opts).map_err(|e| {
+                    CmdError::new(
+                        exit::FAILURE,
+                        format!("{e} (is ublk_drv loaded? run as root)"),
+                    )
+                })?,
+            ))
+        }
+        _ => Device::nbd(
+            NbdDevice::create(Arc::clone(&backend), NbdOptions::default(), &ident).map_err(
+                |e| {
+                    CmdError::new(
+                        exit::FAILURE,
+                        format!("{e} (is the nbd module loaded? run as root)"),
+                    )
+                },
+            )?,
+        ),
+    };
     let path = dev.path();
     let record = DeviceRecord {
         device: path.clone(),
-        bridge: "nbd".into(),
+        bridge: dev.kind().into(),
         index: dev.index(),
         target: url.target.clone(),
         portal: portal_s,
@@ -208,11 +243,12 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
             }
         });
     }
-    let index = dev.index();
+    let dev = Arc::new(dev);
     let waiter = {
         let tx = ev_tx.clone();
+        let d = Arc::clone(&dev);
         std::thread::spawn(move || {
-            dev.wait();
+            d.wait();
             let _ = tx.send(Event::DeviceGone);
         })
     };
@@ -222,7 +258,7 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
         match ev_rx.recv() {
             Ok(Event::Signal(s)) => {
                 log::info!("{path}: {s:?}: detaching");
-                if let Err(e) = nbd::disconnect_index(index) {
+                if let Err(e) = dev.shut_down() {
                     log::error!("{path}: {e}");
                 }
                 let _ = waiter.join();
@@ -240,6 +276,11 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
             Ok(Event::Session(e)) => log::warn!("{path}: target event: {e:?}"),
         }
     }
+    if let Ok(d) = Arc::try_unwrap(dev)
+        && let Err(e) = d.finish()
+    {
+        log::warn!("{path}: {e}");
+    }
     // Everything acknowledged is on the target; make the target's cache
     // stable too, then log out.
     if let Err(e) = lun.flush() {
@@ -254,6 +295,64 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
         log::warn!("{path}: logout: {e}");
     }
     Ok(())
+}
+
+/// The device being served, whichever bridge.
+enum Device {
+    Nbd(std::sync::Mutex<Option<NbdDevice>>, u32, String),
+    Ublk(Box<UblkDevice>),
+}
+
+impl Device {
+    fn nbd(d: NbdDevice) -> Device {
+        let (i, p) = (d.index(), d.path());
+        Device::Nbd(std::sync::Mutex::new(Some(d)), i, p)
+    }
+    fn path(&self) -> String {
+        match self {
+            Device::Nbd(_, _, p) => p.clone(),
+            Device::Ublk(u) => u.path(),
+        }
+    }
+    fn index(&self) -> u32 {
+        match self {
+            Device::Nbd(_, i, _) => *i,
+            Device::Ublk(u) => u.dev_id(),
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            Device::Nbd(..) => "nbd",
+            Device::Ublk(_) => "ublk",
+        }
+    }
+    /// Serve until the device goes away.
+    fn wait(&self) {
+        match self {
+            Device::Nbd(m, _, _) => {
+                // Take the server out so waiting does not hold the lock.
+                let taken = m.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(mut d) = taken {
+                    d.wait();
+                }
+            }
+            Device::Ublk(u) => u.wait(),
+        }
+    }
+    /// Ask the kernel to stop the device (from another thread than wait()).
+    fn shut_down(&self) -> Result<(), String> {
+        match self {
+            Device::Nbd(_, i, _) => nbd::disconnect_index(*i).map_err(|e| e.to_string()),
+            Device::Ublk(u) => u.shutdown().map_err(|e| e.to_string()),
+        }
+    }
+    /// Release what is left once serving ended.
+    fn finish(self) -> Result<(), String> {
+        match self {
+            Device::Nbd(..) => Ok(()),
+            Device::Ublk(u) => u.stop().map_err(|e| e.to_string()),
+        }
+    }
 }
 
 pub fn detach(device: &str) -> i32 {

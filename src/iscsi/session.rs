@@ -821,6 +821,8 @@ enum OutData {
 }
 
 fn writer_loop(shared: Arc<Shared>) {
+    // This thread may carry the I/O of the filesystem the machine runs on.
+    crate::daemon::io_thread();
     loop {
         {
             let mut st = lock(&shared.state);
@@ -1180,6 +1182,7 @@ fn send_outs(
 
 fn reader_loop(shared: Arc<Shared>, mut r: PduReader<TcpStream>) {
     ON_READER.with(|f| f.set(true));
+    crate::daemon::io_thread();
     loop {
         // About to wait for the target: first send what completions queued
         // (resubmissions, Data-Out for R2Ts, NOP answers), in one batch.

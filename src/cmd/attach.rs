@@ -165,8 +165,11 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
             }
             let opts = UblkOptions {
                 // Memory is locked: keep the per-tag buffers modest.
-                queues: UblkOptions::default().queues.min(2),
-                depth: 32,
+                // One queue per CPU (up to 4), sharing the session's
+                // command window between them.
+                queues: UblkOptions::default().queues,
+                depth: (cfg.session.queue_depth / UblkOptions::default().queues.max(1))
+                    .clamp(8, 128),
                 max_io_bytes: 256 * 1024,
                 // Requests a killed daemon had taken are sent again by the
                 // next one (same ISID: the session is reinstated), instead
@@ -272,6 +275,16 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
                 log::error!("{path}: the iSCSI session failed: {m}");
                 rec.state = "failed".into();
                 let _ = state::save(&run, &rec);
+            }
+            Ok(Event::Session(SessionEvent::LogoutRequested { within })) => {
+                // The target wants this session gone: finish what is in
+                // flight, flush and log out cleanly rather than be cut off.
+                log::warn!("{path}: the target asks us to log out within {within} s: detaching");
+                if let Err(e) = dev.shut_down() {
+                    log::error!("{path}: {e}");
+                }
+                let _ = waiter.join();
+                break;
             }
             Ok(Event::Session(e)) => log::warn!("{path}: target event: {e:?}"),
         }

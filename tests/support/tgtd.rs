@@ -215,30 +215,15 @@ impl Tgtd {
 
     /// One-way CHAP: the initiator must log in as `user`/`secret`.
     pub fn chap(&self, tid: u32, user: &str, secret: &str) {
-        self.adm(&[
-            "--mode",
-            "account",
-            "--op",
-            "new",
-            "--user",
-            user,
-            "--password",
-            secret,
-        ]);
-        self.adm(&[
-            "--mode",
-            "account",
-            "--op",
-            "bind",
-            "--tid",
-            &tid.to_string(),
-            "--user",
-            user,
-        ]);
+        self.account(tid, user, secret, false);
     }
 
     /// Mutual CHAP: the target answers our challenge as `user`/`secret`.
     pub fn chap_outgoing(&self, tid: u32, user: &str, secret: &str) {
+        self.account(tid, user, secret, true);
+    }
+
+    fn account(&self, tid: u32, user: &str, secret: &str, outgoing: bool) {
         self.adm(&[
             "--mode",
             "account",
@@ -249,17 +234,14 @@ impl Tgtd {
             "--password",
             secret,
         ]);
-        self.adm(&[
-            "--mode",
-            "account",
-            "--op",
-            "bind",
-            "--tid",
-            &tid.to_string(),
-            "--user",
-            user,
-            "--outgoing",
-        ]);
+        let t = tid.to_string();
+        let mut bind = vec![
+            "--mode", "account", "--op", "bind", "--tid", &t, "--user", user,
+        ];
+        if outgoing {
+            bind.push("--outgoing");
+        }
+        self.adm(&bind);
     }
 
     /// Number of I_T nexuses (sessions) on target `tid`.

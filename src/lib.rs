@@ -15,6 +15,7 @@ pub mod ibft;
 pub mod iscsi;
 pub mod logging;
 pub mod lun;
+pub mod net;
 pub mod nodes;
 pub mod scsi;
 pub mod secret;

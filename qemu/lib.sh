@@ -463,3 +463,36 @@ sr_tgt_sessions() {
         cur == tid && /I_T nexus:/ { n++ }
         END { print n + 0 }'
 }
+
+# ---- benchmark helpers (bench/bridge-vs-kernel) -------------------------------
+
+# sr_tgt_add_null_lun TID LUN: a tgtd "null" LUN (no backing store: reads
+# return without touching data, writes are dropped) on an existing target.
+sr_tgt_add_null_lun() {
+    sr_tgtadm --mode logicalunit --op new --tid "$1" --lun "$2" \
+        --bstype null --backing-store /dev/null >&2
+}
+
+# sr_copy_open_iscsi ROOT: the kernel's initiator tools from the Debian
+# package open-iscsi (iscsid, iscsiadm and their libraries) and the modules
+# of the kernel side (iscsi_tcp and what it needs, sd_mod for the disks)
+# into ROOT; the modules go to ROOT/lib/modules in insmod order.
+sr_copy_open_iscsi() {
+    local root=$1 f
+    for f in iscsid iscsiadm; do
+        command -v "$f" >/dev/null 2>&1 || sr_die "no $f (apt-get install open-iscsi)"
+    done
+    sr_copy_dynamic "$root" "$(command -v iscsid)" "$(command -v iscsiadm)"
+    # libiscsi_tcp asks the crypto API for "crc32c" even without digests.
+    sr_copy_modules_deps "$root/lib/modules" crc32c_generic scsi_transport_iscsi libiscsi \
+        libiscsi_tcp iscsi_tcp sd_mod
+}
+
+# sr_host_ticks PID: utime+stime of a host process and its threads, clock ticks.
+sr_host_ticks() {
+    if [ -r "/proc/$1/stat" ]; then
+        sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+    else
+        echo 0
+    fi
+}

@@ -1,0 +1,560 @@
+//! The ublk/NBD bridge in a real kernel: QEMU (TCG) boots Debian's 6.12
+//! kernel with the static `sanroot`, which attaches LUNs of a private tgtd
+//! on the host as /dev/nbdN or /dev/ublkbN and uses them as disks
+//! (qemu/bridge-guest, qemu/guest-init/bridge-init). The host then looks at
+//! the backing files: the files the guest wrote are in the ext4 image, fsck
+//! is clean, a write into a partition landed at the right offset, a thin LUN
+//! got its holes back after fstrim.
+//!
+//! One boot per bridge runs all five cases (fs, pattern, ro, 4k, trim)
+//! against different LUNs of one target; each #[test] judges one case of
+//! that boot. Needs root, qemu-system-x86, tgt, e2fsprogs, fdisk and
+//! linux-image-6.12-amd64 (`sudo qemu/install-deps`); `tests/run` builds
+//! the static binary first and sets SANROOT_STATIC_BIN. The guest's serial
+//! log is kept as target/bridge-guest-BRIDGE.log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const MIB: u64 = 1 << 20;
+const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn static_bin() -> PathBuf {
+    let p = std::env::var_os("SANROOT_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
+    assert!(
+        p.exists(),
+        "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",
+        p.display()
+    );
+    p
+}
+
+/// One run of qemu/bridge-guest.
+struct Boot {
+    bridge: &'static str,
+    finished: bool,
+    results: BTreeMap<String, String>,
+    stderr: String,
+    log: PathBuf,
+}
+
+fn run_boot(bridge: &'static str) -> Boot {
+    let log = repo().join(format!("target/bridge-guest-{bridge}.log"));
+    let _ = std::fs::remove_file(&log);
+    let out = Command::new(repo().join("qemu/bridge-guest"))
+        .arg(bridge)
+        .arg(static_bin())
+        .env("SR_BRIDGE_LOG", &log)
+        .output()
+        .expect("run qemu/bridge-guest (install the QEMU tools with `sudo qemu/install-deps`)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let results: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let finished =
+        out.status.success() && results.get("boot.finished").map(String::as_str) == Some("1");
+    if !finished && !results.contains_key("boot.finished") {
+        panic!(
+            "qemu/bridge-guest {bridge} failed before booting ({}):\n{}",
+            out.status,
+            tail(&stderr, 60)
+        );
+    }
+    eprintln!(
+        "bridge-guest {bridge}: guest ran {} s, finished={finished}, log {}",
+        results
+            .get("boot.seconds")
+            .map(String::as_str)
+            .unwrap_or("?"),
+        log.display()
+    );
+    Boot {
+        bridge,
+        finished,
+        results,
+        stderr,
+        log,
+    }
+}
+
+/// The boot of BRIDGE, shared by that bridge's tests.
+fn boot(bridge: &'static str) -> &'static Boot {
+    static NBD: OnceLock<Boot> = OnceLock::new();
+    static UBLK: OnceLock<Boot> = OnceLock::new();
+    let cell = match bridge {
+        "nbd" => &NBD,
+        "ublk" => &UBLK,
+        _ => unreachable!(),
+    };
+    cell.get_or_init(|| run_boot(bridge))
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The stderr block "===== guest: NAME ... =====" up to the next block.
+fn block(stderr: &str, name: &str) -> Option<String> {
+    let head = format!("===== guest: {name}");
+    let start = stderr.find(&head)?;
+    let rest = &stderr[start..];
+    let end = rest[1..]
+        .find("\n===== ")
+        .map(|i| i + 1)
+        .or_else(|| rest.find("\nguest net: "))
+        .unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
+/// One case of a boot: lookups that fail with the guest's own account.
+struct Case {
+    boot: &'static Boot,
+    name: String,
+}
+
+impl Case {
+    fn new(case: &str, bridge: &'static str) -> Case {
+        let boot = boot(bridge);
+        let c = Case {
+            boot,
+            name: format!("{case}-{bridge}"),
+        };
+        if boot
+            .results
+            .get("smoke.attach_available")
+            .map(String::as_str)
+            != Some("yes")
+        {
+            c.fail("attach not available: this sanroot has no working `attach` subcommand");
+        }
+        c
+    }
+
+    fn context(&self) -> String {
+        let b = self.boot;
+        let mut s = String::new();
+        for name in [
+            self.name.clone(),
+            format!("dmesg-{}", self.name),
+            format!("hang-{}", self.name),
+        ] {
+            if let Some(text) = block(&b.stderr, &name) {
+                s.push_str(&tail(&text, 150));
+                s.push('\n');
+            }
+        }
+        if s.is_empty() {
+            s.push_str(&format!("(the guest printed nothing for {})\n", self.name));
+        }
+        let host: Vec<String> = b
+            .results
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{}.host", self.name)))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !host.is_empty() {
+            s.push_str(&format!("host side:\n{}\n", host.join("\n")));
+        }
+        if !b.finished {
+            s.push_str(&format!(
+                "THE GUEST DID NOT FINISH ({} after {} s); end of qemu/bridge-guest's output:\n{}\n",
+                match b.results.get(&format!("{}.hung", self.name)).map(String::as_str) {
+                    Some("1") => "this case hung; the guest's watchdog powered it off",
+                    _ => "crash, hang or time limit",
+                },
+                b.results.get("boot.seconds").map(String::as_str).unwrap_or("?"),
+                tail(&b.stderr, 60)
+            ));
+        }
+        s.push_str(&format!("serial log: {}", b.log.display()));
+        s
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "{} ({} boot): {msg}\n---- guest ----\n{}",
+            self.name,
+            self.boot.bridge,
+            self.context()
+        )
+    }
+
+    fn get(&self, key: &str) -> &str {
+        let k = format!("{}.{key}", self.name);
+        match self.boot.results.get(&k) {
+            Some(v) => v,
+            None => match self.boot.results.get(&format!("{}.hung", self.name)) {
+                Some(h) if h == "1" => self.fail(&format!(
+                    "the case hung (the guest's watchdog stopped it) before reporting {k}"
+                )),
+                _ => self.fail(&format!("no result {k}")),
+            },
+        }
+    }
+
+    fn eq(&self, key: &str, want: &str, what: &str) {
+        let got = self.get(key);
+        if got != want {
+            self.fail(&format!("{what}: {key} is {got:?}, expected {want:?}"));
+        }
+    }
+
+    fn ne(&self, key: &str, bad: &str, what: &str) {
+        let got = self.get(key);
+        if got == bad {
+            self.fail(&format!("{what}: {key} is {got:?}"));
+        }
+    }
+
+    fn num(&self, key: &str) -> u64 {
+        let v = self.get(key);
+        v.parse()
+            .unwrap_or_else(|_| self.fail(&format!("{key} is {v:?}, not a number")))
+    }
+
+    fn check(&self, ok: bool, msg: &str) {
+        if !ok {
+            self.fail(msg);
+        }
+    }
+
+    /// attach worked, printed exactly the device, which was ready on return.
+    fn attached(&self, size: u64) {
+        self.eq("attach_rc", "0", "sanroot attach failed");
+        self.eq(
+            "attach_stdout_lines",
+            "1",
+            "attach prints the device path, one line",
+        );
+        let dev = self.get("dev");
+        let prefix = match self.boot.bridge {
+            "nbd" => "/dev/nbd",
+            _ => "/dev/ublkb",
+        };
+        self.check(
+            dev.strip_prefix(prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+            &format!("attach printed {dev:?}, not {prefix}N"),
+        );
+        self.eq(
+            "dev_is_block",
+            "yes",
+            "the printed device is a block device",
+        );
+        self.eq(
+            "size_at_return",
+            &size.to_string(),
+            "the device has the LUN's size as soon as attach returns",
+        );
+    }
+
+    /// status listed the device, detach stopped it, the daemon is gone.
+    fn detached(&self) {
+        self.eq("status_rc", "0", "sanroot status failed");
+        self.eq(
+            "status_lists_dev",
+            "yes",
+            "sanroot status lists the attached device",
+        );
+        self.eq("status_json_rc", "0", "sanroot status --json failed");
+        self.eq(
+            "status_json_lists_dev",
+            "yes",
+            "sanroot status --json lists the device",
+        );
+        self.eq("detach_rc", "0", "sanroot detach failed");
+        self.eq(
+            "daemons_after_detach",
+            "0",
+            "no sanroot process is left after detach",
+        );
+        self.eq(
+            "status_lists_dev_after_detach",
+            "no",
+            "sanroot status no longer lists a detached device",
+        );
+        match self.boot.bridge {
+            // nbd devices stay; a disconnected one has no capacity.
+            "nbd" => {
+                if self.get("dev_after_detach") == "present" {
+                    self.eq("size_after_detach", "0", "a detached nbd device has size 0");
+                }
+            }
+            _ => self.eq(
+                "dev_after_detach",
+                "gone",
+                "a detached ublk device is deleted",
+            ),
+        }
+        self.eq("guest_rc", "0", "the case ran every step");
+    }
+
+    /// Files written in the guest == re-read after a remount == extracted
+    /// by debugfs on the host; fsck clean in the guest and on the host.
+    fn files_agree(&self, files: &[&str]) {
+        for f in files {
+            let w = self.get(&format!("md5_write_{f}"));
+            self.check(
+                w.len() == 32,
+                &format!("no md5 of {f} after writing it: {w:?}"),
+            );
+            self.eq(
+                &format!("md5_reread_{f}"),
+                w,
+                &format!("{f} re-read after a remount"),
+            );
+            self.eq(
+                &format!("host_md5_{f}"),
+                w,
+                &format!("{f} extracted from the backing file on the host"),
+            );
+        }
+        self.eq(
+            "guest_fsck_rc",
+            "0",
+            "e2fsck -fn in the guest, through the bridge",
+        );
+        self.eq(
+            "host_fsck_rc",
+            "0",
+            "e2fsck -fn of the backing file on the host",
+        );
+    }
+}
+
+fn boot_ok(bridge: &'static str) {
+    let b = boot(bridge);
+    let c = Case {
+        boot: b,
+        name: "smoke".into(),
+    };
+    c.eq("nbd0", "yes", "nbd loaded: /dev/nbd0 exists");
+    c.eq(
+        "ublk_control",
+        "yes",
+        "ublk_drv loaded: /dev/ublk-control exists",
+    );
+    c.eq(
+        "ls_rc",
+        "0",
+        "sanroot ls of the host's target from the guest",
+    );
+    c.eq(
+        "ls_luns",
+        "7",
+        "sanroot ls lists the header, LUN 0 and the five LUNs",
+    );
+    c.eq("attach_available", "yes", "sanroot attach --help");
+    if !b.finished {
+        c.fail("the guest did not run to its end");
+    }
+    let s = b
+        .results
+        .get("boot.sessions_after_detach_all")
+        .map(String::as_str);
+    if s != Some("0") {
+        c.fail(&format!(
+            "sessions left on the target after every device was detached: {s:?} (expected 0: detach logs out)"
+        ));
+    }
+}
+
+fn fs(bridge: &'static str) {
+    let c = Case::new("fs", bridge);
+    c.attached(256 * MIB);
+    c.eq("mkfs_rc", "0", "mkfs.ext4 on the device");
+    c.eq("mount_rc", "0", "mount the new ext4");
+    c.eq("sync_rc", "0", "sync");
+    c.eq("umount_rc", "0", "umount");
+    c.eq("md5_write_empty", MD5_EMPTY, "the empty file");
+    c.files_agree(&["empty", "one", "4k", "1m7", "16m"]);
+    c.detached();
+}
+
+fn pattern(bridge: &'static str) {
+    let c = Case::new("pattern", bridge);
+    c.attached(64 * MIB);
+    c.eq(
+        "p1_present",
+        "yes",
+        "partition 1 of the host's MBR shows up as DEVp1",
+    );
+    c.eq("p1", &format!("{}p1", c.get("dev")), "the partition's name");
+    c.eq("p1_start_sectors", "2048", "partition 1 starts at 1 MiB");
+    c.eq(
+        "p1_size",
+        &(63 * MIB).to_string(),
+        "partition 1 runs to the end of the LUN",
+    );
+    let want = c.get("host_expected_md5");
+    c.eq(
+        "p1_md5",
+        want,
+        "the host's pattern read through the partition",
+    );
+    c.eq("write_rc", "0", "dd into the partition");
+    let w = c.get("write_md5");
+    c.eq(
+        "reread_md5",
+        w,
+        "the 1 MiB written into the partition, read back in the guest",
+    );
+    c.eq(
+        "host_write_md5",
+        w,
+        "the 1 MiB written at 8 MiB into partition 1, at 9 MiB of the backing file",
+    );
+    c.eq(
+        "host_pattern_md5",
+        want,
+        "the pattern next to it is untouched",
+    );
+    c.eq(
+        "host_partition_start",
+        "2048",
+        "the partition table is intact",
+    );
+    c.detached();
+}
+
+fn ro(bridge: &'static str) {
+    let c = Case::new("ro", bridge);
+    c.attached(16 * MIB);
+    c.eq("getro", "1", "blockdev --getro of a read-only LUN");
+    c.ne(
+        "dd_write_rc",
+        "0",
+        "an O_DIRECT write to the read-only device must fail",
+    );
+    c.ne(
+        "dd_buffered_write_rc",
+        "0",
+        "a buffered write + fsync to the read-only device must fail",
+    );
+    c.eq(
+        "read_md5",
+        c.get("host_expected_md5"),
+        "reading the read-only LUN",
+    );
+    c.eq(
+        "host_file_md5_after",
+        c.get("host_file_md5_before"),
+        "the read-only LUN's file is unchanged",
+    );
+    c.detached();
+}
+
+fn four_k(bridge: &'static str) {
+    let c = Case::new("4k", bridge);
+    c.attached(128 * MIB);
+    c.eq("getss", "4096", "blockdev --getss of a 4096-byte-block LUN");
+    c.eq("logical_block_size", "4096", "queue/logical_block_size");
+    c.eq("mkfs_rc", "0", "mkfs.ext4 on the 4096-byte device");
+    c.eq("mount_rc", "0", "mount");
+    c.eq("umount_rc", "0", "umount");
+    c.files_agree(&["4k", "1m7", "8m"]);
+    c.detached();
+}
+
+fn trim(bridge: &'static str) {
+    let c = Case::new("trim", bridge);
+    c.attached(256 * MIB);
+    let dmax = c.num("discard_max_bytes");
+    c.check(
+        dmax > 0,
+        "the device of a thin LUN accepts discards (queue/discard_max_bytes is 0)",
+    );
+    c.eq(
+        "mkfs_rc",
+        "0",
+        "mkfs.ext4 (which discards the whole device first)",
+    );
+    c.eq("mount_rc", "0", "mount");
+    c.eq("write_rc", "0", "writing 32 MiB");
+    c.eq("fstrim_rc", "0", "fstrim -v");
+    c.eq("umount_rc", "0", "umount");
+    let peak = c.num("host_alloc_peak");
+    c.check(
+        peak >= 32 * MIB,
+        &format!("the 32 MiB file never reached the thin LUN's file: peak allocation {peak} bytes"),
+    );
+    let final_ = c.num("host_alloc_final");
+    c.check(
+        final_ + 24 * MIB <= peak,
+        &format!(
+            "fstrim did not punch the deleted file's blocks out of the thin LUN's file: {final_} bytes allocated after, {peak} at the peak"
+        ),
+    );
+    let holes = c.num("host_hole_bytes");
+    c.check(
+        holes >= 200 * MIB,
+        &format!("SEEK_HOLE finds only {holes} bytes of holes"),
+    );
+    c.eq(
+        "host_fsck_rc",
+        "0",
+        "e2fsck -fn of the thin LUN's file on the host",
+    );
+    c.detached();
+}
+
+#[test]
+fn nbd_boot() {
+    boot_ok("nbd");
+}
+#[test]
+fn nbd_fs() {
+    fs("nbd");
+}
+#[test]
+fn nbd_pattern() {
+    pattern("nbd");
+}
+#[test]
+fn nbd_ro() {
+    ro("nbd");
+}
+#[test]
+fn nbd_4k() {
+    four_k("nbd");
+}
+#[test]
+fn nbd_trim() {
+    trim("nbd");
+}
+
+#[test]
+fn ublk_boot() {
+    boot_ok("ublk");
+}
+#[test]
+fn ublk_fs() {
+    fs("ublk");
+}
+#[test]
+fn ublk_pattern() {
+    pattern("ublk");
+}
+#[test]
+fn ublk_ro() {
+    ro("ublk");
+}
+#[test]
+fn ublk_4k() {
+    four_k("ublk");
+}
+#[test]
+fn ublk_trim() {
+    trim("ublk");
+}

@@ -15,6 +15,7 @@
 
 pub mod nbd;
 pub mod netlink;
+pub mod recover;
 pub mod ublk;
 
 use std::collections::BinaryHeap;
@@ -46,6 +47,9 @@ pub enum BlockError {
     OutOfRange,
     /// The operation is not supported by the LU.
     NotSupported,
+    /// The session to the target failed (connection lost, ping timeout,
+    /// protocol error): the command may be replayed on a new session.
+    Transport(String),
     /// Anything else, with a readable reason.
     Io(String),
 }
@@ -57,7 +61,7 @@ impl BlockError {
             BlockError::ReadOnly => -(nix::errno::Errno::EROFS as i32),
             BlockError::OutOfRange => -(nix::errno::Errno::ENOSPC as i32),
             BlockError::NotSupported => -(nix::errno::Errno::EOPNOTSUPP as i32),
-            BlockError::Io(_) => -(nix::errno::Errno::EIO as i32),
+            BlockError::Io(_) | BlockError::Transport(_) => -(nix::errno::Errno::EIO as i32),
         }
     }
 }
@@ -69,6 +73,7 @@ impl fmt::Display for BlockError {
             BlockError::OutOfRange => write!(f, "beyond the end of the device"),
             BlockError::NotSupported => write!(f, "not supported by the LU"),
             BlockError::Io(m) => write!(f, "{m}"),
+            BlockError::Transport(m) => write!(f, "{m}"),
         }
     }
 }
@@ -143,7 +148,14 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
     let res = match r {
         Ok(res) => res,
         Err(e) => {
-            (p.done)(Err(BlockError::Io(e.to_string())), buf);
+            let err = match e {
+                SessionError::ConnectionLost(_)
+                | SessionError::Protocol(_)
+                | SessionError::Closed
+                | SessionError::PingTimeout(_) => BlockError::Transport(e.to_string()),
+                other => BlockError::Io(other.to_string()),
+            };
+            (p.done)(Err(err), buf);
             return;
         }
     };

@@ -13,8 +13,9 @@ use serde_json::json;
 
 use super::common::{self, CmdError, ConnectArgs};
 use crate::bridge::nbd::{self, NbdDevice, NbdOptions};
+use crate::bridge::recover::{Reconnect, RecoveringBackend, RecoveryEvent, RecoveryPolicy};
 use crate::bridge::ublk::{self, UblkDevice, UblkOptions};
-use crate::bridge::{Backend, IscsiBackend};
+use crate::bridge::{Backend, BlockOp, IscsiBackend};
 use crate::iscsi::initiator;
 use crate::iscsi::session::SessionEvent;
 use crate::lun::Lun;
@@ -40,6 +41,7 @@ enum Event {
     Signal(Signal),
     DeviceGone,
     Session(SessionEvent),
+    Recovery(RecoveryEvent),
 }
 
 pub fn attach(args: &AttachArgs) -> i32 {
@@ -129,17 +131,34 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
     let lun_n = url
         .lun
         .ok_or_else(|| CmdError::usage(format!("{url}: name the LUN (…/target-iqn/LUN)")))?;
-    let cfg = common::initiator_config(&args.connect, Some(&url))?;
+    let mut cfg = common::initiator_config(&args.connect, Some(&url))?;
+    // One ISID for the life of the device: a reconnect with it (and TSIH 0)
+    // reinstates the session on the target instead of leaking the old one.
+    cfg.isid = Some(crate::iscsi::login::random_isid());
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
     let (sess_tx, sess_rx) = mpsc::channel::<SessionEvent>();
-    let conn = initiator::connect(&portal, &url.target, &cfg, Some(sess_tx))
+    let conn = initiator::connect(&portal, &url.target, &cfg, Some(sess_tx.clone()))
         .map_err(common::login_error)?;
     let (isid, tsih, portal_s) = (conn.isid, conn.tsih, conn.portal.to_string());
     let session = Arc::new(conn.session);
     let lun = Lun::open(Arc::clone(&session), lun_n)
         .map_err(|e| CmdError::new(exit::IO, format!("{url}: {e}")))?;
     let info = lun.info.clone();
-    let backend: Arc<dyn Backend> = Arc::new(IscsiBackend::new(Arc::clone(&session), info.clone()));
+    drop(lun);
+    let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
+    let recovering = RecoveringBackend::new(
+        IscsiBackend::new(session, info.clone()),
+        Reconnect {
+            portals: vec![portal.clone()],
+            target: url.target.clone(),
+            lun: lun_n,
+            cfg: cfg.clone(),
+            session_events: Some(sess_tx),
+        },
+        RecoveryPolicy::default(),
+        Some(rec_tx),
+    );
+    let backend: Arc<dyn Backend> = recovering.clone();
 
     let kind = match args.bridge {
         BridgeKind::Auto => {
@@ -255,6 +274,16 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
             }
         });
     }
+    {
+        let tx = ev_tx.clone();
+        std::thread::spawn(move || {
+            for e in rec_rx {
+                if tx.send(Event::Recovery(e)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let dev = Arc::new(dev);
     let waiter = {
         let tx = ev_tx.clone();
@@ -281,8 +310,20 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
                 break;
             }
             Ok(Event::Session(SessionEvent::Failed(m))) => {
+                // The recovering backend takes it from here.
                 log::error!("{path}: the iSCSI session failed: {m}");
-                rec.state = "failed".into();
+            }
+            Ok(Event::Recovery(e)) => {
+                rec.state = match &e {
+                    RecoveryEvent::Lost { .. } | RecoveryEvent::Retrying { .. } => {
+                        "reconnecting".into()
+                    }
+                    RecoveryEvent::Recovered { tsih, .. } => {
+                        rec.tsih = *tsih;
+                        "running".into()
+                    }
+                    RecoveryEvent::Failed(_) => "failed".into(),
+                };
                 let _ = state::save(&run, &rec);
             }
             Ok(Event::Session(SessionEvent::LogoutRequested { within })) => {
@@ -305,14 +346,24 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
     }
     // Everything acknowledged is on the target; make the target's cache
     // stable too, then log out.
-    if let Err(e) = lun.flush() {
-        log::warn!("{path}: final SYNCHRONIZE CACHE: {e}");
+    let (ftx, frx) = mpsc::channel();
+    backend.submit(
+        BlockOp::Flush,
+        Vec::new(),
+        Box::new(move |r, _| {
+            let _ = ftx.send(r);
+        }),
+    );
+    match frx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("{path}: final SYNCHRONIZE CACHE: {e}"),
+        Err(_) => log::warn!("{path}: final SYNCHRONIZE CACHE did not complete in 30 s"),
     }
-    drop(lun);
-    drop(backend);
     state::remove(&run, &path);
-    if let Ok(s) = Arc::try_unwrap(session)
-        && let Err(e) = s.logout(Duration::from_secs(10))
+    if let Err(e) = recovering
+        .current()
+        .session()
+        .close(Duration::from_secs(10))
     {
         log::warn!("{path}: logout: {e}");
     }

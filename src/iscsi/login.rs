@@ -459,6 +459,7 @@ fn login_once(portal: &Portal, cfg: &LoginConfig) -> Result<Outcome, LoginError>
         }
     })?;
     let _ = socket.set_nodelay(true);
+    keepalive(&socket);
     socket
         .set_read_timeout(Some(cfg.io_timeout))
         .and_then(|_| socket.set_write_timeout(Some(cfg.io_timeout)))
@@ -609,6 +610,22 @@ fn login_once(portal: &Portal, cfg: &LoginConfig) -> Result<Outcome, LoginError>
                 redirects: 0,
             })));
         }
+    }
+}
+
+/// Notice a dead path within seconds even when idle and even when the
+/// kernel still has unacknowledged data queued: TCP keepalive (10 s idle,
+/// 3 probes 5 s apart) and TCP_USER_TIMEOUT (30 s). The NOP-Out pings of
+/// the session layer cover the iSCSI level on top.
+fn keepalive(socket: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let r = setsockopt(socket, sockopt::KeepAlive, &true)
+        .and_then(|_| setsockopt(socket, sockopt::TcpKeepIdle, &10))
+        .and_then(|_| setsockopt(socket, sockopt::TcpKeepInterval, &5))
+        .and_then(|_| setsockopt(socket, sockopt::TcpKeepCount, &3))
+        .and_then(|_| setsockopt(socket, sockopt::TcpUserTimeout, &30_000));
+    if let Err(e) = r {
+        log::warn!("TCP keepalive/user timeout: {e}");
     }
 }
 

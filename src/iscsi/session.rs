@@ -584,6 +584,15 @@ impl Session {
     /// Log out (close the session) after the commands in flight finish, and
     /// stop the threads. The connection is closed either way.
     pub fn logout(mut self, wait: Duration) -> Result<(), SessionError> {
+        let r = self.close(wait);
+        self.stop();
+        r
+    }
+
+    /// Log out (after the commands in flight finish) without owning the
+    /// session: for a session shared by a bridge. The threads end when the
+    /// target closes the connection; dropping the session joins them.
+    pub fn close(&self, wait: Duration) -> Result<(), SessionError> {
         let deadline = Instant::now() + wait;
         // Let the commands in flight end first.
         {
@@ -616,7 +625,12 @@ impl Session {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_secs(1)),
         );
-        self.stop();
+        {
+            let mut st = lock(&self.shared.state);
+            st.closing = true;
+        }
+        let _ = self.shared.socket.shutdown(Shutdown::Both);
+        self.shared.wake_writer.notify_all();
         match r {
             Ok(0) => Ok(()),
             Ok(code) => Err(SessionError::Protocol(format!("logout response {code}"))),

@@ -263,6 +263,68 @@ impl Tgtd {
         std::fs::read_to_string(self.dir.join("tgtd.log")).unwrap_or_default()
     }
 
+    /// Kill tgtd (as a crash would: no logout, connections reset) and start
+    /// a new one on the same ports; targets must be configured again.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.join("tgtd.log"))
+            .expect("log");
+        self.child = Command::new("tgtd")
+            .args([
+                "-f",
+                "-C",
+                &self.control.to_string(),
+                "--iscsi",
+                &format!("portal=127.0.0.1:{}", self.port),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("restart tgtd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("tgtadm")
+            .args([
+                "-C",
+                &self.control.to_string(),
+                "--lld",
+                "iscsi",
+                "--mode",
+                "target",
+                "--op",
+                "show",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "tgtd did not come back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Add LUN `lun` backed by an existing file (after a restart).
+    pub fn lun_file(&self, tid: u32, lun: u32, path: &Path) {
+        self.adm(&[
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            &tid.to_string(),
+            "--lun",
+            &lun.to_string(),
+            "--backing-store",
+            &path.display().to_string(),
+        ]);
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

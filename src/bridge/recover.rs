@@ -1,0 +1,330 @@
+//! A backend that survives the loss of its session: when the connection to
+//! the target dies, the requests it was carrying are parked, a new session
+//! is logged in with the *same ISID and TSIH 0* (so the target reinstates
+//! the session, dropping the old one instead of leaking it, RFC 7143
+//! §6.3.5), the LU is checked to be the same disk (VPD 0x83/0x80 identity
+//! and size), and the parked requests are sent again.
+//!
+//! Nothing acknowledged is lost and nothing is acknowledged twice: a
+//! request is acknowledged only after GOOD status, and a request that did
+//! not get it is replayed (reads and writes are idempotent). By default the
+//! wait for the path is unbounded (a root disk must not see I/O errors
+//! because a switch rebooted); [`RecoveryPolicy::give_up_after`] bounds it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::{Backend, BlockDone, BlockError, BlockOp, IscsiBackend};
+use crate::iscsi::initiator::{self, InitiatorConfig};
+use crate::iscsi::login::Portal;
+use crate::iscsi::session::SessionEvent;
+use crate::lun::{Lun, LunInfo};
+
+/// How to come back.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryPolicy {
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Fail parked requests after this long without a path; None waits
+    /// forever (the default, for root disks).
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for RecoveryPolicy {
+    fn default() -> Self {
+        RecoveryPolicy {
+            first_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(15),
+            give_up_after: None,
+        }
+    }
+}
+
+/// What the recovering backend tells its owner (for logs and `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryEvent {
+    /// The session was lost; requests are held.
+    Lost { reason: String, parked: usize },
+    /// A reconnection attempt failed.
+    Retrying { attempt: u32, error: String },
+    /// A new session carries the LU again; parked requests were replayed.
+    Recovered {
+        attempt: u32,
+        replayed: usize,
+        portal: String,
+        tsih: u16,
+    },
+    /// Recovery is impossible (another disk answers, or the time ran out):
+    /// every request now fails.
+    Failed(String),
+}
+
+/// Where and how to log in again. The ISID in `cfg` must be fixed.
+#[derive(Clone)]
+pub struct Reconnect {
+    /// Portals to try in turn (the boot path first, then the second path
+    /// and other portals from discovery).
+    pub portals: Vec<Portal>,
+    pub target: String,
+    pub lun: u64,
+    pub cfg: InitiatorConfig,
+    /// Receives the new sessions' target events.
+    pub session_events: Option<Sender<SessionEvent>>,
+}
+
+type Parked = (BlockOp, Vec<u8>, BlockDone);
+
+pub struct RecoveringBackend {
+    me: Weak<RecoveringBackend>,
+    info: LunInfo,
+    current: Mutex<(u64, Arc<IscsiBackend>)>,
+    generation: AtomicU64,
+    parked: Mutex<Vec<Parked>>,
+    recovering: AtomicBool,
+    failed: Mutex<Option<String>>,
+    reconnect: Reconnect,
+    policy: RecoveryPolicy,
+    events: Option<Sender<RecoveryEvent>>,
+}
+
+impl RecoveringBackend {
+    pub fn new(
+        first: IscsiBackend,
+        reconnect: Reconnect,
+        policy: RecoveryPolicy,
+        events: Option<Sender<RecoveryEvent>>,
+    ) -> Arc<RecoveringBackend> {
+        Arc::new_cyclic(|me| RecoveringBackend {
+            me: me.clone(),
+            info: first.info().clone(),
+            current: Mutex::new((1, Arc::new(first))),
+            generation: AtomicU64::new(1),
+            parked: Mutex::new(Vec::new()),
+            recovering: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            reconnect,
+            policy,
+            events,
+        })
+    }
+
+    /// The backend now carrying requests (e.g. for a final flush).
+    pub fn current(&self) -> Arc<IscsiBackend> {
+        Arc::clone(&self.current.lock().unwrap_or_else(|p| p.into_inner()).1)
+    }
+
+    fn emit(&self, e: RecoveryEvent) {
+        match &e {
+            RecoveryEvent::Lost { reason, parked } => {
+                log::error!(
+                    "iSCSI path lost ({reason}); holding {parked} request(s) and reconnecting"
+                )
+            }
+            RecoveryEvent::Retrying { attempt, error } => {
+                log::warn!("reconnect attempt {attempt} failed: {error}")
+            }
+            RecoveryEvent::Recovered {
+                attempt,
+                replayed,
+                portal,
+                tsih,
+            } => log::warn!(
+                "reconnected to {portal} after {attempt} attempt(s) (TSIH {tsih}); replayed {replayed} request(s)"
+            ),
+            RecoveryEvent::Failed(m) => log::error!("recovery failed: {m}"),
+        }
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// A request failed on session `generation` because the session died.
+    fn lost(&self, generation: u64, op: BlockOp, buf: Vec<u8>, done: BlockDone, reason: String) {
+        if let Some(m) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return done(Err(BlockError::Io(m)), buf);
+        }
+        if generation < self.generation.load(Ordering::SeqCst)
+            && !self.recovering.load(Ordering::SeqCst)
+        {
+            // A late failure from a session already replaced: just resend.
+            return self.submit(op, buf, done);
+        }
+        let parked = {
+            let mut p = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+            p.push((op, buf, done));
+            p.len()
+        };
+        if !self.recovering.swap(true, Ordering::SeqCst) {
+            self.emit(RecoveryEvent::Lost { reason, parked });
+            if let Some(me) = self.me.upgrade() {
+                let _ = std::thread::Builder::new()
+                    .name("sanroot-recover".into())
+                    .spawn(move || me.recover());
+            }
+        }
+    }
+
+    fn recover(&self) {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let portal = &self.reconnect.portals
+                [(attempt as usize - 1) % self.reconnect.portals.len().max(1)];
+            match self.try_once(portal) {
+                Ok((backend, tsih)) => {
+                    let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                        (generation, Arc::new(backend));
+                    let parked: Vec<Parked> =
+                        std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+                    self.recovering.store(false, Ordering::SeqCst);
+                    let replayed = parked.len();
+                    for (op, buf, done) in parked {
+                        self.submit(op, buf, done);
+                    }
+                    // Requests parked while we were replaying.
+                    let late: Vec<Parked> =
+                        std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+                    for (op, buf, done) in late {
+                        self.submit(op, buf, done);
+                    }
+                    self.emit(RecoveryEvent::Recovered {
+                        attempt,
+                        replayed,
+                        portal: portal.to_string(),
+                        tsih,
+                    });
+                    return;
+                }
+                Err(Fatal(m)) => return self.give_up(m),
+                Err(Retry(m)) => {
+                    self.emit(RecoveryEvent::Retrying {
+                        attempt,
+                        error: m.clone(),
+                    });
+                    if let Some(limit) = self.policy.give_up_after
+                        && start.elapsed() >= limit
+                    {
+                        return self.give_up(format!("no path to the target for {limit:?}: {m}"));
+                    }
+                }
+            }
+            let exp = self
+                .policy
+                .first_backoff
+                .saturating_mul(1u32 << attempt.min(10))
+                .min(self.policy.max_backoff);
+            let mut r = [0u8; 1];
+            crate::nonblocking_random(&mut r);
+            std::thread::sleep(exp.mul_f64(0.75 + f64::from(r[0]) / 512.0));
+        }
+    }
+
+    fn give_up(&self, m: String) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+        self.emit(RecoveryEvent::Failed(m.clone()));
+        let parked: Vec<Parked> =
+            std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+        self.recovering.store(false, Ordering::SeqCst);
+        for (_, buf, done) in parked {
+            done(Err(BlockError::Io(m.clone())), buf);
+        }
+    }
+
+    fn try_once(&self, portal: &Portal) -> Result<(IscsiBackend, u16), Outcome> {
+        let r = &self.reconnect;
+        let c = initiator::connect(portal, &r.target, &r.cfg, r.session_events.clone()).map_err(
+            |e| {
+                if e.is_transient() {
+                    Retry(e.to_string())
+                } else {
+                    // Wrong credentials or an unknown target now: keep trying
+                    // all the same (a target being reconfigured says so too),
+                    // but say it.
+                    Retry(format!("{e} (not a network error)"))
+                }
+            },
+        )?;
+        let tsih = c.tsih;
+        let session = Arc::new(c.session);
+        let lun = Lun::open(Arc::clone(&session), r.lun)
+            .map_err(|e| Retry(format!("probing LUN {}: {e}", r.lun)))?;
+        let (was, now) = (self.info.identity(), lun.info.identity());
+        if was != now {
+            return Err(Fatal(format!(
+                "the LU's identity changed from {was} to {now}: refusing I/O to what may be another disk"
+            )));
+        }
+        if lun.info.blocks() != self.info.blocks()
+            || lun.info.block_size() != self.info.block_size()
+        {
+            return Err(Fatal(format!(
+                "the LU's size changed from {} to {}: refusing I/O until it is attached again",
+                self.info.capacity, lun.info.capacity
+            )));
+        }
+        Ok((IscsiBackend::new(session, lun.info), tsih))
+    }
+}
+
+enum Outcome {
+    Retry(String),
+    Fatal(String),
+}
+use Outcome::{Fatal, Retry};
+
+impl Backend for RecoveringBackend {
+    fn info(&self) -> &LunInfo {
+        &self.info
+    }
+
+    fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {
+        if let Some(m) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return done(Err(BlockError::Io(m)), buf);
+        }
+        if self.recovering.load(Ordering::SeqCst) {
+            self.parked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((op, buf, done));
+            // Recovery may have finished between the check and the push.
+            if !self.recovering.load(Ordering::SeqCst) {
+                let late: Vec<Parked> =
+                    std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+                for (op, buf, done) in late {
+                    self.submit(op, buf, done);
+                }
+            }
+            return;
+        }
+        let (generation, backend) = {
+            let g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            (g.0, Arc::clone(&g.1))
+        };
+        let me = self.me.clone();
+        backend.submit(
+            op,
+            buf,
+            Box::new(move |r, b| match r {
+                Err(BlockError::Transport(reason)) => match me.upgrade() {
+                    Some(me) => me.lost(generation, op, b, done, reason),
+                    None => done(Err(BlockError::Transport(reason)), b),
+                },
+                other => done(other, b),
+            }),
+        );
+    }
+}

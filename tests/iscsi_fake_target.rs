@@ -116,6 +116,40 @@ fn assert_mentions(msg: &str, words: &[&str]) {
     }
 }
 
+/// With CHAP credentials configured, a target that waives authentication
+/// (answers AuthMethod=None) may be an impostor: refused unless the user
+/// allows it explicitly.
+#[test]
+fn waived_authentication_is_refused_unless_allowed() {
+    within(|| {
+        // We offer only CHAP; this target answers None anyway.
+        let f = FakeTarget::start(Behaviour::default().on_login(|t| {
+            if t.keys.get("AuthMethod").is_some() {
+                t.reply.status_class = 0;
+                t.reply.status_detail = 0;
+                t.reply_keys.set("AuthMethod", "None");
+            }
+        }));
+        let mut cfg = config();
+        cfg.auth = Some(sanroot::iscsi::chap::AuthConfig {
+            user: "alice".into(),
+            secret: sanroot::secret::Secret::from("alice-secret-12"),
+            mutual: None,
+        });
+        let e = login_error(&f, TARGET_IQN, &cfg);
+        assert!(matches!(e, LoginError::AuthWaived), "{e:?}");
+        assert_mentions(&e.to_string(), &["without authentication", "refusing"]);
+        assert!(!e.to_string().contains("alice-secret-12"));
+        // Allowed explicitly: we offer CHAP,None and take the None.
+        cfg.allow_no_auth = true;
+        let f = FakeTarget::start(Behaviour::default());
+        let c = connect(&f, &cfg);
+        c.session
+            .ping(Duration::from_secs(5))
+            .expect("the session works once allowed");
+    })
+}
+
 // ---------------------------------------------------------------- 1, 2, 3 login
 
 #[test]

@@ -16,6 +16,7 @@ pub mod iscsi;
 pub mod logging;
 pub mod lun;
 pub mod net;
+pub mod netlink;
 pub mod nodes;
 pub mod scsi;
 pub mod secret;

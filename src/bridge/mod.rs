@@ -11,10 +11,8 @@
 //!   socketpair (never the blocking NBD_DO_IT ioctl, which systemd's
 //!   switch-root breaks);
 //! - [`ublk`]: the ublk driver through io_uring;
-//! - [`netlink`]: the small generic-netlink client NBD needs.
 
 pub mod nbd;
-pub mod netlink;
 pub mod recover;
 pub mod ublk;
 

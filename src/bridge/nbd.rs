@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::netlink::{self, GenlMsg, GenlSocket, NLM_F_ACK, NLM_F_REQUEST, NetlinkError, Reply};
 use super::{Backend, BlockError, BlockOp};
+use crate::netlink::{self, GenlSocket, MsgBuilder, NLM_F_ACK, NLM_F_REQUEST, NetlinkError, Reply};
 
 // include/uapi/linux/nbd-netlink.h
 pub const NBD_GENL_FAMILY_NAME: &str = "nbd";
@@ -230,7 +230,7 @@ impl NbdDevice {
             .bytes()
             .ok_or_else(|| NbdError::Io("the LU is larger than 16 EiB".into()))?;
         let seq = nl.next_seq();
-        let mut m = GenlMsg::new(
+        let mut m = MsgBuilder::genl(
             family,
             NBD_CMD_CONNECT,
             NBD_GENL_VERSION,
@@ -273,6 +273,12 @@ impl NbdDevice {
         let stop = Arc::new(AtomicBool::new(false));
         let server = spawn_server(ours, backend, opts.buffers, Arc::clone(&stop))?;
         log::info!("/dev/nbd{index} connected ({size} bytes)");
+        // The driver scans partitions on the first open, not on connect:
+        // open once so /dev/nbdNp1 exists when the caller says "ready" (an
+        // initramfs without udev would otherwise wait for it forever).
+        if let Err(e) = std::fs::File::open(format!("/dev/nbd{index}")) {
+            log::warn!("/dev/nbd{index}: opening for the partition scan: {e}");
+        }
         Ok(NbdDevice {
             index,
             family,
@@ -314,7 +320,7 @@ impl NbdDevice {
 pub fn disconnect(family: u16, index: u32) -> Result<(), NbdError> {
     let mut nl = GenlSocket::open()?;
     let seq = nl.next_seq();
-    let m = GenlMsg::new(
+    let m = MsgBuilder::genl(
         family,
         NBD_CMD_DISCONNECT,
         NBD_GENL_VERSION,
@@ -345,7 +351,7 @@ pub fn reconfigure(
     let mut nl = GenlSocket::open()?;
     let family = nl.family_id(NBD_GENL_FAMILY_NAME)?;
     let seq = nl.next_seq();
-    let mut m = GenlMsg::new(
+    let mut m = MsgBuilder::genl(
         family,
         NBD_CMD_RECONFIGURE,
         NBD_GENL_VERSION,

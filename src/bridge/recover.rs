@@ -83,6 +83,9 @@ pub struct RecoveringBackend {
     generation: AtomicU64,
     parked: Mutex<Vec<Parked>>,
     recovering: AtomicBool,
+    /// Set once recovery gave up; `failed` then holds why. Checked on
+    /// every request, so the data path reads the flag, not the lock.
+    has_failed: AtomicBool,
     failed: Mutex<Option<String>>,
     reconnect: Reconnect,
     policy: RecoveryPolicy,
@@ -103,6 +106,7 @@ impl RecoveringBackend {
             generation: AtomicU64::new(1),
             parked: Mutex::new(Vec::new()),
             recovering: AtomicBool::new(false),
+            has_failed: AtomicBool::new(false),
             failed: Mutex::new(None),
             reconnect,
             policy,
@@ -142,12 +146,7 @@ impl RecoveringBackend {
 
     /// A request failed on session `generation` because the session died.
     fn lost(&self, generation: u64, op: BlockOp, buf: Vec<u8>, done: BlockDone, reason: String) {
-        if let Some(m) = self
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(m) = self.failure() {
             return done(Err(BlockError::Io(m)), buf);
         }
         if generation < self.generation.load(Ordering::SeqCst)
@@ -228,8 +227,20 @@ impl RecoveringBackend {
         }
     }
 
+    /// Why recovery gave up, if it did.
+    fn failure(&self) -> Option<String> {
+        if !self.has_failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn give_up(&self, m: String) {
         *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+        self.has_failed.store(true, Ordering::SeqCst);
         self.emit(RecoveryEvent::Failed(m.clone()));
         let parked: Vec<Parked> =
             std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
@@ -287,12 +298,7 @@ impl Backend for RecoveringBackend {
     }
 
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {
-        if let Some(m) = self
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(m) = self.failure() {
             return done(Err(BlockError::Io(m)), buf);
         }
         if self.recovering.load(Ordering::SeqCst) {

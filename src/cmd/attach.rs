@@ -217,15 +217,6 @@ fn setup_and_serve(args: &AttachArgs, pipe: &mut Option<OwnedFd>) -> Result<(), 
         ),
     };
     let path = dev.path();
-    if kind == BridgeKind::Nbd {
-        // The NBD driver scans partitions on the first open, not on
-        // connect: open once so /dev/nbdNp1 exists before we say "ready"
-        // (an initramfs without udev would otherwise wait for it forever).
-        match std::fs::File::open(&path) {
-            Ok(f) => drop(f),
-            Err(e) => log::warn!("{path}: opening for the partition scan: {e}"),
-        }
-    }
     let record = DeviceRecord {
         device: path.clone(),
         bridge: dev.kind().into(),

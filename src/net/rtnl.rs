@@ -7,12 +7,12 @@
 //! u32 pid}, then a family header (ifinfomsg 16 bytes, ifaddrmsg 8, rtmsg
 //! 12), then attributes {u16 len, u16 type, payload, padding to 4}.
 //! Attribute parsing is shared with the generic-netlink client
-//! ([`crate::bridge::netlink::parse_attrs`]).
+//! ([`crate::netlink::parse_attrs`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::bridge::netlink::{NLA_F_NESTED, NLA_HDRLEN, NLMSG_HDRLEN, ParseError, parse_attrs};
-pub use crate::bridge::netlink::{NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr};
+pub use crate::netlink::{MsgBuilder, NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr};
+use crate::netlink::{NLMSG_HDRLEN, ParseError, align4, parse_attrs, u16_at, u32_at};
 
 // Message types.
 pub const RTM_NEWLINK: u16 = 16;
@@ -86,32 +86,11 @@ pub const RTNH_F_ONLINK: u32 = 4;
 /// Longest interface name (IFNAMSIZ less the NUL).
 pub const IFNAME_MAX: usize = 15;
 
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_ne_bytes([s[0], s[1]]))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-}
-
 /// The address family byte of an address.
 pub fn family_of(a: &IpAddr) -> u8 {
     match a {
         IpAddr::V4(_) => AF_INET,
         IpAddr::V6(_) => AF_INET6,
-    }
-}
-
-fn addr_bytes(a: &IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
     }
 }
 
@@ -250,84 +229,6 @@ impl RtMsg {
             ty: h[7],
             flags: u32_at(b, 8)?,
         })
-    }
-}
-
-/// An rtnetlink request under construction.
-#[derive(Debug, Clone)]
-pub struct MsgBuilder {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-impl MsgBuilder {
-    /// Header plus the family header `fixed` (padded to 4 bytes).
-    pub fn new(ty: u16, flags: u16, seq: u32, fixed: &[u8]) -> MsgBuilder {
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish()
-        buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-        buf.extend_from_slice(fixed);
-        buf.resize(align4(buf.len()), 0);
-        MsgBuilder {
-            buf,
-            nests: Vec::new(),
-        }
-    }
-
-    pub fn attr(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
-        let len = NLA_HDRLEN + payload.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.buf.resize(align4(self.buf.len()), 0);
-        self
-    }
-
-    pub fn u16(&mut self, ty: u16, v: u16) -> &mut Self {
-        self.attr(ty, &v.to_ne_bytes())
-    }
-
-    pub fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_ne_bytes())
-    }
-
-    /// A NUL-terminated string attribute.
-    pub fn string(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut p = s.as_bytes().to_vec();
-        p.push(0);
-        self.attr(ty, &p)
-    }
-
-    pub fn ip(&mut self, ty: u16, a: &IpAddr) -> &mut Self {
-        self.attr(ty, &addr_bytes(a))
-    }
-
-    pub fn begin_nested(&mut self, ty: u16) -> &mut Self {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        self
-    }
-
-    pub fn end_nested(&mut self) -> &mut Self {
-        if let Some(start) = self.nests.pop() {
-            let len = (self.buf.len() - start) as u16;
-            self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        }
-        self
-    }
-
-    pub fn finish(&mut self) -> Vec<u8> {
-        while !self.nests.is_empty() {
-            self.end_nested();
-        }
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf.clone()
     }
 }
 
@@ -702,6 +603,7 @@ pub fn vlan_name(parent: &str, vid: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::NLA_F_NESTED;
 
     fn header(len: usize, ty: u16, flags: u16, seq: u32) -> Vec<u8> {
         let mut b = Vec::new();

@@ -29,6 +29,31 @@ pub fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
+/// tgtd in the foreground on 127.0.0.1:`port`, logging (appending) to
+/// `dir/tgtd.log`.
+fn spawn(port: u16, control: u16, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("tgtd.log"))
+        .expect("log");
+    Command::new("tgtd")
+        .args([
+            "-f",
+            "-C",
+            &control.to_string(),
+            "--iscsi",
+            &format!("portal=127.0.0.1:{port}"),
+        ])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start tgtd ({e}): install it with `sudo qemu/install-deps`")
+        })
+}
+
 /// Options for one logical unit.
 #[derive(Debug, Clone, Default)]
 pub struct LunSpec {
@@ -53,34 +78,24 @@ impl Tgtd {
         // Control "ports" name an abstract unix socket; tgtd takes numbers
         // up to 32767. Pick one from the pid and a sequence number.
         let control = 1024 + ((std::process::id() * 64 + seq) % 31000) as u16;
-        let log = std::fs::File::create(dir.join("tgtd.log")).expect("log");
-        let child = Command::new("tgtd")
-            .args([
-                "-f",
-                "-C",
-                &control.to_string(),
-                "--iscsi",
-                &format!("portal=127.0.0.1:{port}"),
-            ])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start tgtd ({e}): install it with `sudo qemu/install-deps`")
-            });
-        let t = Tgtd {
-            child,
+        let mut t = Tgtd {
+            child: spawn(port, control, &dir),
             port,
             control,
             dir,
         };
+        t.wait_ready();
+        t
+    }
+
+    /// Wait until tgtd answers tgtadm and accepts connections.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let ok = Command::new("tgtadm")
                 .args([
                     "-C",
-                    &control.to_string(),
+                    &self.control.to_string(),
                     "--lld",
                     "iscsi",
                     "--mode",
@@ -93,17 +108,16 @@ impl Tgtd {
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            if ok && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+            if ok && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "tgtd did not come up; log in {}",
-                t.dir.display()
+                self.dir.display()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        t
     }
 
     pub fn portal(&self) -> String {
@@ -268,45 +282,8 @@ impl Tgtd {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.dir.join("tgtd.log"))
-            .expect("log");
-        self.child = Command::new("tgtd")
-            .args([
-                "-f",
-                "-C",
-                &self.control.to_string(),
-                "--iscsi",
-                &format!("portal=127.0.0.1:{}", self.port),
-            ])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("restart tgtd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Command::new("tgtadm")
-            .args([
-                "-C",
-                &self.control.to_string(),
-                "--lld",
-                "iscsi",
-                "--mode",
-                "target",
-                "--op",
-                "show",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "tgtd did not come back");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.child = spawn(self.port, self.control, &self.dir);
+        self.wait_ready();
     }
 
     /// Add LUN `lun` backed by an existing file (after a restart).

@@ -1,6 +1,7 @@
-//! A small generic-netlink client: enough to resolve a family by name and
-//! send commands with attributes (what the NBD driver's netlink interface
-//! needs). Message building and parsing are pure and unit-tested; only
+//! Netlink messages (one builder, one attribute parser) and a small
+//! generic-netlink client: enough to resolve a family by name and send
+//! commands with attributes, as the NBD driver's interface needs. The
+//! rtnetlink client (`net::rtnl`) builds on the same pieces. Message building and parsing are pure and unit-tested; only
 //! [`GenlSocket`] does I/O.
 //!
 //! Layout (all host-endian): nlmsghdr {u32 len, u16 type, u16 flags, u32
@@ -28,40 +29,53 @@ pub const CTRL_CMD_GETFAMILY: u8 = 3;
 pub const CTRL_ATTR_FAMILY_ID: u16 = 1;
 pub const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 
-const fn align4(n: usize) -> usize {
+pub const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// A generic-netlink request under construction.
+/// A netlink request under construction: the 16-byte nlmsghdr, the
+/// family's fixed header (genlmsghdr, ifinfomsg, rtmsg, ...) padded to 4
+/// bytes, then attributes. Shared by the NBD (generic netlink) and
+/// rtnetlink clients.
 #[derive(Debug, Clone)]
-pub struct GenlMsg {
+pub struct MsgBuilder {
     buf: Vec<u8>,
     /// Start offsets of open nested attributes.
     nests: Vec<usize>,
 }
 
-impl GenlMsg {
-    pub fn new(family: u16, cmd: u8, version: u8, flags: u16, seq: u32) -> GenlMsg {
+impl MsgBuilder {
+    pub fn new(ty: u16, flags: u16, seq: u32, fixed: &[u8]) -> MsgBuilder {
         let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish()
-        buf.extend_from_slice(&family.to_ne_bytes());
+        buf.extend_from_slice(&ty.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&seq.to_ne_bytes());
         buf.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-        buf.extend_from_slice(&[cmd, version, 0, 0]);
-        GenlMsg {
+        buf.extend_from_slice(fixed);
+        buf.resize(align4(buf.len()), 0);
+        MsgBuilder {
             buf,
             nests: Vec::new(),
         }
     }
 
-    fn attr(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
+    /// A generic-netlink request: the genlmsghdr is {cmd, version, 0, 0}.
+    pub fn genl(family: u16, cmd: u8, version: u8, flags: u16, seq: u32) -> MsgBuilder {
+        MsgBuilder::new(family, flags, seq, &[cmd, version, 0, 0])
+    }
+
+    pub fn attr(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
         let len = NLA_HDRLEN + payload.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
         self.buf.extend_from_slice(payload);
         self.buf.resize(align4(self.buf.len()), 0);
         self
+    }
+
+    pub fn u16(&mut self, ty: u16, v: u16) -> &mut Self {
+        self.attr(ty, &v.to_ne_bytes())
     }
 
     pub fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
@@ -77,6 +91,14 @@ impl GenlMsg {
         let mut p = s.as_bytes().to_vec();
         p.push(0);
         self.attr(ty, &p)
+    }
+
+    /// An address attribute: 4 bytes for IPv4, 16 for IPv6.
+    pub fn ip(&mut self, ty: u16, a: &std::net::IpAddr) -> &mut Self {
+        match a {
+            std::net::IpAddr::V4(v) => self.attr(ty, &v.octets()),
+            std::net::IpAddr::V6(v) => self.attr(ty, &v.octets()),
+        }
     }
 
     pub fn begin_nested(&mut self, ty: u16) -> &mut Self {
@@ -138,13 +160,14 @@ impl fmt::Display for ParseError {
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
+pub fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at.checked_add(2)?)?;
+    Some(u16::from_ne_bytes([s[0], s[1]]))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+pub fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Attributes of a payload (type with the nested/byte-order bits masked).
@@ -301,7 +324,7 @@ impl GenlSocket {
     /// The id of generic-netlink family `name` ("nbd").
     pub fn family_id(&mut self, name: &str) -> Result<u16, NetlinkError> {
         let seq = self.next_seq();
-        let msg = GenlMsg::new(
+        let msg = MsgBuilder::genl(
             GENL_ID_CTRL,
             CTRL_CMD_GETFAMILY,
             1,
@@ -330,7 +353,7 @@ mod tests {
 
     #[test]
     fn build_and_parse() {
-        let msg = GenlMsg::new(0x20, 1, 1, NLM_F_REQUEST | NLM_F_ACK, 7)
+        let msg = MsgBuilder::genl(0x20, 1, 1, NLM_F_REQUEST | NLM_F_ACK, 7)
             .u32(1, 5)
             .u64(2, 1 << 30)
             .begin_nested(7)

@@ -7,6 +7,7 @@
 //! - [`cmd`]: the commands the binary offers;
 //! - [`secret`]: CHAP secrets that never leak into logs.
 
+pub mod boot;
 pub mod bridge;
 pub mod cmd;
 pub mod daemon;

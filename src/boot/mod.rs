@@ -1,0 +1,78 @@
+//! `sanroot boot`: the root disk from the iBFT or dracut's command line.
+//!
+//! - [`cmdline`]: dracut's `netroot=iscsi:…`, `ip=`, `rd.iscsi.*` options
+//!   parsed into [`BootPath`]s (pure).
+//! - [`handoff`]: what is left under /run for the real root: the session
+//!   record, and the settings that keep open-iscsi and the network managers
+//!   away from the boot session and NIC.
+//! - the flow itself (this file): source → NIC → login (second path on
+//!   failure) → bridge → partitions → hand-off → resident daemon.
+
+pub mod cmdline;
+pub mod handoff;
+
+use std::net::IpAddr;
+
+use crate::iscsi::chap::AuthConfig;
+use crate::net::NicConfig;
+
+/// How the boot NIC got its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicOrigin {
+    /// Set by hand (iBFT origin manual, or `ip=<addr>:…:none`).
+    Static,
+    /// The firmware's DHCP lease, applied as is (iBFT origin dhcp).
+    FirmwareDhcp,
+    /// Already configured before sanroot ran (dracut's network module,
+    /// `ip=dhcp`); sanroot only uses it.
+    External,
+}
+
+impl NicOrigin {
+    pub fn name(self) -> &'static str {
+        match self {
+            NicOrigin::Static => "static",
+            NicOrigin::FirmwareDhcp => "dhcp",
+            NicOrigin::External => "external",
+        }
+    }
+}
+
+/// The network side of a path.
+#[derive(Debug, Clone)]
+pub struct BootNic {
+    /// What to configure. The MAC may be unknown (all zero) when the
+    /// command line names an interface instead: [`BootNic::ifname`].
+    pub config: NicConfig,
+    /// Interface named by the source (`ip=…:eth0:…`, netroot's netdev).
+    pub ifname: Option<String>,
+    pub origin: NicOrigin,
+    pub hostname: Option<String>,
+    /// DNS search domain when the source gives one.
+    pub domain: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+/// One way to reach the root LUN: a NIC (or none when the network is
+/// already up), a portal, a target, a LUN and its CHAP settings.
+#[derive(Debug, Clone)]
+pub struct BootPath {
+    pub nic: Option<BootNic>,
+    /// Portal address: an IP literal.
+    pub host: IpAddr,
+    pub port: u16,
+    pub target: String,
+    pub lun: u64,
+    pub auth: Option<AuthConfig>,
+}
+
+/// Everything `sanroot boot` needs, whichever source it came from.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    /// "ibft (acpi /sys/firmware/acpi/tables/iBFT)", "cmdline", …
+    pub source: String,
+    pub initiator: Option<String>,
+    /// The boot path first, then the others (second iBFT target, more
+    /// netroot= arguments), tried in order.
+    pub paths: Vec<BootPath>,
+}

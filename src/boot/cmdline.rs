@@ -1,0 +1,2119 @@
+//! dracut's kernel command line: `netroot=iscsi:…`, `ip=`, `nameserver=`,
+//! `vlan=`, `ifname=` and the `rd.iscsi.*` options, read the way dracut
+//! reads them (dracut.cmdline(7); the splitting rules of dracut's
+//! `parse_iscsi_root` and `ip_to_var`), plus our own `rd.sanroot*`.
+//!
+//! Pure: a `&str` in ([`parse`]), plain values out ([`Cmdline`],
+//! [`Cmdline::boot_paths`]). No I/O, no logging; the caller reads
+//! /proc/cmdline (and, if it wants dracut's behaviour exactly,
+//! appends /etc/cmdline.d/*.conf).
+//!
+//! Not here: bringing a NIC up (`crate::net`), logging in, the iBFT.
+//!
+//! Secrets: CHAP passwords become [`Secret`]s as soon as they are split
+//! out. No error message carries any part of a `netroot=` that holds
+//! credentials (a password with an '@' or ':' in it lands in the wrong
+//! field, so any field may hold a piece of it), and [`Cmdline::ignored`]
+//! only ever holds option names.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::{BootNic, BootPath, NicOrigin};
+use crate::cmd::attach::BridgeKind;
+use crate::iscsi::chap::{AuthConfig, MutualConfig};
+use crate::net::{NicConfig, parse_mac};
+use crate::secret::Secret;
+
+/// The iSCSI well-known port (RFC 7143 §4.2): netroot's empty port.
+pub const DEFAULT_PORT: u16 = 3260;
+/// RFC 7143 §4.2.7.1: an iSCSI name is at most 223 bytes.
+const MAX_ISCSI_NAME: usize = 223;
+/// dracut's own bound for rd.iscsi.login_retry_max (getargnum 3 0 10000).
+const MAX_LOGIN_RETRY: u32 = 10_000;
+
+/// What the kernel command line says about an iSCSI root.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cmdline {
+    /// Every `netroot=iscsi:…` in order (`root=iscsi:…` and the legacy
+    /// `iscsiroot=` first, as dracut gives them precedence).
+    pub netroots: Vec<Netroot>,
+    /// Every `ip=`, in order.
+    pub ips: Vec<IpArg>,
+    /// `nameserver=`, in order.
+    pub nameservers: Vec<IpAddr>,
+    /// `vlan=<name>:<phys>`.
+    pub vlans: Vec<Vlan>,
+    /// `ifname=<name>:<mac>`: the name the interface with that MAC gets.
+    pub ifnames: Vec<(String, [u8; 6])>,
+    /// `rd.iscsi.initiator=` (old: `iscsi_initiator=`).
+    pub initiator: Option<String>,
+    /// The root comes from the firmware's table: `rd.iscsi.firmware[=1]`
+    /// (old: `iscsi_firmware`), `rd.iscsi.ibft[=1]`, `ip=ibft`.
+    pub firmware: bool,
+    /// `rd.iscsi.ibft` or `ip=ibft`: the network itself comes from the
+    /// iBFT (dracut's network module does this; sanroot reads NIC and
+    /// target together, so this cannot be combined with `netroot=`).
+    pub ibft_network: bool,
+    /// `rd.iscsi.username=`: CHAP name for netroots that carry none.
+    pub username: Option<String>,
+    /// `rd.iscsi.password=`.
+    pub password: Option<Secret>,
+    /// `rd.iscsi.in.username=`: the name the target must answer with
+    /// (mutual CHAP).
+    pub in_username: Option<String>,
+    /// `rd.iscsi.in.password=`: the target's secret (mutual CHAP).
+    pub in_password: Option<Secret>,
+    /// `rd.iscsi.login_retry_max=` (0..=10000).
+    pub login_retry_max: Option<u32>,
+    /// `rd.iscsi.waitnet=`: wait for every interface before logging in.
+    pub waitnet: Option<bool>,
+    /// `rd.iscsi.testroute=`: check a route to the target exists first.
+    pub testroute: Option<bool>,
+    /// `rd.iscsi.param=Key=Value`, in order (open-iscsi node settings).
+    pub params: Vec<(String, String)>,
+    /// `root=`. For `root=iscsi:…` (dracut's other spelling of netroot)
+    /// only "iscsi": the target went to [`Cmdline::netroots`].
+    pub root: Option<String>,
+    /// Our own options.
+    pub sanroot: SanrootOpts,
+    /// Options seen but not acted on, for the log: names only (with the
+    /// scheme for a non-iSCSI `netroot=`), never values.
+    pub ignored: Vec<String>,
+}
+
+/// One `netroot=iscsi:…`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Netroot {
+    /// The portal: an IP literal (the binary has no resolver).
+    pub server: IpAddr,
+    pub port: u16,
+    pub lun: u64,
+    pub target: String,
+    /// open-iscsi iface name (recorded; sanroot has no ifaces).
+    pub iface: Option<String>,
+    /// The interface to reach the target through.
+    pub netdev: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Mutual CHAP: the target's name and secret.
+    pub in_username: Option<String>,
+    pub in_password: Option<Secret>,
+}
+
+/// How an `ip=` configures its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpMethod {
+    /// `none`, `off`: static (the address in the argument) or nothing.
+    None,
+    /// `dhcp`, `on`, `any`.
+    Dhcp,
+    Dhcp6,
+    Auto6,
+    Either6,
+    Link6,
+    SingleDhcp,
+    /// `ibft`: from the firmware's table.
+    Ibft,
+}
+
+impl IpMethod {
+    fn parse(s: &str) -> Option<IpMethod> {
+        Some(match s {
+            "none" | "off" => IpMethod::None,
+            "dhcp" | "on" | "any" => IpMethod::Dhcp,
+            "dhcp6" => IpMethod::Dhcp6,
+            "auto6" => IpMethod::Auto6,
+            "either6" => IpMethod::Either6,
+            "link6" => IpMethod::Link6,
+            "single-dhcp" => IpMethod::SingleDhcp,
+            "ibft" => IpMethod::Ibft,
+            _ => return None,
+        })
+    }
+
+    /// dracut's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            IpMethod::None => "none",
+            IpMethod::Dhcp => "dhcp",
+            IpMethod::Dhcp6 => "dhcp6",
+            IpMethod::Auto6 => "auto6",
+            IpMethod::Either6 => "either6",
+            IpMethod::Link6 => "link6",
+            IpMethod::SingleDhcp => "single-dhcp",
+            IpMethod::Ibft => "ibft",
+        }
+    }
+
+    /// Configured by a protocol (DHCP, router advertisements) rather than
+    /// by the argument itself.
+    pub fn is_dynamic(self) -> bool {
+        !matches!(self, IpMethod::None | IpMethod::Ibft)
+    }
+}
+
+/// One `ip=` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpArg {
+    pub iface: Option<String>,
+    pub method: IpMethod,
+    /// Client address and prefix length.
+    pub addr: Option<(IpAddr, u8)>,
+    pub peer: Option<IpAddr>,
+    pub gateway: Option<IpAddr>,
+    pub hostname: Option<String>,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    /// `…:none:<dns1>:<dns2>`.
+    pub dns: Vec<IpAddr>,
+}
+
+/// `vlan=<name>:<phys>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vlan {
+    pub name: String,
+    pub parent: String,
+    /// From the name, as dracut reads it: `vlan0005`, `vlan5`,
+    /// `eth0.0005`, `eth0.5` are all VLAN 5.
+    pub id: u16,
+}
+
+/// `rd.sanroot=0|1`, `rd.sanroot.bridge=`, `rd.sanroot.timeout=`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SanrootOpts {
+    /// `rd.sanroot=0` turns sanroot off (dracut's own iscsi module may
+    /// then act), `=1` on; absent: act when the command line or the
+    /// firmware asks for an iSCSI root.
+    pub enabled: Option<bool>,
+    pub bridge: Option<BridgeKind>,
+    /// Seconds the first login keeps trying.
+    pub timeout: Option<u64>,
+}
+
+/// A command line sanroot cannot act on. `arg` is the option's name only;
+/// `message` says what is wrong, where, and what to do, and never holds a
+/// value that may be (part of) a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdlineError {
+    pub arg: String,
+    pub message: String,
+}
+
+impl CmdlineError {
+    fn new(arg: &str, message: impl Into<String>) -> CmdlineError {
+        CmdlineError {
+            arg: arg.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kernel command line, {}=: {}", self.arg, self.message)
+    }
+}
+
+impl std::error::Error for CmdlineError {}
+
+/// "1st", "2nd", …: which of several same-named options.
+fn nth(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, r) if r != 11 => "st",
+        (2, r) if r != 12 => "nd",
+        (3, r) if r != 13 => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Whitespace as the kernel's isspace() sees it.
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
+}
+
+/// Split a command line into `key[=value]` pairs exactly as the kernel's
+/// next_arg() (lib/cmdline.c) does: whitespace separates arguments except
+/// inside double quotes; a leading quote on the argument or on the value
+/// is dropped together with a trailing one (`"a=b c"`, `a="b c"`).
+fn split_args(s: &str) -> Vec<(&str, Option<&str>)> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        while b.get(pos).is_some_and(|&c| is_space(c)) {
+            pos += 1;
+        }
+        if pos >= b.len() {
+            break;
+        }
+        let mut start = pos;
+        let quoted = b.get(start) == Some(&b'"');
+        let mut in_quote = quoted;
+        if quoted {
+            start += 1;
+        }
+        let mut i = start;
+        let mut equals = None;
+        while let Some(&c) = b.get(i) {
+            if is_space(c) && !in_quote {
+                break;
+            }
+            if equals.is_none() && c == b'=' {
+                equals = Some(i);
+            }
+            if c == b'"' {
+                in_quote = !in_quote;
+            }
+            i += 1;
+        }
+        pos = i;
+        let mut end = i;
+        // Every index below is at an ASCII byte or at an end, so the
+        // slices fall on char boundaries; `get` keeps it panic-free.
+        let last_is_quote = end > start && b.get(end - 1) == Some(&b'"');
+        match equals {
+            None => {
+                if quoted && last_is_quote {
+                    end -= 1;
+                }
+                if let Some(k) = s.get(start..end) {
+                    out.push((k, None));
+                }
+            }
+            Some(eq) => {
+                let mut vstart = eq + 1;
+                if b.get(vstart) == Some(&b'"') {
+                    vstart += 1;
+                    if last_is_quote {
+                        end -= 1;
+                    }
+                } else if quoted && last_is_quote {
+                    end -= 1;
+                }
+                let end = end.max(vstart);
+                if let (Some(k), Some(v)) = (s.get(start..eq), s.get(vstart..end)) {
+                    out.push((k, Some(v)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// dracut's getargbool: a bare flag is true, 0/no/off false, anything
+/// else true.
+fn dracut_bool(v: Option<&str>) -> bool {
+    !matches!(v, Some("0" | "no" | "off" | "false"))
+}
+
+/// Our own booleans are strict: a typo must not pass silently.
+fn strict_bool(arg: &str, v: Option<&str>) -> Result<bool, CmdlineError> {
+    match v {
+        None | Some("1" | "yes" | "on" | "true") => Ok(true),
+        Some("0" | "no" | "off" | "false") => Ok(false),
+        Some(other) => Err(CmdlineError::new(
+            arg,
+            format!("\"{other}\" is not a boolean: write {arg}=1 or {arg}=0"),
+        )),
+    }
+}
+
+fn need_value<'a>(arg: &str, v: Option<&'a str>, form: &str) -> Result<&'a str, CmdlineError> {
+    v.ok_or_else(|| CmdlineError::new(arg, format!("needs a value: {arg}={form}")))
+}
+
+/// Parse a kernel command line (e.g. the content of /proc/cmdline).
+pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
+    let mut c = Cmdline::default();
+    // Single-valued options: the last one wins, as with dracut's getarg.
+    let mut fw_flag = false;
+    let mut ibft_flag = false;
+    let mut bare_netroot = false;
+    let mut root_netroots = Vec::new();
+    let mut netroot_n = 0usize;
+    let mut ip_n = 0usize;
+    for (key, val) in split_args(cmdline) {
+        match key {
+            "netroot" => {
+                netroot_n += 1;
+                match classify_netroot(val.unwrap_or("")) {
+                    NetrootKind::Iscsi(rest) => c.netroots.push(parse_netroot(rest, netroot_n)?),
+                    NetrootKind::Bare => bare_netroot = true,
+                    NetrootKind::Other(scheme) => c.ignored.push(format!("netroot={scheme}")),
+                }
+            }
+            "root" => {
+                let v = need_value(key, val, "<device>")?;
+                match classify_netroot(v) {
+                    NetrootKind::Iscsi(rest) => {
+                        root_netroots.push(parse_netroot(rest, 0).map_err(|mut e| {
+                            e.arg = "root".into();
+                            e
+                        })?);
+                        c.root = Some("iscsi".into());
+                    }
+                    NetrootKind::Bare => {
+                        bare_netroot = true;
+                        c.root = Some("iscsi".into());
+                    }
+                    NetrootKind::Other(_) => c.root = Some(v.to_string()),
+                }
+            }
+            "iscsiroot" => {
+                // dracut's legacy spelling: netroot=iscsi:$iscsiroot.
+                let v = need_value(key, val, "<server>:<proto>:<port>:<LUN>:<target>")?;
+                root_netroots.push(parse_netroot(v, 0).map_err(|mut e| {
+                    e.arg = "iscsiroot".into();
+                    e
+                })?);
+            }
+            "ip" => {
+                ip_n += 1;
+                let v = need_value(key, val, "dhcp")?;
+                let ip = parse_ip(v).map_err(|m| {
+                    CmdlineError::new("ip", format!("the {} ip=\"{v}\": {m}", nth(ip_n)))
+                })?;
+                if ip.method == IpMethod::Ibft {
+                    ibft_flag = true;
+                }
+                c.ips.push(ip);
+            }
+            "nameserver" => {
+                let v = need_value(key, val, "<IP address>")?;
+                let a = parse_addr_literal(v).ok_or_else(|| {
+                    CmdlineError::new(
+                        key,
+                        format!("\"{v}\" is not an IP address (no resolver in the initramfs; IPv6 may be in brackets)"),
+                    )
+                })?;
+                c.nameservers.push(a);
+            }
+            "vlan" => {
+                let v = need_value(key, val, "<name>:<phys>")?;
+                c.vlans.push(parse_vlan(v)?);
+            }
+            "ifname" => {
+                let v = need_value(key, val, "<name>:<MAC>")?;
+                match parse_ifname(v)? {
+                    Some(pair) => c.ifnames.push(pair),
+                    // An InfiniBand hardware address (20 bytes): dracut
+                    // knows it, sanroot's NIC code does not.
+                    None => c.ignored.push("ifname (not an Ethernet MAC)".into()),
+                }
+            }
+            "rd.iscsi.initiator" | "iscsi_initiator" => {
+                let v = need_value(key, val, "<IQN>")?;
+                check_iscsi_name(v).map_err(|m| CmdlineError::new(key, m))?;
+                c.initiator = Some(v.to_string());
+            }
+            "rd.iscsi.firmware" | "iscsi_firmware" => fw_flag = dracut_bool(val),
+            "rd.iscsi.ibft" => ibft_flag = dracut_bool(val),
+            "rd.iscsi.username" | "iscsi_username" => c.username = non_empty(val),
+            "rd.iscsi.password" | "iscsi_password" => {
+                c.password = non_empty(val).map(|p| Secret::from(p.as_str()))
+            }
+            "rd.iscsi.in.username" | "iscsi_in_username" => c.in_username = non_empty(val),
+            "rd.iscsi.in.password" | "iscsi_in_password" => {
+                c.in_password = non_empty(val).map(|p| Secret::from(p.as_str()))
+            }
+            "rd.iscsi.login_retry_max" => {
+                let v = need_value(key, val, "<count>")?;
+                let n = v.parse::<u32>().ok().filter(|n| *n <= MAX_LOGIN_RETRY);
+                c.login_retry_max = Some(n.ok_or_else(|| {
+                    CmdlineError::new(
+                        key,
+                        format!("\"{v}\" is not a number of retries from 0 to {MAX_LOGIN_RETRY}"),
+                    )
+                })?);
+            }
+            "rd.iscsi.waitnet" => c.waitnet = Some(dracut_bool(val)),
+            "rd.iscsi.testroute" => c.testroute = Some(dracut_bool(val)),
+            "rd.iscsi.param" | "iscsi_param" => {
+                let v = need_value(key, val, "<key>=<value>")?;
+                c.params.push(parse_param(key, v)?);
+            }
+            "rd.sanroot" => c.sanroot.enabled = Some(strict_bool(key, val)?),
+            "rd.sanroot.bridge" => {
+                let v = need_value(key, val, "auto|ublk|nbd")?;
+                c.sanroot.bridge = Some(match v {
+                    "auto" => BridgeKind::Auto,
+                    "ublk" => BridgeKind::Ublk,
+                    "nbd" => BridgeKind::Nbd,
+                    other => {
+                        return Err(CmdlineError::new(
+                            key,
+                            format!("\"{other}\" is not a bridge: write auto, ublk or nbd"),
+                        ));
+                    }
+                });
+            }
+            "rd.sanroot.timeout" => {
+                let v = need_value(key, val, "<seconds>")?;
+                c.sanroot.timeout = Some(v.parse::<u64>().map_err(|_| {
+                    CmdlineError::new(key, format!("\"{v}\" is not a whole number of seconds"))
+                })?);
+            }
+            k if k.starts_with("rd.sanroot.") => {
+                return Err(CmdlineError::new(
+                    k,
+                    "unknown sanroot option: the known ones are rd.sanroot=0|1, rd.sanroot.bridge=auto|ublk|nbd, rd.sanroot.timeout=<seconds>",
+                ));
+            }
+            // dracut options sanroot does not implement (rd.iscsi.mp,
+            // rd.iscsi.transport, rd.iscsi.target.*), and Debian
+            // initramfs-tools' own iSCSI options. Names only: a value may
+            // be a secret.
+            k if k.starts_with("rd.iscsi.")
+                || matches!(
+                    k,
+                    "iscsi_auto"
+                        | "iscsi_target_name"
+                        | "iscsi_target_ip"
+                        | "iscsi_target_port"
+                        | "iscsi_target_group"
+                ) =>
+            {
+                c.ignored.push(k.to_string());
+            }
+            _ => {}
+        }
+    }
+    c.firmware = fw_flag || ibft_flag;
+    c.ibft_network = ibft_flag;
+    if !root_netroots.is_empty() {
+        root_netroots.append(&mut c.netroots);
+        c.netroots = root_netroots;
+    }
+    if bare_netroot && !c.firmware {
+        return Err(CmdlineError::new(
+            "netroot",
+            "netroot=iscsi names no target: write netroot=iscsi:<server>::<port>:<LUN>:<target>, or add rd.iscsi.firmware to boot from the firmware's table",
+        ));
+    }
+    Ok(c)
+}
+
+fn non_empty(v: Option<&str>) -> Option<String> {
+    v.filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+enum NetrootKind<'a> {
+    /// After "iscsi:".
+    Iscsi(&'a str),
+    /// `netroot=iscsi` alone (with rd.iscsi.firmware).
+    Bare,
+    /// Another scheme, or an unrecognisable value: what to log.
+    Other(String),
+}
+
+fn classify_netroot(v: &str) -> NetrootKind<'_> {
+    if v == "iscsi" || v == "iscsi:" {
+        return NetrootKind::Bare;
+    }
+    if let Some(rest) = v.strip_prefix("iscsi:") {
+        return NetrootKind::Iscsi(rest);
+    }
+    // Log the scheme only ("nfs", "nbd", "dhcp"); anything else might be
+    // a mistyped value holding a password.
+    let scheme = v.split(':').next().unwrap_or("");
+    let safe = !scheme.is_empty()
+        && scheme.len() <= 16
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric());
+    NetrootKind::Other(if safe {
+        scheme.to_string()
+    } else {
+        "…".to_string()
+    })
+}
+
+/// Parse what follows `iscsi:` the way dracut's parse_iscsi_root does:
+///
+/// 1. Credentials when the value has an '@' followed by at least four
+///    ':': everything before the first '@', split on ':' into
+///    user:password or user:password:in_user:in_password. So a password
+///    can hold neither ':' nor '@' (dracut has the same limit); those
+///    go in rd.iscsi.password=.
+/// 2. The server: `[IPv6]:` or everything up to the next ':'.
+/// 3. The target name: from the last ":iqn." (else ":eui.", else
+///    ":naa.") to the end, so a name's own ':' are kept. What is left is
+///    protocol:port, then LUN, netdev:LUN or iface:netdev:LUN.
+/// 4. Without such a name: protocol:port, then iface:netdev when at least
+///    four fields follow and the third is empty or a number, then the
+///    LUN, and the rest (colons and all) is the target.
+fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
+    // With credentials present, no field is echoed: a password holding
+    // '@' or ':' is cut at the wrong place and lands in another field.
+    let redact = v.contains('@');
+    let which = if n == 0 {
+        "the iSCSI root".to_string()
+    } else {
+        format!("the {} netroot=", nth(n))
+    };
+    let err = |what: &str, value: &str, advice: &str| {
+        let shown = if redact {
+            String::new()
+        } else {
+            format!(" \"{value}\"")
+        };
+        CmdlineError::new("netroot", format!("{which}: {what}{shown}: {advice}"))
+    };
+
+    let mut nr = Netroot {
+        server: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        port: DEFAULT_PORT,
+        lun: 0,
+        target: String::new(),
+        iface: None,
+        netdev: None,
+        username: None,
+        password: None,
+        in_username: None,
+        in_password: None,
+    };
+
+    let mut rest = v;
+    if let Some(at) = v.find('@') {
+        let after = v.get(at + 1..).unwrap_or("");
+        if after.matches(':').count() >= 4 {
+            let auth = v.get(..at).unwrap_or("");
+            rest = after;
+            // dracut allows an empty "@" so a target name may hold one.
+            if !auth.is_empty() {
+                let f: Vec<&str> = auth.split(':').collect();
+                match f.as_slice() {
+                    [u, p] => {
+                        nr.username = Some(u.to_string()).filter(|s| !s.is_empty());
+                        nr.password = Some(Secret::from(*p)).filter(|s| !s.is_empty());
+                    }
+                    [u, p, iu, ip] => {
+                        nr.username = Some(u.to_string()).filter(|s| !s.is_empty());
+                        nr.password = Some(Secret::from(*p)).filter(|s| !s.is_empty());
+                        nr.in_username = Some(iu.to_string()).filter(|s| !s.is_empty());
+                        nr.in_password = Some(Secret::from(*ip)).filter(|s| !s.is_empty());
+                    }
+                    _ => {
+                        return Err(CmdlineError::new(
+                            "netroot",
+                            format!(
+                                "{which}: the credentials before '@' have {} ':'-separated fields; write user:password@ or user:password:target_user:target_password@ (a password containing ':' or '@' cannot be written here: use rd.iscsi.password= / rd.iscsi.in.password=)",
+                                f.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // The server.
+    let server_str;
+    let bracketed;
+    if let Some(inner) = rest.strip_prefix('[') {
+        let Some(close) = inner.find("]:") else {
+            return Err(err(
+                "the server has no closing \"]:\"",
+                rest,
+                "write an IPv6 server as [2001:db8::1]:",
+            ));
+        };
+        server_str = inner.get(..close).unwrap_or("");
+        rest = inner.get(close + 2..).unwrap_or("");
+        bracketed = true;
+    } else {
+        let Some(colon) = rest.find(':') else {
+            return Err(err(
+                "too few fields in",
+                rest,
+                "write netroot=iscsi:<server>:[<protocol>]:[<port>]:[<LUN>]:<target>",
+            ));
+        };
+        server_str = rest.get(..colon).unwrap_or("");
+        rest = rest.get(colon + 1..).unwrap_or("");
+        bracketed = false;
+    }
+    nr.server = parse_server(server_str, bracketed).map_err(|(what, advice)| {
+        if redact && server_str.contains('@') {
+            CmdlineError::new(
+                "netroot",
+                format!(
+                    "{which}: the server field holds an '@': a CHAP password containing '@' cannot be written in netroot= (dracut splits at the first '@'); put the credentials in rd.iscsi.username= and rd.iscsi.password="
+                ),
+            )
+        } else {
+            err(what, server_str, advice)
+        }
+    })?;
+
+    // The target name, and the fields before it.
+    let named = [":iqn.", ":eui.", ":naa."]
+        .iter()
+        .find_map(|p| rest.rfind(p))
+        .and_then(|pos| Some((rest.get(..pos)?, rest.get(pos + 1..)?)));
+    let (proto, port, iface, netdev, lun, target);
+    if let Some((fields, name)) = named {
+        let f: Vec<&str> = fields.split(':').collect();
+        proto = f.first().copied().unwrap_or("");
+        port = f.get(1).copied().unwrap_or("");
+        let more = f.get(2..).unwrap_or(&[]);
+        (iface, netdev, lun) = match more {
+            [] => ("", "", ""),
+            [l] => ("", "", *l),
+            [d, l] => ("", *d, *l),
+            [i, d, l] => (*i, *d, *l),
+            _ => {
+                return Err(err(
+                    "too many fields before the target name in",
+                    fields,
+                    "write <server>:<protocol>:<port>[:<iface>:<netdev>]:<LUN>:<target>",
+                ));
+            }
+        };
+        target = name.to_string();
+    } else {
+        // dracut's `set $v`: a trailing ':' makes no empty last field.
+        let trimmed = rest.strip_suffix(':').unwrap_or(rest);
+        let f: Vec<&str> = trimmed.split(':').collect();
+        proto = f.first().copied().unwrap_or("");
+        port = f.get(1).copied().unwrap_or("");
+        let mut more = f.get(2..).unwrap_or(&[]);
+        let mut i = "";
+        let mut d = "";
+        if let [a, b, c, _, ..] = more
+            && !(a.is_empty() && b.is_empty())
+            && (c.is_empty() || c.parse::<u64>().is_ok())
+        {
+            i = a;
+            d = b;
+            more = more.get(2..).unwrap_or(&[]);
+        }
+        iface = i;
+        netdev = d;
+        lun = more.first().copied().unwrap_or("");
+        target = more.get(1..).unwrap_or(&[]).join(":");
+    }
+
+    match proto {
+        "" | "6" => {}
+        other => {
+            return Err(err(
+                "the protocol",
+                other,
+                "only 6 (TCP) is supported; leave the field empty",
+            ));
+        }
+    }
+    if !port.is_empty() {
+        nr.port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                err(
+                    "the port",
+                    port,
+                    "write a port from 1 to 65535, or leave it empty for 3260",
+                )
+            })?;
+    }
+    if !lun.is_empty() {
+        nr.lun = lun.parse::<u64>().map_err(|_| {
+            err(
+                "the LUN",
+                lun,
+                "write the LUN as a decimal number (dracut reads it as one), or leave it empty for 0",
+            )
+        })?;
+    }
+    nr.iface = Some(iface.to_string()).filter(|s| !s.is_empty());
+    if !netdev.is_empty() {
+        check_ifname(netdev).map_err(|m| err("the netdev", netdev, &m))?;
+        nr.netdev = Some(netdev.to_string());
+    }
+    if target.is_empty() {
+        return Err(CmdlineError::new(
+            "netroot",
+            format!(
+                "{which}: no target name: end netroot= with the target's iqn./eui./naa. name (discovery without one is not supported)"
+            ),
+        ));
+    }
+    check_iscsi_name(&target).map_err(|m| {
+        if redact {
+            CmdlineError::new(
+                "netroot",
+                format!("{which}: the target name is not valid: write an iqn., eui. or naa. name"),
+            )
+        } else {
+            CmdlineError::new("netroot", format!("{which}: {m}"))
+        }
+    })?;
+    nr.target = target;
+    Ok(nr)
+}
+
+/// The portal address. Errors are (what, advice).
+fn parse_server(s: &str, bracketed: bool) -> Result<IpAddr, (&'static str, &'static str)> {
+    if s.is_empty() {
+        return Err((
+            "no server",
+            "sanroot needs the portal's address (discovery from the target name alone, RFC 4173's DHCP form, is not supported)",
+        ));
+    }
+    if bracketed {
+        return s.parse::<IpAddr>().map_err(|_| {
+            (
+                "the server is not an IP address:",
+                "write an IPv6 address in brackets, e.g. [2001:db8::1]",
+            )
+        });
+    }
+    if let Ok(a) = s.parse::<Ipv4Addr>() {
+        return Ok(IpAddr::V4(a));
+    }
+    let hexish = s.bytes().all(|b| b.is_ascii_hexdigit());
+    if hexish {
+        return Err((
+            "the server is not an IP address:",
+            "an IPv6 address must be in brackets, e.g. [2001:db8::1]",
+        ));
+    }
+    Err((
+        "the server is a host name, not an IP address:",
+        "sanroot is a static binary with no resolver in the initramfs; write the target's IPv4 address or its IPv6 address in brackets",
+    ))
+}
+
+/// RFC 7143 §4.2.7: an iSCSI name is iqn./eui./naa., at most 223 bytes,
+/// without spaces or control characters.
+fn check_iscsi_name(s: &str) -> Result<(), String> {
+    let lower = s.to_ascii_lowercase();
+    if !(lower.starts_with("iqn.") || lower.starts_with("eui.") || lower.starts_with("naa.")) {
+        return Err(format!(
+            "\"{s}\" is not an iSCSI name: it must start with iqn., eui. or naa."
+        ));
+    }
+    if s.len() > MAX_ISCSI_NAME {
+        return Err(format!(
+            "the iSCSI name is {} bytes long; RFC 7143 allows {MAX_ISCSI_NAME}",
+            s.len()
+        ));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "\"{}\" holds a space or a control character",
+            s.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// The kernel's dev_valid_name(): 1 to 15 bytes, not "." or "..", no
+/// '/', ':' or whitespace.
+fn check_ifname(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err("an interface name is 1 to 15 bytes long".into());
+    }
+    if s == "." || s == ".." {
+        return Err("\".\" and \"..\" are not interface names".into());
+    }
+    if s.bytes()
+        .any(|b| b == b'/' || b == b':' || is_space(b) || b.is_ascii_control())
+    {
+        return Err("an interface name holds no '/', ':', space or control character".into());
+    }
+    Ok(())
+}
+
+/// An IP literal, IPv6 optionally in brackets.
+fn parse_addr_literal(s: &str) -> Option<IpAddr> {
+    let inner = s
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(s);
+    inner.parse().ok()
+}
+
+/// One ':'-separated field of ip=, with whether it was `[…]`.
+#[derive(Clone, Copy)]
+struct Field<'a> {
+    text: &'a str,
+    bracketed: bool,
+}
+
+/// Split ip='s value as dracut's ip_to_var does: on ':', except inside
+/// `[…]`; a trailing ':' makes no empty last field.
+fn ip_fields(v: &str) -> Result<Vec<Field<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix('[') {
+            let close = inner
+                .find(']')
+                .ok_or("a '[' without its ']': write IPv6 addresses as [2001:db8::1]")?;
+            out.push(Field {
+                text: inner.get(..close).unwrap_or(""),
+                bracketed: true,
+            });
+            let after = inner.get(close + 1..).unwrap_or("");
+            if after.is_empty() {
+                break;
+            }
+            rest = after
+                .strip_prefix(':')
+                .ok_or("a ']' must be followed by ':' or the end")?;
+        } else {
+            match rest.find(':') {
+                Some(i) => {
+                    out.push(Field {
+                        text: rest.get(..i).unwrap_or(""),
+                        bracketed: false,
+                    });
+                    rest = rest.get(i + 1..).unwrap_or("");
+                }
+                None => {
+                    out.push(Field {
+                        text: rest,
+                        bracketed: false,
+                    });
+                    rest = "";
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn field_ip(f: Option<&Field<'_>>, what: &str) -> Result<Option<IpAddr>, String> {
+    let Some(f) = f else { return Ok(None) };
+    if f.text.is_empty() {
+        return Ok(None);
+    }
+    let ok = if f.bracketed {
+        f.text.parse::<IpAddr>().ok()
+    } else {
+        f.text.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+    };
+    ok.map(Some).ok_or_else(|| {
+        format!(
+            "the {what} \"{}\" is not an IP address (IPv6 goes in brackets; no host names)",
+            f.text
+        )
+    })
+}
+
+fn looks_like_addr(f: &Field<'_>) -> bool {
+    f.bracketed || f.text.parse::<Ipv4Addr>().is_ok()
+}
+
+/// Parse one ip= value (dracut.cmdline(7)):
+/// `{dhcp|on|any|dhcp6|auto6|either6|link6|single-dhcp|ibft}`,
+/// `<iface>:<method>[:[<mtu>][:<mac>]]`,
+/// `<client>:[<peer>]:<gateway>:<netmask>:<hostname>:<iface>:<method>[:[<mtu>][:<mac>]]`
+/// and `…:{none|off}:[<dns1>][:<dns2>]`. Errors are phrases.
+fn parse_ip(v: &str) -> Result<IpArg, String> {
+    let f = ip_fields(v)?;
+    let text = |i: usize| f.get(i).map(|x| x.text).unwrap_or("");
+    let mut ip = IpArg {
+        iface: None,
+        method: IpMethod::None,
+        addr: None,
+        peer: None,
+        gateway: None,
+        hostname: None,
+        mtu: None,
+        mac: None,
+        dns: Vec::new(),
+    };
+    let method = |s: &str| -> Result<IpMethod, String> {
+        // dracut also takes a list ("dhcp,dhcp6"): they are all "someone
+        // else configures it" to sanroot, so the first one stands.
+        let first = s.split(',').next().unwrap_or("");
+        let m = IpMethod::parse(first).ok_or_else(|| {
+            format!(
+                "\"{s}\" is not a method: write none, off, dhcp, on, any, dhcp6, auto6, either6, link6, single-dhcp or ibft"
+            )
+        })?;
+        if s.contains(',')
+            && !s
+                .split(',')
+                .all(|x| IpMethod::parse(x).is_some_and(IpMethod::is_dynamic))
+        {
+            return Err(format!(
+                "\"{s}\": only dynamic methods can be listed together"
+            ));
+        }
+        Ok(m)
+    };
+    match f.as_slice() {
+        [] => return Err(
+            "empty: write ip=dhcp or ip=<client>::<gateway>:<netmask>:<hostname>:<interface>:none"
+                .into(),
+        ),
+        [one] => {
+            if one.text.parse::<Ipv4Addr>().is_ok() {
+                return Err("the address-only form (anaconda's ip=<address> with gateway=, netmask=) is not supported: write ip=<client>::<gateway>:<netmask>:<hostname>:<interface>:none".into());
+            }
+            ip.method = method(one.text)?;
+            return Ok(ip);
+        }
+        _ => {}
+    }
+    let second_is_method = f.get(1).is_some_and(|x| {
+        !x.bracketed && IpMethod::parse(x.text.split(',').next().unwrap_or("")).is_some()
+    });
+    let extras_from;
+    if second_is_method && !f.first().is_some_and(looks_like_addr) {
+        // <iface>:<method>[:[<mtu>][:<mac>]]
+        if !text(0).is_empty() {
+            check_ifname(text(0)).map_err(|m| format!("the interface \"{}\": {m}", text(0)))?;
+            ip.iface = Some(text(0).to_string());
+        }
+        ip.method = method(text(1))?;
+        extras_from = 2;
+    } else {
+        // <client>:[<peer>]:<gateway>:<netmask>:<hostname>:<iface>:<method>
+        let (client, inline_prefix) = match f.first() {
+            Some(c) if !c.text.is_empty() => {
+                let (a, p) = match c.text.split_once('/') {
+                    Some((a, p)) => (a, Some(p)),
+                    None => (c.text, None),
+                };
+                let addr = field_ip(
+                    Some(&Field {
+                        text: a,
+                        bracketed: c.bracketed,
+                    }),
+                    "client address",
+                )?;
+                let prefix = match p {
+                    Some(p) => Some(
+                        p.parse::<u8>()
+                            .map_err(|_| format!("the prefix length \"{p}\" is not a number"))?,
+                    ),
+                    None => None,
+                };
+                (addr, prefix)
+            }
+            _ => (None, None),
+        };
+        ip.peer = field_ip(f.get(1), "peer")?;
+        ip.gateway = field_ip(f.get(2), "gateway")?;
+        let mask = f.get(3).filter(|m| !m.text.is_empty());
+        if let Some(a) = client {
+            let prefix = match (mask, inline_prefix) {
+                (Some(m), _) => parse_netmask(m, a)?,
+                (None, Some(p)) => p,
+                // `ip addr add` without a mask: a host address. The
+                // gateway then gets the "onlink" flag (src/net).
+                (None, None) => max_prefix(a),
+            };
+            if prefix > max_prefix(a) {
+                return Err(format!("the prefix length {prefix} is too long for {a}"));
+            }
+            ip.addr = Some((a, prefix));
+        } else if mask.is_some() {
+            return Err("a netmask without a client address".into());
+        }
+        if let (Some((a, _)), Some(g)) = (ip.addr, ip.gateway)
+            && a.is_ipv4() != g.is_ipv4()
+        {
+            return Err(format!(
+                "the gateway {g} is not of the address {a}'s family"
+            ));
+        }
+        if !text(4).is_empty() {
+            ip.hostname = Some(text(4).to_string());
+        }
+        if !text(5).is_empty() {
+            check_ifname(text(5)).map_err(|m| format!("the interface \"{}\": {m}", text(5)))?;
+            ip.iface = Some(text(5).to_string());
+        }
+        ip.method = if text(6).is_empty() {
+            if ip.addr.is_none() {
+                return Err(
+                    "no method: end the 7 fields with none (static), dhcp, dhcp6, auto6 or ibft"
+                        .into(),
+                );
+            }
+            IpMethod::None
+        } else {
+            method(text(6))?
+        };
+        // …:{none|off}:<dns1>[:<dns2>]
+        if let Some(d) = f.get(7).filter(|d| looks_like_addr(d)) {
+            ip.dns.extend(field_ip(Some(d), "DNS server")?);
+            ip.dns.extend(field_ip(f.get(8), "second DNS server")?);
+            if f.len() > 9 {
+                return Err("too many fields after the two DNS servers".into());
+            }
+            return Ok(ip);
+        }
+        extras_from = 7;
+    }
+    // [:[<mtu>][:<macaddr>]]
+    let extras = f.get(extras_from..).unwrap_or(&[]);
+    if let Some(m) = extras.first().filter(|m| !m.text.is_empty()) {
+        ip.mtu = Some(
+            m.text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (68..=65535).contains(n))
+                .ok_or_else(|| {
+                    format!("the MTU \"{}\" is not a number from 68 to 65535", m.text)
+                })?,
+        );
+    }
+    let mac_parts: Vec<&str> = extras
+        .get(1..)
+        .unwrap_or(&[])
+        .iter()
+        .map(|x| x.text)
+        .collect();
+    match mac_parts.len() {
+        0 => {}
+        1 | 6 => {
+            let joined = mac_parts.join(":");
+            if !joined.is_empty() {
+                ip.mac = Some(parse_mac(&joined).ok_or_else(|| {
+                    format!("\"{joined}\" is not a MAC address (write 52:54:00:12:34:56)")
+                })?);
+            }
+        }
+        _ => return Err("too many fields after the MTU: the MAC address is six hex bytes".into()),
+    }
+    Ok(ip)
+}
+
+fn max_prefix(a: IpAddr) -> u8 {
+    if a.is_ipv4() { 32 } else { 128 }
+}
+
+/// A dotted (or IPv6) mask, or a prefix length, for address `a`.
+fn parse_netmask(m: &Field<'_>, a: IpAddr) -> Result<u8, String> {
+    if let Ok(p) = m.text.parse::<u8>() {
+        return if p <= max_prefix(a) {
+            Ok(p)
+        } else {
+            Err(format!("the prefix length {p} is too long for {a}"))
+        };
+    }
+    let bits: u128 = match (a, m.text.parse::<IpAddr>()) {
+        (IpAddr::V4(_), Ok(IpAddr::V4(mask))) => u128::from(u32::from(mask)) << 96,
+        (IpAddr::V6(_), Ok(IpAddr::V6(mask))) => u128::from(mask),
+        (_, Ok(_)) => {
+            return Err(format!(
+                "the netmask \"{}\" is not of the address {a}'s family",
+                m.text
+            ));
+        }
+        (_, Err(_)) => {
+            return Err(format!(
+                "the netmask \"{}\" is neither a mask (255.255.255.0) nor a prefix length (24)",
+                m.text
+            ));
+        }
+    };
+    let ones = bits.leading_ones();
+    if bits.checked_shl(ones).unwrap_or(0) != 0 {
+        return Err(format!("the netmask \"{}\" is not contiguous", m.text));
+    }
+    // u128::leading_ones() is at most 128.
+    Ok(u8::try_from(ones).unwrap_or(128).min(max_prefix(a)))
+}
+
+/// `vlan=<name>:<phys>`; the id from the name as dracut's ifup reads it.
+fn parse_vlan(v: &str) -> Result<Vlan, CmdlineError> {
+    let err = |m: String| CmdlineError::new("vlan", format!("\"{v}\": {m}"));
+    let (name, parent) = v.split_once(':').ok_or_else(|| {
+        err("write vlan=<vlan name>:<physical interface>, e.g. vlan=eth0.100:eth0".into())
+    })?;
+    check_ifname(name).map_err(|m| err(format!("the VLAN name: {m}")))?;
+    check_ifname(parent).map_err(|m| err(format!("the physical interface: {m}")))?;
+    let digits = name
+        .strip_prefix("vlan")
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .or_else(|| {
+            name.rsplit_once('.')
+                .map(|(_, d)| d)
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .ok_or_else(|| {
+            err("the VLAN id cannot be read from the name: name it <phys>.<id> or vlan<id> (eth0.100, vlan0100)".into())
+        })?;
+    let id = digits
+        .parse::<u16>()
+        .ok()
+        .filter(|id| (1..=4094).contains(id))
+        .ok_or_else(|| err(format!("VLAN id {digits} is outside 1..4094")))?;
+    Ok(Vlan {
+        name: name.to_string(),
+        parent: parent.to_string(),
+        id,
+    })
+}
+
+/// `ifname=<name>:<mac>`. `None` for a 20-byte InfiniBand address.
+fn parse_ifname(v: &str) -> Result<Option<(String, [u8; 6])>, CmdlineError> {
+    let err = |m: String| CmdlineError::new("ifname", format!("\"{v}\": {m}"));
+    let (name, mac) = v.split_once(':').ok_or_else(|| {
+        err("write ifname=<name>:<MAC>, e.g. ifname=bootnet:52:54:00:12:34:56".into())
+    })?;
+    check_ifname(name).map_err(|m| err(format!("the name: {m}")))?;
+    if mac.split(':').count() == 20 {
+        return Ok(None);
+    }
+    let mac = parse_mac(mac)
+        .ok_or_else(|| err("not a MAC address: write six hex bytes, 52:54:00:12:34:56".into()))?;
+    Ok(Some((name.to_string(), mac)))
+}
+
+/// `rd.iscsi.param=Key=Value`. CHAP settings are refused: they would end
+/// up in a plain string, and netroot=/rd.iscsi.* already carry them.
+fn parse_param(arg: &str, v: &str) -> Result<(String, String), CmdlineError> {
+    let (k, val) = v.split_once('=').ok_or_else(|| {
+        CmdlineError::new(
+            arg,
+            "write rd.iscsi.param=<key>=<value>, e.g. rd.iscsi.param=node.session.timeo.replacement_timeout=30",
+        )
+    })?;
+    if k.is_empty() {
+        return Err(CmdlineError::new(
+            arg,
+            "the open-iscsi key is empty: write rd.iscsi.param=<key>=<value>",
+        ));
+    }
+    let lk = k.to_ascii_lowercase();
+    if lk.contains("auth.") || lk.contains("password") || lk.contains("chap") {
+        return Err(CmdlineError::new(
+            arg,
+            format!(
+                "{k}: CHAP settings are not taken from rd.iscsi.param; use netroot=iscsi:<user>:<password>@… or rd.iscsi.username=/rd.iscsi.password="
+            ),
+        ));
+    }
+    Ok((k.to_string(), val.to_string()))
+}
+
+impl Cmdline {
+    /// True when the command line asks for an iSCSI root at all.
+    pub fn wants_iscsi(&self) -> bool {
+        !self.netroots.is_empty() || self.firmware
+    }
+
+    /// The boot paths the netroot= arguments describe, one per netroot in
+    /// order, with ip=/nameserver=/vlan=/ifname= applied and
+    /// rd.iscsi.username/password (and in.) as defaults for netroots
+    /// without credentials (per direction, as dracut does).
+    ///
+    /// The NIC of a path: with no ip= at all, `None` (the network is up
+    /// already, or nobody's business). Otherwise the ip= naming the
+    /// netroot's netdev, else the static ip= whose subnet holds the
+    /// target, else the first static one, else the first. A static ip=
+    /// (none/off) gives a [`NicOrigin::Static`] NIC with its address,
+    /// gateway, DNS (plus nameserver=) and a host route to the target; a
+    /// dynamic one (dhcp, auto6, …) a [`NicOrigin::External`] NIC without
+    /// an address: someone else configures it, the flow waits for it.
+    /// When the interface is a vlan=, [`BootNic::ifname`] is its physical
+    /// parent and `config.vlan` its id (src/net creates `<parent>.<id>`).
+    /// The MAC comes from ip='s macaddr, else ifname=, else stays zero
+    /// (the flow finds the link by name).
+    pub fn boot_paths(&self) -> Result<Vec<BootPath>, CmdlineError> {
+        if !self.netroots.is_empty() {
+            let ibft_ip = self.ips.iter().any(|i| i.method == IpMethod::Ibft);
+            if ibft_ip || self.ibft_network {
+                return Err(CmdlineError::new(
+                    if ibft_ip { "ip" } else { "rd.iscsi.ibft" },
+                    "the network from the iBFT cannot be combined with netroot=: sanroot reads the NIC and the target from the table together; use rd.iscsi.firmware and drop netroot=, or describe the NIC with ip=<client>::<gateway>:<netmask>:<hostname>:<interface>:none",
+                ));
+            }
+        }
+        let mut paths = Vec::with_capacity(self.netroots.len());
+        for (i, nr) in self.netroots.iter().enumerate() {
+            paths.push(BootPath {
+                nic: self.nic_for(nr),
+                host: nr.server,
+                port: nr.port,
+                target: nr.target.clone(),
+                lun: nr.lun,
+                auth: self.auth_for(nr, i + 1)?,
+            });
+        }
+        Ok(paths)
+    }
+
+    fn nic_for(&self, nr: &Netroot) -> Option<BootNic> {
+        if self.ips.is_empty() {
+            return None;
+        }
+        let chosen = match &nr.netdev {
+            Some(dev) => self
+                .ips
+                .iter()
+                .find(|i| i.iface.as_deref() == Some(dev))
+                .or_else(|| self.ips.iter().find(|i| i.iface.is_none())),
+            None => self
+                .ips
+                .iter()
+                .find(|i| {
+                    i.method == IpMethod::None
+                        && i.addr.is_some_and(|(a, p)| same_subnet(a, nr.server, p))
+                })
+                .or_else(|| {
+                    self.ips
+                        .iter()
+                        .find(|i| i.method == IpMethod::None && i.addr.is_some())
+                })
+                .or_else(|| self.ips.first()),
+        };
+        let Some(ip) = chosen else {
+            // The netdev has no ip= of its own: it is configured
+            // elsewhere; wait for it.
+            return Some(BootNic {
+                config: self.link_config(nr.netdev.as_deref(), None),
+                ifname: self.physical(nr.netdev.as_deref()),
+                origin: NicOrigin::External,
+                hostname: None,
+                domain: None,
+                mtu: None,
+            });
+        };
+        let name = ip.iface.as_deref().or(nr.netdev.as_deref());
+        if ip.method == IpMethod::None && ip.addr.is_none() && name.is_none() {
+            // ip=off / ip=none alone: no network set-up asked for.
+            return None;
+        }
+        let mut config = self.link_config(name, ip.mac);
+        let origin = if ip.method.is_dynamic() {
+            NicOrigin::External
+        } else {
+            config.addr = ip.addr;
+            config.gateway = ip.gateway;
+            config.target = ip.addr.map(|_| nr.server);
+            NicOrigin::Static
+        };
+        for d in ip.dns.iter().chain(&self.nameservers) {
+            if !config.dns.contains(d) {
+                config.dns.push(*d);
+            }
+        }
+        Some(BootNic {
+            config,
+            ifname: self.physical(name),
+            origin,
+            hostname: ip.hostname.clone(),
+            domain: None,
+            mtu: ip.mtu,
+        })
+    }
+
+    /// The physical interface behind `name` (its vlan= parent, or itself).
+    fn physical(&self, name: Option<&str>) -> Option<String> {
+        let name = name?;
+        Some(
+            self.vlans
+                .iter()
+                .find(|v| v.name == name)
+                .map_or(name, |v| v.parent.as_str())
+                .to_string(),
+        )
+    }
+
+    /// MAC (given, else from ifname=) and VLAN of the interface `name`.
+    fn link_config(&self, name: Option<&str>, mac: Option<[u8; 6]>) -> NicConfig {
+        let vlan = name.and_then(|n| self.vlans.iter().find(|v| v.name == n));
+        let phys = self.physical(name);
+        let mac = mac
+            .or_else(|| {
+                let p = phys.as_deref()?;
+                self.ifnames.iter().find(|(n, _)| n == p).map(|(_, m)| *m)
+            })
+            .unwrap_or([0; 6]);
+        let mut c = NicConfig::new(mac);
+        c.vlan = vlan.map_or(0, |v| v.id);
+        c
+    }
+
+    /// The CHAP settings of netroot number `n`: its own credentials, else
+    /// rd.iscsi.username/password, per direction.
+    fn auth_for(&self, nr: &Netroot, n: usize) -> Result<Option<AuthConfig>, CmdlineError> {
+        let own = nr.username.is_some() || nr.password.is_some();
+        let (user, pass, arg) = if own {
+            (&nr.username, &nr.password, "netroot")
+        } else {
+            (&self.username, &self.password, "rd.iscsi.username")
+        };
+        let own_in = nr.in_username.is_some() || nr.in_password.is_some();
+        let (in_user, in_pass, in_arg) = if own_in {
+            (&nr.in_username, &nr.in_password, "netroot")
+        } else {
+            (&self.in_username, &self.in_password, "rd.iscsi.in.username")
+        };
+        let which = format!("for the {} netroot=", nth(n));
+        let (user, secret) = match (user, pass) {
+            (None, None) => {
+                if in_user.is_some() || in_pass.is_some() {
+                    return Err(CmdlineError::new(
+                        in_arg,
+                        format!(
+                            "{which}: mutual CHAP (the target's name and secret) without the initiator's own CHAP name and secret: add rd.iscsi.username= and rd.iscsi.password= (or user:password@ in netroot=)"
+                        ),
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(u), Some(p)) => (u.clone(), p.clone()),
+            (Some(_), None) => {
+                return Err(CmdlineError::new(
+                    arg,
+                    format!(
+                        "{which}: a CHAP user name without a password: add rd.iscsi.password= (or user:password@ in netroot=)"
+                    ),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(CmdlineError::new(
+                    arg,
+                    format!(
+                        "{which}: a CHAP password without a user name: add rd.iscsi.username= (or user:password@ in netroot=)"
+                    ),
+                ));
+            }
+        };
+        let mutual = match (in_user, in_pass) {
+            (_, Some(p)) => Some(MutualConfig {
+                target_name: in_user.clone(),
+                secret: p.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(CmdlineError::new(
+                    in_arg,
+                    format!(
+                        "{which}: the target's CHAP name without its secret: add rd.iscsi.in.password="
+                    ),
+                ));
+            }
+            (None, None) => None,
+        };
+        let auth = AuthConfig {
+            user,
+            secret,
+            mutual,
+        };
+        auth.validate()
+            .map_err(|e| CmdlineError::new(arg, format!("{which}: {e}")))?;
+        Ok(Some(auth))
+    }
+}
+
+/// Whether `b` is in `a`'s subnet of length `prefix`.
+fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & m == u32::from(b) & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & m == u128::from(b) & m
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse().unwrap())
+    }
+    fn v6(s: &str) -> IpAddr {
+        IpAddr::V6(s.parse().unwrap())
+    }
+    fn one(netroot: &str) -> Netroot {
+        let c = parse(&format!("netroot={netroot}")).unwrap();
+        assert_eq!(c.netroots.len(), 1, "{netroot}");
+        c.netroots.into_iter().next().unwrap()
+    }
+    fn err(s: &str) -> CmdlineError {
+        parse(s).expect_err(s)
+    }
+
+    // ---- the kernel's splitting ----
+
+    #[test]
+    fn splits_like_the_kernel() {
+        assert_eq!(
+            split_args("  a=1\tb  \"c=d e\" f=\"g h\" i=j\"k l\"m \"n o\"\n"),
+            vec![
+                ("a", Some("1")),
+                ("b", None),
+                ("c", Some("d e")),
+                ("f", Some("g h")),
+                ("i", Some("j\"k l\"m")),
+                ("n o", None),
+            ]
+        );
+        assert_eq!(split_args(""), vec![]);
+        assert_eq!(
+            split_args("a= b=\"\""),
+            vec![("a", Some("")), ("b", Some(""))]
+        );
+        // A lone quote: no panic, nothing lost that the kernel keeps.
+        assert_eq!(split_args("\""), vec![("", None)]);
+        assert_eq!(split_args("x=\""), vec![("x", Some(""))]);
+        // Multi-byte text stays whole.
+        assert_eq!(split_args("h=höst"), vec![("h", Some("höst"))]);
+    }
+
+    #[test]
+    fn quoted_password_with_spaces() {
+        let c = parse("rd.iscsi.username=u \"rd.iscsi.password=a b c d e f\"").unwrap();
+        assert_eq!(c.password.unwrap().expose(), b"a b c d e f");
+        let c = parse("rd.iscsi.password=\"p w\"").unwrap();
+        assert_eq!(c.password.unwrap().expose(), b"p w");
+    }
+
+    // ---- netroot= ----
+
+    #[test]
+    fn netroot_minimal_with_defaults() {
+        let n = one("iscsi:192.168.50.1::::iqn.2009-06.dracut:target0");
+        assert_eq!(n.server, v4("192.168.50.1"));
+        assert_eq!(n.port, 3260);
+        assert_eq!(n.lun, 0);
+        assert_eq!(n.target, "iqn.2009-06.dracut:target0");
+        assert_eq!((n.iface.as_deref(), n.netdev.as_deref()), (None, None));
+        assert!(n.username.is_none() && n.password.is_none());
+    }
+
+    #[test]
+    fn netroot_all_fields() {
+        let n = one("iscsi:10.0.2.2:6:3261:5:iqn.2026-11.org.example:root");
+        assert_eq!((n.server, n.port, n.lun), (v4("10.0.2.2"), 3261, 5));
+        assert_eq!(n.target, "iqn.2026-11.org.example:root");
+    }
+
+    #[test]
+    fn netroot_ipv6() {
+        let n = one("iscsi:[2001:DB8::1]::::iqn.2009-06.dracut:target0");
+        assert_eq!(n.server, v6("2001:db8::1"));
+        assert_eq!(n.target, "iqn.2009-06.dracut:target0");
+        let n = one("iscsi:u:secret1234567@[fd00::2]::3260:1:iqn.x.y:z");
+        assert_eq!((n.server, n.lun), (v6("fd00::2"), 1));
+        assert_eq!(n.username.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn netroot_credentials() {
+        let n = one("iscsi:alice:secret-one-12@10.0.0.1::3260:0:iqn.2009-06.dracut:t");
+        assert_eq!(n.username.as_deref(), Some("alice"));
+        assert_eq!(n.password.as_ref().unwrap().expose(), b"secret-one-12");
+        assert!(n.in_username.is_none() && n.in_password.is_none());
+        let n = one(
+            "iscsi:alice:secret-one-12:tgt:secret-two-34@10.0.0.1::3260:0:iqn.2009-06.dracut:t",
+        );
+        assert_eq!(n.in_username.as_deref(), Some("tgt"));
+        assert_eq!(n.in_password.as_ref().unwrap().expose(), b"secret-two-34");
+        assert_eq!(n.target, "iqn.2009-06.dracut:t");
+        // Debug never shows a secret.
+        let dbg = format!("{n:?}");
+        assert!(
+            !dbg.contains("secret-one-12") && !dbg.contains("secret-two-34"),
+            "{dbg}"
+        );
+        // An empty "@" lets a target name hold one.
+        let n = one("iscsi:@192.168.1.100::3260::iqn.2009-01.com.example:testdi@sk");
+        assert_eq!(n.target, "iqn.2009-01.com.example:testdi@sk");
+        assert!(n.username.is_none());
+        // Without four ':' after it, an '@' belongs to the target name.
+        let n = one("iscsi:192.168.1.100::3260::iqn.2009-01.com.example:testdi@sk");
+        assert_eq!(n.target, "iqn.2009-01.com.example:testdi@sk");
+    }
+
+    #[test]
+    fn netroot_iface_and_netdev() {
+        let n = one("iscsi:10.0.0.1::3260:myiface:eth1:2:iqn.2009-06.dracut:t0");
+        assert_eq!(n.iface.as_deref(), Some("myiface"));
+        assert_eq!(n.netdev.as_deref(), Some("eth1"));
+        assert_eq!(n.lun, 2);
+        let n = one("iscsi:10.0.0.1::3260::eth1:2:iqn.2009-06.dracut:t0");
+        assert_eq!(
+            (n.iface.as_deref(), n.netdev.as_deref()),
+            (None, Some("eth1"))
+        );
+        // dracut takes two fields before the name as netdev:LUN.
+        let n = one("iscsi:10.0.0.1::3260:eth1:2:iqn.2009-06.dracut:t0");
+        assert_eq!(
+            (n.iface.as_deref(), n.netdev.as_deref(), n.lun),
+            (None, Some("eth1"), 2)
+        );
+    }
+
+    #[test]
+    fn netroot_names_with_colons_eui_naa() {
+        let n = one("iscsi:10.0.0.1::::iqn.2009-06.dracut:a:b:c");
+        assert_eq!(n.target, "iqn.2009-06.dracut:a:b:c");
+        let n = one("iscsi:10.0.0.1::3260:7:eui.02004567A425678D");
+        assert_eq!((n.target.as_str(), n.lun), ("eui.02004567A425678D", 7));
+        let n = one("iscsi:10.0.0.1::::naa.52004567BA64678D");
+        assert_eq!(n.target, "naa.52004567BA64678D");
+        // An upper-case IQN goes through dracut's generic split.
+        let n = one("iscsi:10.0.0.1::3260:3:IQN.2009-06.dracut:t");
+        assert_eq!((n.target.as_str(), n.lun), ("IQN.2009-06.dracut:t", 3));
+        // Generic split with iface:netdev.
+        let n = one("iscsi:10.0.0.1::3260:if0:eth0:4:IQN.2009-06.dracut:t");
+        assert_eq!(
+            (
+                n.iface.as_deref(),
+                n.netdev.as_deref(),
+                n.lun,
+                n.target.as_str()
+            ),
+            (Some("if0"), Some("eth0"), 4, "IQN.2009-06.dracut:t")
+        );
+    }
+
+    #[test]
+    fn netroot_errors_say_what_and_how() {
+        let e = err("netroot=iscsi:san.example.com::3260:0:iqn.2009-06.dracut:t");
+        assert_eq!(e.arg, "netroot");
+        assert!(
+            e.message.contains("host name") && e.message.contains("san.example.com"),
+            "{e}"
+        );
+        let e = err("netroot=iscsi:fd00::2::3260:0:iqn.2009-06.dracut:t");
+        assert!(e.message.contains("brackets"), "{e}");
+        let e = err("netroot=iscsi:10.0.0.1:17:3260:0:iqn.2009-06.dracut:t");
+        assert!(
+            e.message.contains("protocol") && e.message.contains("only 6"),
+            "{e}"
+        );
+        let e = err("netroot=iscsi:10.0.0.1::99999:0:iqn.2009-06.dracut:t");
+        assert!(e.message.contains("port"), "{e}");
+        let e = err("netroot=iscsi:10.0.0.1::3260:0x1:iqn.2009-06.dracut:t");
+        assert!(
+            e.message.contains("LUN") && e.message.contains("decimal"),
+            "{e}"
+        );
+        let e = err("netroot=iscsi:::3260:0:iqn.2009-06.dracut:t");
+        assert!(e.message.contains("no server"), "{e}");
+        let e = err("netroot=iscsi:10.0.0.1::3260:0:");
+        assert!(e.message.contains("no target name"), "{e}");
+        let e = err("netroot=iscsi:10.0.0.1::3260:0:mytarget");
+        assert!(e.message.contains("iqn."), "{e}");
+        let e = err("netroot=iscsi:[fd00::2::3260:0:iqn.2009-06.dracut:t");
+        assert!(e.message.contains("]"), "{e}");
+        let e = err("netroot=iscsi:10.0.0.1::1:2:3:4:5:iqn.2009-06.dracut:t");
+        assert!(e.message.contains("too many"), "{e}");
+        // Which one: the second.
+        let e = err("netroot=iscsi:10.0.0.1::::iqn.a.b:c netroot=iscsi:h.example::::iqn.a.b:c");
+        assert!(e.message.contains("2nd netroot="), "{e}");
+        assert!(
+            e.to_string().starts_with("kernel command line, netroot=: "),
+            "{e}"
+        );
+        let e = err("netroot=iscsi");
+        assert!(e.message.contains("rd.iscsi.firmware"), "{e}");
+    }
+
+    #[test]
+    fn no_secret_in_any_error() {
+        let secret = "Hunter2-pa55";
+        let cases = [
+            // A password with '@': the rest of it lands in the server.
+            format!("netroot=iscsi:alice:{secret}@x@10.0.0.1::3260:0:iqn.2009-06.dracut:t"),
+            // A password with ':': three fields.
+            format!("netroot=iscsi:alice:{secret}:more@10.0.0.1::3260:0:iqn.2009-06.dracut:t"),
+            // Fine credentials, broken elsewhere.
+            format!("netroot=iscsi:alice:{secret}@10.0.0.1:9:3260:0:iqn.2009-06.dracut:t"),
+            format!("netroot=iscsi:alice:{secret}@10.0.0.1::70000:0:iqn.2009-06.dracut:t"),
+            format!("netroot=iscsi:alice:{secret}@10.0.0.1::3260:x:iqn.2009-06.dracut:t"),
+            format!("netroot=iscsi:alice:{secret}@host.example::3260:0:iqn.2009-06.dracut:t"),
+            format!("netroot=iscsi:alice:{secret}@10.0.0.1::3260:0:notaname"),
+            format!("netroot=iscsi:alice:{secret}@[fd00::1::3260:0:iqn.2009-06.dracut:t"),
+            format!(
+                "netroot=iscsi:alice:{secret}:bob:{secret}@10.0.0.1::3260:0:iqn.2009-06.dracut:t"
+            ),
+            format!("netroot=iscsi:alice:{secret}:bob:@10.0.0.1::3260:0:iqn.2009-06.dracut:t"),
+            format!("rd.iscsi.param=node.session.auth.password={secret}"),
+            format!("rd.iscsi.password={secret} rd.iscsi.sneaky={secret}"),
+            format!("netroot=cifs://alice:{secret}@srv/x netroot=iscsi"),
+        ];
+        for c in &cases {
+            let shown = match parse(c) {
+                Err(e) => format!("{e} {e:?}"),
+                Ok(cl) => match cl.boot_paths() {
+                    Err(e) => format!("{e} {e:?} {cl:?}"),
+                    Ok(p) => format!("{cl:?} {p:?}"),
+                },
+            };
+            assert!(!shown.contains("Hunter2"), "{c}: {shown}");
+        }
+        let e = err(&cases[0]);
+        assert!(e.message.contains("rd.iscsi.password"), "{e}");
+        let e = err(&cases[1]);
+        assert!(e.message.contains("rd.iscsi.password"), "{e}");
+        // Same-secret mutual CHAP is refused by AuthConfig::validate().
+        let e = parse(&cases[8]).unwrap().boot_paths().unwrap_err();
+        assert!(e.message.contains("RFC 7143"), "{e}");
+    }
+
+    #[test]
+    fn non_iscsi_netroot_is_recorded_by_scheme_only() {
+        let c =
+            parse("netroot=nfs:10.0.0.1:/srv/root netroot=dhcp netroot=cifs://u:p@s/x").unwrap();
+        assert!(c.netroots.is_empty());
+        assert_eq!(c.ignored, vec!["netroot=nfs", "netroot=dhcp", "netroot=cifs"]);
+        let c = parse("netroot=user:pass@x netroot=s3cr3t/x").unwrap();
+        assert_eq!(c.ignored, vec!["netroot=user", "netroot=…"]);
+        assert!(!c.wants_iscsi());
+    }
+
+    #[test]
+    fn root_iscsi_and_iscsiroot_come_first() {
+        let c = parse(
+            "netroot=iscsi:10.0.0.2::::iqn.a.b:two root=iscsi:10.0.0.1::::iqn.a.b:one iscsiroot=10.0.0.3::::iqn.a.b:three",
+        )
+        .unwrap();
+        let t: Vec<&str> = c.netroots.iter().map(|n| n.target.as_str()).collect();
+        assert_eq!(t, ["iqn.a.b:one", "iqn.a.b:three", "iqn.a.b:two"]);
+        assert_eq!(c.root.as_deref(), Some("iscsi"));
+        let c = parse("root=UUID=1234-abcd rd.iscsi.firmware netroot=iscsi").unwrap();
+        assert_eq!(c.root.as_deref(), Some("UUID=1234-abcd"));
+        assert!(c.firmware && c.netroots.is_empty() && c.wants_iscsi());
+    }
+
+    // ---- ip= ----
+
+    fn ip(s: &str) -> IpArg {
+        parse_ip(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn ip_autoconf_forms() {
+        assert_eq!(ip("dhcp").method, IpMethod::Dhcp);
+        assert_eq!(ip("on").method, IpMethod::Dhcp);
+        assert_eq!(ip("any").method, IpMethod::Dhcp);
+        assert_eq!(ip("auto6").method, IpMethod::Auto6);
+        assert_eq!(ip("either6").method, IpMethod::Either6);
+        assert_eq!(ip("single-dhcp").method, IpMethod::SingleDhcp);
+        assert_eq!(ip("ibft").method, IpMethod::Ibft);
+        assert_eq!(ip("dhcp,dhcp6").method, IpMethod::Dhcp);
+        let a = ip("eth0:dhcp6");
+        assert_eq!(
+            (a.iface.as_deref(), a.method),
+            (Some("eth0"), IpMethod::Dhcp6)
+        );
+        let a = ip("eth0:dhcp:9000:52:54:00:12:34:56");
+        assert_eq!(a.mtu, Some(9000));
+        assert_eq!(a.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        let a = ip("eth0:dhcp::52-54-00-12-34-56");
+        assert_eq!(
+            (a.mtu, a.mac),
+            (None, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]))
+        );
+        assert!(parse_ip("eth0:bogus").is_err());
+        assert!(parse_ip("dhcp,none").is_err());
+    }
+
+    #[test]
+    fn ip_static_v4() {
+        let a = ip("10.0.2.15::10.0.2.2:255.255.255.0:myhost:eth0:none");
+        assert_eq!(a.addr, Some((v4("10.0.2.15"), 24)));
+        assert_eq!(a.gateway, Some(v4("10.0.2.2")));
+        assert_eq!(a.hostname.as_deref(), Some("myhost"));
+        assert_eq!(a.iface.as_deref(), Some("eth0"));
+        assert_eq!(a.method, IpMethod::None);
+        let a = ip("10.0.2.15:10.0.2.9:10.0.2.2:20::eth0:off:1500:52:54:00:12:34:56");
+        assert_eq!(a.addr, Some((v4("10.0.2.15"), 20)));
+        assert_eq!(a.peer, Some(v4("10.0.2.9")));
+        assert_eq!((a.mtu, a.hostname.as_deref()), (Some(1500), None));
+        assert!(a.mac.is_some());
+        let a = ip("10.0.2.15::10.0.2.2:255.255.255.0::eth0:none:10.0.2.3:[2001:db8::53]");
+        assert_eq!(a.dns, vec![v4("10.0.2.3"), v6("2001:db8::53")]);
+        // No mask: a host address; an inline prefix.
+        assert_eq!(
+            ip("10.0.2.15::10.0.2.2:::eth0:none").addr,
+            Some((v4("10.0.2.15"), 32))
+        );
+        assert_eq!(
+            ip("10.0.2.15/23::10.0.2.2:::eth0:none").addr,
+            Some((v4("10.0.2.15"), 23))
+        );
+        // The method may be left out when an address is given.
+        assert_eq!(ip("10.0.2.15::10.0.2.2:24::eth0").method, IpMethod::None);
+        // A hostname with DHCP.
+        let a = ip("::::myhost:eth0:dhcp");
+        assert_eq!(
+            (a.addr, a.hostname.as_deref(), a.method),
+            (None, Some("myhost"), IpMethod::Dhcp)
+        );
+    }
+
+    #[test]
+    fn ip_static_v6() {
+        let a = ip("[2001:db8::15]::[2001:db8::1]:64:h6:eth1:none");
+        assert_eq!(a.addr, Some((v6("2001:db8::15"), 64)));
+        assert_eq!(a.gateway, Some(v6("2001:db8::1")));
+        assert_eq!(a.iface.as_deref(), Some("eth1"));
+        let a = ip("[fd00::15/56]::[fd00::1]:::eth1:none");
+        assert_eq!(a.addr, Some((v6("fd00::15"), 56)));
+    }
+
+    #[test]
+    fn ip_errors() {
+        for (s, want) in [
+            ("10.0.2.15", "anaconda"),
+            ("10.0.2.15::10.0.2.2:255.0.255.0::eth0:none", "contiguous"),
+            ("10.0.2.15::10.0.2.2:33::eth0:none", "too long"),
+            ("10.0.2.15::[fd00::1]:24::eth0:none", "family"),
+            ("10.0.2.15::gw.example:24::eth0:none", "not an IP"),
+            ("[2001:db8::1::eth0:none", "]"),
+            ("::::h:eth0:", "no method"),
+            ("eth0:dhcp:10", "MTU"),
+            ("eth0:dhcp:1500:52:54", "too many"),
+            ("eth0:dhcp:1500:zz", "MAC"),
+            ("this/is/bad:dhcp", "interface"),
+        ] {
+            let e = parse_ip(s).expect_err(s);
+            assert!(e.contains(want), "{s}: {e}");
+        }
+        let e = err("ip=dhcp ip=10.0.2.15::10.0.2.2:99::eth0:none");
+        assert_eq!(e.arg, "ip");
+        assert!(e.message.contains("2nd ip="), "{e}");
+    }
+
+    // ---- the rest ----
+
+    #[test]
+    fn options_and_aliases() {
+        let c = parse(
+            "BOOT_IMAGE=/vmlinuz quiet iscsi_initiator=iqn.1993-08.org.debian:01:abc \
+             rd.iscsi.username=u rd.iscsi.password=p1234567890123 \
+             rd.iscsi.in.username=t rd.iscsi.in.password=q1234567890123 \
+             rd.iscsi.login_retry_max=7 rd.iscsi.waitnet=0 rd.iscsi.testroute \
+             rd.iscsi.param=node.session.timeo.replacement_timeout=30 \
+             nameserver=10.0.2.3 nameserver=[fd00::53] vlan=eth0.100:eth0 vlan=vlan0200:eth1 \
+             ifname=bootnet:52:54:00:AB:CD:EF rd.iscsi.mp rd.iscsi.transport=bnx2i iscsi_auto \
+             rd.sanroot=1 rd.sanroot.bridge=nbd rd.sanroot.timeout=300",
+        )
+        .unwrap();
+        assert_eq!(
+            c.initiator.as_deref(),
+            Some("iqn.1993-08.org.debian:01:abc")
+        );
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert_eq!(c.in_username.as_deref(), Some("t"));
+        assert_eq!(c.login_retry_max, Some(7));
+        assert_eq!((c.waitnet, c.testroute), (Some(false), Some(true)));
+        assert_eq!(
+            c.params,
+            vec![(
+                "node.session.timeo.replacement_timeout".to_string(),
+                "30".to_string()
+            )]
+        );
+        assert_eq!(c.nameservers, vec![v4("10.0.2.3"), v6("fd00::53")]);
+        assert_eq!(
+            c.vlans,
+            vec![
+                Vlan {
+                    name: "eth0.100".into(),
+                    parent: "eth0".into(),
+                    id: 100
+                },
+                Vlan {
+                    name: "vlan0200".into(),
+                    parent: "eth1".into(),
+                    id: 200
+                },
+            ]
+        );
+        assert_eq!(
+            c.ifnames,
+            vec![("bootnet".to_string(), [0x52, 0x54, 0, 0xab, 0xcd, 0xef])]
+        );
+        assert_eq!(
+            c.ignored,
+            vec!["rd.iscsi.mp", "rd.iscsi.transport", "iscsi_auto"]
+        );
+        assert_eq!(
+            c.sanroot,
+            SanrootOpts {
+                enabled: Some(true),
+                bridge: Some(BridgeKind::Nbd),
+                timeout: Some(300)
+            }
+        );
+        assert!(!c.firmware && !c.wants_iscsi());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("p1234567890123") && !dbg.contains("q1234567890123"));
+    }
+
+    #[test]
+    fn firmware_switches() {
+        assert!(parse("rd.iscsi.firmware").unwrap().firmware);
+        assert!(parse("rd.iscsi.firmware=1").unwrap().firmware);
+        assert!(parse("iscsi_firmware").unwrap().firmware);
+        assert!(!parse("rd.iscsi.firmware=0").unwrap().firmware);
+        // The last one wins, as with dracut's getargbool.
+        assert!(
+            !parse("rd.iscsi.firmware rd.iscsi.firmware=0")
+                .unwrap()
+                .firmware
+        );
+        let c = parse("rd.iscsi.ibft").unwrap();
+        assert!(c.firmware && c.ibft_network && c.wants_iscsi());
+        let c = parse("ip=ibft").unwrap();
+        assert!(c.firmware && c.ibft_network);
+    }
+
+    #[test]
+    fn option_errors() {
+        for (s, arg, want) in [
+            ("rd.sanroot=maybe", "rd.sanroot", "boolean"),
+            (
+                "rd.sanroot.bridge=loop",
+                "rd.sanroot.bridge",
+                "auto, ublk or nbd",
+            ),
+            ("rd.sanroot.timeout=5m", "rd.sanroot.timeout", "seconds"),
+            ("rd.sanroot.brigde=nbd", "rd.sanroot.brigde", "known ones"),
+            (
+                "rd.iscsi.login_retry_max=10001",
+                "rd.iscsi.login_retry_max",
+                "10000",
+            ),
+            ("rd.iscsi.initiator=myhost", "rd.iscsi.initiator", "iqn."),
+            ("rd.iscsi.initiator", "rd.iscsi.initiator", "needs a value"),
+            ("rd.iscsi.param=novalue", "rd.iscsi.param", "<key>=<value>"),
+            ("nameserver=dns.example", "nameserver", "not an IP"),
+            ("vlan=eth0", "vlan", "vlan=<vlan name>"),
+            ("vlan=mgmt:eth0", "vlan", "VLAN id"),
+            ("vlan=eth0.5000:eth0", "vlan", "1..4094"),
+            ("ifname=boot:52:54", "ifname", "MAC"),
+        ] {
+            let e = err(s);
+            assert_eq!(e.arg, arg, "{s}");
+            assert!(e.message.contains(want), "{s}: {e}");
+        }
+        let c = parse("ifname=ib0:80:00:00:48:fe:80:00:00:00:00:00:00:00:02:c9:03:00:0f:2a:d5")
+            .unwrap();
+        assert!(c.ifnames.is_empty());
+        assert_eq!(c.ignored, vec!["ifname (not an Ethernet MAC)"]);
+    }
+
+    // ---- boot_paths() ----
+
+    #[test]
+    fn paths_without_ip_have_no_nic() {
+        let c = parse("netroot=iscsi:10.0.2.2::3260:1:iqn.2026-11.org.example:root").unwrap();
+        let p = c.boot_paths().unwrap();
+        assert_eq!(p.len(), 1);
+        let p = &p[0];
+        assert!(p.nic.is_none() && p.auth.is_none());
+        assert_eq!((p.host, p.port, p.lun), (v4("10.0.2.2"), 3260, 1));
+        assert_eq!(p.target, "iqn.2026-11.org.example:root");
+    }
+
+    #[test]
+    fn static_ip_gives_a_static_nic() {
+        let c = parse(
+            "ifname=bootnet:52:54:00:12:34:56 ip=10.0.2.15::10.0.2.2:255.255.255.0:myhost:bootnet:none:10.0.2.3 \
+             nameserver=10.0.2.4 nameserver=10.0.2.3 \
+             netroot=iscsi:10.0.2.2::3260:0:iqn.2026-11.org.example:root",
+        )
+        .unwrap();
+        let p = c.boot_paths().unwrap();
+        let nic = p[0].nic.as_ref().unwrap();
+        assert_eq!(nic.origin, NicOrigin::Static);
+        assert_eq!(nic.ifname.as_deref(), Some("bootnet"));
+        assert_eq!(nic.hostname.as_deref(), Some("myhost"));
+        assert_eq!(nic.config.mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(nic.config.addr, Some((v4("10.0.2.15"), 24)));
+        assert_eq!(nic.config.gateway, Some(v4("10.0.2.2")));
+        assert_eq!(nic.config.dns, vec![v4("10.0.2.3"), v4("10.0.2.4")]);
+        assert_eq!(nic.config.target, Some(v4("10.0.2.2")));
+        assert_eq!(nic.config.vlan, 0);
+    }
+
+    #[test]
+    fn vlan_nic_names_the_parent() {
+        let c = parse(
+            "vlan=eth0.100:eth0 ifname=eth0:52:54:00:12:34:56 ip=[fd00::15]::[fd00::1]:64::eth0.100:none:1400 \
+             netroot=iscsi:[fd00::2]::3260:0:iqn.2026-11.org.example:root",
+        )
+        .unwrap();
+        let nic = c.boot_paths().unwrap().remove(0).nic.unwrap();
+        assert_eq!(nic.ifname.as_deref(), Some("eth0"));
+        assert_eq!(nic.config.vlan, 100);
+        assert_eq!(nic.config.mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(nic.config.addr, Some((v6("fd00::15"), 64)));
+        assert_eq!(nic.mtu, Some(1400));
+        assert_eq!(nic.config.target, Some(v6("fd00::2")));
+    }
+
+    #[test]
+    fn dhcp_ip_gives_an_external_nic() {
+        let c = parse(
+            "ip=eth1:dhcp nameserver=10.0.2.3 netroot=iscsi:10.0.2.2::::iqn.2026-11.org.example:root",
+        )
+        .unwrap();
+        let nic = c.boot_paths().unwrap().remove(0).nic.unwrap();
+        assert_eq!(nic.origin, NicOrigin::External);
+        assert_eq!(nic.ifname.as_deref(), Some("eth1"));
+        assert_eq!(nic.config.addr, None);
+        assert_eq!(nic.config.mac, [0; 6]);
+        let c = parse("ip=dhcp netroot=iscsi:10.0.2.2::3260::eth2:0:iqn.2026-11.org.example:root")
+            .unwrap();
+        let nic = c.boot_paths().unwrap().remove(0).nic.unwrap();
+        assert_eq!(
+            (nic.origin, nic.ifname.as_deref()),
+            (NicOrigin::External, Some("eth2"))
+        );
+        let c = parse("ip=off netroot=iscsi:10.0.2.2::::iqn.2026-11.org.example:root").unwrap();
+        assert!(c.boot_paths().unwrap()[0].nic.is_none());
+    }
+
+    #[test]
+    fn the_ip_on_the_targets_subnet_is_chosen() {
+        let c = parse(
+            "ip=192.168.1.5::192.168.1.1:24::eth0:none ip=10.9.0.5:::16::eth1:none \
+             netroot=iscsi:10.9.3.3::::iqn.a.b:far netroot=iscsi:192.168.1.9::::iqn.a.b:near \
+             netroot=iscsi:172.16.0.1::3260::eth1:0:iqn.a.b:bydev",
+        )
+        .unwrap();
+        let p = c.boot_paths().unwrap();
+        let ifs: Vec<&str> = p
+            .iter()
+            .map(|p| p.nic.as_ref().unwrap().ifname.as_deref().unwrap())
+            .collect();
+        assert_eq!(ifs, ["eth1", "eth0", "eth1"]);
+    }
+
+    #[test]
+    fn ibft_network_with_netroot_is_refused() {
+        let e = parse("ip=ibft netroot=iscsi:10.0.2.2::::iqn.a.b:c")
+            .unwrap()
+            .boot_paths()
+            .unwrap_err();
+        assert_eq!(e.arg, "ip");
+        assert!(e.message.contains("rd.iscsi.firmware"), "{e}");
+        let e = parse("rd.iscsi.ibft netroot=iscsi:10.0.2.2::::iqn.a.b:c")
+            .unwrap()
+            .boot_paths()
+            .unwrap_err();
+        assert_eq!(e.arg, "rd.iscsi.ibft");
+        // Alone it is just the firmware route.
+        assert!(parse("ip=ibft").unwrap().boot_paths().unwrap().is_empty());
+    }
+
+    #[test]
+    fn credentials_defaults_and_mutual() {
+        let c = parse(
+            "rd.iscsi.username=alice rd.iscsi.password=alice-secret-1 \
+             rd.iscsi.in.username=tgt rd.iscsi.in.password=target-secret-2 \
+             netroot=iscsi:10.0.2.2::::iqn.a.b:one \
+             netroot=iscsi:bob:bob-secret-333@10.0.2.2::3260:0:iqn.a.b:two \
+             netroot=iscsi:bob:bob-secret-333:t2:t2-secret-4444@10.0.2.2::3260:0:iqn.a.b:three",
+        )
+        .unwrap();
+        let p = c.boot_paths().unwrap();
+        let a = p[0].auth.as_ref().unwrap();
+        assert_eq!(a.user, "alice");
+        assert_eq!(a.secret.expose(), b"alice-secret-1");
+        let m = a.mutual.as_ref().unwrap();
+        assert_eq!(
+            (m.target_name.as_deref(), m.secret.expose()),
+            (Some("tgt"), &b"target-secret-2"[..])
+        );
+        // Own one-way credentials, rd.iscsi.in.* still the mutual half.
+        let a = p[1].auth.as_ref().unwrap();
+        assert_eq!(
+            (a.user.as_str(), a.secret.expose()),
+            ("bob", &b"bob-secret-333"[..])
+        );
+        assert_eq!(
+            a.mutual.as_ref().unwrap().target_name.as_deref(),
+            Some("tgt")
+        );
+        let a = p[2].auth.as_ref().unwrap();
+        let m = a.mutual.as_ref().unwrap();
+        assert_eq!(
+            (m.target_name.as_deref(), m.secret.expose()),
+            (Some("t2"), &b"t2-secret-4444"[..])
+        );
+    }
+
+    #[test]
+    fn credential_errors() {
+        let nr = "netroot=iscsi:10.0.2.2::::iqn.a.b:c";
+        for (extra, arg, want) in [
+            (
+                "rd.iscsi.username=alice",
+                "rd.iscsi.username",
+                "without a password",
+            ),
+            (
+                "rd.iscsi.password=abcdefabcdef",
+                "rd.iscsi.username",
+                "without a user name",
+            ),
+            (
+                "rd.iscsi.in.password=abcdefabcdef",
+                "rd.iscsi.in.username",
+                "mutual CHAP",
+            ),
+            (
+                "rd.iscsi.username=a rd.iscsi.password=abcdefabcdef rd.iscsi.in.username=t",
+                "rd.iscsi.in.username",
+                "rd.iscsi.in.password",
+            ),
+        ] {
+            let e = parse(&format!("{extra} {nr}"))
+                .unwrap()
+                .boot_paths()
+                .unwrap_err();
+            assert_eq!(e.arg, arg, "{extra}");
+            assert!(e.message.contains(want), "{extra}: {e}");
+            assert!(e.message.contains("1st netroot="), "{e}");
+        }
+    }
+
+    #[test]
+    fn masks_and_subnets() {
+        let f = |t| Field {
+            text: t,
+            bracketed: false,
+        };
+        assert_eq!(parse_netmask(&f("255.255.255.0"), v4("1.2.3.4")), Ok(24));
+        assert_eq!(parse_netmask(&f("0.0.0.0"), v4("1.2.3.4")), Ok(0));
+        assert_eq!(parse_netmask(&f("255.255.255.255"), v4("1.2.3.4")), Ok(32));
+        assert_eq!(parse_netmask(&f("64"), v6("fd00::1")), Ok(64));
+        assert_eq!(
+            parse_netmask(
+                &Field {
+                    text: "ffff:ffff::",
+                    bracketed: true
+                },
+                v6("fd00::1")
+            ),
+            Ok(32)
+        );
+        assert!(same_subnet(v4("10.9.3.3"), v4("10.9.0.5"), 16));
+        assert!(!same_subnet(v4("10.9.3.3"), v4("10.8.0.5"), 16));
+        assert!(same_subnet(v4("10.9.3.3"), v4("99.8.0.5"), 0));
+        assert!(same_subnet(v6("fd00::1"), v6("fd00::2"), 64));
+        assert!(!same_subnet(v6("fd00::1"), v4("10.0.0.1"), 0));
+        assert_eq!(nth(1), "1st");
+        assert_eq!(nth(12), "12th");
+        assert_eq!(nth(22), "22nd");
+    }
+}

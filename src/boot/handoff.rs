@@ -1,0 +1,1230 @@
+//! What the real root finds under /run after `sanroot boot`: the record of
+//! the boot session, and the settings that keep open-iscsi and the network
+//! managers away from that session and its NIC.
+//!
+//! /run survives switch-root (it is moved, not recreated), so everything
+//! here is per boot: nothing is written to the real root's /etc.
+//!
+//! Files, all 0644 in 0755 directories, written atomically (a hidden
+//! temporary file, then rename), the record last so that its presence
+//! means the hand-off is complete:
+//!
+//! | file | why |
+//! | --- | --- |
+//! | `run/systemd/system/{iscsi,open-iscsi}.service.d/50-sanroot.conf` | open-iscsi must not log in to the boot target again |
+//! | `run/udev/rules.d/61-sanroot-ublk.rules` | by-uuid/by-label names for ublk disks (systemd < 254 has none) |
+//! | `run/NetworkManager/conf.d/90-sanroot.conf` | NetworkManager leaves the boot NIC unmanaged |
+//! | `run/systemd/network/05-sanroot-<if>.network` | systemd-networkd leaves it unmanaged |
+//! | `run/net-<if>.conf`, `run/net6-<if>.conf` | Debian's initramfs convention (klibc ipconfig's format), read by open-iscsi's interface handler and cloud-init |
+//! | `run/initramfs/open-iscsi.interface` | Debian's open-iscsi keeps ifupdown off that interface |
+//! | `run/sanroot/boot.json` | the session: target, portal, device, daemon pid, NIC |
+//!
+//! No file holds a secret: the record says which kind of CHAP was used
+//! ([`auth_kind`]), never a name's secret.
+//!
+//! What open-iscsi does in a real root, and so what the drop-in does:
+//! - Debian 12 (open-iscsi 2.1.8): `open-iscsi.service` (alias
+//!   `iscsi.service`) runs `iscsiadm -m node --loginall=automatic`; no
+//!   firmware login in the real root (the initramfs' `iscsistart -b`
+//!   is the only one). Its udev rules only start iscsid for disks whose
+//!   ID_PATH has "-iscsi-" (not ublk) and run `net-interface-handler`,
+//!   which reads `open-iscsi.interface` (below).
+//! - Fedora/RHEL (iscsi-initiator-utils): `iscsi.service` runs
+//!   `--loginall=automatic` (and again on reload, from the NetworkManager
+//!   dispatcher `04-iscsi`); `iscsi-onboot.service` only marks nodes of
+//!   kernel sessions `onboot`; no udev rule logs in.
+//! - SUSE and upstream's older template: `iscsi.service` runs
+//!   `--loginall=automatic`, `--loginall=onboot` and `iscsiadm -m fw -l`.
+//!
+//! A drop-in cannot remove one `ExecStart=` line (only reset them all,
+//! which would also drop Debian's `activate-storage.sh` through the
+//! alias), so it hides the firmware tables from the unit instead
+//! (`TemporaryFileSystem=/sys/firmware`: `-m fw -l` then behaves as on a
+//! machine without an iBFT) and takes the boot target out of the node
+//! logins by setting its node records' `node.startup` to `manual`. Other
+//! targets log in as before.
+
+use std::fmt::Write as _;
+use std::fs::{self, DirBuilder, OpenOptions, Permissions};
+use std::io::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::BootNic;
+use crate::ibft::model::{format_mac, prefix_to_mask};
+use crate::iscsi::chap::AuthConfig;
+use crate::net::parse_mac;
+
+/// [`BootRecord::version`] this code writes.
+pub const VERSION: u32 = 1;
+/// The record, relative to the hand-off root.
+pub const RECORD: &str = "run/sanroot/boot.json";
+/// Shared with the dracut module, which installs it in the initramfs.
+const UBLK_RULES: &str = include_str!("../../dracut/90sanroot/61-sanroot-ublk.rules");
+/// The units that log in to targets in a real root (see the module doc):
+/// upstream's, Fedora's and SUSE's name, and Debian's.
+const ISCSI_UNITS: [&str; 2] = ["iscsi.service", "open-iscsi.service"];
+const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+
+/// The boot session, for the real root (`/run/sanroot/boot.json`). No
+/// secrets.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BootRecord {
+    /// [`VERSION`].
+    pub version: u32,
+    /// "ibft", "cmdline", with detail.
+    pub source: String,
+    pub target: String,
+    /// "10.0.2.2:3260", "[fd00::2]:3260" ([`portal`]).
+    pub portal: String,
+    pub lun: u64,
+    pub initiator: String,
+    /// Hex.
+    pub isid: String,
+    pub tsih: u16,
+    /// "/dev/ublkb0".
+    pub device: String,
+    pub partitions: Vec<String>,
+    /// "ublk" or "nbd".
+    pub bridge: String,
+    /// The daemon serving the device.
+    pub pid: u32,
+    pub nic: Option<NicRecord>,
+    /// "none", "chap" or "mutual-chap" ([`auth_kind`]): the kind only.
+    pub auth: String,
+}
+
+/// The boot NIC as configured.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NicRecord {
+    /// The interface carrying the address (the VLAN interface for a VLAN).
+    pub ifname: String,
+    /// "52:54:00:12:34:56"; all zero or empty when unknown.
+    pub mac: String,
+    /// 0 = untagged.
+    pub vlan: u16,
+    /// "10.0.2.15/24", "fd00::15/64".
+    pub addresses: Vec<String>,
+    pub gateway: Option<String>,
+    pub dns: Vec<String>,
+    /// [`super::NicOrigin::name`]: "static", "dhcp", "external".
+    pub origin: String,
+    pub hostname: Option<String>,
+    pub domain: Option<String>,
+    /// The physical NIC when `ifname` is a VLAN.
+    pub parent: Option<String>,
+}
+
+impl NicRecord {
+    /// The record of `nic` as brought up on `ifname` (and `parent`, for a
+    /// VLAN).
+    pub fn from_boot_nic(nic: &BootNic, ifname: &str, parent: Option<&str>) -> NicRecord {
+        let c = &nic.config;
+        NicRecord {
+            ifname: ifname.to_string(),
+            mac: format_mac(&c.mac),
+            vlan: c.vlan,
+            addresses: c.addr.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
+            gateway: c.gateway.map(|g| g.to_string()),
+            dns: c.dns.iter().map(IpAddr::to_string).collect(),
+            origin: nic.origin.name().to_string(),
+            hostname: nic.hostname.clone(),
+            domain: nic.domain.clone(),
+            parent: parent.map(str::to_string),
+        }
+    }
+}
+
+/// The kind of CHAP a session used, for [`BootRecord::auth`].
+pub fn auth_kind(auth: Option<&AuthConfig>) -> &'static str {
+    match auth {
+        None => "none",
+        Some(a) if a.mutual.is_some() => "mutual-chap",
+        Some(_) => "chap",
+    }
+}
+
+/// "ip:port", IPv6 in brackets.
+pub fn portal(host: IpAddr, port: u16) -> String {
+    SocketAddr::new(host, port).to_string()
+}
+
+/// Write every hand-off file under `root` (normally "/", tests pass a
+/// temporary directory). Returns the paths written, the record last.
+///
+/// Everything is checked before anything is written: an interface name
+/// or an address that would not be safe in a unit, rule or shell file is
+/// refused (`InvalidInput`) and nothing is left half-done.
+pub fn write(root: &Path, rec: &BootRecord) -> io::Result<Vec<PathBuf>> {
+    let files = plan(rec).map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
+    let mut written = Vec::with_capacity(files.len());
+    for (rel, content) in files {
+        let path = root.join(&rel);
+        if let Some(dir) = Path::new(&rel).parent() {
+            create_dirs(root, dir)?;
+        }
+        write_atomic(&path, content.as_bytes())?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The record, if the hand-off under `root` is complete and readable.
+pub fn read(root: &Path) -> Option<BootRecord> {
+    let text = fs::read_to_string(root.join(RECORD)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether a login to (`target`, `host`) would be a second login to the
+/// boot session: the same target (iSCSI names compare case-insensitively,
+/// RFC 3722) at the same portal address (compared as IP addresses, so
+/// "::ffff:10.0.2.2" is 10.0.2.2; `host` may be bracketed or carry a
+/// port). A `host` that is no IP literal is compared as text.
+pub fn is_boot_target(rec: &BootRecord, target: &str, host: &str) -> bool {
+    if !rec.target.trim().eq_ignore_ascii_case(target.trim()) {
+        return false;
+    }
+    match (host_ip(&rec.portal), host_ip(host)) {
+        (Some(a), Some(b)) => a.to_canonical() == b.to_canonical(),
+        _ => bare_host(&rec.portal).eq_ignore_ascii_case(bare_host(host)),
+    }
+}
+
+/// The address in "ip", "[v6]", "ip:port" or "[v6]:port".
+fn host_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            s.strip_prefix('[')
+                .and_then(|x| x.strip_suffix(']'))?
+                .parse()
+                .ok()
+        })
+}
+
+/// "host" from "host", "host:port", "[host]" or "[host]:port".
+fn bare_host(s: &str) -> &str {
+    let s = s.trim();
+    if let Some(inner) = s.strip_prefix('[') {
+        return inner.split(']').next().unwrap_or(inner);
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => s,
+    }
+}
+
+/// The files of the hand-off: (path relative to the root, content), the
+/// record last. Errors are phrases naming the bad field.
+fn plan(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for unit in ISCSI_UNITS {
+        out.push((
+            format!("run/systemd/system/{unit}.d/50-sanroot.conf"),
+            iscsi_dropin(rec),
+        ));
+    }
+    out.push((
+        "run/udev/rules.d/61-sanroot-ublk.rules".to_string(),
+        UBLK_RULES.to_string(),
+    ));
+    if let Some(nic) = &rec.nic {
+        let n = Nic::check(nic)?;
+        out.push((
+            "run/NetworkManager/conf.d/90-sanroot.conf".to_string(),
+            networkmanager_conf(rec, &n),
+        ));
+        for (name, content) in networkd_files(rec, &n) {
+            out.push((format!("run/systemd/network/{name}"), content));
+        }
+        for (name, content) in klibc_files(rec, &n) {
+            out.push((format!("run/{name}"), content));
+        }
+        // Only the name: Debian's net-interface-handler reads the first
+        // line with `read`, so this file cannot start with a comment.
+        out.push((
+            "run/initramfs/open-iscsi.interface".to_string(),
+            format!("{}\n", n.ifname),
+        ));
+    }
+    let json = serde_json::to_string_pretty(rec).map_err(|e| format!("the record: {e}"))?;
+    out.push((RECORD.to_string(), json + "\n"));
+    Ok(out)
+}
+
+/// A [`NicRecord`] checked for use in config files.
+struct Nic<'a> {
+    ifname: &'a str,
+    parent: Option<&'a str>,
+    /// `None` when unknown (empty or all zero).
+    mac: Option<[u8; 6]>,
+    addrs: Vec<(IpAddr, u8)>,
+    gateway: Option<IpAddr>,
+    dns: Vec<IpAddr>,
+    origin: &'a str,
+    hostname: Option<&'a str>,
+    domain: Option<&'a str>,
+}
+
+impl<'a> Nic<'a> {
+    fn check(r: &'a NicRecord) -> Result<Nic<'a>, String> {
+        check_ifname("nic.ifname", &r.ifname)?;
+        if let Some(p) = &r.parent {
+            check_ifname("nic.parent", p)?;
+        }
+        let mac = if r.mac.is_empty() {
+            None
+        } else {
+            let m = parse_mac(&r.mac).ok_or_else(|| {
+                format!("nic.mac \"{}\" is not a MAC address", r.mac.escape_debug())
+            })?;
+            (m != [0; 6]).then_some(m)
+        };
+        let mut addrs = Vec::new();
+        for a in &r.addresses {
+            let parsed = a.split_once('/').and_then(|(ip, p)| {
+                let ip: IpAddr = ip.parse().ok()?;
+                let p: u8 = p.parse().ok()?;
+                (p <= if ip.is_ipv4() { 32 } else { 128 }).then_some((ip, p))
+            });
+            addrs.push(parsed.ok_or_else(|| {
+                format!(
+                    "nic.addresses: \"{}\" is not <address>/<prefix length>",
+                    a.escape_debug()
+                )
+            })?);
+        }
+        let ip = |field: &str, s: &str| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("{field} \"{}\" is not an IP address", s.escape_debug()))
+        };
+        let gateway = r
+            .gateway
+            .as_deref()
+            .map(|g| ip("nic.gateway", g))
+            .transpose()?;
+        let dns = r
+            .dns
+            .iter()
+            .map(|d| ip("nic.dns", d))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (field, v) in [("nic.hostname", &r.hostname), ("nic.domain", &r.domain)] {
+            if let Some(v) = v
+                && v.chars().any(char::is_control)
+            {
+                return Err(format!("{field} holds a control character"));
+            }
+        }
+        Ok(Nic {
+            ifname: &r.ifname,
+            parent: r.parent.as_deref(),
+            mac,
+            addrs,
+            gateway,
+            dns,
+            origin: &r.origin,
+            hostname: r.hostname.as_deref().filter(|h| !h.is_empty()),
+            domain: r.domain.as_deref().filter(|d| !d.is_empty()),
+        })
+    }
+}
+
+/// An interface name usable in a file name and in every config format
+/// here: the kernel's rules (1-15 bytes, no '/', ':', whitespace) and, to
+/// stay clear of globs, separators and quoting, only letters, digits and
+/// `. _ - @ +`.
+fn check_ifname(field: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} \"{}\" is not an interface name this hand-off can write (1-15 of A-Z a-z 0-9 . _ - @ +)",
+            s.escape_debug()
+        ))
+    }
+}
+
+/// Record text for a comment: one line, printable.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The first lines of every file that can hold a comment.
+fn header(rec: &BootRecord, lead: &str, why: &[&str]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{lead} Written by sanroot boot in the initramfs, for this boot only."
+    );
+    let _ = writeln!(
+        s,
+        "{lead} The root disk {} is served by the sanroot daemon (pid {}) over its",
+        clean(&rec.device),
+        rec.pid
+    );
+    let _ = writeln!(
+        s,
+        "{lead} own iSCSI session to {} at {}.",
+        clean(&rec.target),
+        clean(&rec.portal)
+    );
+    for line in why {
+        let _ = writeln!(s, "{lead} {line}");
+    }
+    s
+}
+
+/// A name usable as a word in a unit file (no specifiers, quotes, spaces).
+fn unit_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'_'))
+}
+
+fn iscsi_dropin(rec: &BootRecord) -> String {
+    let mut s = header(
+        rec,
+        "#",
+        &[
+            "open-iscsi cannot see that session. A second login to that target",
+            "(iscsiadm -m fw -l, or a node login) would either make the target",
+            "drop the boot session (same initiator name and ISID) or show the",
+            "disk twice (another ISID). Logins to other targets are unchanged.",
+        ],
+    );
+    s.push_str("[Service]\n");
+    s.push_str(
+        "# No firmware tables for this unit: iscsiadm -m fw -l finds no iBFT, as on\n\
+         # a machine without one. Node logins do not read them.\n\
+         TemporaryFileSystem=/sys/firmware\n",
+    );
+    let mut names = vec![rec.target.clone()];
+    let lower = rec.target.to_ascii_lowercase();
+    if lower != rec.target {
+        names.push(lower);
+    }
+    if names.iter().all(|n| unit_word(n)) {
+        s.push_str(
+            "# Take the boot target out of --loginall: its node records (every portal)\n\
+             # get node.startup=manual. This edits the node database as Fedora's\n\
+             # iscsi-mark-root-nodes does for kernel sessions; no record is no error.\n",
+        );
+        for n in &names {
+            let _ = writeln!(
+                s,
+                "ExecStartPre=-iscsiadm -m node -T {n} -o update -n node.startup -v manual"
+            );
+        }
+    } else {
+        s.push_str(
+            "# The target name holds characters a unit file cannot carry safely:\n\
+             # its node records are left as they are.\n",
+        );
+    }
+    s
+}
+
+/// `match-device` for the NIC (and its VLAN parent).
+fn nm_match(n: &Nic<'_>) -> String {
+    let mut specs = vec![format!("interface-name:={}", n.ifname)];
+    if let Some(p) = n.parent {
+        specs.push(format!("interface-name:={p}"));
+    }
+    if let Some(m) = n.mac {
+        specs.push(format!("mac:{}", format_mac(&m)));
+    }
+    specs.join(",")
+}
+
+fn networkmanager_conf(rec: &BootRecord, n: &Nic<'_>) -> String {
+    let mut s = header(
+        rec,
+        "#",
+        &[
+            "NetworkManager must leave the NIC carrying it alone: an unmanaged device",
+            "keeps the addresses and routes it has (no DHCP restart, no flush, not",
+            "taken down), and the initrd's connection profiles are not applied to it.",
+            "A [device-*] section with managed=0 rather than [keyfile]",
+            "unmanaged-devices=: a later file setting that list replaces ours whole,",
+            "while no other file touches a section of our own, and managed=0 also",
+            "wins over udev's NM_UNMANAGED.",
+        ],
+    );
+    let _ = write!(
+        s,
+        "[device-sanroot-boot]\nmatch-device={}\nmanaged=0\n",
+        nm_match(n)
+    );
+    s
+}
+
+/// `05-sanroot-<if>.network` for the interface and, for a VLAN, its
+/// parent.
+///
+/// `[Link] Unmanaged=yes` rather than `[Network] KeepConfiguration=yes`
+/// (systemd.network(5), v252): unmanaged, networkd does not bring the
+/// link up or down, does not flush its addresses and routes, and does not
+/// react to a carrier loss (which, for a managed link without
+/// IgnoreCarrierLoss=, drops its configuration: the classic root-on-iSCSI
+/// hang); KeepConfiguration= only protects addresses and routes at
+/// networkd's start and stop and leaves the link managed otherwise, and
+/// defaults to "yes" only for a network filesystem root, not for ext4 on
+/// an iSCSI disk. The cost: systemd-networkd-wait-online ignores the
+/// link. The "05-" prefix sorts before netplan's and cloud-init's
+/// "10-netplan-*"/"10-cloud-init-*" and systemd-network-generator's
+/// "70-*": networkd applies the first matching file.
+fn networkd_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
+    let why = [
+        "systemd-networkd must not configure the NIC carrying it (Unmanaged=yes:",
+        "no up/down, no address or route flush, no reaction to carrier loss).",
+    ];
+    let mut out = Vec::new();
+    let vlan = n.parent.is_some();
+    let mut one = |name: &str, mac: Option<[u8; 6]>| {
+        let mut s = header(rec, "#", &why);
+        let _ = writeln!(s, "[Match]\nName={name}");
+        if let Some(m) = mac {
+            let _ = writeln!(s, "MACAddress={}", format_mac(&m));
+        }
+        s.push_str("\n[Link]\nUnmanaged=yes\n");
+        out.push((format!("05-sanroot-{name}.network"), s));
+    };
+    // A VLAN interface shares its parent's MAC: match it by name only.
+    one(n.ifname, if vlan { None } else { n.mac });
+    if let Some(p) = n.parent {
+        one(p, n.mac);
+    }
+    out
+}
+
+/// A value quoted as klibc ipconfig writes it: in single quotes, with
+/// `'` and `!` written outside them.
+fn kq(s: &str) -> String {
+    let mut q = String::from("'");
+    for c in s.chars() {
+        match c {
+            '\'' | '!' => {
+                q.push_str("'\\");
+                q.push(c);
+                q.push('\'');
+            }
+            c => q.push(c),
+        }
+    }
+    q.push('\'');
+    q
+}
+
+/// `net-<if>.conf` (IPv4, and the DHCP/unknown case) and/or
+/// `net6-<if>.conf` (IPv6): Debian's initramfs-tools writes the first
+/// through klibc ipconfig, Ubuntu's the second for DHCPv6; Debian's
+/// open-iscsi net-interface-handler reads both (DNS for resolvconf), and
+/// cloud-init turns both into its network config (it accepts only
+/// none/dhcp/dhcp6 as the protocol). A static NIC is "none"; one whose
+/// address came from DHCP (the firmware's lease, or someone else's) is
+/// "dhcp"/"dhcp6", as Debian's open-iscsi writes for a DHCP iBFT.
+fn klibc_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
+    let dynamic = n.origin != "static";
+    let v4 = n.addrs.iter().find(|(a, _)| a.is_ipv4()).copied();
+    let v6 = n.addrs.iter().find(|(a, _)| a.is_ipv6()).copied();
+    let dns = |want_v4: bool| -> Vec<String> {
+        n.dns
+            .iter()
+            .filter(|d| d.is_ipv4() == want_v4)
+            .map(IpAddr::to_string)
+            .collect()
+    };
+    let why = [
+        "Debian's initramfs convention (klibc ipconfig's format): open-iscsi's",
+        "net-interface-handler and cloud-init read it.",
+    ];
+    let host = n.hostname.unwrap_or("");
+    let domain = n.domain.unwrap_or("");
+    let mut out = Vec::new();
+    if v4.is_some() || v6.is_none() {
+        let (addr, bcast, mask) = match v4 {
+            Some((IpAddr::V4(a), p)) => {
+                let m = prefix_to_mask(p);
+                let b = Ipv4Addr::from(u32::from(a) | !u32::from(m));
+                (a.to_string(), b.to_string(), m.to_string())
+            }
+            _ => Default::default(),
+        };
+        let gw = n
+            .gateway
+            .filter(IpAddr::is_ipv4)
+            .map(|g| g.to_string())
+            .unwrap_or_default();
+        let d = dns(true);
+        let root_server = host_ip(&rec.portal)
+            .map(|a| a.to_canonical())
+            .filter(IpAddr::is_ipv4)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut s = header(rec, "#", &why);
+        for (k, v) in [
+            ("DEVICE", n.ifname),
+            ("PROTO", if dynamic { "dhcp" } else { "none" }),
+            ("IPV4ADDR", &addr),
+            ("IPV4BROADCAST", &bcast),
+            ("IPV4NETMASK", &mask),
+            ("IPV4GATEWAY", &gw),
+            ("IPV4DNS0", d.first().map_or("", String::as_str)),
+            ("IPV4DNS1", d.get(1).map_or("", String::as_str)),
+            ("HOSTNAME", host),
+            ("DNSDOMAIN", domain),
+            ("NISDOMAIN", ""),
+            ("ROOTSERVER", &root_server),
+            ("ROOTPATH", ""),
+            ("filename", ""),
+            ("UPTIME", "0"),
+            ("DHCPLEASETIME", "0"),
+            ("DOMAINSEARCH", domain),
+        ] {
+            let _ = writeln!(s, "{k}={}", kq(v));
+        }
+        out.push((format!("net-{}.conf", n.ifname), s));
+    }
+    if let Some((a, p)) = v6 {
+        let gw = n
+            .gateway
+            .filter(IpAddr::is_ipv6)
+            .map(|g| g.to_string())
+            .unwrap_or_default();
+        let d = dns(false);
+        let mut s = header(rec, "#", &why);
+        for (k, v) in [
+            ("DEVICE6", n.ifname),
+            ("IPV6PROTO", if dynamic { "dhcp6" } else { "none" }),
+            ("IPV6ADDR", &a.to_string()),
+            ("IPV6NETMASK", &p.to_string()),
+            ("IPV6GATEWAY", &gw),
+            ("IPV6DNS0", d.first().map_or("", String::as_str)),
+            ("IPV6DNS1", d.get(1).map_or("", String::as_str)),
+            ("IPV6DOMAINSEARCH", domain),
+            ("HOSTNAME", host),
+            ("DNSDOMAIN", domain),
+        ] {
+            let _ = writeln!(s, "{k}={}", kq(v));
+        }
+        out.push((format!("net6-{}.conf", n.ifname), s));
+    }
+    out
+}
+
+/// Create `rel` (a relative directory) under `root`, each missing level
+/// 0755 whatever the umask; existing directories are left as they are.
+fn create_dirs(root: &Path, rel: &Path) -> io::Result<()> {
+    let mut p = root.to_path_buf();
+    for c in rel.components() {
+        let Component::Normal(part) = c else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a plain relative path", rel.display()),
+            ));
+        };
+        p.push(part);
+        match DirBuilder::new().mode(DIR_MODE).create(&p) {
+            Ok(()) => fs::set_permissions(&p, Permissions::from_mode(DIR_MODE))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// Write `path` through a hidden temporary file in the same directory
+/// (named so that no reader's glob — *.conf, *.rules, *.network,
+/// net-*.conf — can pick it up) and a rename, mode 0644.
+fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: no file name", path.display()),
+        ));
+    };
+    let tmp = dir.join(format!(".{}.sanroot-tmp", name.to_string_lossy()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        f.write_all(content)?;
+        f.set_permissions(Permissions::from_mode(FILE_MODE))?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::NicOrigin;
+    use crate::iscsi::chap::MutualConfig;
+    use crate::net::NicConfig;
+    use crate::secret::Secret;
+
+    const SECRET: &str = "planted-Secret-7f3a";
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let p =
+                std::env::temp_dir().join(format!("sanroot-handoff-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn auth() -> AuthConfig {
+        AuthConfig {
+            user: "iqn.2010-04.org.ipxe:client".into(),
+            secret: Secret::from(SECRET),
+            mutual: Some(MutualConfig {
+                target_name: Some("iqn.2026-11.org.example:root".into()),
+                secret: Secret::from("other-Secret-9b1c"),
+            }),
+        }
+    }
+
+    fn record(nic: Option<NicRecord>) -> BootRecord {
+        BootRecord {
+            version: VERSION,
+            source: "ibft: acpi /sys/firmware/acpi/tables/iBFT".into(),
+            target: "iqn.2026-11.org.example:root".into(),
+            portal: portal("10.0.2.2".parse().unwrap(), 3260),
+            lun: 1,
+            initiator: "iqn.2010-04.org.ipxe:client".into(),
+            isid: "80aabbccddee".into(),
+            tsih: 7,
+            device: "/dev/ublkb0".into(),
+            partitions: vec!["/dev/ublkb0p1".into(), "/dev/ublkb0p2".into()],
+            bridge: "ublk".into(),
+            pid: 4242,
+            nic,
+            auth: auth_kind(Some(&auth())).into(),
+        }
+    }
+
+    fn static_nic() -> NicRecord {
+        let mut c = NicConfig::new([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        c.addr = Some(("10.0.2.15".parse().unwrap(), 24));
+        c.gateway = Some("10.0.2.2".parse().unwrap());
+        c.dns = vec!["10.0.2.3".parse().unwrap()];
+        let nic = BootNic {
+            config: c,
+            ifname: None,
+            origin: NicOrigin::Static,
+            hostname: Some("myhost".into()),
+            domain: Some("example.org".into()),
+            mtu: None,
+        };
+        NicRecord::from_boot_nic(&nic, "eth0", None)
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn rel(root: &Path, paths: &[PathBuf]) -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Every file and directory under `dir`.
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            }
+            out.push(p);
+        }
+    }
+
+    fn check_tree(root: &Path) {
+        let mut all = Vec::new();
+        walk(root, &mut all);
+        for p in &all {
+            let name = p.file_name().unwrap().to_string_lossy();
+            assert!(
+                !name.ends_with(".sanroot-tmp"),
+                "left over: {}",
+                p.display()
+            );
+            if p.is_dir() {
+                assert_eq!(mode(p), 0o755, "{}", p.display());
+            } else {
+                assert_eq!(mode(p), 0o644, "{}", p.display());
+                let text = fs::read_to_string(p).unwrap();
+                assert!(!text.contains(SECRET), "{} holds the secret", p.display());
+                assert!(
+                    !text.contains("other-Secret"),
+                    "{} holds the secret",
+                    p.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn static_ipv4_hand_off() {
+        let t = TempDir::new("v4");
+        let rec = record(Some(static_nic()));
+        let paths = write(&t.0, &rec).unwrap();
+        assert_eq!(
+            rel(&t.0, &paths),
+            [
+                "run/systemd/system/iscsi.service.d/50-sanroot.conf",
+                "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
+                "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/NetworkManager/conf.d/90-sanroot.conf",
+                "run/systemd/network/05-sanroot-eth0.network",
+                "run/net-eth0.conf",
+                "run/initramfs/open-iscsi.interface",
+                "run/sanroot/boot.json",
+            ]
+        );
+        check_tree(&t.0);
+        let read_back = |r: &str| fs::read_to_string(t.0.join(r)).unwrap();
+        let head = "# Written by sanroot boot in the initramfs, for this boot only.\n\
+                    # The root disk /dev/ublkb0 is served by the sanroot daemon (pid 4242) over its\n\
+                    # own iSCSI session to iqn.2026-11.org.example:root at 10.0.2.2:3260.\n";
+
+        let dropin = read_back("run/systemd/system/iscsi.service.d/50-sanroot.conf");
+        assert_eq!(
+            dropin,
+            format!(
+                "{head}\
+                 # open-iscsi cannot see that session. A second login to that target\n\
+                 # (iscsiadm -m fw -l, or a node login) would either make the target\n\
+                 # drop the boot session (same initiator name and ISID) or show the\n\
+                 # disk twice (another ISID). Logins to other targets are unchanged.\n\
+                 [Service]\n\
+                 # No firmware tables for this unit: iscsiadm -m fw -l finds no iBFT, as on\n\
+                 # a machine without one. Node logins do not read them.\n\
+                 TemporaryFileSystem=/sys/firmware\n\
+                 # Take the boot target out of --loginall: its node records (every portal)\n\
+                 # get node.startup=manual. This edits the node database as Fedora's\n\
+                 # iscsi-mark-root-nodes does for kernel sessions; no record is no error.\n\
+                 ExecStartPre=-iscsiadm -m node -T iqn.2026-11.org.example:root -o update -n node.startup -v manual\n"
+            )
+        );
+        assert_eq!(
+            read_back("run/systemd/system/open-iscsi.service.d/50-sanroot.conf"),
+            dropin
+        );
+        assert_eq!(
+            read_back("run/udev/rules.d/61-sanroot-ublk.rules"),
+            UBLK_RULES
+        );
+        assert!(UBLK_RULES.contains("KERNEL!=\"ublkb*\""));
+
+        let nm = read_back("run/NetworkManager/conf.d/90-sanroot.conf");
+        assert!(nm.starts_with(head), "{nm}");
+        assert!(
+            nm.ends_with(
+                "[device-sanroot-boot]\n\
+                 match-device=interface-name:=eth0,mac:52:54:00:12:34:56\n\
+                 managed=0\n"
+            ),
+            "{nm}"
+        );
+
+        let nd = read_back("run/systemd/network/05-sanroot-eth0.network");
+        assert_eq!(
+            nd,
+            format!(
+                "{head}\
+                 # systemd-networkd must not configure the NIC carrying it (Unmanaged=yes:\n\
+                 # no up/down, no address or route flush, no reaction to carrier loss).\n\
+                 [Match]\n\
+                 Name=eth0\n\
+                 MACAddress=52:54:00:12:34:56\n\
+                 \n\
+                 [Link]\n\
+                 Unmanaged=yes\n"
+            )
+        );
+
+        let klibc = read_back("run/net-eth0.conf");
+        assert_eq!(
+            klibc,
+            format!(
+                "{head}\
+                 # Debian's initramfs convention (klibc ipconfig's format): open-iscsi's\n\
+                 # net-interface-handler and cloud-init read it.\n\
+                 DEVICE='eth0'\n\
+                 PROTO='none'\n\
+                 IPV4ADDR='10.0.2.15'\n\
+                 IPV4BROADCAST='10.0.2.255'\n\
+                 IPV4NETMASK='255.255.255.0'\n\
+                 IPV4GATEWAY='10.0.2.2'\n\
+                 IPV4DNS0='10.0.2.3'\n\
+                 IPV4DNS1=''\n\
+                 HOSTNAME='myhost'\n\
+                 DNSDOMAIN='example.org'\n\
+                 NISDOMAIN=''\n\
+                 ROOTSERVER='10.0.2.2'\n\
+                 ROOTPATH=''\n\
+                 filename=''\n\
+                 UPTIME='0'\n\
+                 DHCPLEASETIME='0'\n\
+                 DOMAINSEARCH='example.org'\n"
+            )
+        );
+        assert_eq!(read_back("run/initramfs/open-iscsi.interface"), "eth0\n");
+
+        let json = read_back(RECORD);
+        assert!(json.contains("\"auth\": \"mutual-chap\""), "{json}");
+        assert!(json.contains("\"portal\": \"10.0.2.2:3260\""), "{json}");
+        assert_eq!(read(&t.0), Some(rec.clone()));
+
+        // Writing again replaces every file in place.
+        let again = write(&t.0, &rec).unwrap();
+        assert_eq!(again, paths);
+        check_tree(&t.0);
+    }
+
+    #[test]
+    fn vlan_hand_off_covers_the_parent() {
+        let t = TempDir::new("vlan");
+        let mut nic = static_nic();
+        nic.ifname = "eth0.100".into();
+        nic.vlan = 100;
+        nic.parent = Some("eth0".into());
+        let rec = record(Some(nic));
+        let paths = write(&t.0, &rec).unwrap();
+        let names = rel(&t.0, &paths);
+        assert!(names.contains(&"run/systemd/network/05-sanroot-eth0.100.network".to_string()));
+        assert!(names.contains(&"run/systemd/network/05-sanroot-eth0.network".to_string()));
+        assert!(names.contains(&"run/net-eth0.100.conf".to_string()));
+        check_tree(&t.0);
+        let get = |r: &str| fs::read_to_string(t.0.join(r)).unwrap();
+        let v = get("run/systemd/network/05-sanroot-eth0.100.network");
+        assert!(
+            v.contains("[Match]\nName=eth0.100\n\n[Link]\nUnmanaged=yes\n"),
+            "{v}"
+        );
+        assert!(!v.contains("MACAddress="), "{v}");
+        let p = get("run/systemd/network/05-sanroot-eth0.network");
+        assert!(
+            p.contains("Name=eth0\nMACAddress=52:54:00:12:34:56\n"),
+            "{p}"
+        );
+        let nm = get("run/NetworkManager/conf.d/90-sanroot.conf");
+        assert!(
+            nm.contains(
+                "match-device=interface-name:=eth0.100,interface-name:=eth0,mac:52:54:00:12:34:56\n"
+            ),
+            "{nm}"
+        );
+        assert_eq!(get("run/initramfs/open-iscsi.interface"), "eth0.100\n");
+        assert!(get("run/net-eth0.100.conf").contains("DEVICE='eth0.100'\n"));
+        assert_eq!(
+            read(&t.0).unwrap().nic.unwrap().parent.as_deref(),
+            Some("eth0")
+        );
+    }
+
+    #[test]
+    fn ipv6_hand_off() {
+        let t = TempDir::new("v6");
+        let mut c = NicConfig::new([0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+        c.addr = Some(("fd00::15".parse().unwrap(), 64));
+        c.gateway = Some("fd00::1".parse().unwrap());
+        c.dns = vec!["fd00::53".parse().unwrap(), "10.0.2.3".parse().unwrap()];
+        let nic = BootNic {
+            config: c,
+            ifname: None,
+            origin: NicOrigin::FirmwareDhcp,
+            hostname: None,
+            domain: None,
+            mtu: None,
+        };
+        let mut rec = record(Some(NicRecord::from_boot_nic(&nic, "ens3", None)));
+        rec.portal = portal("fd00::2".parse().unwrap(), 3260);
+        rec.auth = auth_kind(None).into();
+        assert_eq!(rec.portal, "[fd00::2]:3260");
+        let paths = write(&t.0, &rec).unwrap();
+        let names = rel(&t.0, &paths);
+        assert!(
+            names.contains(&"run/net6-ens3.conf".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"run/net-ens3.conf".to_string()),
+            "{names:?}"
+        );
+        check_tree(&t.0);
+        let k = fs::read_to_string(t.0.join("run/net6-ens3.conf")).unwrap();
+        let body: Vec<&str> = k.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            body,
+            [
+                "DEVICE6='ens3'",
+                "IPV6PROTO='dhcp6'",
+                "IPV6ADDR='fd00::15'",
+                "IPV6NETMASK='64'",
+                "IPV6GATEWAY='fd00::1'",
+                "IPV6DNS0='fd00::53'",
+                "IPV6DNS1=''",
+                "IPV6DOMAINSEARCH=''",
+                "HOSTNAME=''",
+                "DNSDOMAIN=''",
+            ]
+        );
+        let back = read(&t.0).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.auth, "none");
+        assert!(is_boot_target(
+            &back,
+            "IQN.2026-11.org.example:ROOT",
+            "[fd00::2]"
+        ));
+        assert!(is_boot_target(
+            &back,
+            "iqn.2026-11.org.example:root",
+            "fd00:0::2"
+        ));
+        assert!(!is_boot_target(
+            &back,
+            "iqn.2026-11.org.example:root",
+            "fd00::3"
+        ));
+    }
+
+    #[test]
+    fn no_nic_writes_only_the_iscsi_files() {
+        let t = TempDir::new("nonic");
+        let mut rec = record(None);
+        rec.target = "iqn.2026-11.org.Example:Root".into();
+        let paths = write(&t.0, &rec).unwrap();
+        assert_eq!(
+            rel(&t.0, &paths),
+            [
+                "run/systemd/system/iscsi.service.d/50-sanroot.conf",
+                "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
+                "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/sanroot/boot.json",
+            ]
+        );
+        check_tree(&t.0);
+        // A mixed-case name: both spellings are taken out of --loginall.
+        let d = fs::read_to_string(&paths[0]).unwrap();
+        assert!(
+            d.contains("-T iqn.2026-11.org.Example:Root -o update"),
+            "{d}"
+        );
+        assert!(
+            d.contains("-T iqn.2026-11.org.example:root -o update"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn unsafe_values_are_refused_before_writing() {
+        let t = TempDir::new("unsafe");
+        for (what, bad) in [
+            ("nic.ifname", {
+                let mut n = static_nic();
+                n.ifname = "../../etc/x".into();
+                n
+            }),
+            ("nic.parent", {
+                let mut n = static_nic();
+                n.parent = Some("eth 0".into());
+                n
+            }),
+            ("nic.addresses", {
+                let mut n = static_nic();
+                n.addresses = vec!["10.0.2.15".into()];
+                n
+            }),
+            ("nic.gateway", {
+                let mut n = static_nic();
+                n.gateway = Some("gw\nExecStart=/bin/evil".into());
+                n
+            }),
+            ("nic.mac", {
+                let mut n = static_nic();
+                n.mac = "zz".into();
+                n
+            }),
+            ("nic.hostname", {
+                let mut n = static_nic();
+                n.hostname = Some("h\n[Link]".into());
+                n
+            }),
+        ] {
+            let e = write(&t.0, &record(Some(bad))).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(what), "{what}: {e}");
+        }
+        assert_eq!(
+            fs::read_dir(&t.0).unwrap().count(),
+            0,
+            "something was written"
+        );
+        // A target name a unit file cannot carry: no ExecStartPre.
+        let mut rec = record(None);
+        rec.target = "iqn.x:y%n\nExecStart=/bin/sh".into();
+        write(&t.0, &rec).unwrap();
+        let d = fs::read_to_string(t.0.join("run/systemd/system/iscsi.service.d/50-sanroot.conf"))
+            .unwrap();
+        assert!(
+            !d.contains("ExecStartPre") && !d.contains("\nExecStart="),
+            "{d}"
+        );
+        assert!(d.contains("TemporaryFileSystem=/sys/firmware"), "{d}");
+    }
+
+    #[test]
+    fn unknown_mac_and_dynamic_origin() {
+        let t = TempDir::new("nomac");
+        let nic = NicRecord {
+            ifname: "eth1".into(),
+            mac: "00:00:00:00:00:00".into(),
+            vlan: 0,
+            addresses: Vec::new(),
+            gateway: None,
+            dns: Vec::new(),
+            origin: "external".into(),
+            hostname: None,
+            domain: None,
+            parent: None,
+        };
+        write(&t.0, &record(Some(nic))).unwrap();
+        check_tree(&t.0);
+        let nm = fs::read_to_string(t.0.join("run/NetworkManager/conf.d/90-sanroot.conf")).unwrap();
+        assert!(nm.contains("match-device=interface-name:=eth1\n"), "{nm}");
+        let nd =
+            fs::read_to_string(t.0.join("run/systemd/network/05-sanroot-eth1.network")).unwrap();
+        assert!(!nd.contains("MACAddress"), "{nd}");
+        let k = fs::read_to_string(t.0.join("run/net-eth1.conf")).unwrap();
+        assert!(k.contains("PROTO='dhcp'\nIPV4ADDR=''\n"), "{k}");
+    }
+
+    #[test]
+    fn read_is_none_without_a_complete_record() {
+        let t = TempDir::new("read");
+        assert_eq!(read(&t.0), None);
+        create_dirs(&t.0, Path::new("run/sanroot")).unwrap();
+        fs::write(t.0.join(RECORD), "{\"version\": 1").unwrap();
+        assert_eq!(read(&t.0), None);
+    }
+
+    #[test]
+    fn boot_target_comparison() {
+        let rec = record(None);
+        assert!(is_boot_target(
+            &rec,
+            "iqn.2026-11.org.example:root",
+            "10.0.2.2"
+        ));
+        assert!(is_boot_target(
+            &rec,
+            " IQN.2026-11.ORG.EXAMPLE:ROOT ",
+            "10.0.2.2:3260"
+        ));
+        assert!(is_boot_target(
+            &rec,
+            "iqn.2026-11.org.example:root",
+            "::ffff:10.0.2.2"
+        ));
+        assert!(is_boot_target(
+            &rec,
+            "iqn.2026-11.org.example:root",
+            "[::ffff:10.0.2.2]:3261"
+        ));
+        assert!(!is_boot_target(
+            &rec,
+            "iqn.2026-11.org.example:data",
+            "10.0.2.2"
+        ));
+        assert!(!is_boot_target(
+            &rec,
+            "iqn.2026-11.org.example:root",
+            "10.0.2.3"
+        ));
+        assert!(!is_boot_target(
+            &rec,
+            "iqn.2026-11.org.example:root",
+            "san.example"
+        ));
+        let mut named = rec.clone();
+        named.portal = "san.example:3260".into();
+        assert!(is_boot_target(
+            &named,
+            "iqn.2026-11.org.example:root",
+            "SAN.example"
+        ));
+        assert!(!is_boot_target(
+            &named,
+            "iqn.2026-11.org.example:root",
+            "10.0.2.2"
+        ));
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(kq("it's!"), "'it'\\''s'\\!''");
+        assert_eq!(auth_kind(None), "none");
+        let mut one_way = auth();
+        one_way.mutual = None;
+        assert_eq!(auth_kind(Some(&one_way)), "chap");
+        assert_eq!(auth_kind(Some(&auth())), "mutual-chap");
+        assert_eq!(bare_host("[fd00::2]:3260"), "fd00::2");
+        assert_eq!(bare_host("h.example:3260"), "h.example");
+        assert_eq!(bare_host("fd00::2"), "fd00::2");
+        let r = NicRecord::from_boot_nic(
+            &BootNic {
+                config: NicConfig::new([1, 2, 3, 4, 5, 6]),
+                ifname: Some("eth9".into()),
+                origin: NicOrigin::External,
+                hostname: None,
+                domain: None,
+                mtu: None,
+            },
+            "eth9",
+            None,
+        );
+        assert_eq!(
+            (r.mac.as_str(), r.origin.as_str()),
+            ("01:02:03:04:05:06", "external")
+        );
+        assert!(r.addresses.is_empty());
+    }
+}

@@ -551,13 +551,15 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
     } else {
         format!("the {} netroot=", nth(n))
     };
-    let err = |what: &str, value: &str, advice: &str| {
-        let shown = if redact {
+    // "the port \"99999\" is not a port: write …"; the value only
+    // when no credentials are around.
+    let err = |subject: &str, value: &str, rest: &str| {
+        let shown = if redact || value.is_empty() {
             String::new()
         } else {
             format!(" \"{value}\"")
         };
-        CmdlineError::new("netroot", format!("{which}: {what}{shown}: {advice}"))
+        CmdlineError::new("netroot", format!("{which}: {subject}{shown} {rest}"))
     };
 
     let mut nr = Netroot {
@@ -613,9 +615,9 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
     if let Some(inner) = rest.strip_prefix('[') {
         let Some(close) = inner.find("]:") else {
             return Err(err(
-                "the server has no closing \"]:\"",
+                "the IPv6 server",
                 rest,
-                "write an IPv6 server as [2001:db8::1]:",
+                "has no closing \"]:\": write it as [2001:db8::1]:",
             ));
         };
         server_str = inner.get(..close).unwrap_or("");
@@ -624,16 +626,16 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
     } else {
         let Some(colon) = rest.find(':') else {
             return Err(err(
-                "too few fields in",
+                "the value",
                 rest,
-                "write netroot=iscsi:<server>:[<protocol>]:[<port>]:[<LUN>]:<target>",
+                "has too few fields: write netroot=iscsi:<server>:[<protocol>]:[<port>]:[<LUN>]:<target>",
             ));
         };
         server_str = rest.get(..colon).unwrap_or("");
         rest = rest.get(colon + 1..).unwrap_or("");
         bracketed = false;
     }
-    nr.server = parse_server(server_str, bracketed).map_err(|(what, advice)| {
+    nr.server = parse_server(server_str, bracketed).map_err(|problem| {
         if redact && server_str.contains('@') {
             CmdlineError::new(
                 "netroot",
@@ -642,7 +644,7 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
                 ),
             )
         } else {
-            err(what, server_str, advice)
+            err("the server", server_str, problem)
         }
     })?;
 
@@ -664,9 +666,9 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
             [i, d, l] => (*i, *d, *l),
             _ => {
                 return Err(err(
-                    "too many fields before the target name in",
+                    "the fields before the target name",
                     fields,
-                    "write <server>:<protocol>:<port>[:<iface>:<netdev>]:<LUN>:<target>",
+                    "are too many: write <server>:<protocol>:<port>[:<iface>:<netdev>]:<LUN>:<target>",
                 ));
             }
         };
@@ -700,7 +702,7 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
             return Err(err(
                 "the protocol",
                 other,
-                "only 6 (TCP) is supported; leave the field empty",
+                "is not supported: only 6 (TCP) is; leave the field empty",
             ));
         }
     }
@@ -713,7 +715,7 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
                 err(
                     "the port",
                     port,
-                    "write a port from 1 to 65535, or leave it empty for 3260",
+                    "is not a port: write 1 to 65535, or leave it empty for 3260",
                 )
             })?;
     }
@@ -722,13 +724,19 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
             err(
                 "the LUN",
                 lun,
-                "write the LUN as a decimal number (dracut reads it as one), or leave it empty for 0",
+                "is not a decimal number: write it as dracut reads it (0, 1, 2, …), or leave it empty for 0",
             )
         })?;
     }
     nr.iface = Some(iface.to_string()).filter(|s| !s.is_empty());
     if !netdev.is_empty() {
-        check_ifname(netdev).map_err(|m| err("the netdev", netdev, &m))?;
+        check_ifname(netdev).map_err(|m| {
+            err(
+                "the netdev",
+                netdev,
+                &format!("is not an interface name: {m}"),
+            )
+        })?;
         nr.netdev = Some(netdev.to_string());
     }
     if target.is_empty() {
@@ -753,36 +761,29 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
     Ok(nr)
 }
 
-/// The portal address. Errors are (what, advice).
-fn parse_server(s: &str, bracketed: bool) -> Result<IpAddr, (&'static str, &'static str)> {
+/// The portal address. The error completes "the server \"x\" …".
+fn parse_server(s: &str, bracketed: bool) -> Result<IpAddr, &'static str> {
     if s.is_empty() {
-        return Err((
-            "no server",
-            "sanroot needs the portal's address (discovery from the target name alone, RFC 4173's DHCP form, is not supported)",
-        ));
+        return Err(
+            "is missing: sanroot needs the portal's address (discovery from the target name alone, RFC 4173's DHCP form, is not supported)",
+        );
     }
     if bracketed {
-        return s.parse::<IpAddr>().map_err(|_| {
-            (
-                "the server is not an IP address:",
-                "write an IPv6 address in brackets, e.g. [2001:db8::1]",
-            )
-        });
+        return s.parse::<IpAddr>().map_err(
+            |_| "is not an IP address: write an IPv6 address in brackets, e.g. [2001:db8::1]",
+        );
     }
     if let Ok(a) = s.parse::<Ipv4Addr>() {
         return Ok(IpAddr::V4(a));
     }
-    let hexish = s.bytes().all(|b| b.is_ascii_hexdigit());
-    if hexish {
-        return Err((
-            "the server is not an IP address:",
-            "an IPv6 address must be in brackets, e.g. [2001:db8::1]",
-        ));
+    if s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(
+            "is not an IP address: an IPv6 address must be in brackets, e.g. [2001:db8::1]",
+        );
     }
-    Err((
-        "the server is a host name, not an IP address:",
-        "sanroot is a static binary with no resolver in the initramfs; write the target's IPv4 address or its IPv6 address in brackets",
-    ))
+    Err(
+        "is a host name, not an IP address: sanroot is a static binary with no resolver in the initramfs; write the target's IPv4 address, or its IPv6 address in brackets",
+    )
 }
 
 /// RFC 7143 §4.2.7: an iSCSI name is iqn./eui./naa., at most 223 bytes,
@@ -1603,7 +1604,7 @@ mod tests {
             "{e}"
         );
         let e = err("netroot=iscsi:::3260:0:iqn.2009-06.dracut:t");
-        assert!(e.message.contains("no server"), "{e}");
+        assert!(e.message.contains("the server is missing"), "{e}");
         let e = err("netroot=iscsi:10.0.0.1::3260:0:");
         assert!(e.message.contains("no target name"), "{e}");
         let e = err("netroot=iscsi:10.0.0.1::3260:0:mytarget");
@@ -1670,7 +1671,10 @@ mod tests {
         let c =
             parse("netroot=nfs:10.0.0.1:/srv/root netroot=dhcp netroot=cifs://u:p@s/x").unwrap();
         assert!(c.netroots.is_empty());
-        assert_eq!(c.ignored, vec!["netroot=nfs", "netroot=dhcp", "netroot=cifs"]);
+        assert_eq!(
+            c.ignored,
+            vec!["netroot=nfs", "netroot=dhcp", "netroot=cifs"]
+        );
         let c = parse("netroot=user:pass@x netroot=s3cr3t/x").unwrap();
         assert_eq!(c.ignored, vec!["netroot=user", "netroot=…"]);
         assert!(!c.wants_iscsi());

@@ -37,8 +37,14 @@ enum Command {
     #[command(subcommand)]
     Node(NodeCmd),
     /// Log in and make a LUN a kernel block device (/dev/ublkbN or /dev/nbdN);
-    /// prints the device and leaves a daemon serving it.
+    /// prints the device and leaves a daemon serving it. Refuses the target
+    /// this machine booted from (its session is already there).
+    #[command(visible_alias = "login")]
     Attach(AttachArgs),
+    /// Boot from the SAN: the iBFT (or dracut's netroot=/ip=) → NIC → login →
+    /// block device → partitions → hand-off under /run; prints the device and
+    /// leaves the daemon that owns the root disk's session.
+    Boot(BootArgs),
     /// Stop serving a device attached by sanroot: flush, log out.
     Detach {
         /// /dev/nbdN or /dev/ublkbN (or just nbdN).
@@ -68,8 +74,40 @@ struct AttachArgs {
     /// Serve in this process instead of a background daemon.
     #[arg(long)]
     foreground: bool,
+    /// Another portal (IP:PORT, [v6]:PORT) of the same target: the other
+    /// path, used when the session through the first is lost. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    portal: Vec<String>,
     #[command(flatten)]
     connect: ConnectOpts,
+}
+
+#[derive(clap::Args, Debug)]
+struct BootArgs {
+    /// Read the iBFT from this file (a raw table or a directory laid out
+    /// like /sys/firmware/ibft) instead of the firmware.
+    #[arg(long, value_name = "PATH")]
+    ibft_file: Option<PathBuf>,
+    /// Only this iBFT source.
+    #[arg(long, value_enum)]
+    source: Option<SourceArg>,
+    /// The kernel command line to obey (default /proc/cmdline):
+    /// rd.iscsi.firmware, netroot=iscsi:…, ip=, rd.iscsi.initiator=,
+    /// rd.sanroot=0, rd.sanroot.bridge=, rd.sanroot.timeout=.
+    #[arg(long, value_name = "PATH")]
+    cmdline: Option<PathBuf>,
+    /// Block-device bridge (default: rd.sanroot.bridge=, else auto).
+    #[arg(long, value_enum)]
+    bridge: Option<BridgeArg>,
+    /// Print every step it would take and do nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Serve in this process instead of leaving a daemon.
+    #[arg(long)]
+    foreground: bool,
+    /// Accept a target that waives the CHAP the table asks for.
+    #[arg(long)]
+    allow_no_auth: bool,
 }
 
 /// How to log in: shared by every command that talks to a target.
@@ -263,12 +301,19 @@ struct IbftArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Attach(_)) {
+    let boot = matches!(&cli.command, Command::Boot(b) if !b.dry_run);
+    if matches!(cli.command, Command::Attach(_)) || boot {
         // A daemon that may serve the root filesystem: '@' in argv[0] when
         // started from an initramfs (systemd's kill sweeps skip it).
         sanroot::daemon::ensure_at_argv0();
     }
-    sanroot::logging::init(cli.verbose);
+    // The boot flow logs its steps (to the journal, via /dev/kmsg).
+    let verbose = if boot && sanroot::daemon::in_initramfs() {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    };
+    sanroot::logging::init(verbose);
     let code = match cli.command {
         Command::Ibft(a) => cmd::ibft::run(&cmd::ibft::Args {
             source: a.source.map(|s| match s {
@@ -318,13 +363,23 @@ fn main() -> ExitCode {
         }),
         Command::Attach(a) => cmd::attach::attach(&cmd::attach::AttachArgs {
             target: a.target,
-            bridge: match a.bridge {
-                BridgeArg::Auto => cmd::attach::BridgeKind::Auto,
-                BridgeArg::Ublk => cmd::attach::BridgeKind::Ublk,
-                BridgeArg::Nbd => cmd::attach::BridgeKind::Nbd,
-            },
+            bridge: bridge_kind(a.bridge),
             foreground: a.foreground,
+            portals: a.portal,
             connect: a.connect.into_args(),
+        }),
+        Command::Boot(a) => sanroot::boot::flow::run(&sanroot::boot::flow::BootOptions {
+            ibft_file: a.ibft_file,
+            source: a.source.map(|s| match s {
+                SourceArg::Acpi => SourceKind::Acpi,
+                SourceArg::Mem => SourceKind::Mem,
+                SourceArg::Sysfs => SourceKind::Sysfs,
+            }),
+            cmdline: a.cmdline,
+            bridge: a.bridge.map(bridge_kind),
+            dry_run: a.dry_run,
+            foreground: a.foreground,
+            allow_no_auth: a.allow_no_auth,
         }),
         Command::Detach { device } => cmd::attach::detach(&device),
         Command::Status { json } => cmd::attach::status(json),
@@ -346,4 +401,12 @@ fn main() -> ExitCode {
         }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn bridge_kind(b: BridgeArg) -> cmd::attach::BridgeKind {
+    match b {
+        BridgeArg::Auto => cmd::attach::BridgeKind::Auto,
+        BridgeArg::Ublk => cmd::attach::BridgeKind::Ublk,
+        BridgeArg::Nbd => cmd::attach::BridgeKind::Nbd,
+    }
 }

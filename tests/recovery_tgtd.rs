@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use sanroot::bridge::recover::{Reconnect, RecoveringBackend, RecoveryEvent, RecoveryPolicy};
+use sanroot::bridge::recover::{
+    PathSpec, Reconnect, RecoveringBackend, RecoveryEvent, RecoveryPolicy,
+};
 use sanroot::bridge::{Backend, BlockError, BlockOp, IscsiBackend};
 use sanroot::iscsi::initiator::{self, InitiatorConfig};
 use sanroot::iscsi::login::{Portal, random_isid};
@@ -39,8 +41,11 @@ fn setup(t: &Tgtd) -> (Arc<RecoveringBackend>, mpsc::Receiver<RecoveryEvent>) {
     let b = RecoveringBackend::new(
         IscsiBackend::new(s, lun.info.clone()),
         Reconnect {
-            portals: vec![portal],
-            target: IQN.into(),
+            paths: vec![PathSpec {
+                portal,
+                target: IQN.into(),
+                auth: None,
+            }],
             lun: 1,
             cfg,
             session_events: None,

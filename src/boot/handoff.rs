@@ -40,9 +40,10 @@
 //! which would also drop Debian's `activate-storage.sh` through the
 //! alias), so it hides the firmware tables from the unit instead
 //! (`TemporaryFileSystem=/sys/firmware`: `-m fw -l` then behaves as on a
-//! machine without an iBFT) and takes the boot target out of the node
-//! logins by setting its node records' `node.startup` to `manual`. Other
-//! targets log in as before.
+//! machine without an iBFT). The boot target's node records, if any, are
+//! not edited (nothing is written to the root disk): they must be
+//! `node.startup = manual`, as sanroot's own node export writes them.
+//! Other targets log in as before.
 
 use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
@@ -388,13 +389,6 @@ fn header(rec: &BootRecord, lead: &str, why: &[&str]) -> String {
     s
 }
 
-/// A name usable as a word in a unit file (no specifiers, quotes, spaces).
-fn unit_word(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'_'))
-}
-
 fn iscsi_dropin(rec: &BootRecord) -> String {
     let mut s = header(
         rec,
@@ -412,29 +406,14 @@ fn iscsi_dropin(rec: &BootRecord) -> String {
          # a machine without one. Node logins do not read them.\n\
          TemporaryFileSystem=/sys/firmware\n",
     );
-    let mut names = vec![rec.target.clone()];
-    let lower = rec.target.to_ascii_lowercase();
-    if lower != rec.target {
-        names.push(lower);
-    }
-    if names.iter().all(|n| unit_word(n)) {
-        s.push_str(
-            "# Take the boot target out of --loginall: its node records (every portal)\n\
-             # get node.startup=manual. This edits the node database as Fedora's\n\
-             # iscsi-mark-root-nodes does for kernel sessions; no record is no error.\n",
-        );
-        for n in &names {
-            let _ = writeln!(
-                s,
-                "ExecStartPre=-iscsiadm -m node -T {n} -o update -n node.startup -v manual"
-            );
-        }
-    } else {
-        s.push_str(
-            "# The target name holds characters a unit file cannot carry safely:\n\
-             # its node records are left as they are.\n",
-        );
-    }
+    // Node records are not touched: nothing of the hand-off is written to
+    // the root disk. A record of the boot target with node.startup=automatic
+    // (an installer's) would be logged in by --loginall: mark it manual
+    // (`sanroot node export --startup manual`, or iscsiadm -o update).
+    s.push_str(
+        "# The boot target's node records are left as they are (nothing is written\n\
+         # to the root disk): keep them node.startup=manual.\n",
+    );
     s
 }
 
@@ -836,10 +815,8 @@ mod tests {
                  # No firmware tables for this unit: iscsiadm -m fw -l finds no iBFT, as on\n\
                  # a machine without one. Node logins do not read them.\n\
                  TemporaryFileSystem=/sys/firmware\n\
-                 # Take the boot target out of --loginall: its node records (every portal)\n\
-                 # get node.startup=manual. This edits the node database as Fedora's\n\
-                 # iscsi-mark-root-nodes does for kernel sessions; no record is no error.\n\
-                 ExecStartPre=-iscsiadm -m node -T iqn.2026-11.org.example:root -o update -n node.startup -v manual\n"
+                 # The boot target's node records are left as they are (nothing is written\n\
+                 # to the root disk): keep them node.startup=manual.\n"
             )
         );
         assert_eq!(
@@ -1042,14 +1019,10 @@ mod tests {
             ]
         );
         check_tree(&t.0);
-        // A mixed-case name: both spellings are taken out of --loginall.
+        // Nothing edits the node database on the root disk.
         let d = fs::read_to_string(&paths[0]).unwrap();
         assert!(
-            d.contains("-T iqn.2026-11.org.Example:Root -o update"),
-            "{d}"
-        );
-        assert!(
-            d.contains("-T iqn.2026-11.org.example:root -o update"),
+            !d.contains("ExecStartPre") && !d.contains("-o update"),
             "{d}"
         );
     }
@@ -1098,7 +1071,7 @@ mod tests {
             0,
             "something was written"
         );
-        // A target name a unit file cannot carry: no ExecStartPre.
+        // A target name a unit file cannot carry is refused or inert.
         let mut rec = record(None);
         rec.target = "iqn.x:y%n\nExecStart=/bin/sh".into();
         write(&t.0, &rec).unwrap();

@@ -9,7 +9,9 @@
 //!   failure) → bridge → partitions → hand-off → resident daemon.
 
 pub mod cmdline;
+pub mod flow;
 pub mod handoff;
+pub mod parts;
 
 use std::net::IpAddr;
 
@@ -75,4 +77,23 @@ pub struct BootSpec {
     /// The boot path first, then the others (second iBFT target, more
     /// netroot= arguments), tried in order.
     pub paths: Vec<BootPath>,
+}
+
+/// Where the hand-off lives: "/" (its files are under /run), or
+/// `$SANROOT_HANDOFF_ROOT` for tests.
+pub fn handoff_root() -> std::path::PathBuf {
+    std::env::var_os("SANROOT_HANDOFF_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/"))
+}
+
+/// The boot session's device and daemon pid when (`target`, `host`) is
+/// the target this machine booted from (per the hand-off record).
+pub fn boot_session_for(target: &str, host: &str) -> Option<(String, u32)> {
+    // Any portal of the boot target counts: with the same initiator name a
+    // second session either reinstates ours (same ISID) or shows the disk
+    // twice (another ISID).
+    let rec = handoff::read(&handoff_root())?;
+    (handoff::is_boot_target(&rec, target, host) || rec.target.eq_ignore_ascii_case(target.trim()))
+        .then(|| (rec.device.clone(), rec.pid))
 }

@@ -14,6 +14,7 @@
 
 pub mod nbd;
 pub mod recover;
+pub mod serve;
 pub mod ublk;
 
 use std::collections::BinaryHeap;

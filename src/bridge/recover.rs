@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Backend, BlockDone, BlockError, BlockOp, IscsiBackend};
+use crate::iscsi::chap::AuthConfig;
 use crate::iscsi::initiator::{self, InitiatorConfig};
 use crate::iscsi::login::Portal;
 use crate::iscsi::session::SessionEvent;
@@ -61,14 +62,32 @@ pub enum RecoveryEvent {
     Failed(String),
 }
 
+/// One way to the LU: a portal, the target's name there and its CHAP
+/// settings (a second iBFT target has its own).
+#[derive(Clone, Debug)]
+pub struct PathSpec {
+    pub portal: Portal,
+    pub target: String,
+    pub auth: Option<AuthConfig>,
+}
+
+impl PathSpec {
+    /// The initiator configuration for this path: `base` with its CHAP.
+    pub fn config(&self, base: &InitiatorConfig) -> InitiatorConfig {
+        let mut c = base.clone();
+        c.auth = self.auth.clone();
+        c
+    }
+}
+
 /// Where and how to log in again. The ISID in `cfg` must be fixed.
 #[derive(Clone)]
 pub struct Reconnect {
-    /// Portals to try in turn (the boot path first, then the second path
+    /// Paths to try in turn (the one in use first, then the second path
     /// and other portals from discovery).
-    pub portals: Vec<Portal>,
-    pub target: String,
+    pub paths: Vec<PathSpec>,
     pub lun: u64,
+    /// Initiator name, ISID, digests…; `auth` is taken from each path.
     pub cfg: InitiatorConfig,
     /// Receives the new sessions' target events.
     pub session_events: Option<Sender<SessionEvent>>,
@@ -175,9 +194,15 @@ impl RecoveringBackend {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let portal = &self.reconnect.portals
-                [(attempt as usize - 1) % self.reconnect.portals.len().max(1)];
-            match self.try_once(portal) {
+            let Some(path) = self
+                .reconnect
+                .paths
+                .get((attempt as usize - 1) % self.reconnect.paths.len().max(1))
+            else {
+                return self.give_up("no path to reconnect through".into());
+            };
+            let portal = &path.portal;
+            match self.try_once(path) {
                 Ok((backend, tsih)) => {
                     let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                     *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -250,10 +275,11 @@ impl RecoveringBackend {
         }
     }
 
-    fn try_once(&self, portal: &Portal) -> Result<(IscsiBackend, u16), Outcome> {
+    fn try_once(&self, path: &PathSpec) -> Result<(IscsiBackend, u16), Outcome> {
         let r = &self.reconnect;
-        let c = initiator::connect(portal, &r.target, &r.cfg, r.session_events.clone()).map_err(
-            |e| {
+        let cfg = path.config(&r.cfg);
+        let c = initiator::connect(&path.portal, &path.target, &cfg, r.session_events.clone())
+            .map_err(|e| {
                 if e.is_transient() {
                     Retry(e.to_string())
                 } else {
@@ -262,8 +288,7 @@ impl RecoveringBackend {
                     // but say it.
                     Retry(format!("{e} (not a network error)"))
                 }
-            },
-        )?;
+            })?;
         let tsih = c.tsih;
         let session = Arc::new(c.session);
         let lun = Lun::open(Arc::clone(&session), r.lun)

@@ -1,0 +1,591 @@
+//! Serving a LUN as a kernel block device for as long as the device lives:
+//! log in (trying each path in turn), open the LU, create the ublk or NBD
+//! device over a [`RecoveringBackend`], record it under /run, tell whoever
+//! started us that it is ready, then follow signals, session and recovery
+//! events until the device goes; finally flush and log out.
+//!
+//! Shared by `sanroot attach` (one path from a URL) and `sanroot boot`
+//! (the iBFT's or the command line's paths, with a hand-off once ready).
+//! [`daemonize`] runs such a server in a background child and returns when
+//! the child reports ready or failed.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+
+use super::nbd::{self, NbdDevice, NbdOptions};
+use super::recover::{PathSpec, Reconnect, RecoveringBackend, RecoveryEvent, RecoveryPolicy};
+use super::ublk::{self, UblkDevice, UblkOptions};
+use super::{Backend, BlockOp, IscsiBackend};
+use crate::cmd::common::{self, CmdError};
+use crate::iscsi::initiator::{self, Connection, InitiatorConfig};
+use crate::iscsi::session::SessionEvent;
+use crate::lun::{Lun, LunInfo};
+use crate::state::{self, DeviceRecord};
+use crate::{daemon, exit};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeKind {
+    Auto,
+    Ublk,
+    Nbd,
+}
+
+impl BridgeKind {
+    /// `Auto` made concrete: ublk when this kernel and process can use it.
+    pub fn resolve(self) -> BridgeKind {
+        match self {
+            BridgeKind::Auto if ublk::available() => BridgeKind::Ublk,
+            BridgeKind::Auto => BridgeKind::Nbd,
+            k => k,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            BridgeKind::Auto => "auto",
+            BridgeKind::Ublk => "ublk",
+            BridgeKind::Nbd => "nbd",
+        }
+    }
+}
+
+/// What to serve and how.
+pub struct ServeSpec {
+    /// Tried in order for the first login; all of them for reconnects.
+    pub paths: Vec<PathSpec>,
+    pub lun: u64,
+    /// Initiator name, digests, session options; `auth` comes from each
+    /// path and the ISID is fixed here for the life of the device.
+    pub cfg: InitiatorConfig,
+    pub bridge: BridgeKind,
+    /// Keep retrying the first login (transient errors only) this long.
+    pub login_wait: Duration,
+    /// Print the device path on stdout when ready (foreground mode).
+    pub print_path: bool,
+    /// Ignore stop signals while the device is in use (mounted, held):
+    /// the root disk must outlive every stray SIGTERM until the very end.
+    pub keep_while_in_use: bool,
+}
+
+/// Whether something holds the device: a mounted filesystem (on it or a
+/// partition), a device-mapper or MD holder. The kernel refuses an
+/// exclusive open of the whole disk then.
+pub fn in_use(device: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    matches!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_EXCL)
+            .open(device),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY)
+    )
+}
+
+/// Called before the first login attempt through `paths[i]` (e.g. to bring
+/// its NIC up). An error skips the path.
+pub type PreparePath<'a> = dyn FnMut(usize) -> Result<(), String> + 'a;
+/// Called once the device exists, before the starter is told it is ready
+/// (e.g. to wait for partitions and write a hand-off). An error tears the
+/// device down and fails the start.
+pub type OnReady<'a> = dyn FnMut(&mut DeviceRecord, usize) -> Result<(), CmdError> + 'a;
+
+enum Event {
+    Signal(Signal),
+    DeviceGone,
+    Session(SessionEvent),
+    Recovery(RecoveryEvent),
+}
+
+/// Run `body` in a background child and wait for it to report ready (or
+/// fail); then print the device it names and return its exit code. With
+/// `foreground`, run `body` here. Must be called before any thread exists.
+pub fn daemonize(
+    foreground: bool,
+    body: impl FnOnce(Option<OwnedFd>) -> Result<(), CmdError>,
+) -> i32 {
+    if foreground {
+        return common::report(body(None));
+    }
+    let (rd, wr) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return common::report(Err(CmdError::new(exit::FAILURE, format!("pipe: {e}")))),
+    };
+    // SAFETY: the caller guarantees no other thread exists yet, so the
+    // child may run arbitrary code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => common::report(Err(CmdError::new(exit::FAILURE, format!("fork: {e}")))),
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(wr);
+            let mut s = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut s);
+            match s.split_once(' ') {
+                Some(("ok", dev)) => {
+                    crate::outln!("{}", dev.trim());
+                    exit::OK
+                }
+                Some(("err", rest)) => {
+                    let (code, msg) = rest.split_once(' ').unwrap_or(("1", rest));
+                    eprintln!("sanroot: {}", msg.trim());
+                    code.parse().unwrap_or(exit::FAILURE)
+                }
+                _ => {
+                    eprintln!("sanroot: the daemon died before it was ready");
+                    exit::FAILURE
+                }
+            }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(rd);
+            let _ = nix::unistd::setsid();
+            let wr = Some(wr);
+            let code = common::report(body(wr));
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Tell the starter (if any) the outcome, then leave its terminal.
+pub fn ready(pipe: &mut Option<OwnedFd>, msg: &str) {
+    if let Some(fd) = pipe.take() {
+        let mut f = std::fs::File::from(fd);
+        let _ = f.write_all(msg.as_bytes());
+        drop(f);
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for fd in 0..3 {
+                // SAFETY: dup2 onto the standard descriptors of this process.
+                unsafe {
+                    nix::libc::dup2(null.as_raw_fd(), fd);
+                }
+            }
+        }
+    }
+}
+
+/// Report a failure to the starter too.
+pub fn fail(pipe: &mut Option<OwnedFd>, e: &CmdError) {
+    ready(pipe, &format!("err {} {}\n", e.code, e.message));
+}
+
+/// Block the signals the daemon takes with sigwait (before any thread).
+fn block_signals() -> SigSet {
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    let _ = sigs.thread_block();
+    sigs
+}
+
+/// The first login: each path in turn, again and again while the errors
+/// are transient (no route yet, target still starting) and time is left.
+/// Returns the connection and the index of the path that carried it.
+pub fn first_login(
+    paths: &[PathSpec],
+    cfg: &InitiatorConfig,
+    wait: Duration,
+    prepare: &mut PreparePath<'_>,
+    events: Option<mpsc::Sender<SessionEvent>>,
+) -> Result<(Connection, usize), CmdError> {
+    if paths.is_empty() {
+        return Err(CmdError::usage("no path to the target"));
+    }
+    let deadline = Instant::now() + wait;
+    let mut prepared = vec![None::<Result<(), String>>; paths.len()];
+    let mut errors: Vec<String> = vec![String::new(); paths.len()];
+    let mut backoff = Duration::from_millis(250);
+    let mut tried_login = false;
+    loop {
+        let mut any_transient = false;
+        for (i, p) in paths.iter().enumerate() {
+            let ok = prepared[i].get_or_insert_with(|| prepare(i)).clone();
+            if let Err(m) = ok {
+                errors[i] = format!("path {} ({}): {m}", i + 1, p.portal);
+                continue;
+            }
+            tried_login = true;
+            match initiator::connect(&p.portal, &p.target, &p.config(cfg), events.clone()) {
+                Ok(c) => {
+                    if i > 0 {
+                        log::warn!(
+                            "logged in through path {} ({}) after the first failed: {}",
+                            i + 1,
+                            p.portal,
+                            errors[0]
+                        );
+                    }
+                    return Ok((c, i));
+                }
+                Err(e) => {
+                    any_transient |= e.is_transient();
+                    log::warn!("login to {} at {}: {e}", p.target, p.portal);
+                    errors[i] = format!("path {} ({}): {e}", i + 1, p.portal);
+                }
+            }
+        }
+        if !any_transient || Instant::now() + backoff > deadline {
+            // No path even got to a login: the network is the problem.
+            let code = if tried_login {
+                exit::LOGIN
+            } else {
+                exit::FAILURE
+            };
+            return Err(CmdError::new(code, errors.join("; ")));
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Log in, create the device and serve it until it goes away. `pipe`
+/// reaches the starter (see [`daemonize`]); it is told "ok DEVICE" once
+/// the device exists and `on_ready` succeeded, or the error.
+pub fn serve(
+    spec: &ServeSpec,
+    pipe: &mut Option<OwnedFd>,
+    prepare: &mut PreparePath<'_>,
+    on_ready: &mut OnReady<'_>,
+) -> Result<(), CmdError> {
+    let r = serve_inner(spec, pipe, prepare, on_ready);
+    if let Err(e) = &r {
+        fail(pipe, e);
+    }
+    r
+}
+
+fn serve_inner(
+    spec: &ServeSpec,
+    pipe: &mut Option<OwnedFd>,
+    prepare: &mut PreparePath<'_>,
+    on_ready: &mut OnReady<'_>,
+) -> Result<(), CmdError> {
+    // Signals are taken by one thread with sigwait: block them everywhere
+    // before any thread starts.
+    let sigs = block_signals();
+    let mut cfg = spec.cfg.clone();
+    // One ISID for the life of the device: a reconnect with it (and TSIH 0)
+    // reinstates the session on the target instead of leaking the old one.
+    cfg.isid
+        .get_or_insert_with(crate::iscsi::login::random_isid);
+    let (ev_tx, ev_rx) = mpsc::channel::<Event>();
+    let (sess_tx, sess_rx) = mpsc::channel::<SessionEvent>();
+    let (conn, used) = first_login(
+        &spec.paths,
+        &cfg,
+        spec.login_wait,
+        prepare,
+        Some(sess_tx.clone()),
+    )?;
+    let path = &spec.paths[used];
+    let (isid, tsih, portal_s) = (conn.isid, conn.tsih, conn.portal.to_string());
+    log::info!(
+        "logged in to {} at {portal_s} (ISID {}, TSIH {tsih})",
+        path.target,
+        state::hex(&isid)
+    );
+    let session = Arc::new(conn.session);
+    let lun = Lun::open(Arc::clone(&session), spec.lun)
+        .map_err(|e| CmdError::new(exit::IO, format!("{} LUN {}: {e}", path.target, spec.lun)))?;
+    let info = lun.info.clone();
+    drop(lun);
+    // Reconnects start with the path that worked, then the others.
+    let mut paths = vec![path.clone()];
+    paths.extend(
+        spec.paths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != used)
+            .map(|(_, p)| p.clone()),
+    );
+    let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
+    let recovering = RecoveringBackend::new(
+        IscsiBackend::new(session, info.clone()),
+        Reconnect {
+            paths,
+            lun: spec.lun,
+            cfg: cfg.clone(),
+            session_events: Some(sess_tx),
+        },
+        RecoveryPolicy::default(),
+        Some(rec_tx),
+    );
+    let backend: Arc<dyn Backend> = recovering.clone();
+    let kind = spec.bridge.resolve();
+    // ublk's daemon gets its own mount namespace: its exit must never wait
+    // on a mount of the device it serves.
+    daemon::harden(kind == BridgeKind::Ublk);
+    let ident = format!("sanroot:{}:{}", path.target, spec.lun);
+    let dev = Device::create(kind, &backend, &cfg, &info, &ident)?;
+    let dev_path = dev.path();
+    let mut record = DeviceRecord {
+        device: dev_path.clone(),
+        bridge: dev.kind().into(),
+        index: dev.index(),
+        target: path.target.clone(),
+        portal: portal_s,
+        lun: spec.lun,
+        initiator: cfg.initiator_name.clone(),
+        isid: state::hex(&isid),
+        tsih,
+        pid: std::process::id(),
+        state: "running".into(),
+        lu_id: info.identity(),
+        size_bytes: info.capacity.bytes().unwrap_or(0),
+        block_size: info.block_size(),
+        read_only: info.write_protected,
+    };
+    let dev = Arc::new(dev);
+    if let Err(e) = on_ready(&mut record, used) {
+        log::error!("{dev_path}: {e}: removing the device");
+        let _ = dev.shut_down();
+        if let Ok(d) = Arc::try_unwrap(dev) {
+            let _ = d.finish();
+        }
+        let _ = recovering.current().session().close(Duration::from_secs(5));
+        return Err(e);
+    }
+    let run = state::run_dir();
+    if let Err(e) = state::save(&run, &record) {
+        log::warn!("cannot write {}: {e}", run.display());
+    }
+    log::info!(
+        "{dev_path}: serving {} LUN {} ({})",
+        path.target,
+        spec.lun,
+        info.capacity
+    );
+    if spec.print_path {
+        crate::outln!("{dev_path}");
+    }
+    ready(pipe, &format!("ok {dev_path}\n"));
+
+    // Forward signals, session events and the end of the device.
+    {
+        let tx = ev_tx.clone();
+        std::thread::spawn(move || {
+            while let Ok(s) = sigs.wait() {
+                if tx.send(Event::Signal(s)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    forward(&ev_tx, sess_rx, Event::Session);
+    forward(&ev_tx, rec_rx, Event::Recovery);
+    let waiter = {
+        let tx = ev_tx.clone();
+        let d = Arc::clone(&dev);
+        std::thread::spawn(move || {
+            d.wait();
+            let _ = tx.send(Event::DeviceGone);
+        })
+    };
+    drop(ev_tx);
+    loop {
+        match ev_rx.recv() {
+            Ok(Event::Signal(s)) if spec.keep_while_in_use && in_use(&dev_path) => {
+                log::warn!(
+                    "{dev_path}: {s:?} ignored: the device is in use (a mounted filesystem); it is served until it is released"
+                );
+            }
+            Ok(Event::Signal(s)) => {
+                log::info!("{dev_path}: {s:?}: detaching");
+                if let Err(e) = dev.shut_down() {
+                    log::error!("{dev_path}: {e}");
+                }
+                let _ = waiter.join();
+                break;
+            }
+            Ok(Event::DeviceGone) | Err(_) => {
+                log::info!("{dev_path}: disconnected by the kernel");
+                break;
+            }
+            Ok(Event::Session(SessionEvent::Failed(m))) => {
+                // The recovering backend takes it from here.
+                log::error!("{dev_path}: the iSCSI session failed: {m}");
+            }
+            Ok(Event::Recovery(e)) => {
+                record.state = match &e {
+                    RecoveryEvent::Lost { .. } | RecoveryEvent::Retrying { .. } => {
+                        "reconnecting".into()
+                    }
+                    RecoveryEvent::Recovered { tsih, portal, .. } => {
+                        record.tsih = *tsih;
+                        record.portal = portal.clone();
+                        "running".into()
+                    }
+                    RecoveryEvent::Failed(_) => "failed".into(),
+                };
+                let _ = state::save(&run, &record);
+            }
+            Ok(Event::Session(SessionEvent::LogoutRequested { within })) => {
+                // The target wants this session gone: finish what is in
+                // flight, flush and log out cleanly rather than be cut off.
+                log::warn!(
+                    "{dev_path}: the target asks us to log out within {within} s: detaching"
+                );
+                if let Err(e) = dev.shut_down() {
+                    log::error!("{dev_path}: {e}");
+                }
+                let _ = waiter.join();
+                break;
+            }
+            Ok(Event::Session(e)) => log::warn!("{dev_path}: target event: {e:?}"),
+        }
+    }
+    if let Ok(d) = Arc::try_unwrap(dev)
+        && let Err(e) = d.finish()
+    {
+        log::warn!("{dev_path}: {e}");
+    }
+    // Everything acknowledged is on the target; make the target's cache
+    // stable too, then log out.
+    let (ftx, frx) = mpsc::channel();
+    backend.submit(
+        BlockOp::Flush,
+        Vec::new(),
+        Box::new(move |r, _| {
+            let _ = ftx.send(r);
+        }),
+    );
+    match frx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("{dev_path}: final SYNCHRONIZE CACHE: {e}"),
+        Err(_) => log::warn!("{dev_path}: final SYNCHRONIZE CACHE did not complete in 30 s"),
+    }
+    state::remove(&run, &dev_path);
+    if let Err(e) = recovering
+        .current()
+        .session()
+        .close(Duration::from_secs(10))
+    {
+        log::warn!("{dev_path}: logout: {e}");
+    }
+    Ok(())
+}
+
+fn forward<T: Send + 'static>(
+    tx: &mpsc::Sender<Event>,
+    rx: mpsc::Receiver<T>,
+    wrap: fn(T) -> Event,
+) {
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        for e in rx {
+            if tx.send(wrap(e)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The device being served, whichever bridge.
+enum Device {
+    Nbd(std::sync::Mutex<Option<NbdDevice>>, u32, String),
+    Ublk(Box<UblkDevice>),
+}
+
+impl Device {
+    fn create(
+        kind: BridgeKind,
+        backend: &Arc<dyn Backend>,
+        cfg: &InitiatorConfig,
+        _info: &LunInfo,
+        ident: &str,
+    ) -> Result<Device, CmdError> {
+        match kind {
+            BridgeKind::Ublk => {
+                if let Err(why) = ublk::availability() {
+                    return Err(CmdError::new(
+                        exit::FAILURE,
+                        format!("ublk is not usable here: {why} (try --bridge nbd)"),
+                    ));
+                }
+                let queues = UblkOptions::default().queues;
+                let opts = UblkOptions {
+                    // Memory is locked: keep the per-tag buffers modest.
+                    // One queue per CPU (up to 4), sharing the session's
+                    // command window between them.
+                    queues,
+                    depth: (cfg.session.queue_depth / queues.max(1)).clamp(8, 128),
+                    max_io_bytes: 256 * 1024,
+                    // Requests a killed daemon had taken are sent again by
+                    // the next one (same ISID: the session is reinstated),
+                    // instead of failing with EIO and aborting a journal.
+                    reissue: true,
+                    ..UblkOptions::default()
+                };
+                let d = UblkDevice::create(Arc::clone(backend), opts).map_err(|e| {
+                    CmdError::new(
+                        exit::FAILURE,
+                        format!("{e} (is ublk_drv loaded? run as root)"),
+                    )
+                })?;
+                Ok(Device::Ublk(Box::new(d)))
+            }
+            _ => {
+                let d = NbdDevice::create(Arc::clone(backend), NbdOptions::default(), ident)
+                    .map_err(|e| {
+                        CmdError::new(
+                            exit::FAILURE,
+                            format!("{e} (is the nbd module loaded? run as root)"),
+                        )
+                    })?;
+                let (i, p) = (d.index(), d.path());
+                Ok(Device::Nbd(std::sync::Mutex::new(Some(d)), i, p))
+            }
+        }
+    }
+    fn path(&self) -> String {
+        match self {
+            Device::Nbd(_, _, p) => p.clone(),
+            Device::Ublk(u) => u.path(),
+        }
+    }
+    fn index(&self) -> u32 {
+        match self {
+            Device::Nbd(_, i, _) => *i,
+            Device::Ublk(u) => u.dev_id(),
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            Device::Nbd(..) => "nbd",
+            Device::Ublk(_) => "ublk",
+        }
+    }
+    /// Serve until the device goes away.
+    fn wait(&self) {
+        match self {
+            Device::Nbd(m, _, _) => {
+                // Take the server out so waiting does not hold the lock.
+                let taken = m.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(mut d) = taken {
+                    d.wait();
+                }
+            }
+            Device::Ublk(u) => u.wait(),
+        }
+    }
+    /// Ask the kernel to stop the device (from another thread than wait()).
+    fn shut_down(&self) -> Result<(), String> {
+        match self {
+            Device::Nbd(_, i, _) => nbd::disconnect_index(*i).map_err(|e| e.to_string()),
+            Device::Ublk(u) => u.shutdown().map_err(|e| e.to_string()),
+        }
+    }
+    /// Release what is left once serving ended.
+    fn finish(self) -> Result<(), String> {
+        match self {
+            Device::Nbd(..) => Ok(()),
+            Device::Ublk(u) => u.stop().map_err(|e| e.to_string()),
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! several segments (login rounds, challenge and response), they are
 //! separated by 0xff, a byte that never occurs in UTF-8 text.
 
+use sanroot::boot::{cmdline, parts};
 use sanroot::ibft::emit::{Layout, emit};
 use sanroot::ibft::source::{Found, SourceKind, scan_region};
 use sanroot::ibft::{ParseOptions, parse, render};
@@ -43,6 +44,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("negotiate", negotiate),
     ("chap", chap),
     ("scsi_parse", scsi_parse),
+    ("boot_parse", boot_parse),
 ];
 
 /// The check for a target name.
@@ -713,4 +715,50 @@ pub fn scsi_parse(data: &[u8]) {
     };
     check_sense(buf, Status::from_u8(status));
     check_data(buf);
+}
+
+// ---------------------------------------------------------------------------
+// boot_parse
+// ---------------------------------------------------------------------------
+
+/// What `sanroot boot` reads that someone else wrote. First byte bit 1
+/// set: the rest is a kernel command line (dracut's netroot=, ip=,
+/// rd.iscsi.*), parsed and turned into boot paths; errors must render.
+/// Otherwise the boot disk's partition table (from the target: hostile):
+/// bit 0 picks the block size (512 or 4096), the rest is the disk's first
+/// bytes; every partition number found is one the kernel could create
+/// (1..=1024 for GPT, 1..=4 for MBR), in increasing order.
+pub fn boot_parse(data: &[u8]) {
+    let Some((&sel, head)) = data.split_first() else {
+        return;
+    };
+    if sel & 2 != 0 {
+        let text = String::from_utf8_lossy(head);
+        match cmdline::parse(&text) {
+            Ok(c) => {
+                let _ = c.wants_iscsi();
+                if let Err(e) = c.boot_paths() {
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+        return;
+    }
+    let bs = if sel & 1 == 0 { 512 } else { 4096 };
+    let t = parts::expected(head, bs);
+    let nums = t.numbers();
+    assert!(
+        nums.windows(2).all(|w| w[0] < w[1]),
+        "partition numbers out of order"
+    );
+    match &t {
+        parts::Table::Mbr(v) => assert!(v.iter().all(|n| (1..=4).contains(n))),
+        parts::Table::Gpt(v) => assert!(v.iter().all(|n| (1..=1024).contains(n))),
+        parts::Table::None => {}
+    }
+    for n in nums {
+        let name = parts::part_name("ublkb0", *n);
+        assert!(name.starts_with("ublkb0p"));
+    }
 }

@@ -496,3 +496,421 @@ sr_host_ticks() {
         echo 0
     fi
 }
+
+# ---- the SAN-boot disk (qemu/make-root-image) --------------------------------
+
+# sr_img_ensure: build (or find in the cache) the root disk image; sets
+# SR_IMG_DIR (the cache entry: disk.img, vmlinuz, initrd-systemd.img,
+# initrd-shell.img) and SR_IMG_* from its info.env (SR_IMG_KVER,
+# SR_IMG_ROOT_UUID, SR_IMG_PART_OFFSET, SR_IMG_CMDLINE, ...). SANROOT_BIN
+# is the sanroot put in the image. Sets SR_IMG_SECONDS (time taken here).
+sr_img_ensure() {
+    local t0=$SECONDS k v
+    SR_IMG_DIR=$("$SR_QEMU_DIR/make-root-image" --print-dir) || sr_die "qemu/make-root-image failed"
+    [ -f "$SR_IMG_DIR/info.env" ] || sr_die "no $SR_IMG_DIR/info.env"
+    while IFS='=' read -r k v; do
+        v=${v#\'}
+        v=${v%\'}
+        printf -v "SR_IMG_$k" '%s' "$v"
+    done <"$SR_IMG_DIR/info.env"
+    SR_IMG_SECONDS=$((SECONDS - t0))
+}
+
+# sr_img_copy DEST: a private, sparse copy of the disk for one boot.
+sr_img_copy() {
+    cp --sparse=always "$SR_IMG_DIR/disk.img" "$1"
+}
+
+# sr_img_set_grubenv IMG EXTRA: the kernel arguments GRUB appends for this
+# boot (grub.cfg: load_env; linux ... $sanroot_extra), written in place into
+# /boot/grub/grubenv of the copy IMG (a fixed 1024-byte block).
+sr_img_set_grubenv() {
+    local img=$1 extra=$2 block
+    case "$extra" in *$'\n'* | *\\*) sr_die "grubenv: no newlines or backslashes" ;; esac
+    block=$(printf '# GRUB Environment Block\nsanroot_extra=%s\n' "$extra")
+    [ "${#block}" -lt 1023 ] || sr_die "grubenv: too long"
+    {
+        printf '%s\n' "$block"
+        printf '#%.0s' $(seq 1 $((1024 - ${#block} - 1)))
+    } | dd of="$img" bs=1024 count=1 seek="$SR_IMG_GRUBENV_OFFSET" iflag=fullblock oflag=seek_bytes conv=notrunc status=none
+}
+
+# sr_img_cat IMG PATH: a file of the root file system in IMG (debugfs).
+sr_img_cat() {
+    debugfs -R "cat $2" "$1?offset=$SR_IMG_PART_OFFSET" 2>/dev/null
+}
+
+# sr_img_fsck IMG: e2fsck -fn of the root file system; prints its output,
+# returns its status (0: clean).
+sr_img_fsck() {
+    e2fsck -fn "$1?offset=$SR_IMG_PART_OFFSET" 2>&1
+}
+
+# sr_img_fs_state IMG: "state=clean features=..." from the superblock.
+sr_img_fs_state() {
+    dumpe2fs -h "$1?offset=$SR_IMG_PART_OFFSET" 2>/dev/null | awk -F: '
+        /^Filesystem state/ { gsub(/^ +/, "", $2); s = $2 }
+        /^Filesystem features/ { gsub(/^ +/, "", $2); f = $2 }
+        END { printf "state=%s features=%s\n", s, f }'
+}
+
+# ---- end-to-end SAN boots (qemu/sanboot) ---------------------------------------
+
+# sr_sanboot_target TID IQN BACKING AUTH: a target serving BACKING as LUN 1
+# on the running tgtd; AUTH none|chap|mutual with the SR_SANBOOT_* accounts.
+SR_SANBOOT_USER=sanroot-initiator
+SR_SANBOOT_SECRET=initiator-secret-0123
+SR_SANBOOT_TUSER=sanroot-target
+SR_SANBOOT_TSECRET=target-secret-456789
+sr_sanboot_target() {
+    local tid=$1 iqn=$2 backing=$3 auth=$4
+    sr_tgtadm --mode target --op new --tid "$tid" --targetname "$iqn"
+    sr_tgtadm --mode logicalunit --op new --tid "$tid" --lun 1 --backing-store "$backing"
+    sr_tgtadm --mode target --op bind --tid "$tid" --initiator-address ALL
+    case "$auth" in
+    none) ;;
+    chap) sr_tgt_add_chap "$tid" "$SR_SANBOOT_USER" "$SR_SANBOOT_SECRET" ;;
+    mutual)
+        sr_tgt_add_chap "$tid" "$SR_SANBOOT_USER" "$SR_SANBOOT_SECRET"
+        sr_tgt_add_mutual "$tid" "$SR_SANBOOT_TUSER" "$SR_SANBOOT_TSECRET"
+        ;;
+    *) sr_die "auth must be none, chap or mutual" ;;
+    esac
+}
+
+# sr_sanboot_ipxe_script MODE IQN PORT AUTH NET INITIATOR [APPEND]: the iPXE
+# script. MODE sanboot: boot the disk (its MBR, GRUB) from the SAN drive;
+# MODE sanhook: hook the drive (iBFT) and boot kernel+initrd over TFTP with
+# APPEND (UEFI: initrd= is added). NET dhcp keeps iPXE's DHCP lease (iBFT
+# origin dhcp), static sets the same address by hand (origin manual).
+sr_sanboot_ipxe_script() {
+    local mode=$1 iqn=$2 port=$3 auth=$4 net=$5 initiator=$6 append=${7:-}
+    echo '#!ipxe'
+    echo 'echo sanroot: iPXE script running'
+    echo "set initiator-iqn $initiator"
+    case "$auth" in
+    chap | mutual)
+        echo "set username $SR_SANBOOT_USER"
+        echo "set password $SR_SANBOOT_SECRET"
+        ;;
+    esac
+    if [ "$auth" = mutual ]; then
+        echo "set reverse-username $SR_SANBOOT_TUSER"
+        echo "set reverse-password $SR_SANBOOT_TSECRET"
+    fi
+    if [ "$net" = static ]; then
+        echo ifclose
+        echo "set net0/ip $SR_GUEST_IP"
+        echo "set net0/netmask $SR_GUEST_NETMASK"
+        echo "set net0/gateway $SR_GUEST_GATEWAY"
+        echo "set dns $SR_GUEST_DNS"
+        echo "set hostname $SR_GUEST_HOSTNAME"
+        echo ifopen
+    fi
+    case "$mode" in
+    sanboot)
+        echo "echo sanroot: iPXE sanboot iscsi:10.0.2.2::$port:1:$iqn"
+        echo "sanboot iscsi:10.0.2.2::$port:1:$iqn || goto failed"
+        ;;
+    sanhook-bios | sanhook-uefi)
+        [ "$mode" = sanhook-uefi ] && append="initrd=initrd.img $append"
+        echo "echo sanroot: iPXE sanhook iscsi:10.0.2.2::$port:1:$iqn"
+        echo "sanhook iscsi:10.0.2.2::$port:1:$iqn || goto failed"
+        echo "kernel tftp://10.0.2.2/vmlinuz $append || goto failed"
+        echo 'initrd tftp://10.0.2.2/initrd.img || goto failed'
+        echo 'boot || goto failed'
+        ;;
+    *) sr_die "unknown iPXE mode $mode" ;;
+    esac
+    echo ':failed'
+    echo 'echo sanroot: iPXE script failed'
+    echo 'poweroff'
+}
+
+# sr_sanboot_controller LOG SOCK RESULTS TID TOKEN PIDFILE: the host side of
+# a boot, run in the background before QEMU starts. It listens on the unix
+# socket SOCK that the guest's second serial port (ttyS1) connects to,
+# follows the console log LOG, samples the number of I_T nexuses (sessions)
+# of target TID every 0.25 s, and writes key=value lines to RESULTS:
+#   event.NAME.t / event.NAME.sessions   when a console milestone showed up
+#                                       and the session count at that moment
+#   guest.KEY                            the check service's "R KEY=VALUE"
+#   sessions_at_check                    the count when the guest said READY
+#   sessions_max / sessions_timeline     the highest count, every change
+#   initiators_at_* / event.NAME.nexus / nexus_since_kernel
+#                                       tgtd's I_T nexus ids ("IQN#ID"):
+#                                       which sessions, not only how many
+# When the guest says READY it answers "GO token=TOKEN". It prints the
+# milestones on stderr as they happen, and stops QEMU (PIDFILE) 20 s after a
+# fatal console line (panic, emergency shell).
+sr_sanboot_controller() {
+    python3 - "$@" "$SR_TGT_CTL" <<'PY'
+import os, re, socket, subprocess, sys, time
+
+log, sock_path, results, tid, token, pidfile, ctl = sys.argv[1:8]
+out = open(results, "w", buffering=1)
+t0 = time.time()
+
+def emit(k, v):
+    out.write(f"{k}={v}\n")
+
+def say(msg):
+    sys.stderr.write(f"  [{time.time() - t0:6.1f} s] {msg}\n")
+    sys.stderr.flush()
+
+def sessions():
+    try:
+        text = subprocess.run(["tgtadm", "-C", ctl, "--lld", "iscsi", "--mode", "target",
+                               "--op", "show"], capture_output=True, text=True, timeout=10).stdout
+    except Exception:
+        return -1, []
+    cur, n, inits, nexus = None, 0, [], "?"
+    for line in text.splitlines():
+        m = re.match(r"Target (\d+):", line)
+        if m:
+            cur = m.group(1)
+            continue
+        if cur != tid:
+            continue
+        m = re.match(r"\s+I_T nexus: (\d+)", line)
+        if m:
+            n += 1
+            nexus = m.group(1)
+        m = re.match(r"\s+Initiator: (\S+)", line)
+        if m:
+            inits.append(f"{m.group(1)}#{nexus}")
+    return n, inits
+
+EVENTS = [
+    ("ipxe", re.compile(r"sanroot: iPXE script running"), "iPXE runs the boot script"),
+    ("ipxe_san", re.compile(r"sanroot: iPXE (sanboot|sanhook) "), "iPXE logs in to the target (its own session)"),
+    ("grub", re.compile(r"sanroot-grub: "), "GRUB, read from the iSCSI disk, loads Linux and the initramfs"),
+    ("kernel", re.compile(r"Linux version \d"), "Linux starts"),
+    ("sanroot_queued", re.compile(r"sanroot: acting on "), "dracut's cmdline hook queued 'sanroot boot'"),
+    ("sanroot_ready", re.compile(r"sanroot\[\d+\]: root disk (\S+) is ready"), "sanroot: root disk ready"),
+    ("root_mounted", re.compile(r"EXT4-fs \((ublkb|nbd)\d+p?\d*\): mounted"), "the root file system is mounted from the LUN"),
+    ("switch_root", re.compile(r"Switching root|Reached target.*Switch Root"), "switching to the real root"),
+    ("nm", re.compile(r"(Started|Starting).*(NetworkManager\.service|Network Manager)"), "NetworkManager starts in the real root"),
+    ("multi_user", re.compile(r"Reached target.*Multi-User System"), "multi-user reached"),
+    ("poweroff", re.compile(r"reboot: Power down"), "powered off"),
+]
+FATAL = re.compile(r"Kernel panic|Entering emergency mode|dracut Warning: Could not boot|"
+                   r"Dropping to debug shell|emergency shell|You are in emergency mode|"
+                   r"Cannot open access to console|sanroot: iPXE script failed")
+
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(sock_path)
+srv.listen(1)
+srv.settimeout(120)
+try:
+    conn, _ = srv.accept()
+except socket.timeout:
+    emit("controller_error", "QEMU never connected to the control socket")
+    sys.exit(1)
+conn.setblocking(False)
+
+seen, last_n, max_n, timeline = {}, None, 0, []
+nexus_since_kernel = set()
+console_pos, partial, guest_buf = 0, "", b""
+fatal_at, eof = None, False
+next_sample = 0.0
+n, inits = sessions()
+while True:
+    now = time.time() - t0
+    if now >= next_sample:
+        n, inits = sessions()
+        next_sample = now + 0.25
+        if "kernel" in seen:
+            for i in inits:
+                nexus_since_kernel.add(i.split("#")[-1])
+        if n != last_n:
+            timeline.append(f"{now:.1f}:{n}[{'+'.join(i.split('#')[-1] for i in inits)}]")
+            if last_n is not None:
+                say(f"target {tid}: {n} session(s) {'(' + ', '.join(inits) + ')' if inits else ''}")
+            last_n = n
+            max_n = max(max_n, n)
+    # console
+    try:
+        with open(log, "rb") as f:
+            f.seek(console_pos)
+            data = f.read()
+            console_pos += len(data)
+    except FileNotFoundError:
+        data = b""
+    if data:
+        text = partial + data.decode("utf-8", "replace").replace("\r", "")
+        lines = text.split("\n")
+        partial = lines.pop()
+        for line in lines:
+            for name, rx, desc in EVENTS:
+                if name in seen:
+                    continue
+                m = rx.search(line)
+                if m:
+                    seen[name] = now
+                    emit(f"event.{name}.t", f"{now:.1f}")
+                    emit(f"event.{name}.sessions", n)
+                    emit(f"event.{name}.nexus", "+".join(i.split("#")[-1] for i in inits))
+                    if name == "sanroot_ready":
+                        # the count right at the ready line, fresh
+                        n2, i2 = sessions()
+                        emit("sessions_at_ready", n2)
+                        emit("initiators_at_ready", ",".join(i2))
+                        emit("ready_dev", m.group(1))
+                        emit("ready_line", line.strip())
+                        say(f"{desc}: {m.group(1)}; target {tid} has {n2} session(s)")
+                    else:
+                        say(desc)
+            if fatal_at is None and FATAL.search(line):
+                fatal_at = now
+                emit("fatal", line.strip())
+                say(f"FATAL on the console: {line.strip()}")
+    # guest channel (ttyS1)
+    try:
+        chunk = conn.recv(65536)
+        if chunk == b"":
+            eof = True
+        else:
+            guest_buf += chunk
+    except BlockingIOError:
+        pass
+    except OSError:
+        eof = True
+    while b"\n" in guest_buf:
+        raw, guest_buf = guest_buf.split(b"\n", 1)
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if line.startswith("R ") and "=" in line:
+            k, v = line[2:].split("=", 1)
+            emit(f"guest.{k}", v)
+        elif line == "HELLO":
+            emit("event.check_started.t", f"{now:.1f}")
+            say("the check service runs in the real root")
+        elif line == "READY":
+            n2, i2 = sessions()
+            emit("sessions_at_check", n2)
+            emit("initiators_at_check", ",".join(i2))
+            emit("event.check_ready.t", f"{now:.1f}")
+            say(f"the guest reported (multi-user, NetworkManager, iscsid up): target {tid} has {n2} session(s)")
+            conn.setblocking(True)
+            conn.sendall(f"GO token={token}\n".encode())
+            conn.setblocking(False)
+        elif line == "DONE":
+            emit("guest_done", 1)
+            emit("event.check_done.t", f"{now:.1f}")
+            say("the guest wrote its token to the root and powers off")
+    if eof:
+        break
+    if fatal_at is not None and now - fatal_at > 20:
+        try:
+            pid = int(open(pidfile).read().strip())
+            os.kill(pid, 15)
+            emit("killed_after_fatal", 1)
+        except Exception:
+            pass
+        fatal_at = float("inf")
+    time.sleep(0.1)
+
+emit("sessions_max", max_n)
+emit("nexus_since_kernel", "+".join(sorted(nexus_since_kernel, key=int)))
+emit("sessions_timeline", " ".join(timeline))
+emit("controller_seconds", f"{time.time() - t0:.1f}")
+PY
+}
+
+# ---- fault tests (qemu/fault-guest, tests/fault_guest.rs) --------------------
+
+# sr_fault_initramfs OUT BIN INIT: a gzip'd initramfs with static busybox,
+# the static sanroot BIN as /sanroot, INIT as /init, the modules for a
+# virtio NIC, nbd, ublk and ext4 (with their dependencies, in insmod order)
+# and e2fsprogs' mkfs.ext4 and e2fsck (busybox has neither for ext4).
+sr_fault_initramfs() {
+    local out=$1 bin=$2 init=$3 root
+    [ -n "${SR_KVER:-}" ] || sr_find_kernel
+    root=$(mktemp -d "$SR_WORK/initramfs.XXXXXX")
+    mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,etc,run,lib/modules}
+    cp /bin/busybox "$root/bin/busybox"
+    cp "$bin" "$root/sanroot"
+    cp "$init" "$root/init"
+    chmod 755 "$root/init" "$root/sanroot"
+    # crc32c_generic before ext4/jbd2 (a softdep modinfo does not list).
+    sr_copy_modules_deps "$root/lib/modules" virtio_net nbd ublk_drv crc32c_generic ext4
+    sr_copy_dynamic "$root" /usr/sbin/mkfs.ext4 /usr/sbin/mke2fs /usr/sbin/e2fsck
+    cp /etc/mke2fs.conf "$root/etc/mke2fs.conf"
+    rm -f "$root/etc/initrd-release"
+    mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+    (cd "$root" && find . -print0 | sort -z | cpio --quiet -o -0 -H newc -R 0:0) | gzip -1 >"$out"
+}
+
+# sr_fault_results LOG: every "@key=value" line the guest printed inside a
+# "===SANROOT-BEGIN NAME===" section as "NAME.key=value", and each section
+# on stderr ("===== guest: NAME =====", "(cut short)" without its end).
+sr_fault_results() {
+    python3 - "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1], "rb").read().decode("utf-8", "replace").replace("\r", "")
+name, body = None, []
+def flush(complete):
+    if name is None:
+        return
+    print(f"===== guest: {name}{'' if complete else ' (cut short)'} =====", file=sys.stderr)
+    print("\n".join(body), file=sys.stderr)
+for line in text.split("\n"):
+    m = re.match(r"^===SANROOT-BEGIN (\S+)===$", line)
+    if m:
+        flush(False)
+        name, body = m.group(1), []
+        continue
+    if name is not None and line == f"===SANROOT-END {name}===":
+        flush(True)
+        name = None
+        continue
+    if name is None:
+        continue
+    body.append(line)
+    m = re.match(r"^@([A-Za-z0-9_]+)=(.*)$", line)
+    if m:
+        print(f"{name}.{m.group(1)}={m.group(2)}")
+flush(False)
+PY
+}
+
+# sr_fault_manifest LOG OUT: the guest's "manifest" section ("SHA256 NAME"
+# lines) into OUT; fails when the section is missing or incomplete.
+sr_fault_manifest() {
+    sr_extract_section "$1" manifest >"$2"
+}
+
+# sr_fault_check_image IMG MANIFEST PREFIX: what is really on the target.
+# Extracts /w from the ext4 in IMG (debugfs, read-only) and compares every
+# "SHA256 NAME" line of MANIFEST with the file's SHA-256; then e2fsck -fn.
+# Prints PREFIX.host_entries, .host_ok, .host_bad, .host_missing and
+# .host_fsck_rc (and each bad or missing name on stderr).
+sr_fault_check_image() {
+    local img=$1 manifest=$2 p=$3 out want name got n=0 ok=0 bad=0 missing=0 frc=0
+    out=$(mktemp -d "$SR_WORK/extract.XXXXXX")
+    debugfs -R "rdump /w $out" "$img" >"$out.debugfs" 2>&1 || true
+    while read -r want name; do
+        [ -n "$name" ] || continue
+        n=$((n + 1))
+        if [ ! -f "$out/w/$name" ]; then
+            missing=$((missing + 1))
+            sr_log "host check: $name is not in the image"
+            continue
+        fi
+        got=$(sha256sum <"$out/w/$name" | cut -c 1-64)
+        if [ "$got" = "$want" ]; then
+            ok=$((ok + 1))
+        else
+            bad=$((bad + 1))
+            sr_log "host check: $name has $got on the target, the guest wrote $want"
+        fi
+    done <"$manifest"
+    echo "$p.host_entries=$n"
+    echo "$p.host_ok=$ok"
+    echo "$p.host_bad=$bad"
+    echo "$p.host_missing=$missing"
+    e2fsck -fn "$img" >"$out.fsck" 2>&1 || frc=$?
+    echo "$p.host_fsck_rc=$frc"
+    sed "s/^/host e2fsck -fn: /" "$out.fsck" >&2
+    rm -rf "$out"
+}

@@ -1,0 +1,57 @@
+#!/bin/sh
+# initqueue job of dracut/90sanroot: run `sanroot boot` once; on a failure
+# that may pass (network, login, I/O) queue itself again, up to
+# rd.sanroot.retries times (default 5), 3 s apart.
+#
+# The daemon `sanroot boot` leaves behind ('@sanroot') outlives the
+# initramfs:
+#  - with systemd, it is a child of dracut-initqueue.service, whose
+#    KillMode=process stops only the queue's shell when the unit is stopped
+#    at the isolate to initrd-switch-root.target; the kill sweep systemd does
+#    at switch-root (and systemd-shutdown's at power-off) skips processes
+#    whose argv[0] starts with '@'.
+#  - without systemd, dracut's init execs switch_root, which kills nothing.
+
+type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+
+# ublk first, NBD as the fallback; sanroot picks (rd.sanroot.bridge=).
+modprobe -q ublk_drv 2> /dev/null
+modprobe -q nbd 2> /dev/null
+
+_n=$(cat /tmp/sanroot.attempts 2> /dev/null || echo 0)
+_n=$((_n + 1))
+echo "$_n" > /tmp/sanroot.attempts
+_max=$(getargnum 5 1 100 rd.sanroot.retries)
+
+# sanroot reads the iBFT or netroot=/ip= and rd.sanroot.bridge= itself and
+# logs to /dev/kmsg; it prints the device on stdout. Into a file, not a
+# pipe: the resident daemon must not hold up a command substitution.
+/usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
+_rc=$?
+read -r _dev < /tmp/sanroot.out 2> /dev/null
+# What it said on stderr (usage errors, before its kmsg logging is up).
+if [ "$_rc" != 0 ]; then
+    while read -r _l; do warn "sanroot: $_l"; done < /tmp/sanroot.err
+fi
+if [ "$_rc" = 0 ]; then
+    info "sanroot: root LUN is ${_dev} (attempt $_n)"
+    echo "${_dev}" > /tmp/sanroot.dev
+else
+    case "$_rc" in
+        2 | 3 | 4)
+            # usage, nothing to boot from, invalid iBFT: trying again will
+            # not help.
+            warn "sanroot: 'sanroot boot' failed with status $_rc (attempt $_n); not retrying"
+            ;;
+        *)
+            if [ "$_n" -lt "$_max" ]; then
+                warn "sanroot: 'sanroot boot' failed with status $_rc (attempt $_n of $_max); trying again"
+                sleep 3
+                /sbin/initqueue --settled --onetime --unique --name sanroot /sbin/sanroot-boot
+            else
+                warn "sanroot: 'sanroot boot' failed with status $_rc; giving up after $_n attempts"
+            fi
+            ;;
+    esac
+fi
+unset _dev _rc _n _max

@@ -1,0 +1,571 @@
+//! Root on iSCSI, end to end (issue 6): QEMU (TCG) boots through Debian's
+//! iPXE from a private copy of the disk built by qemu/make-root-image
+//! (Debian 12, systemd, NetworkManager, open-iscsi, dracut with
+//! dracut/90sanroot), served by a private tgtd on the host. The initramfs
+//! runs `sanroot boot`; the real root reaches multi-user, its check service
+//! reports over a second serial port, writes a per-boot token and powers
+//! off. qemu/sanboot drives one boot and prints key=value results; each test
+//! here is one boot and asserts on them:
+//!
+//! - sanroot logged in: its `root disk … is ready` line is on the console;
+//! - sessions on the target (tgtd's I_T nexuses, sampled every 0.25 s and
+//!   at the two checkpoints): iPXE's, present when Linux starts, and exactly
+//!   one more, sanroot's, right after its ready line; the same one is still
+//!   there once multi-user is reached with NetworkManager, iscsid and
+//!   open-iscsi started; no other session at any time from Linux's start
+//!   to power-off, never more than 2, all with the iBFT's initiator name;
+//!   the kernel's own initiator has no session. (iPXE's session itself may
+//!   end: QEMU's user network retransmits iPXE's last unacknowledged
+//!   segment, and Linux, which owns the address by then, resets the
+//!   connection. The test prints a note when the count is 1 for that
+//!   reason.)
+//! - `/` is partition 1 of the device sanroot printed, with the image's
+//!   UUID, mounted rw; the token the guest wrote is in the backing file once
+//!   the machine is off (debugfs on the host);
+//! - the boot NIC's IPv4 addresses and routes are the same before and after
+//!   NetworkManager started, and are the iBFT's;
+//! - `sanroot status` in the real root lists the device; the '@sanroot'
+//!   daemon is still there before power-off;
+//! - no I/O or ext4 errors in the kernel log (guest dmesg and the console);
+//! - the guest powered off by itself (QEMU exited) and the file system is
+//!   clean (e2fsck -fn of the backing file, no journal left to replay).
+//!
+//! The boots spread firmware, authentication, bridge and initramfs flavour
+//! instead of multiplying them. Needs root and what `qemu/install-deps`
+//! installs; the first run builds the image (cached under
+//! /var/cache/sanroot, see qemu/make-root-image). The console log of each
+//! boot is kept as target/sanboot-NAME.log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn static_bin() -> PathBuf {
+    let p = std::env::var_os("SANROOT_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
+    assert!(
+        p.exists(),
+        "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",
+        p.display()
+    );
+    p
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What one boot should look like.
+struct Expect {
+    /// "ublk" or "nbd": the device sanroot must have used.
+    bridge: &'static str,
+    /// The initramfs ran systemd.
+    systemd_initrd: bool,
+    /// GRUB was read from the LUN (iPXE sanboot).
+    grub: bool,
+}
+
+/// One run of qemu/sanboot.
+struct Boot {
+    name: String,
+    r: BTreeMap<String, String>,
+    stderr: String,
+    log: PathBuf,
+}
+
+fn run(name: &str, args: &[&str]) -> Boot {
+    let log = repo().join(format!("target/sanboot-{name}.log"));
+    let _ = std::fs::remove_file(&log);
+    let out = Command::new(repo().join("qemu/sanboot"))
+        .args(args)
+        .env("SANROOT_BIN", static_bin())
+        .env("SR_SANBOOT_LOG", &log)
+        .output()
+        .expect("run qemu/sanboot (install the tools with `sudo qemu/install-deps`)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let r: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if !r.contains_key("boot.seconds") {
+        panic!(
+            "qemu/sanboot {args:?} failed before booting ({}):\n{}",
+            out.status,
+            tail(&stderr, 60)
+        );
+    }
+    eprintln!(
+        "sanboot {name}: QEMU ran {} s (image {} s, copy {} s), exit {}; log {}",
+        r.get("boot.seconds").map(String::as_str).unwrap_or("?"),
+        r.get("boot.image_seconds")
+            .map(String::as_str)
+            .unwrap_or("?"),
+        r.get("boot.copy_seconds")
+            .map(String::as_str)
+            .unwrap_or("?"),
+        out.status,
+        log.display()
+    );
+    Boot {
+        name: name.to_string(),
+        r,
+        stderr,
+        log,
+    }
+}
+
+impl Boot {
+    fn fail(&self, msg: &str) -> ! {
+        let console = std::fs::read_to_string(&self.log)
+            .map(|s| s.replace('\r', ""))
+            .unwrap_or_else(|e| format!("(no console log {}: {e})", self.log.display()));
+        let guest: Vec<String> = self
+            .r
+            .iter()
+            .filter(|(k, _)| !k.starts_with("guest.addr") && !k.starts_with("guest.route"))
+            .map(|(k, v)| format!("{k}={}", v.chars().take(300).collect::<String>()))
+            .collect();
+        panic!(
+            "sanboot {}: {msg}\n---- results ----\n{}\n---- qemu/sanboot (stderr, tail) ----\n{}\n---- console (tail; whole log {}) ----\n{}",
+            self.name,
+            guest.join("\n"),
+            tail(&self.stderr, 30),
+            self.log.display(),
+            tail(&console, 80)
+        )
+    }
+
+    fn get(&self, k: &str) -> &str {
+        match self.r.get(k) {
+            Some(v) => v,
+            None => self.fail(&format!("no result {k}")),
+        }
+    }
+
+    fn eq(&self, k: &str, want: &str, what: &str) {
+        let got = self.get(k);
+        if got != want {
+            self.fail(&format!("{what}: {k} is {got:?}, expected {want:?}"));
+        }
+    }
+
+    fn check(&self, ok: bool, msg: &str) {
+        if !ok {
+            self.fail(msg);
+        }
+    }
+
+    fn json(&self, k: &str) -> Value {
+        let v = self.get(k);
+        serde_json::from_str(v)
+            .unwrap_or_else(|e| self.fail(&format!("{k} is not JSON ({e}): {v:.300}")))
+    }
+}
+
+/// The boot NIC (the one with the MAC QEMU gave it) in `ip -j addr`.
+fn nic<'a>(addrs: &'a Value, mac: &str) -> Option<&'a Value> {
+    addrs
+        .as_array()?
+        .iter()
+        .find(|l| l["address"].as_str() == Some(mac))
+}
+
+/// The NIC's IPv4 addresses: (address, prefix, valid lifetime, dynamic).
+fn ipv4(link: &Value) -> Vec<(String, u64, String, bool)> {
+    let mut v: Vec<_> = link["addr_info"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .map(|a| {
+            (
+                a["local"].as_str().unwrap_or("").to_string(),
+                a["prefixlen"].as_u64().unwrap_or(0),
+                a["valid_life_time"].to_string(),
+                a["dynamic"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The IPv4 routes through DEV, without volatile fields.
+fn routes(rs: &Value, dev: &str) -> Vec<String> {
+    let mut v: Vec<String> = rs
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|r| r["dev"].as_str() == Some(dev))
+        .map(|r| {
+            format!(
+                "table={} type={} dst={} gw={} proto={} scope={} src={} metric={}",
+                r["table"],
+                r["type"],
+                r["dst"],
+                r["gateway"],
+                r["protocol"],
+                r["scope"],
+                r["prefsrc"],
+                r["metric"]
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_boot(b: &Boot, e: Expect) {
+    // The boot ran to its end by itself.
+    if b.r.get("guest_done").map(String::as_str) != Some("1") {
+        let why =
+            b.r.get("fatal")
+                .map(|f| format!("fatal console line: {f}"))
+                .unwrap_or_else(|| "it did not finish".into());
+        b.fail(&format!(
+            "the guest's check service did not run to its end ({why})"
+        ));
+    }
+    b.check(
+        b.r.contains_key("event.poweroff.t"),
+        "no 'reboot: Power down' on the console: the guest did not power off cleanly",
+    );
+    b.eq(
+        "boot.qemu_rc",
+        "0",
+        "QEMU exits by itself after the power-off",
+    );
+    if e.grub {
+        b.check(
+            b.r.contains_key("event.grub.t"),
+            "GRUB's line is not on the console: GRUB was not read from the LUN",
+        );
+    }
+
+    // sanroot logged in and said so.
+    b.check(
+        b.r.contains_key("event.sanroot_ready.t"),
+        "no 'sanroot[PID]: root disk … is ready' line on the console",
+    );
+    let dev = b.get("ready_dev").to_string();
+    let prefix = match e.bridge {
+        "nbd" => "/dev/nbd",
+        _ => "/dev/ublkb",
+    };
+    b.check(
+        dev.strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())),
+        &format!("sanroot's device is {dev:?}, expected {prefix}N"),
+    );
+
+    // Sessions, by tgtd's I_T nexus id. iPXE's session (the one present
+    // when Linux starts) stays unless its TCP connection gets reset (see
+    // `sessions`); sanroot adds exactly one, and that same one is there
+    // until power-off: nobody logs in again or reinstates it.
+    let ids = |k: &str| -> Vec<String> {
+        b.get(k)
+            .split(['+', ','])
+            .filter(|s| !s.is_empty())
+            .map(|s| s.rsplit('#').next().unwrap_or("").to_string())
+            .collect()
+    };
+    let ipxe = ids("event.kernel.nexus");
+    b.check(
+        ipxe.len() == 1,
+        &format!("exactly one session (iPXE's) when Linux starts: {ipxe:?}"),
+    );
+    let ipxe = ipxe[0].clone();
+    let ours_at = |k: &str| -> Vec<String> { ids(k).into_iter().filter(|i| *i != ipxe).collect() };
+    let ours = ours_at("initiators_at_ready");
+    b.check(
+        ours.len() == 1,
+        &format!(
+            "exactly one session besides iPXE's ({ipxe}) right after sanroot's ready line: {ours:?}"
+        ),
+    );
+    b.check(
+        ours_at("initiators_at_check") == ours,
+        &format!(
+            "once multi-user is reached and NetworkManager, iscsid, open-iscsi have started, sanroot's session {ours:?} is still the only one besides iPXE's: {:?}",
+            ids("initiators_at_check")
+        ),
+    );
+    let mut all = ids("nexus_since_kernel");
+    all.sort();
+    let mut want = vec![ipxe.clone(), ours[0].clone()];
+    want.sort();
+    b.check(
+        all == want,
+        &format!("the sessions the target saw from Linux's start to power-off are iPXE's and sanroot's only: {all:?} (timeline {})", b.get("sessions_timeline")),
+    );
+    let max: u32 = b.get("sessions_max").parse().unwrap_or(99);
+    b.check(
+        max <= 2,
+        &format!("at most 2 sessions at any time, saw {max}"),
+    );
+    for (k, n) in [
+        ("sessions_at_ready", "initiators_at_ready"),
+        ("sessions_at_check", "initiators_at_check"),
+    ] {
+        let c = b.get(k);
+        if c != "2" {
+            eprintln!(
+                "sanboot {}: note: {k}={c} ({}): iPXE's session is gone; its TCP connection was reset (QEMU's user network retransmits iPXE's last unacknowledged segment, and Linux, owning the address now, answers with RST)",
+                b.name,
+                b.get(n)
+            );
+        }
+    }
+    let initiator = b.get("boot.initiator").to_string();
+    for k in ["initiators_at_ready", "initiators_at_check"] {
+        let names: Vec<&str> = b
+            .get(k)
+            .split(',')
+            .map(|n| n.split('#').next().unwrap_or(""))
+            .collect();
+        b.check(
+            names.iter().all(|n| *n == initiator),
+            &format!("{k}: the sessions carry the iBFT's initiator name {initiator}: {names:?}"),
+        );
+    }
+    b.eq(
+        "guest.iscsi_sessions_sysfs",
+        "0",
+        "the kernel's initiator (open-iscsi) has no session of its own",
+    );
+
+    // The root is the LUN, writable, and what was written reached the target.
+    b.eq(
+        "guest.root_source",
+        &format!("{dev}p1"),
+        "findmnt /: partition 1 of sanroot's device",
+    );
+    b.eq(
+        "guest.root_uuid",
+        b.get("boot.root_uuid"),
+        "the root file system's UUID",
+    );
+    b.check(
+        b.get("guest.root_options").split(',').any(|o| o == "rw"),
+        &format!("/ is mounted read-write: {}", b.get("guest.root_options")),
+    );
+    b.eq("guest.token_write_rc", "0", "writing the token to the root");
+    b.eq("guest.sync_rc", "0", "sync");
+    b.eq(
+        "host.token_found",
+        b.get("host.token_expected"),
+        "the per-boot token, read from the target's backing file after power-off",
+    );
+
+    // sanroot itself in the real root.
+    b.eq("guest.status_rc", "0", "sanroot status in the real root");
+    b.check(
+        b.get("guest.status").contains(&dev),
+        &format!("sanroot status lists {dev}: {}", b.get("guest.status")),
+    );
+    b.check(
+        !b.get("guest.daemons").is_empty() && !b.get("guest.daemons_end").is_empty(),
+        "the resident '@sanroot' daemon is running in the real root",
+    );
+
+    // The boot NIC as the initramfs left it: NetworkManager changed nothing,
+    // and it is what the iBFT says.
+    let mac = b.get("boot.mac").to_string();
+    let before = b.json("guest.addr_before");
+    let after = b.json("guest.addr_after");
+    let (Some(nb), Some(na)) = (nic(&before, &mac), nic(&after, &mac)) else {
+        b.fail(&format!(
+            "no interface with MAC {mac} before/after NetworkManager"
+        ))
+    };
+    let ifname = na["ifname"].as_str().unwrap_or("").to_string();
+    b.check(nb["ifname"] == na["ifname"], "the boot NIC kept its name");
+    let (a4b, a4a) = (ipv4(nb), ipv4(na));
+    b.check(
+        !a4a.is_empty(),
+        &format!("the boot NIC {ifname} has an IPv4 address"),
+    );
+    b.check(
+        a4b == a4a,
+        &format!(
+            "the boot NIC's IPv4 addresses changed when NetworkManager started: {a4b:?} -> {a4a:?}"
+        ),
+    );
+    let (rb, ra) = (
+        routes(&b.json("guest.route_before"), &ifname),
+        routes(&b.json("guest.route_after"), &ifname),
+    );
+    b.check(
+        rb == ra,
+        &format!(
+            "the boot NIC's IPv4 routes changed when NetworkManager started:\nbefore {rb:#?}\nafter {ra:#?}"
+        ),
+    );
+    b.eq("guest.ibft_rc", "0", "sanroot ibft --json in the real root");
+    let ibft = b.json("guest.ibft");
+    let inic = ibft["nics"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["mac"].as_str() == Some(mac.as_str())))
+        .unwrap_or_else(|| b.fail("the iBFT has no NIC with the boot MAC"));
+    let want = (
+        inic["ip"].as_str().unwrap_or("").to_string(),
+        inic["prefix_len"].as_u64().unwrap_or(0),
+    );
+    b.check(
+        a4a.iter().any(|(ip, p, _, _)| (ip.clone(), *p) == want),
+        &format!("the boot NIC has the iBFT's address {want:?}: {a4a:?}"),
+    );
+    if let Some(gw) = inic["gateway"].as_str() {
+        b.check(
+            ra.iter()
+                .any(|r| r.contains("dst=\"default\"") && r.contains(&format!("gw=\"{gw}\""))),
+            &format!("a default route via the iBFT's gateway {gw}: {ra:#?}"),
+        );
+    }
+
+    // No I/O errors anywhere; the file system is clean on the host.
+    b.eq(
+        "guest.kmsg_errors",
+        "0",
+        "I/O / ext4 errors in the kernel log at multi-user",
+    );
+    b.eq(
+        "guest.kmsg_errors_end",
+        "0",
+        "I/O / ext4 errors in the kernel log before power-off",
+    );
+    b.eq(
+        "host.console_io_errors",
+        "0",
+        "I/O / ext4 errors on the console (whole boot and shutdown)",
+    );
+    b.eq(
+        "host.fsck_rc",
+        "0",
+        "e2fsck -fn of the root partition in the backing file after power-off",
+    );
+    b.eq(
+        "host.fs_state",
+        "clean",
+        "the superblock says clean after power-off",
+    );
+    b.check(
+        !b.get("host.fs_features").contains("needs_recovery"),
+        "the journal needs no recovery after power-off",
+    );
+
+    // The initramfs flavour.
+    let analyze = b.get("guest.analyze");
+    b.check(
+        analyze.contains("(initrd)") == e.systemd_initrd,
+        &format!(
+            "systemd-analyze {} an initrd phase: {analyze}",
+            if e.systemd_initrd {
+                "shows"
+            } else {
+                "does not show"
+            }
+        ),
+    );
+    b.check(
+        b.get("guest.cmdline").contains("rd.iscsi.firmware"),
+        "the kernel command line asks for the firmware's iSCSI root",
+    );
+}
+
+/// SeaBIOS → iPXE sanboot → GRUB from the LUN → dracut (systemd) → sanroot
+/// (bridge of its choice: ublk) → multi-user. No authentication.
+#[test]
+fn bios_sanboot_no_auth() {
+    let b = run("bios-none", &["--firmware", "bios", "--auth", "none"]);
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "ublk",
+            systemd_initrd: true,
+            grub: true,
+        },
+    );
+}
+
+/// The same path with one-way CHAP, iPXE's DHCP lease as the iBFT's
+/// address (origin dhcp), and the NBD bridge asked for on the kernel command
+/// line (GRUB's environment block).
+#[test]
+fn bios_sanboot_chap_nbd() {
+    let b = run(
+        "bios-chap-nbd",
+        &[
+            "--firmware",
+            "bios",
+            "--auth",
+            "chap",
+            "--net",
+            "dhcp",
+            "--bridge",
+            "nbd",
+        ],
+    );
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "nbd",
+            systemd_initrd: true,
+            grub: true,
+        },
+    );
+}
+
+/// OVMF → iPXE sanhook (iBFT as an ACPI table) → kernel and dracut
+/// (systemd) over TFTP → sanroot with mutual CHAP.
+#[test]
+fn uefi_sanhook_mutual() {
+    let b = run("uefi-mutual", &["--firmware", "uefi", "--auth", "mutual"]);
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "ublk",
+            systemd_initrd: true,
+            grub: false,
+        },
+    );
+}
+
+/// dracut without systemd (shell init, switch_root): SeaBIOS → iPXE sanhook
+/// → kernel + the image's second initramfs over TFTP → sanroot with mutual
+/// CHAP → the daemon outlives dracut's init.
+#[test]
+fn bios_shell_initrd_mutual() {
+    let b = run(
+        "bios-shell-mutual",
+        &[
+            "--firmware",
+            "bios",
+            "--boot",
+            "sanhook",
+            "--initrd",
+            "shell",
+            "--auth",
+            "mutual",
+        ],
+    );
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "ublk",
+            systemd_initrd: false,
+            grub: false,
+        },
+    );
+}

@@ -13,9 +13,23 @@ use std::sync::Mutex;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 struct Kmsg {
-    file: Mutex<File>,
+    file: Mutex<KmsgFile>,
     level: LevelFilter,
 }
+
+/// The kernel lets each open /dev/kmsg write 10 lines per 5 s unless
+/// printk.devkmsg=on, and drops the rest silently. Info lines past that
+/// are left to the kernel's limit (it says how many it suppressed); a
+/// warning or error — a lost path, "root disk … is ready" — is worth a
+/// fresh descriptor so it is never the one dropped.
+struct KmsgFile {
+    file: File,
+    window: std::time::Instant,
+    lines: u32,
+}
+
+const KMSG_BURST: u32 = 10;
+const KMSG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Log for Kmsg {
     fn enabled(&self, m: &Metadata) -> bool {
@@ -34,9 +48,22 @@ impl Log for Kmsg {
             Level::Debug | Level::Trace => 7,
         };
         let line = format!("<{prio}>sanroot[{}]: {}\n", std::process::id(), r.args());
-        if let Ok(mut f) = self.file.lock() {
+        if let Ok(mut k) = self.file.lock() {
+            if k.window.elapsed() >= KMSG_INTERVAL {
+                k.window = std::time::Instant::now();
+                k.lines = 0;
+            }
+            k.lines += 1;
+            if k.lines > KMSG_BURST
+                && r.level() <= Level::Warn
+                && let Ok(f) = OpenOptions::new().write(true).open("/dev/kmsg")
+            {
+                k.file = f;
+                k.window = std::time::Instant::now();
+                k.lines = 1;
+            }
             // One write per line: /dev/kmsg takes each write as one record.
-            let _ = f.write_all(line.as_bytes());
+            let _ = k.file.write_all(line.as_bytes());
         }
     }
 
@@ -57,7 +84,11 @@ pub fn init(verbosity: u8) {
         || Path::new("/etc/initrd-release").exists();
     if want_kmsg && let Ok(file) = OpenOptions::new().write(true).open("/dev/kmsg") {
         let logger = Kmsg {
-            file: Mutex::new(file),
+            file: Mutex::new(KmsgFile {
+                file,
+                window: std::time::Instant::now(),
+                lines: 0,
+            }),
             level: level.max(LevelFilter::Info),
         };
         if log::set_boxed_logger(Box::new(logger)).is_ok() {

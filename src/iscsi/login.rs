@@ -586,7 +586,7 @@ fn login_once(portal: &Portal, cfg: &LoginConfig) -> Result<Outcome, LoginError>
                 max_cmd_sn: a.resp.sn.max_cmd_sn,
                 exp_stat_sn: d.exp_stat_sn,
             };
-            log::info!(
+            log::debug!(
                 "logged in to {} at {} (TSIH {}): {}",
                 d.target,
                 d.portal,

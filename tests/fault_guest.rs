@@ -1,0 +1,1752 @@
+//! Issue 5's fault tests, in a real kernel: a QEMU guest (TCG) attaches a
+//! LUN of a private tgtd with `sanroot attach` (ublk in one boot, NBD in
+//! another) through a fault-injecting TCP proxy this test controls
+//! (tests/support/proxy.rs), with a second proxy to the same target as
+//! `--portal`. With an ext4 mounted on the device and a writer running that
+//! records the SHA-256 of every file it made durable (qemu/fault-guest,
+//! qemu/guest-init/fault-init), the host runs, in one boot per bridge:
+//!
+//! - random cuts: the connection cut (RST or FIN) after a seeded random
+//!   number of bytes in either direction (so inside a PDU), right after an
+//!   R2T reached the initiator (before its Data-Out) or inside the Data-Out
+//!   that follows, after a SCSI Command or Response, at a random moment,
+//!   and during the login of the reconnection (after a Login Request or
+//!   Response, or inside one);
+//! - flapping: every connection cut again and again, 100-900 ms apart, for
+//!   12 s (cuts land in reconnections, logins and replays);
+//! - tgtd killed (SIGKILL) and restarted while writes are in flight, twice
+//!   (the second time its target comes back only seconds later);
+//! - a target that stalls without closing (the proxy stops forwarding and
+//!   keeps every socket open) for 40 s, with no second path;
+//! - a second path: the first proxy refuses new connections and its
+//!   connection is reset: I/O must go on through the second portal; then
+//!   the other way round; then the first goes silent (stalled) while the
+//!   second is up.
+//!
+//! After every round the writer must make progress again (two more files
+//! durable) and the target must show exactly one session. Afterwards the
+//! guest stops the writer, remounts read-only and checks every manifest
+//! entry, runs e2fsck -fn and detaches; the host checks the backing file
+//! against the manifest and fscks it too; the target has one session until
+//! the detach and none after. tgtd's session count is sampled all along: it
+//! must never show two.
+//!
+//! Not covered here: the attach daemon killed with SIGKILL and restarted
+//! (it needs a `--recover` mode that does not exist yet).
+//!
+//! Environment: SANROOT_FAULT_SEED (repeat a run: the seed is printed),
+//! SANROOT_FAULT_ROUNDS (random cuts per bridge, default 20),
+//! SANROOT_FAULT_STALL_SECS (default 40). Each boot's serial log is kept as
+//! target/fault-guest-BRIDGE.log and a summary as
+//! target/fault-guest-BRIDGE.summary. Needs root, qemu-system-x86, tgt,
+//! e2fsprogs and linux-image-6.12-amd64 (`sudo qemu/install-deps`);
+//! `tests/run` builds the static binary and sets SANROOT_STATIC_BIN.
+
+#[path = "support/proxy.rs"]
+mod proxy;
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use proxy::{CutKind, Dir, Proxy, Rng, Trigger, op};
+use support::tgtd::{LunSpec, Tgtd};
+
+const IQN: &str = "iqn.2026-11.org.sanroot:fault-disk";
+const LUN_BYTES: u64 = 256 << 20;
+/// How long the writer may take to make two more files durable after a
+/// fault was resolved.
+const ROUND_LIMIT: Duration = Duration::from_secs(60);
+/// Files the writers must make durable after a fault for the round to
+/// count: with two writers, two may have been in flight when it came, so
+/// the third was written entirely after it.
+const PROGRESS: u64 = 3;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn static_bin() -> Result<PathBuf, String> {
+    let p = std::env::var_os("SANROOT_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",
+            p.display()
+        ))
+    }
+}
+
+fn env_u64(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+// ---- tgtd's sessions ----------------------------------------------------------
+
+/// I_T nexuses of target 1, or None when tgtd does not answer (restarting).
+fn sessions(control: u16) -> Option<usize> {
+    let out = Command::new("tgtadm")
+        .args(["-C", &control.to_string(), "--lld", "iscsi"])
+        .args(["--mode", "target", "--op", "show"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut in_target = false;
+    let mut n = 0;
+    let mut seen = false;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(rest) = line.strip_prefix("Target ") {
+            in_target = rest.split(':').next().map(str::trim) == Some("1");
+            seen |= in_target;
+        } else if in_target && line.trim_start().starts_with("I_T nexus:") {
+            n += 1;
+        }
+    }
+    seen.then_some(n)
+}
+
+/// (seconds since the start, sessions or None when tgtd did not answer).
+type Sample = (f64, Option<usize>);
+
+/// Samples the session count every 0.4 s for the whole run.
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    fn start(control: u16, t0: Instant) -> Monitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (Arc::clone(&stop), Arc::clone(&samples));
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let n = sessions(control);
+                v.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((t0.elapsed().as_secs_f64(), n));
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        });
+        Monitor {
+            stop,
+            samples,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+// ---- the guest ------------------------------------------------------------------
+
+#[derive(Default)]
+struct GuestState {
+    /// Files the writers made durable (the sum of their "w ID N").
+    progress: u64,
+    by_writer: BTreeMap<String, u64>,
+    /// When each count arrived.
+    progress_log: Vec<(Instant, u64)>,
+    /// Every other line from the control channel.
+    lines: Vec<(Instant, String)>,
+    closed: bool,
+}
+
+/// qemu/fault-guest running, and the guest's control channel.
+struct Guest {
+    child: Child,
+    ctl: Option<UnixStream>,
+    state: Arc<(Mutex<GuestState>, Condvar)>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn collect(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            let mut s = into.lock().unwrap_or_else(|p| p.into_inner());
+            s.push_str(&line);
+            s.push('\n');
+        }
+    })
+}
+
+impl Guest {
+    fn start(
+        bridge: &str,
+        portal: u16,
+        portal2: u16,
+        image: &Path,
+        log: &Path,
+    ) -> Result<Guest, String> {
+        let bin = static_bin()?;
+        let sock = std::env::temp_dir().join(format!(
+            "sanroot-fault-{}-{bridge}.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&sock);
+        let _ = std::fs::remove_file(log);
+        let mut child = Command::new(repo().join("qemu/fault-guest"))
+            .arg(bridge)
+            .arg(&bin)
+            .env("SR_FAULT_PORTAL", format!("10.0.2.2:{portal}"))
+            .env("SR_FAULT_PORTAL2", format!("10.0.2.2:{portal2}"))
+            .env("SR_FAULT_IQN", IQN)
+            .env("SR_FAULT_CTL", &sock)
+            .env("SR_FAULT_LOG", log)
+            .env("SR_FAULT_IMAGE", image)
+            .env("SR_FAULT_TIMEOUT", "780")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that the whole run (bash, timeout,
+            // QEMU) can be stopped by its id if this test gives up.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                format!("run qemu/fault-guest: {e} (install the QEMU tools with `sudo qemu/install-deps`)")
+            })?;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("piped"), Arc::clone(&stdout)),
+            collect(child.stderr.take().expect("piped"), Arc::clone(&stderr)),
+        ];
+        let mut g = Guest {
+            child,
+            ctl: None,
+            state: Arc::new((Mutex::new(GuestState::default()), Condvar::new())),
+            stdout,
+            stderr,
+            readers,
+        };
+        // QEMU creates the socket once the initramfs is built.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(&sock) {
+                break s;
+            }
+            if !g.running() {
+                return Err(format!(
+                    "qemu/fault-guest ended before QEMU listened on {}:\n{}",
+                    sock.display(),
+                    tail(&g.stderr(), 40)
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("QEMU never listened on {}", sock.display()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let reader = stream.try_clone().map_err(|e| e.to_string())?;
+        let st = Arc::clone(&g.state);
+        g.readers.push(std::thread::spawn(move || {
+            let (m, cv) = &*st;
+            for line in BufReader::new(reader).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).trim().to_string();
+                let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+                let count = line
+                    .strip_prefix("w ")
+                    .and_then(|r| r.split_once(' '))
+                    .and_then(|(id, n)| Some((id.to_string(), n.parse::<u64>().ok()?)));
+                match count {
+                    Some((id, n)) => {
+                        s.by_writer.insert(id, n);
+                        s.progress = s.by_writer.values().sum();
+                        let p = s.progress;
+                        s.progress_log.push((Instant::now(), p));
+                    }
+                    None if !line.is_empty() => s.lines.push((Instant::now(), line)),
+                    None => {}
+                }
+                cv.notify_all();
+            }
+            m.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+            cv.notify_all();
+        }));
+        g.ctl = Some(stream);
+        Ok(g)
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn send(&mut self, cmd: &str) {
+        if let Some(s) = &mut self.ctl {
+            let _ = s.write_all(format!("{cmd}\n").as_bytes());
+        }
+    }
+
+    fn progress(&self) -> u64 {
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .progress
+    }
+
+    /// Wait until `f` says yes (or the channel closed or time ran out).
+    fn wait<T>(&self, timeout: Duration, f: impl Fn(&GuestState) -> Option<T>) -> Option<T> {
+        let (m, cv) = &*self.state;
+        let deadline = Instant::now() + timeout;
+        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(v) = f(&s) {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline || s.closed {
+                return None;
+            }
+            s = cv
+                .wait_timeout(s, (deadline - now).min(Duration::from_millis(200)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// When the writer's count reached `at_least` (now or earlier).
+    fn wait_progress(&self, at_least: u64, timeout: Duration) -> Option<Instant> {
+        self.wait(timeout, |s| {
+            s.progress_log
+                .iter()
+                .find(|(_, n)| *n >= at_least)
+                .map(|(t, _)| *t)
+        })
+    }
+
+    /// The writer's count at `t`.
+    fn progress_at(&self, t: Instant) -> u64 {
+        let s = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.progress_log
+            .iter()
+            .take_while(|(at, _)| *at <= t)
+            .last()
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// The first line starting with `prefix` (a "failed ..." line ends the
+    /// wait early with an error).
+    fn wait_line(&self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        let r = self.wait(timeout, |s| {
+            s.lines.iter().find_map(|(_, l)| {
+                if l.starts_with(prefix) {
+                    Some(Ok(l.clone()))
+                } else if l.starts_with("failed") {
+                    Some(Err(format!("the guest reports: {l}")))
+                } else {
+                    None
+                }
+            })
+        });
+        r.unwrap_or_else(|| {
+            Err(format!(
+                "the guest did not say \"{prefix}\" within {} s",
+                timeout.as_secs()
+            ))
+        })
+    }
+
+    fn lines(&self, prefix: &str) -> Vec<String> {
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .iter()
+            .filter(|(_, l)| l.starts_with(prefix))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// Ask the guest to print its processes and kernel log (after a round
+    /// that did not recover).
+    fn dump(&mut self) {
+        self.send("dump");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+
+    /// Wait for qemu/fault-guest to end; stop it after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.running() {
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.kill();
+        false
+    }
+
+    fn kill(&mut self) {
+        if self.running() {
+            let pg = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+            let _ = nix::sys::signal::kill(pg, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..50 {
+                if !self.running() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = nix::sys::signal::kill(pg, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        self.ctl = None;
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- results ------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Round {
+    label: String,
+    /// Where the cut landed (from the proxy).
+    detail: String,
+    mid_pdu: bool,
+    ok: bool,
+    /// From the fault (or its end) to the first file made durable after it.
+    recover_ms: Option<u64>,
+    note: String,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Scenario {
+    name: String,
+    rounds: Vec<Round>,
+    secs: f64,
+    failure: Option<String>,
+    notes: Vec<String>,
+}
+
+impl Scenario {
+    fn survived(&self) -> usize {
+        self.rounds.iter().filter(|r| r.ok).count()
+    }
+}
+
+#[derive(Default)]
+struct Run {
+    bridge: &'static str,
+    seed: u64,
+    /// The run could not go on (set-up failed, the guest died...).
+    fatal: Option<String>,
+    scenarios: Vec<Scenario>,
+    /// qemu/fault-guest's stdout: "section.key=value".
+    results: BTreeMap<String, String>,
+    stderr: String,
+    console: String,
+    log: PathBuf,
+    finished: bool,
+    total_secs: f64,
+    sessions_max: Option<usize>,
+    sessions_samples: usize,
+    /// Samples that showed more than one session, "t=12.3s: 2".
+    sessions_over: Vec<String>,
+    sessions_before_detach: Option<usize>,
+    sessions_after_detach: Option<usize>,
+    verified: Option<String>,
+    guest_errors: Vec<String>,
+    summary: String,
+}
+
+impl Run {
+    fn scenario(&self, name: &str) -> Option<&Scenario> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+
+    fn context(&self) -> String {
+        let mut s = String::new();
+        if let Some(f) = &self.fatal {
+            let _ = writeln!(s, "the run stopped: {f}");
+        }
+        let _ = writeln!(s, "seed {} (SANROOT_FAULT_SEED={})", self.seed, self.seed);
+        s.push_str(&self.summary);
+        if !self.guest_errors.is_empty() {
+            let _ = writeln!(s, "guest errors:\n{}", self.guest_errors.join("\n"));
+        }
+        let sanroot: Vec<&str> = self
+            .console
+            .lines()
+            .filter(|l| l.contains("sanroot") || l.contains("nbd") || l.contains("ublk"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "---- sanroot and bridge lines of the console (last 40) ----\n{}",
+            sanroot[sanroot.len().saturating_sub(40)..].join("\n")
+        );
+        let _ = writeln!(
+            s,
+            "---- console tail ----\n{}\n---- qemu/fault-guest stderr tail ----\n{}\nserial log: {}",
+            tail(&self.console, 80),
+            tail(&self.stderr, 30),
+            self.log.display()
+        );
+        s
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        panic!("{} fault run: {msg}\n{}", self.bridge, self.context())
+    }
+
+    fn get(&self, key: &str) -> &str {
+        match self.results.get(key) {
+            Some(v) => v,
+            None => self.fail(&format!("no result {key}")),
+        }
+    }
+
+    fn eq(&self, key: &str, want: &str, what: &str) {
+        let got = self.get(key);
+        if got != want {
+            self.fail(&format!("{what}: {key} is {got:?}, expected {want:?}"));
+        }
+    }
+
+    fn num(&self, key: &str) -> u64 {
+        let v = self.get(key);
+        v.parse()
+            .unwrap_or_else(|_| self.fail(&format!("{key} is {v:?}, not a number")))
+    }
+}
+
+// ---- the fault rounds ----------------------------------------------------------------
+
+struct Bench<'a> {
+    guest: &'a mut Guest,
+    a: &'a Proxy,
+    b: &'a Proxy,
+    control: u16,
+    rng: Rng,
+}
+
+impl<'a> Bench<'a> {
+    /// The proxy carrying the session now (the one with a live connection).
+    fn current(&self) -> Option<usize> {
+        let (la, lb) = (self.a.live(), self.b.live());
+        match (la, lb) {
+            (1, 0) => Some(0),
+            (0, 1) => Some(1),
+            _ => None,
+        }
+    }
+
+    fn proxy(&self, i: usize) -> &'a Proxy {
+        if i == 0 { self.a } else { self.b }
+    }
+
+    /// Wait for the writer to make `PROGRESS` more files durable than it
+    /// had at `since` (the fault, or its end), then for exactly one session
+    /// and one live connection. Returns how long after `since` the
+    /// `PROGRESS`-th file became durable (an upper bound of the time the
+    /// recovery took).
+    /// `live_on`: the proxy that must carry that connection (else either;
+    /// the other may hold stalled ones then).
+    fn recovered(
+        &self,
+        since: Instant,
+        limit: Duration,
+        live_on: Option<usize>,
+    ) -> Result<u64, String> {
+        let p0 = self.guest.progress_at(since);
+        let Some(at) = self.guest.wait_progress(p0 + PROGRESS, limit) else {
+            return Err(format!(
+                "the writers did not make {PROGRESS} more files durable within {} s ({} files durable now, {} when the fault came)",
+                limit.as_secs(),
+                self.guest.progress(),
+                p0
+            ));
+        };
+        let took = ms(at.saturating_duration_since(since));
+        // One session on the target, one connection through the proxies.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = sessions(self.control);
+            let live = match live_on {
+                Some(i) => self.proxy(i).live(),
+                None => self.a.live() + self.b.live(),
+            };
+            if s == Some(1) && live == 1 {
+                return Ok(took);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "after recovery the target shows {s:?} session(s) and {live} live connection(s) through {} (expected 1 and 1)",
+                    match live_on {
+                        Some(0) => "the first portal",
+                        Some(_) => "the second portal",
+                        None => "the proxies",
+                    }
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Let the writer get going: a file made durable since `p`.
+    fn settle(&mut self) {
+        let p = self.guest.progress();
+        let _ = self.guest.wait_progress(p + 1, Duration::from_secs(20));
+        let ms = self.rng.range(0, 1500);
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    fn kind(&mut self) -> CutKind {
+        if self.rng.chance(50) {
+            CutKind::Reset
+        } else {
+            CutKind::Fin
+        }
+    }
+
+    /// One random cut, variant `v`.
+    fn random_round(&mut self, v: u64) -> Round {
+        self.settle();
+        let Some(cur) = self.wait_current() else {
+            return Round {
+                label: "no round".into(),
+                detail: String::new(),
+                mid_pdu: false,
+                ok: false,
+                recover_ms: None,
+                note: format!(
+                    "no single live connection before the round (proxy A {}, B {})",
+                    self.a.live(),
+                    self.b.live()
+                ),
+            };
+        };
+        let kind = self.kind();
+        let (label, trigger, login) = match v {
+            0 => {
+                let n = self.rng.range(1, 1 << 20);
+                (
+                    format!("{n} more bytes initiator->target"),
+                    Some(Trigger::Bytes {
+                        dir: Dir::ToTarget,
+                        after: n,
+                    }),
+                    false,
+                )
+            }
+            1 => {
+                let n = self.rng.range(1, 16 << 10);
+                (
+                    format!("{n} more bytes target->initiator"),
+                    Some(Trigger::Bytes {
+                        dir: Dir::ToInitiator,
+                        after: n,
+                    }),
+                    false,
+                )
+            }
+            2 => {
+                let nth = self.rng.range(1, 3) as u32;
+                (
+                    format!("right after R2T #{nth} reached the initiator"),
+                    Some(Trigger::AfterPdu {
+                        dir: Dir::ToInitiator,
+                        opcode: op::R2T,
+                        nth,
+                        then: None,
+                    }),
+                    false,
+                )
+            }
+            3 => {
+                let n = self.rng.range(1, 8192 + 47);
+                (
+                    format!(
+                        "after an R2T reached the initiator, {n} more bytes initiator->target (its Data-Out, or commands sent before it)"
+                    ),
+                    Some(Trigger::AfterPdu {
+                        dir: Dir::ToInitiator,
+                        opcode: op::R2T,
+                        nth: 1,
+                        then: Some((Dir::ToTarget, n)),
+                    }),
+                    false,
+                )
+            }
+            4 => {
+                let nth = self.rng.range(1, 6) as u32;
+                if self.rng.chance(50) {
+                    (
+                        format!("right after SCSI Command #{nth} reached the target"),
+                        Some(Trigger::AfterPdu {
+                            dir: Dir::ToTarget,
+                            opcode: op::SCSI_CMD,
+                            nth,
+                            then: None,
+                        }),
+                        false,
+                    )
+                } else {
+                    (
+                        format!("right after SCSI Response #{nth} reached the initiator"),
+                        Some(Trigger::AfterPdu {
+                            dir: Dir::ToInitiator,
+                            opcode: op::SCSI_RSP,
+                            nth,
+                            then: None,
+                        }),
+                        false,
+                    )
+                }
+            }
+            5 => {
+                let (l, t) = match self.rng.range(0, 6) {
+                    0 | 1 => {
+                        let nth = self.rng.range(1, 2) as u32;
+                        if self.rng.chance(50) {
+                            (
+                                format!(
+                                    "during login: after Login Request #{nth} reached the target"
+                                ),
+                                Trigger::AfterPdu {
+                                    dir: Dir::ToTarget,
+                                    opcode: op::LOGIN_REQ,
+                                    nth,
+                                    then: None,
+                                },
+                            )
+                        } else {
+                            (
+                                format!(
+                                    "during login: after Login Response #{nth} reached the initiator"
+                                ),
+                                Trigger::AfterPdu {
+                                    dir: Dir::ToInitiator,
+                                    opcode: op::LOGIN_RSP,
+                                    nth,
+                                    then: None,
+                                },
+                            )
+                        }
+                    }
+                    2 => {
+                        let n = self.rng.range(1, 47);
+                        (
+                            format!("during login: {n} bytes into the first Login Request"),
+                            Trigger::Bytes {
+                                dir: Dir::ToTarget,
+                                after: n,
+                            },
+                        )
+                    }
+                    3 => {
+                        let n = self.rng.range(48, 400);
+                        (
+                            format!("during login: {n} bytes into the login requests"),
+                            Trigger::Bytes {
+                                dir: Dir::ToTarget,
+                                after: n,
+                            },
+                        )
+                    }
+                    4 => {
+                        let n = self.rng.range(1, 400);
+                        (
+                            format!("during login: {n} bytes into the login responses"),
+                            Trigger::Bytes {
+                                dir: Dir::ToInitiator,
+                                after: n,
+                            },
+                        )
+                    }
+                    // Logged in (tgtd answers twice without CHAP), then cut
+                    // inside the LUN probe or the replay of parked requests.
+                    5 => {
+                        let n = self.rng.range(1, 256 << 10);
+                        (
+                            format!(
+                                "during login: after the final Login Response, {n} more bytes initiator->target (LUN probe, replay)"
+                            ),
+                            Trigger::AfterPdu {
+                                dir: Dir::ToInitiator,
+                                opcode: op::LOGIN_RSP,
+                                nth: 2,
+                                then: Some((Dir::ToTarget, n)),
+                            },
+                        )
+                    }
+                    _ => {
+                        let n = self.rng.range(1, 4096);
+                        (
+                            format!(
+                                "during login: after the final Login Response, {n} more bytes target->initiator (LUN probe, replay)"
+                            ),
+                            Trigger::AfterPdu {
+                                dir: Dir::ToInitiator,
+                                opcode: op::LOGIN_RSP,
+                                nth: 2,
+                                then: Some((Dir::ToInitiator, n)),
+                            },
+                        )
+                    }
+                };
+                (l, Some(t), true)
+            }
+            _ => ("at a random moment".to_string(), None, false),
+        };
+        let label = format!("{label} ({})", kind_name(kind));
+        let (ticket, owner) = match (&trigger, login) {
+            (None, _) => {
+                let n = self.proxy(cur).cut_all(kind);
+                let since = Instant::now();
+                return self.finish_round(
+                    label,
+                    format!("{n} connection(s) cut, wherever their streams were"),
+                    true,
+                    since,
+                    None,
+                );
+            }
+            // The reconnection's first attempt goes to the first portal
+            // (proxy A): arm there, cut the live connection.
+            (Some(t), true) => {
+                if cur == 0 {
+                    (self.a.cut_all_and_arm(CutKind::Reset, t.clone(), kind), 0)
+                } else {
+                    let ticket = self.a.arm(t.clone(), kind);
+                    self.b.cut_all(CutKind::Reset);
+                    (ticket, 0)
+                }
+            }
+            (Some(t), false) => (self.proxy(cur).arm(t.clone(), kind), cur),
+        };
+        let p = self.proxy(owner);
+        match p.wait_fired(ticket, Duration::from_secs(45)) {
+            Some(r) => {
+                let since = r.at;
+                let detail = format!("conn {}: {}", r.conn, r.detail);
+                self.finish_round(label, detail, r.mid_pdu, since, None)
+            }
+            None => {
+                p.disarm();
+                Round {
+                    label,
+                    detail: String::new(),
+                    mid_pdu: false,
+                    ok: false,
+                    recover_ms: None,
+                    note: format!(
+                        "the fault never fired in 45 s (writer at {} files; {:?})",
+                        self.guest.progress(),
+                        p.stats()
+                    ),
+                }
+            }
+        }
+    }
+
+    fn finish_round(
+        &self,
+        label: String,
+        detail: String,
+        mid_pdu: bool,
+        since: Instant,
+        live_on: Option<usize>,
+    ) -> Round {
+        match self.recovered(since, ROUND_LIMIT, live_on) {
+            Ok(t) => Round {
+                label,
+                detail,
+                mid_pdu,
+                ok: true,
+                recover_ms: Some(t),
+                note: String::new(),
+            },
+            Err(e) => Round {
+                label,
+                detail,
+                mid_pdu,
+                ok: false,
+                recover_ms: None,
+                note: e,
+            },
+        }
+    }
+
+    fn wait_current(&self) -> Option<usize> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = self.current() {
+                return Some(c);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Make proxy A carry the session (cut B with B refusing).
+    fn move_to_a(&mut self) -> Result<(), String> {
+        match self.wait_current() {
+            Some(0) => Ok(()),
+            Some(_) => {
+                self.b.refuse(true);
+                self.b.cut_all(CutKind::Reset);
+                let r = self.recovered(Instant::now(), ROUND_LIMIT, Some(0));
+                self.b.refuse(false);
+                r.map(|_| ())
+                    .map_err(|e| format!("moving the session back to the first portal: {e}"))?;
+                if self.current() == Some(0) {
+                    Ok(())
+                } else {
+                    Err("the session did not move back to the first portal".into())
+                }
+            }
+            None => Err(format!(
+                "no single live connection (proxy A {}, B {})",
+                self.a.live(),
+                self.b.live()
+            )),
+        }
+    }
+}
+
+fn kind_name(k: CutKind) -> &'static str {
+    match k {
+        CutKind::Reset => "RST",
+        CutKind::Fin => "FIN",
+    }
+}
+
+fn scenario_random(bench: &mut Bench<'_>, rounds: u64) -> Scenario {
+    let mut sc = Scenario {
+        name: "random-cuts".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    // Every variant once in each group of 7, in a seeded order.
+    let mut order: Vec<u64> = Vec::new();
+    for r in 0..rounds {
+        if r % 7 == 0 {
+            let mut group: Vec<u64> = (0..7).collect();
+            for i in (1..group.len()).rev() {
+                let j = bench.rng.range(0, i as u64) as usize;
+                group.swap(i, j);
+            }
+            order.extend(group);
+        }
+    }
+    for (r, v) in order.into_iter().take(rounds as usize).enumerate() {
+        let round = bench.random_round(v);
+        eprintln!(
+            "  round {:>2}: {} [{}] {} {}",
+            r + 1,
+            if round.ok { "survived" } else { "FAILED" },
+            round.label,
+            round.detail,
+            match round.recover_ms {
+                Some(t) => format!("({PROGRESS} files durable {t} ms later)"),
+                None => round.note.clone(),
+            }
+        );
+        let ok = round.ok;
+        sc.rounds.push(round);
+        if !ok {
+            sc.failure = Some(format!("round {} did not recover", r + 1));
+            break;
+        }
+    }
+    sc.secs = t0.elapsed().as_secs_f64();
+    sc
+}
+
+/// Cuts in quick succession, many landing in the reconnection, its login
+/// or the replay of what the previous cut parked.
+fn scenario_flapping(bench: &mut Bench<'_>, secs: u64) -> Scenario {
+    let mut sc = Scenario {
+        name: "flapping".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    bench.settle();
+    let start = Instant::now();
+    let (mut cuts, mut hit) = (0, 0);
+    while start.elapsed() < Duration::from_secs(secs) {
+        let kind = bench.kind();
+        let n = bench.a.cut_all(kind) + bench.b.cut_all(kind);
+        cuts += 1;
+        hit += n;
+        let wait = bench.rng.range(100, 900);
+        std::thread::sleep(Duration::from_millis(wait));
+    }
+    let since = Instant::now();
+    let p_during = bench.guest.progress_at(since) - bench.guest.progress_at(start);
+    let round = bench.finish_round(
+        format!("{cuts} cuts (RST or FIN) 100-900 ms apart for {secs} s"),
+        format!("{hit} connection(s) cut; {p_during} file(s) made durable meanwhile"),
+        false,
+        since,
+        None,
+    );
+    if !round.ok {
+        sc.failure = Some(round.note.clone());
+    }
+    sc.rounds.push(round);
+    sc.secs = t0.elapsed().as_secs_f64();
+    sc
+}
+
+fn scenario_tgtd_restart(bench: &mut Bench<'_>, tgt: &mut Tgtd, backing: &Path) -> Scenario {
+    let mut sc = Scenario {
+        name: "tgtd-restart".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    for i in 0..2 {
+        bench.settle();
+        // Killed (SIGKILL, as a crash: connections reset, no logout) and
+        // started again on the same port; the target is configured again
+        // with the same tid and backing file (the same LU identity). The
+        // second time the configuration comes some seconds after tgtd is
+        // up (logins meanwhile: "target not found").
+        let kill = Instant::now();
+        tgt.restart();
+        let wait = if i == 0 {
+            0
+        } else {
+            bench.rng.range(2000, 6000)
+        };
+        std::thread::sleep(Duration::from_millis(wait));
+        tgt.target(1, IQN);
+        tgt.lun_file(1, 1, backing);
+        let since = Instant::now();
+        let round = bench.finish_round(
+            if i == 0 {
+                "tgtd killed (SIGKILL) during writes, restarted and configured at once".into()
+            } else {
+                format!(
+                    "tgtd killed (SIGKILL) during writes, restarted, configured {:.1} s later",
+                    wait as f64 / 1000.0
+                )
+            },
+            format!("target back {} ms after the kill", ms(since - kill)),
+            false,
+            since,
+            None,
+        );
+        let ok = round.ok;
+        if !ok {
+            sc.failure = Some(round.note.clone());
+        }
+        sc.rounds.push(round);
+        if !ok {
+            break;
+        }
+    }
+    sc.secs = t0.elapsed().as_secs_f64();
+    sc
+}
+
+fn scenario_stall(bench: &mut Bench<'_>, stall: Duration) -> Scenario {
+    let mut sc = Scenario {
+        name: "stall".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    if let Err(e) = bench.move_to_a() {
+        sc.failure = Some(e);
+        return sc;
+    }
+    bench.settle();
+    // No second path: the stalled one is all there is.
+    bench.b.refuse(true);
+    let acc0 = bench.a.accepted();
+    bench.a.stall();
+    let start = Instant::now();
+    let mut detected = None;
+    while start.elapsed() < stall {
+        std::thread::sleep(Duration::from_millis(100));
+        if detected.is_none() && bench.a.accepted() > acc0 {
+            detected = Some(start.elapsed());
+        }
+    }
+    bench.a.resume();
+    let since = Instant::now();
+    let (p0, during) = (
+        bench.guest.progress_at(start),
+        bench.guest.progress_at(since),
+    );
+    let mut round = bench.finish_round(
+        format!("target stalled {} s without closing", stall.as_secs()),
+        match detected {
+            Some(d) => format!(
+                "sanroot gave up the stalled connection and tried a new one after {:.1} s; {} new connection(s) during the stall",
+                d.as_secs_f64(),
+                bench.a.accepted() - acc0
+            ),
+            None => "no new connection during the stall".into(),
+        },
+        false,
+        since,
+        None,
+    );
+    bench.b.refuse(false);
+    if round.ok && detected.is_none() {
+        round.ok = false;
+        round.note = "the stalled connection was never given up (no reconnection attempt during the stall): the NOP-Out timeout did not fire".into();
+    }
+    // At most the files in flight when the stall began (one per writer)
+    // may complete.
+    if round.ok && during > p0 + 2 {
+        round.ok = false;
+        round.note = format!(
+            "{} files became durable during the stall: the stall did not stop the I/O",
+            during - p0
+        );
+    }
+    sc.notes.push(format!(
+        "writer at {p0} files when the stall began, {during} when it ended"
+    ));
+    if !round.ok {
+        sc.failure = Some(round.note.clone());
+    }
+    sc.rounds.push(round);
+    sc.secs = t0.elapsed().as_secs_f64();
+    sc
+}
+
+fn scenario_second_path(bench: &mut Bench<'_>) -> Scenario {
+    let mut sc = Scenario {
+        name: "second-path".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    if let Err(e) = bench.move_to_a() {
+        sc.failure = Some(e);
+        return sc;
+    }
+    // The portal in use goes down (refuses new connections, its connection
+    // is reset): I/O must go on through the other. Then back.
+    for (down, up, name) in [(0usize, 1usize, "first"), (1, 0, "second")] {
+        bench.settle();
+        let pd = bench.proxy(down);
+        pd.refuse(true);
+        let cut = pd.cut_all(CutKind::Reset);
+        let since = Instant::now();
+        let mut round = bench.finish_round(
+            format!("the {name} portal down (refusing, its connection reset)"),
+            format!("{cut} connection(s) reset"),
+            false,
+            since,
+            Some(up),
+        );
+        if round.ok {
+            if pd.live() != 0 {
+                round.ok = false;
+                round.note = format!(
+                    "{} live connection(s) left through the portal that is down",
+                    pd.live()
+                );
+            } else {
+                round
+                    .detail
+                    .push_str("; I/O went on through the other portal");
+            }
+        }
+        pd.refuse(false);
+        let ok = round.ok;
+        if !ok {
+            sc.failure = Some(round.note.clone());
+        }
+        sc.rounds.push(round);
+        if !ok {
+            sc.secs = t0.elapsed().as_secs_f64();
+            return sc;
+        }
+    }
+    // The first portal goes silent (a dead switch: nothing forwarded,
+    // nothing closed) while the second is up: the NOP-Out timeout gives it
+    // up, the login through it times out, the second portal takes over.
+    bench.settle();
+    bench.a.stall();
+    let since = Instant::now();
+    let mut round = bench.finish_round(
+        "the first portal silent (stalled, sockets open), the second up".into(),
+        String::new(),
+        false,
+        since,
+        Some(1),
+    );
+    bench.a.resume();
+    if round.ok {
+        round.detail = "I/O went on through the second portal".into();
+    }
+    if !round.ok {
+        sc.failure = Some(round.note.clone());
+    }
+    sc.rounds.push(round);
+    sc.secs = t0.elapsed().as_secs_f64();
+    sc
+}
+
+// ---- one boot ------------------------------------------------------------------------------
+
+fn run_bridge(bridge: &'static str) -> Run {
+    let seed_base = Rng::seed_from_env("SANROOT_FAULT_SEED");
+    let seed = seed_base
+        ^ if bridge == "nbd" {
+            0x6e6264
+        } else {
+            0x75626c6b
+        };
+    let mut run = Run {
+        bridge,
+        seed: seed_base,
+        log: repo().join(format!("target/fault-guest-{bridge}.log")),
+        ..Default::default()
+    };
+    eprintln!(
+        "fault-guest {bridge}: seed {seed_base} (repeat with SANROOT_FAULT_SEED={seed_base})"
+    );
+    let t0 = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drive(&mut run, seed, t0);
+    }));
+    if let Err(p) = r {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        run.fatal
+            .get_or_insert(format!("the driver panicked: {msg}"));
+    }
+    run.total_secs = t0.elapsed().as_secs_f64();
+    run.console = std::fs::read(&run.log)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default();
+    run.summary = summary(&run);
+    eprint!("{}", run.summary);
+    let _ = std::fs::write(
+        repo().join(format!("target/fault-guest-{bridge}.summary")),
+        &run.summary,
+    );
+    run
+}
+
+fn drive(run: &mut Run, seed: u64, t0: Instant) {
+    let bridge = run.bridge;
+    let rounds = env_u64("SANROOT_FAULT_ROUNDS", 20);
+    let stall = Duration::from_secs(env_u64("SANROOT_FAULT_STALL_SECS", 40));
+    let mut tgt = Tgtd::start();
+    tgt.target(1, IQN);
+    let backing = tgt
+        .lun(
+            1,
+            1,
+            &LunSpec {
+                size: LUN_BYTES,
+                ..Default::default()
+            },
+        )
+        .expect("a backing file");
+    let target: std::net::SocketAddr = tgt.portal().parse().expect("tgtd address");
+    let a = Proxy::start(target);
+    let b = Proxy::start(target);
+    eprintln!(
+        "fault-guest {bridge}: tgtd on {}, proxy A on {}, proxy B on {}",
+        tgt.portal(),
+        a.addr(),
+        b.addr()
+    );
+    let mut guest = match Guest::start(bridge, a.port, b.port, &backing, &run.log) {
+        Ok(g) => g,
+        Err(e) => {
+            run.fatal = Some(e);
+            return;
+        }
+    };
+    let mut monitor = Monitor::start(tgt.control, t0);
+    let started = guest
+        .wait_line("writing", Duration::from_secs(240))
+        .and_then(|_| {
+            guest
+                .wait_progress(3, Duration::from_secs(120))
+                .map(|_| ())
+                .ok_or_else(|| "the writer made no 3 files durable in 120 s".into())
+        });
+    let boot_secs = t0.elapsed().as_secs_f64();
+    match started {
+        Err(e) => run.fatal = Some(format!("the guest did not start writing: {e}")),
+        Ok(()) => {
+            eprintln!("fault-guest {bridge}: writer running after {boot_secs:.0} s");
+            run.scenarios.push(Scenario {
+                name: "boot".into(),
+                secs: boot_secs,
+                ..Default::default()
+            });
+            let mut bench = Bench {
+                guest: &mut guest,
+                a: &a,
+                b: &b,
+                control: tgt.control,
+                rng: Rng::new(seed),
+            };
+            let plan = [
+                "random-cuts",
+                "flapping",
+                "tgtd-restart",
+                "stall",
+                "second-path",
+            ];
+            for name in plan {
+                eprintln!("fault-guest {bridge}: scenario {name}");
+                let sc = match name {
+                    "random-cuts" => scenario_random(&mut bench, rounds),
+                    "flapping" => scenario_flapping(&mut bench, 12),
+                    "tgtd-restart" => scenario_tgtd_restart(&mut bench, &mut tgt, &backing),
+                    "stall" => scenario_stall(&mut bench, stall),
+                    _ => scenario_second_path(&mut bench),
+                };
+                eprintln!(
+                    "fault-guest {bridge}: {name}: {}/{} round(s) survived in {:.0} s{}",
+                    sc.survived(),
+                    sc.rounds.len(),
+                    sc.secs,
+                    sc.failure
+                        .as_ref()
+                        .map(|f| format!(" — FAILED: {f}"))
+                        .unwrap_or_default()
+                );
+                let failed = sc.failure.is_some();
+                run.scenarios.push(sc);
+                if failed {
+                    run.fatal = Some(format!("scenario {name} failed; the others were not run"));
+                    bench.guest.dump();
+                    break;
+                }
+            }
+        }
+    }
+    // The end: stop the writer, verify, fsck; one session until the detach.
+    let t_end = Instant::now();
+    if guest.lines("writing").is_empty() && guest.lines("failed").is_empty() {
+        // Never got going: nothing to finish.
+    } else {
+        guest.send("finish");
+        match guest.wait_line("verified", Duration::from_secs(300)) {
+            Ok(v) => {
+                run.verified = Some(v);
+                run.sessions_before_detach = sessions(tgt.control);
+                guest.send("detach");
+                if let Err(e) = guest.wait_line("detached", Duration::from_secs(150)) {
+                    run.fatal.get_or_insert(e);
+                }
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    run.sessions_after_detach = sessions(tgt.control);
+                    if run.sessions_after_detach == Some(0) || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            Err(e) => {
+                run.fatal.get_or_insert(format!("verifying: {e}"));
+            }
+        }
+    }
+    let samples = monitor.finish();
+    run.sessions_samples = samples.len();
+    run.sessions_max = samples.iter().filter_map(|s| s.1).max();
+    run.sessions_over = samples
+        .iter()
+        .filter(|s| s.1.is_some_and(|n| n > 1))
+        .map(|s| format!("t={:.1}s: {}", s.0, s.1.unwrap_or(0)))
+        .collect();
+    if !guest.wait_exit(Duration::from_secs(120)) {
+        run.fatal
+            .get_or_insert("the guest did not power off within 120 s of the end".into());
+    }
+    run.scenarios.push(Scenario {
+        name: "verify+detach".into(),
+        secs: t_end.elapsed().as_secs_f64(),
+        ..Default::default()
+    });
+    run.guest_errors = guest
+        .lines("werr")
+        .into_iter()
+        .chain(guest.lines("rerr"))
+        .chain(guest.lines("failed"))
+        .collect();
+    run.stderr = guest.stderr();
+    run.results = guest
+        .stdout
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    run.finished = run.results.get("boot.finished").map(String::as_str) == Some("1");
+    for (name, p) in [("A", &a), ("B", &b)] {
+        let s = p.stats();
+        run.scenarios
+            .last_mut()
+            .expect("just pushed")
+            .notes
+            .push(format!(
+                "proxy {name}: {} connection(s) accepted, {} refused, {} with tgtd down; {} bytes to the target, {} to the initiator; {} R2T, {} Data-Out, {} Login Request(s)",
+                s.accepted,
+                s.refused,
+                s.upstream_failed,
+                s.bytes[0],
+                s.bytes[1],
+                s.pdus(Dir::ToInitiator, op::R2T),
+                s.pdus(Dir::ToTarget, op::DATA_OUT),
+                s.pdus(Dir::ToTarget, op::LOGIN_REQ),
+            ));
+    }
+    drop(guest);
+}
+
+fn summary(run: &Run) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "==== fault-guest {}: seed {}, {:.0} s in all ====",
+        run.bridge, run.seed, run.total_secs
+    );
+    for sc in &run.scenarios {
+        let _ = writeln!(
+            s,
+            "{:<14} {:>6.1} s  {}",
+            sc.name,
+            sc.secs,
+            if sc.rounds.is_empty() {
+                String::new()
+            } else {
+                format!("{}/{} rounds survived", sc.survived(), sc.rounds.len())
+            }
+        );
+        for (i, r) in sc.rounds.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "    {:>2}. {:<8} {}{}{}",
+                i + 1,
+                if r.ok { "ok" } else { "FAILED" },
+                r.label,
+                if r.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" | {}", r.detail)
+                },
+                match r.recover_ms {
+                    Some(t) => format!(" | {PROGRESS} files durable {t} ms later"),
+                    None => format!(" | {}", r.note),
+                }
+            );
+        }
+        for n in &sc.notes {
+            let _ = writeln!(s, "    {n}");
+        }
+        if let Some(f) = &sc.failure {
+            let _ = writeln!(s, "    FAILED: {f}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "sessions: max {:?} over {} samples{}; {:?} before the detach, {:?} after",
+        run.sessions_max,
+        run.sessions_samples,
+        if run.sessions_over.is_empty() {
+            String::new()
+        } else {
+            format!(" (more than one at {})", run.sessions_over.join(", "))
+        },
+        run.sessions_before_detach,
+        run.sessions_after_detach
+    );
+    if let Some(v) = &run.verified {
+        let _ = writeln!(s, "guest: {v}");
+    }
+    let host: Vec<String> = run
+        .results
+        .iter()
+        .filter(|(k, _)| k.starts_with("host.") || k.starts_with("verify."))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !host.is_empty() {
+        let _ = writeln!(s, "{}", host.join(" "));
+    }
+    if let Some(f) = &run.fatal {
+        let _ = writeln!(s, "STOPPED: {f}");
+    }
+    s
+}
+
+/// The run of `bridge`, shared by that bridge's tests.
+fn run(bridge: &'static str) -> &'static Run {
+    static UBLK: OnceLock<Run> = OnceLock::new();
+    static NBD: OnceLock<Run> = OnceLock::new();
+    let cell = match bridge {
+        "ublk" => &UBLK,
+        _ => &NBD,
+    };
+    cell.get_or_init(|| run_bridge(bridge))
+}
+
+// ---- the verdicts ------------------------------------------------------------------------------
+
+/// Every round of scenario `name` survived (and there were at least `min`).
+fn rounds_survived(bridge: &'static str, name: &str, min: usize) -> &'static Scenario {
+    let r = run(bridge);
+    let Some(sc) = r.scenario(name) else {
+        r.fail(&format!(
+            "scenario {name} was not run{}",
+            r.fatal
+                .as_ref()
+                .map(|f| format!(" ({f})"))
+                .unwrap_or_default()
+        ));
+    };
+    if let Some(f) = &sc.failure {
+        r.fail(&format!("scenario {name}: {f}"));
+    }
+    if sc.survived() != sc.rounds.len() || sc.rounds.len() < min {
+        r.fail(&format!(
+            "scenario {name}: {} of {} rounds survived (at least {min} expected)",
+            sc.survived(),
+            sc.rounds.len()
+        ));
+    }
+    eprintln!(
+        "{bridge} {name}: {}/{} rounds survived in {:.0} s",
+        sc.survived(),
+        sc.rounds.len(),
+        sc.secs
+    );
+    sc
+}
+
+fn random_cuts(bridge: &'static str) {
+    let want = env_u64("SANROOT_FAULT_ROUNDS", 20) as usize;
+    let sc = rounds_survived(bridge, "random-cuts", want);
+    let r = run(bridge);
+    let count = |p: &str| sc.rounds.iter().filter(|x| x.label.contains(p)).count();
+    let mid = sc.rounds.iter().filter(|x| x.mid_pdu).count();
+    if want >= 7 {
+        if mid == 0 {
+            r.fail("no random cut landed inside a PDU");
+        }
+        for p in ["R2T", "during login", "bytes"] {
+            if count(p) == 0 {
+                r.fail(&format!("no round of the kind \"{p}\""));
+            }
+        }
+    }
+    eprintln!(
+        "{bridge}: {} cuts inside a PDU, {} after an R2T, {} during login",
+        mid,
+        count("R2T"),
+        count("during login")
+    );
+}
+
+fn data_intact(bridge: &'static str) {
+    let r = run(bridge);
+    if let Some(f) = &r.fatal {
+        r.fail(f);
+    }
+    if !r.finished {
+        r.fail("the guest did not run to its end");
+    }
+    r.eq("attach.attach_rc", "0", "sanroot attach");
+    r.eq("attach.mkfs_rc", "0", "mkfs.ext4");
+    r.eq(
+        "verify.write_errors",
+        "0",
+        "writes that failed in the guest",
+    );
+    r.eq(
+        "verify.read_errors",
+        "0",
+        "re-reads that returned other data",
+    );
+    r.eq("verify.umount_rc", "0", "umount after the faults");
+    r.eq("verify.remount_rc", "0", "read-only remount");
+    let entries = r.num("verify.manifest_entries");
+    if entries < 10 {
+        r.fail(&format!("only {entries} files in the manifest"));
+    }
+    r.eq(
+        "verify.verify_ok",
+        &entries.to_string(),
+        "manifest entries read back intact in the guest",
+    );
+    r.eq("verify.verify_bad", "0", "checksum mismatches in the guest");
+    r.eq("verify.verify_missing", "0", "files missing in the guest");
+    r.eq("verify.guest_fsck_rc", "0", "e2fsck -fn in the guest");
+    r.eq(
+        "host.host_entries",
+        &entries.to_string(),
+        "manifest entries checked on the host",
+    );
+    r.eq(
+        "host.host_ok",
+        &entries.to_string(),
+        "files on the target (backing file) with the guest's checksums",
+    );
+    r.eq("host.host_fsck_rc", "0", "e2fsck -fn of the backing file");
+    r.eq("detach.detach_rc", "0", "sanroot detach");
+    r.eq(
+        "detach.daemons_after_detach",
+        "0",
+        "no daemon left after detach",
+    );
+    eprintln!(
+        "{bridge}: {entries} files durable and intact (guest and target), fsck clean, {} durable writes in all",
+        r.get("verify.writes_durable")
+    );
+}
+
+fn one_session(bridge: &'static str) {
+    let r = run(bridge);
+    if r.sessions_samples < 10 {
+        r.fail("too few session samples");
+    }
+    if !r.sessions_over.is_empty() {
+        r.fail(&format!(
+            "the target showed more than one session: {}",
+            r.sessions_over.join(", ")
+        ));
+    }
+    if r.sessions_before_detach != Some(1) {
+        r.fail(&format!(
+            "sessions on the target after the faults, before the detach: {:?} (expected 1)",
+            r.sessions_before_detach
+        ));
+    }
+    if r.sessions_after_detach != Some(0) {
+        r.fail(&format!(
+            "sessions on the target after the detach: {:?} (expected 0: detach logs out)",
+            r.sessions_after_detach
+        ));
+    }
+}
+
+#[test]
+fn ublk_random_cuts() {
+    random_cuts("ublk");
+}
+#[test]
+fn ublk_flapping() {
+    rounds_survived("ublk", "flapping", 1);
+}
+#[test]
+fn ublk_tgtd_restart() {
+    rounds_survived("ublk", "tgtd-restart", 2);
+}
+#[test]
+fn ublk_stall() {
+    rounds_survived("ublk", "stall", 1);
+}
+#[test]
+fn ublk_second_path() {
+    rounds_survived("ublk", "second-path", 3);
+}
+#[test]
+fn ublk_data_intact() {
+    data_intact("ublk");
+}
+#[test]
+fn ublk_one_session() {
+    one_session("ublk");
+}
+
+#[test]
+fn nbd_random_cuts() {
+    random_cuts("nbd");
+}
+#[test]
+fn nbd_flapping() {
+    rounds_survived("nbd", "flapping", 1);
+}
+#[test]
+fn nbd_tgtd_restart() {
+    rounds_survived("nbd", "tgtd-restart", 2);
+}
+#[test]
+fn nbd_stall() {
+    rounds_survived("nbd", "stall", 1);
+}
+#[test]
+fn nbd_second_path() {
+    rounds_survived("nbd", "second-path", 3);
+}
+#[test]
+fn nbd_data_intact() {
+    data_intact("nbd");
+}
+#[test]
+fn nbd_one_session() {
+    one_session("nbd");
+}

@@ -54,26 +54,133 @@ pub fn harden(own_mount_namespace: bool) {
         log::warn!("oom_score_adj -1000: {e}");
     }
     if own_mount_namespace {
-        use nix::mount::{MsFlags, mount};
-        use nix::sched::{CloneFlags, unshare};
-        match unshare(CloneFlags::CLONE_NEWNS) {
-            Ok(()) => {
-                // Keep mounts made later outside from propagating in.
-                if let Err(e) = mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                ) {
-                    log::warn!("making the private mount namespace private: {e}");
-                }
-            }
-            Err(e) => log::warn!("own mount namespace: {e}"),
-        }
+        own_mount_namespace_root();
     }
     if let Err(e) = std::env::set_current_dir("/") {
         log::warn!("chdir /: {e}");
+    }
+}
+
+/// A mount namespace of our own whose root is a small tmpfs holding only
+/// /dev, /proc, /sys and /run (bound from outside): no filesystem that may
+/// live on the device we serve is mounted in it — not the root filesystem
+/// when a daemon is (re)started from the real root, nor a copy of a mount
+/// made before. Otherwise our exit would unmount such a copy and wait for
+/// I/O that only we can serve, and an `umount` outside would leave the
+/// device claimed. Falls back to a plain private namespace, logging why.
+fn own_mount_namespace_root() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::sched::{CloneFlags, unshare};
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        log::warn!("own mount namespace: {e}");
+        return;
+    }
+    // Keep mounts made later outside from propagating in, and ours out.
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        log::warn!("making the private mount namespace private: {e}");
+        return;
+    }
+    let new = Path::new("/run/sanroot/.ns");
+    let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+    let build = || -> Result<(), String> {
+        std::fs::create_dir_all(new).map_err(|e| format!("mkdir {}: {e}", new.display()))?;
+        step(
+            "tmpfs",
+            mount(
+                Some("sanroot-ns"),
+                new,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("mode=0700,size=1m"),
+            ),
+        )?;
+        for d in ["dev", "proc", "sys", "run", "old"] {
+            std::fs::create_dir(new.join(d)).map_err(|e| format!("mkdir {d}: {e}"))?;
+        }
+        let bind = MsFlags::MS_BIND;
+        step(
+            "bind /dev",
+            mount(
+                Some("/dev"),
+                &new.join("dev"),
+                None::<&str>,
+                bind | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        )?;
+        step(
+            "bind /sys",
+            mount(
+                Some("/sys"),
+                &new.join("sys"),
+                None::<&str>,
+                bind | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        )?;
+        // /run itself only (state and hand-off files), not what is below.
+        step(
+            "bind /run",
+            mount(
+                Some("/run"),
+                &new.join("run"),
+                None::<&str>,
+                bind,
+                None::<&str>,
+            ),
+        )?;
+        step(
+            "proc",
+            mount(
+                Some("proc"),
+                &new.join("proc"),
+                Some("proc"),
+                MsFlags::empty(),
+                None::<&str>,
+            ),
+        )?;
+        step("pivot_root", nix::unistd::pivot_root(new, &new.join("old")))?;
+        std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+        step("detach the old root", umount2("/old", MntFlags::MNT_DETACH))?;
+        let _ = std::fs::remove_dir("/old");
+        Ok(())
+    };
+    if let Err(e) = build() {
+        // pivot_root cannot leave the initramfs's rootfs: there, drop our
+        // copies of every block-device filesystem instead.
+        log::debug!("own mount root: {e}; detaching block-device mounts instead");
+        detach_block_mounts();
+    }
+}
+
+/// Lazily unmount, in this (private) namespace, every filesystem mounted
+/// from a block device, deepest first; "/" stays.
+fn detach_block_mounts() {
+    use nix::mount::{MntFlags, umount2};
+    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut points: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (src, dir) = (f.next()?, f.next()?);
+            // /proc/self/mounts escapes spaces as \040; such names are
+            // left alone rather than guessed.
+            (src.starts_with("/dev/") && dir != "/" && !dir.contains('\\')).then(|| dir.to_string())
+        })
+        .collect();
+    points.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    for d in points {
+        if let Err(e) = umount2(d.as_str(), MntFlags::MNT_DETACH) {
+            log::warn!("own mount namespace: detaching {d}: {e}");
+        }
     }
 }
 

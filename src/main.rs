@@ -68,7 +68,15 @@ enum BridgeArg {
 #[derive(clap::Args, Debug)]
 struct AttachArgs {
     /// iscsi://[user@]host[:port]/target-iqn/LUN, or IQN/LUN of a discovered target.
+    #[arg(required_unless_present = "recover", default_value = "")]
     target: String,
+    /// Take back DEVICE, whose daemon died (killed, crashed), without the
+    /// filesystem on it seeing an error: log in again with the dead
+    /// session's ISID (the target drops that session), check the LU is the
+    /// same, and serve the requests the kernel held (ublk user recovery,
+    /// NBD reconfigure). The target defaults to the device's record.
+    #[arg(long, value_name = "DEVICE")]
+    recover: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     bridge: BridgeArg,
     /// Serve in this process instead of a background daemon.
@@ -108,6 +116,10 @@ struct BootArgs {
     /// Accept a target that waives the CHAP the table asks for.
     #[arg(long)]
     allow_no_auth: bool,
+    /// The boot daemon died: take the boot disk back (same session ISID,
+    /// same device), credentials from the iBFT or command line again.
+    #[arg(long)]
+    recover: bool,
 }
 
 /// How to log in: shared by every command that talks to a target.
@@ -366,6 +378,7 @@ fn main() -> ExitCode {
             bridge: bridge_kind(a.bridge),
             foreground: a.foreground,
             portals: a.portal,
+            recover: a.recover,
             connect: a.connect.into_args(),
         }),
         Command::Boot(a) => sanroot::boot::flow::run(&sanroot::boot::flow::BootOptions {
@@ -380,6 +393,7 @@ fn main() -> ExitCode {
             dry_run: a.dry_run,
             foreground: a.foreground,
             allow_no_auth: a.allow_no_auth,
+            recover: a.recover,
         }),
         Command::Detach { device } => cmd::attach::detach(&device),
         Command::Status { json } => cmd::attach::status(json),

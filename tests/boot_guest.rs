@@ -163,6 +163,12 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+fn kmsg_has(o: &Outcome, what: &str) -> bool {
+    let k = o.section("kmsg");
+    assert!(k.contains(what), "{what:?} not in the daemon's log:\n{k}");
+    true
+}
+
 fn common_checks(o: &Outcome, dev_prefix: &str, tgt: &Tgtd, disk: &Path, dir: &Path) {
     o.want("boot_rc", "0");
     let dev = o.get("device").expect("device");
@@ -206,6 +212,13 @@ fn common_checks(o: &Outcome, dev_prefix: &str, tgt: &Tgtd, disk: &Path, dir: &P
     assert!(o.section("login").contains("is the boot disk's target"));
     // SIGTERM while mounted: ignored; detach refuses; the disk still reads.
     o.want("mount_rc", "0");
+    // The daemon SIGKILLed mid-write; `boot --recover` takes the disk back.
+    o.want("killed", "1");
+    o.want("recover_rc", "0");
+    o.want("recover_write_done", "1");
+    o.want("recover_md5_ok", "1");
+    o.want("new_daemon", "1");
+    assert!(kmsg_has(o, "taken back from the daemon that died"));
     o.want("alive_after_term", "1");
     assert_ne!(o.get("detach_mounted_rc").as_deref(), Some("0"));
     o.want("read_after_term", "1");

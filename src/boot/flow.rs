@@ -39,6 +39,8 @@ pub struct BootOptions {
     pub foreground: bool,
     /// Accept a target that waives the CHAP the table asks for.
     pub allow_no_auth: bool,
+    /// Take back the boot disk from a daemon that died.
+    pub recover: bool,
 }
 
 /// How long the first login keeps trying through transient errors (the
@@ -81,6 +83,14 @@ pub fn run(opts: &BootOptions) -> i32 {
     let Some(lun) = r.spec.paths.first().map(|p| p.lun) else {
         return common::report(Err(CmdError::new(exit::NO_IBFT, "nothing to boot from")));
     };
+    let take_over = if opts.recover {
+        match take_over_boot_disk(lun) {
+            Ok(t) => Some(t),
+            Err(e) => return common::report(Err(e)),
+        }
+    } else {
+        None
+    };
     let serve_spec = ServeSpec {
         paths: r.spec.paths.iter().map(path_spec).collect(),
         lun,
@@ -89,6 +99,7 @@ pub fn run(opts: &BootOptions) -> i32 {
         login_wait: r.login_wait,
         print_path: opts.foreground,
         keep_while_in_use: true,
+        take_over,
     };
     let spec = r.spec;
     let kind = r.kind;
@@ -160,6 +171,27 @@ pub fn run(opts: &BootOptions) -> i32 {
         };
         serve::serve(&serve_spec, &mut pipe, &mut prepare, &mut on_ready)
     })
+}
+
+/// The boot disk of the hand-off, whose daemon must be gone.
+fn take_over_boot_disk(lun: u64) -> Result<serve::TakeOver, CmdError> {
+    let root = super::handoff_root();
+    let boot = handoff::read(&root).ok_or_else(|| {
+        CmdError::usage(format!(
+            "--recover: no boot record at {}",
+            root.join(handoff::RECORD).display()
+        ))
+    })?;
+    if boot.lun != lun {
+        return Err(CmdError::usage(format!(
+            "--recover: the boot disk was LUN {}, the description now says LUN {lun}",
+            boot.lun
+        )));
+    }
+    let rec = crate::state::load(&crate::state::run_dir(), &boot.device).ok_or_else(|| {
+        CmdError::usage(format!("--recover: {} has no device record", boot.device))
+    })?;
+    serve::TakeOver::from_record(&rec)
 }
 
 fn list_paths(files: &[PathBuf]) -> String {

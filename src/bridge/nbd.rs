@@ -341,10 +341,13 @@ pub fn disconnect_index(index: u32) -> Result<(), NbdError> {
 
 /// Give a connected device a new socket (NBD_CMD_RECONFIGURE), e.g. after
 /// the daemon restarted, and serve it.
+/// `identifier` must be the one the device was connected with (the
+/// kernel refuses a reconfigure without it: "must specify backend").
 pub fn reconfigure(
     index: u32,
     backend: Arc<dyn Backend>,
     buffers: usize,
+    identifier: &str,
 ) -> Result<JoinHandle<()>, NbdError> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| NbdError::Io(format!("socketpair: {e}")))?;
@@ -358,7 +361,8 @@ pub fn reconfigure(
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
     );
-    m.u32(NBD_ATTR_INDEX, index);
+    m.u32(NBD_ATTR_INDEX, index)
+        .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
     m.begin_nested(NBD_ATTR_SOCKETS)
         .begin_nested(NBD_SOCK_ITEM)
         .u32(NBD_SOCK_FD, theirs.as_raw_fd() as u32)

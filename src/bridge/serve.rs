@@ -69,6 +69,69 @@ pub struct ServeSpec {
     /// Ignore stop signals while the device is in use (mounted, held):
     /// the root disk must outlive every stray SIGTERM until the very end.
     pub keep_while_in_use: bool,
+    /// Take back a device whose daemon died instead of making a new one.
+    pub take_over: Option<TakeOver>,
+}
+
+/// A device left by a daemon that died (killed, crashed): the kernel holds
+/// its I/O (ublk user recovery, NBD's dead-connection timeout) until a new
+/// daemon takes it back.
+#[derive(Debug, Clone)]
+pub struct TakeOver {
+    pub bridge: BridgeKind,
+    /// ublk device id or NBD index.
+    pub index: u32,
+    /// The dead daemon's ISID: logging in with it (TSIH 0) makes the
+    /// target drop the dead session instead of keeping both.
+    pub isid: [u8; 6],
+    /// The LU's identity then: another disk is refused.
+    pub lu_id: String,
+}
+
+impl TakeOver {
+    /// From the dead daemon's record of `device`.
+    pub fn from_record(r: &DeviceRecord) -> Result<TakeOver, CmdError> {
+        let bridge = match r.bridge.as_str() {
+            "ublk" => BridgeKind::Ublk,
+            "nbd" => BridgeKind::Nbd,
+            b => {
+                return Err(CmdError::new(
+                    exit::FAILURE,
+                    format!("{}: unknown bridge \"{b}\" in its record", r.device),
+                ));
+            }
+        };
+        let mut isid = [0u8; 6];
+        let ok = r.isid.len() == 12
+            && isid.iter_mut().enumerate().all(|(i, b)| {
+                r.isid
+                    .get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map(|v| *b = v)
+                    .is_some()
+            });
+        if !ok {
+            return Err(CmdError::new(
+                exit::FAILURE,
+                format!(
+                    "{}: the record's ISID \"{}\" is not 6 hex bytes",
+                    r.device, r.isid
+                ),
+            ));
+        }
+        if state::alive(r.pid) {
+            return Err(CmdError::usage(format!(
+                "{} is still served by pid {}: nothing to take over",
+                r.device, r.pid
+            )));
+        }
+        Ok(TakeOver {
+            bridge,
+            index: r.index,
+            isid,
+            lu_id: r.lu_id.clone(),
+        })
+    }
 }
 
 /// Whether something holds the device: a mounted filesystem (on it or a
@@ -270,6 +333,10 @@ fn serve_inner(
     // before any thread starts.
     let sigs = block_signals();
     let mut cfg = spec.cfg.clone();
+    if let Some(t) = &spec.take_over {
+        // The dead daemon's ISID: the target replaces its session.
+        cfg.isid = Some(t.isid);
+    }
     // One ISID for the life of the device: a reconnect with it (and TSIH 0)
     // reinstates the session on the target instead of leaking the old one.
     cfg.isid
@@ -295,6 +362,21 @@ fn serve_inner(
         .map_err(|e| CmdError::new(exit::IO, format!("{} LUN {}: {e}", path.target, spec.lun)))?;
     let info = lun.info.clone();
     drop(lun);
+    if let Some(t) = &spec.take_over
+        && !t.lu_id.is_empty()
+        && t.lu_id != info.identity()
+    {
+        return Err(CmdError::new(
+            exit::FAILURE,
+            format!(
+                "{} LUN {} is now {}, not {} as when the device was made: refusing to serve another disk under it",
+                path.target,
+                spec.lun,
+                info.identity(),
+                t.lu_id
+            ),
+        ));
+    }
     // Reconnects start with the path that worked, then the others.
     let mut paths = vec![path.clone()];
     paths.extend(
@@ -317,12 +399,24 @@ fn serve_inner(
         Some(rec_tx),
     );
     let backend: Arc<dyn Backend> = recovering.clone();
-    let kind = spec.bridge.resolve();
+    let kind = match &spec.take_over {
+        Some(t) => t.bridge,
+        None => spec.bridge.resolve(),
+    };
     // ublk's daemon gets its own mount namespace: its exit must never wait
     // on a mount of the device it serves.
     daemon::harden(kind == BridgeKind::Ublk);
     let ident = format!("sanroot:{}:{}", path.target, spec.lun);
-    let dev = Device::create(kind, &backend, &cfg, &info, &ident)?;
+    let dev = match &spec.take_over {
+        Some(t) => Device::take_over(t, &backend, &cfg, &ident)?,
+        None => Device::create(kind, &backend, &cfg, &info, &ident)?,
+    };
+    if spec.take_over.is_some() {
+        log::warn!(
+            "{}: taken back from the daemon that died; its held requests are served now",
+            dev.path()
+        );
+    }
     let dev_path = dev.path();
     let mut record = DeviceRecord {
         device: dev_path.clone(),
@@ -489,10 +583,71 @@ fn forward<T: Send + 'static>(
 /// The device being served, whichever bridge.
 enum Device {
     Nbd(std::sync::Mutex<Option<NbdDevice>>, u32, String),
+    /// An NBD device taken back with RECONFIGURE: only its server thread.
+    NbdThread(
+        std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+        u32,
+        String,
+    ),
     Ublk(Box<UblkDevice>),
 }
 
+fn ublk_options(cfg: &InitiatorConfig) -> UblkOptions {
+    let queues = UblkOptions::default().queues;
+    UblkOptions {
+        // Memory is locked: keep the per-tag buffers modest. One queue
+        // per CPU (up to 4), sharing the session's command window.
+        queues,
+        depth: (cfg.session.queue_depth / queues.max(1)).clamp(8, 128),
+        max_io_bytes: 256 * 1024,
+        // Requests a killed daemon had taken are sent again by the next
+        // one (same ISID: the session is reinstated), instead of failing
+        // with EIO and aborting a journal.
+        reissue: true,
+        ..UblkOptions::default()
+    }
+}
+
 impl Device {
+    fn take_over(
+        t: &TakeOver,
+        backend: &Arc<dyn Backend>,
+        cfg: &InitiatorConfig,
+        ident: &str,
+    ) -> Result<Device, CmdError> {
+        match t.bridge {
+            BridgeKind::Ublk => {
+                let d = UblkDevice::recover(t.index, Arc::clone(backend), ublk_options(cfg))
+                    .map_err(|e| {
+                        CmdError::new(
+                            exit::FAILURE,
+                            format!("taking back /dev/ublkb{}: {e}", t.index),
+                        )
+                    })?;
+                Ok(Device::Ublk(Box::new(d)))
+            }
+            _ => {
+                let h = nbd::reconfigure(
+                    t.index,
+                    Arc::clone(backend),
+                    NbdOptions::default().buffers,
+                    ident,
+                )
+                .map_err(|e| {
+                    CmdError::new(
+                        exit::FAILURE,
+                        format!("taking back /dev/nbd{}: {e}", t.index),
+                    )
+                })?;
+                Ok(Device::NbdThread(
+                    std::sync::Mutex::new(Some(h)),
+                    t.index,
+                    format!("/dev/nbd{}", t.index),
+                ))
+            }
+        }
+    }
+
     fn create(
         kind: BridgeKind,
         backend: &Arc<dyn Backend>,
@@ -508,26 +663,13 @@ impl Device {
                         format!("ublk is not usable here: {why} (try --bridge nbd)"),
                     ));
                 }
-                let queues = UblkOptions::default().queues;
-                let opts = UblkOptions {
-                    // Memory is locked: keep the per-tag buffers modest.
-                    // One queue per CPU (up to 4), sharing the session's
-                    // command window between them.
-                    queues,
-                    depth: (cfg.session.queue_depth / queues.max(1)).clamp(8, 128),
-                    max_io_bytes: 256 * 1024,
-                    // Requests a killed daemon had taken are sent again by
-                    // the next one (same ISID: the session is reinstated),
-                    // instead of failing with EIO and aborting a journal.
-                    reissue: true,
-                    ..UblkOptions::default()
-                };
-                let d = UblkDevice::create(Arc::clone(backend), opts).map_err(|e| {
-                    CmdError::new(
-                        exit::FAILURE,
-                        format!("{e} (is ublk_drv loaded? run as root)"),
-                    )
-                })?;
+                let d =
+                    UblkDevice::create(Arc::clone(backend), ublk_options(cfg)).map_err(|e| {
+                        CmdError::new(
+                            exit::FAILURE,
+                            format!("{e} (is ublk_drv loaded? run as root)"),
+                        )
+                    })?;
                 Ok(Device::Ublk(Box::new(d)))
             }
             _ => {
@@ -545,19 +687,19 @@ impl Device {
     }
     fn path(&self) -> String {
         match self {
-            Device::Nbd(_, _, p) => p.clone(),
+            Device::Nbd(_, _, p) | Device::NbdThread(_, _, p) => p.clone(),
             Device::Ublk(u) => u.path(),
         }
     }
     fn index(&self) -> u32 {
         match self {
-            Device::Nbd(_, i, _) => *i,
+            Device::Nbd(_, i, _) | Device::NbdThread(_, i, _) => *i,
             Device::Ublk(u) => u.dev_id(),
         }
     }
     fn kind(&self) -> &'static str {
         match self {
-            Device::Nbd(..) => "nbd",
+            Device::Nbd(..) | Device::NbdThread(..) => "nbd",
             Device::Ublk(_) => "ublk",
         }
     }
@@ -571,20 +713,28 @@ impl Device {
                     d.wait();
                 }
             }
+            Device::NbdThread(m, _, _) => {
+                let taken = m.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(h) = taken {
+                    let _ = h.join();
+                }
+            }
             Device::Ublk(u) => u.wait(),
         }
     }
     /// Ask the kernel to stop the device (from another thread than wait()).
     fn shut_down(&self) -> Result<(), String> {
         match self {
-            Device::Nbd(_, i, _) => nbd::disconnect_index(*i).map_err(|e| e.to_string()),
+            Device::Nbd(_, i, _) | Device::NbdThread(_, i, _) => {
+                nbd::disconnect_index(*i).map_err(|e| e.to_string())
+            }
             Device::Ublk(u) => u.shutdown().map_err(|e| e.to_string()),
         }
     }
     /// Release what is left once serving ended.
     fn finish(self) -> Result<(), String> {
         match self {
-            Device::Nbd(..) => Ok(()),
+            Device::Nbd(..) | Device::NbdThread(..) => Ok(()),
             Device::Ublk(u) => u.stop().map_err(|e| e.to_string()),
         }
     }

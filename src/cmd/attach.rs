@@ -23,6 +23,8 @@ pub struct AttachArgs {
     pub foreground: bool,
     /// More portals of the same target, for reconnects ("IP:PORT").
     pub portals: Vec<String>,
+    /// Take back this device, whose daemon died, instead of making one.
+    pub recover: Option<String>,
     pub connect: ConnectArgs,
 }
 
@@ -39,11 +41,32 @@ pub fn attach(args: &AttachArgs) -> i32 {
 }
 
 fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
-    let (url, portal) = common::resolve_target(&args.target)?;
+    let mut take_over = None;
+    let target = match &args.recover {
+        Some(dev) => {
+            let dev = device_path(dev);
+            let rec = state::load(&state::run_dir(), &dev).ok_or_else(|| {
+                CmdError::usage(format!(
+                    "{dev} has no record under {} (see `sanroot status`)",
+                    state::run_dir().display()
+                ))
+            })?;
+            take_over = Some(serve::TakeOver::from_record(&rec)?);
+            if args.target.is_empty() {
+                format!("iscsi://{}/{}/{}", rec.portal, rec.target, rec.lun)
+            } else {
+                args.target.clone()
+            }
+        }
+        None => args.target.clone(),
+    };
+    let (url, portal) = common::resolve_target(&target)?;
     let lun = url
         .lun
         .ok_or_else(|| CmdError::usage(format!("{url}: name the LUN (…/target-iqn/LUN)")))?;
-    refuse_boot_target(&url.target, &url.host)?;
+    if take_over.is_none() {
+        refuse_boot_target(&url.target, &url.host)?;
+    }
     let cfg = common::initiator_config(&args.connect, Some(&url))?;
     let mut paths = vec![PathSpec {
         portal,
@@ -67,6 +90,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
         login_wait: Duration::ZERO,
         print_path: args.foreground,
         keep_while_in_use: false,
+        take_over,
     })
 }
 
@@ -89,13 +113,17 @@ pub fn detach(device: &str) -> i32 {
     common::report(detach_inner(device))
 }
 
-fn detach_inner(device: &str) -> Result<(), CmdError> {
-    let run = state::run_dir();
-    let dev = if device.starts_with("/dev/") {
+fn device_path(device: &str) -> String {
+    if device.starts_with("/dev/") {
         device.to_string()
     } else {
         format!("/dev/{device}")
-    };
+    }
+}
+
+fn detach_inner(device: &str) -> Result<(), CmdError> {
+    let run = state::run_dir();
+    let dev = device_path(device);
     let rec = state::load(&run, &dev).ok_or_else(|| {
         CmdError::usage(format!(
             "{dev} is not attached by sanroot (see `sanroot status`)"

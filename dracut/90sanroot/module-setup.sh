@@ -55,6 +55,11 @@ installkernel() {
     # The kernel's view of the iBFT (sanroot's last-resort source) and
     # /dev/mem is built in; iscsi_ibft is optional.
     instmods iscsi_ibft
+    # An entropy source in VMs: mutual CHAP's challenge comes from
+    # getrandom(), which waits until the kernel's CRNG is ready; without
+    # RDRAND (QEMU's TCG CPU models) and virtio-rng that is not before the
+    # real root loads its seed.
+    instmods virtio_rng
     # NIC drivers. In host-only mode dracut-install keeps only the drivers of
     # this machine's NICs; a generic image gets every Ethernet driver plus the
     # paravirtual ones. sanroot_net_drivers="…" in dracut.conf replaces the
@@ -79,6 +84,15 @@ install() {
     }
     inst_simple "$bin" /usr/sbin/sanroot
     inst_multiple -o modprobe ln sleep
+    # Name NICs here as the real root will (predictable names: udev's
+    # 80-net-setup-link.rules is in the image, the .link files are not unless
+    # a network module adds them). Otherwise the boot NIC is eth0 here and
+    # the real root's udev renames it (ens3, …) under the root's session,
+    # and the hand-off written for eth0 no longer matches it.
+    inst_multiple -o "$systemdnetwork/99-default.link" "$systemdnetwork/73-usb-net-by-mac.link"
+    if [[ $hostonly ]]; then
+        inst_multiple -H -o "$systemdnetworkconfdir"/*.link
+    fi
     # by-uuid/by-label names for ublk disks (systemd 252's udev lacks them).
     inst_rules "$moddir/61-sanroot-ublk.rules"
     inst_hook cmdline 90 "$moddir/parse-sanroot.sh"

@@ -189,3 +189,48 @@ fn another_disk_after_reconnect_is_refused() {
         .unwrap_or_else(|| panic!("a Failed event: {ev:?}"));
     assert!(msg.contains("identity changed"), "{msg}");
 }
+
+#[test]
+fn a_renewed_session_carries_on_without_a_failed_request() {
+    // What the daemon does when the target asks for a logout or says it is
+    // going away: hold, drain, log out, log in again with the same ISID.
+    let t = Tgtd::start();
+    t.target(1, IQN);
+    let backing = t
+        .lun(
+            1,
+            1,
+            &LunSpec {
+                size: 64 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (b, events) = setup(&t);
+    let n = 300;
+    let b2 = Arc::clone(&b);
+    let results = write_all(&b, n, move || {
+        b2.renew(
+            "the target asked for a logout".into(),
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+        );
+    });
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "write {i} failed: {r:?}");
+    }
+    let ev: Vec<RecoveryEvent> = events.try_iter().collect();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, RecoveryEvent::Recovered { .. })),
+        "{ev:?}"
+    );
+    let file = std::fs::read(&backing).unwrap();
+    for i in 0..n {
+        assert!(
+            file[i * CHUNK..(i + 1) * CHUNK] == chunk(i)[..],
+            "chunk {i} is on the target"
+        );
+    }
+    assert_eq!(t.sessions(1), 1, "the old session logged out, one left");
+}

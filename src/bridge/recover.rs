@@ -256,6 +256,31 @@ impl RecoveringBackend {
         }
     }
 
+    /// The target asked for this session to end (a logout request, or it
+    /// is going away): hold new requests, let the ones in flight finish,
+    /// log out, wait `pause` (its Time2Wait), and log in again — the next
+    /// path first — with the same ISID. The filesystem sees nothing.
+    pub fn renew(&self, reason: String, within: Duration, pause: Duration) {
+        if self.failure().is_some() || self.recovering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.emit(RecoveryEvent::Lost { reason, parked: 0 });
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let _ = std::thread::Builder::new()
+            .name("sanroot-renew".into())
+            .spawn(move || {
+                let old = me.current();
+                if let Err(e) = old.session().close(within.max(Duration::from_secs(1))) {
+                    log::warn!("logout before renewing the session: {e}");
+                }
+                drop(old);
+                std::thread::sleep(pause);
+                me.recover();
+            });
+    }
+
     /// Why recovery gave up, if it did.
     fn failure(&self) -> Option<String> {
         if !self.has_failed.load(Ordering::SeqCst) {
@@ -303,13 +328,22 @@ impl RecoveringBackend {
                 "the LU's identity changed from {was} to {now}: refusing I/O to what may be another disk"
             )));
         }
-        if lun.info.blocks() != self.info.blocks()
-            || lun.info.block_size() != self.info.block_size()
+        // A grown LU is harmless to what is on it (the device keeps its
+        // size until attached again); a shrunk one or another block size
+        // is not.
+        if lun.info.blocks() < self.info.blocks() || lun.info.block_size() != self.info.block_size()
         {
             return Err(Fatal(format!(
                 "the LU's size changed from {} to {}: refusing I/O until it is attached again",
                 self.info.capacity, lun.info.capacity
             )));
+        }
+        if lun.info.blocks() > self.info.blocks() {
+            log::warn!(
+                "the LU grew from {} to {}; the device keeps its size until it is attached again",
+                self.info.capacity,
+                lun.info.capacity
+            );
         }
         Ok((IscsiBackend::new(session, lun.info), tsih))
     }

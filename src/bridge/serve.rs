@@ -520,16 +520,39 @@ fn serve_inner(
                 let _ = state::save(&run, &record);
             }
             Ok(Event::Session(SessionEvent::LogoutRequested { within })) => {
-                // The target wants this session gone: finish what is in
-                // flight, flush and log out cleanly rather than be cut off.
+                // The target wants this session gone (maintenance, moving
+                // the portal): finish what is in flight, log out cleanly and
+                // log in again — the device stays.
                 log::warn!(
-                    "{dev_path}: the target asks us to log out within {within} s: detaching"
+                    "{dev_path}: the target asks us to log out within {within} s: renewing the session"
                 );
-                if let Err(e) = dev.shut_down() {
-                    log::error!("{dev_path}: {e}");
-                }
-                let _ = waiter.join();
-                break;
+                recovering.renew(
+                    "the target asked for a logout".into(),
+                    Duration::from_secs(u64::from(within)),
+                    Duration::from_secs(2),
+                );
+            }
+            Ok(Event::Session(SessionEvent::Dropping {
+                event, time2wait, ..
+            })) => {
+                log::warn!(
+                    "{dev_path}: the target is dropping the {} (async event {event}): logging in again after {time2wait} s",
+                    if event == 2 { "connection" } else { "session" }
+                );
+                recovering.renew(
+                    "the target is going away".into(),
+                    Duration::from_secs(2),
+                    Duration::from_secs(u64::from(time2wait)),
+                );
+            }
+            Ok(Event::Session(SessionEvent::ScsiEvent { sense, .. }))
+                if crate::scsi::sense::Sense::parse(&sense)
+                    .is_ok_and(|s| (s.asc, s.ascq) == (0x2a, 0x09)) =>
+            {
+                log::warn!(
+                    "{dev_path}: the target reports the LU's capacity changed; the device keeps {} until it is attached again",
+                    info.capacity
+                );
             }
             Ok(Event::Session(e)) => log::warn!("{dev_path}: target event: {e:?}"),
         }

@@ -634,6 +634,8 @@ sr_sanboot_ipxe_script() {
 # of target TID every 0.25 s, and writes key=value lines to RESULTS:
 #   event.NAME.t / event.NAME.sessions   when a console milestone showed up
 #                                       and the session count at that moment
+#                                       (event.ipxe_login.t: the target's
+#                                       first session, iPXE's login)
 #   guest.KEY                            the check service's "R KEY=VALUE"
 #   sessions_at_check                    the count when the guest said READY
 #   sessions_max / sessions_timeline     the highest count, every change
@@ -723,6 +725,10 @@ while True:
         if "kernel" in seen:
             for i in inits:
                 nexus_since_kernel.add(i.split("#")[-1])
+        if n > 0 and "ipxe_login" not in seen:
+            # BIOS iPXE prints to the screen only; its login shows here.
+            seen["ipxe_login"] = now
+            emit("event.ipxe_login.t", f"{now:.1f}")
         if n != last_n:
             timeline.append(f"{now:.1f}:{n}[{'+'.join(i.split('#')[-1] for i in inits)}]")
             if last_n is not None:

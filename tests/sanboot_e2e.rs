@@ -356,6 +356,20 @@ fn assert_boot(b: &Boot, e: Expect) {
         "the kernel's initiator (open-iscsi) has no session of its own",
     );
 
+    // The real root came up whole, with the incumbent's daemons running.
+    b.eq(
+        "guest.system_state",
+        "running",
+        "systemctl is-system-running in the real root",
+    );
+    b.eq("guest.failed_units", "", "failed units in the real root");
+    b.eq(
+        "guest.iscsid_active",
+        "active",
+        "iscsid started (and found nothing to take over)",
+    );
+    b.eq("guest.nm_active", "active", "NetworkManager started");
+
     // The root is the LUN, writable, and what was written reached the target.
     b.eq(
         "guest.root_source",

@@ -624,7 +624,7 @@ sr_sanboot_ipxe_script() {
     esac
     echo ':failed'
     echo 'echo sanroot: iPXE script failed'
-    echo 'poweroff'
+    echo 'reboot' # QEMU runs with -no-reboot: this ends the run
 }
 
 # sr_sanboot_controller LOG SOCK RESULTS TID TOKEN PIDFILE: the host side of

@@ -8,21 +8,30 @@
 //! NBD_CMD_RECONFIGURE while the kernel holds I/O for the dead-connection
 //! timeout.
 //!
+//! Batching (every system call is expensive in a guest without KVM): the
+//! server reads the socket 64 KiB at a time and submits the requests of
+//! one read under a session plug ([`session::plug`]), so their SCSI
+//! commands leave in one write; replies are queued and one vectored write
+//! per batch sends them (each reply's data right behind its header, a
+//! read's data straight from its buffer), written when the session's
+//! reader has handled everything it received ([`session::at_reader_idle`]).
+//!
 //! Wire protocol (the kernel is the client, big-endian): request = magic
 //! 0x25609513, u16 flags + u16 type, 8-byte handle, u64 offset, u32 length
 //! (+ data for writes); reply = magic 0x67446698, u32 error (errno), handle
 //! (+ data for successful reads).
 
 use std::fmt;
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{Backend, BlockError, BlockOp};
+use crate::iscsi::session;
 use crate::netlink::{self, GenlSocket, MsgBuilder, NLM_F_ACK, NLM_F_REQUEST, NetlinkError, Reply};
 
 // include/uapi/linux/nbd-netlink.h
@@ -409,10 +418,107 @@ impl Pool {
         b.resize(len, 0);
         b
     }
-    fn put(&self, b: Vec<u8>) {
+
+    fn put_all(&self, bufs: impl Iterator<Item = Vec<u8>>) {
         let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if f.len() < 256 {
-            f.push(b);
+        for b in bufs {
+            if f.len() < 256 {
+                f.push(b);
+            }
+        }
+    }
+}
+
+/// A reply waiting to be written: its header, and the request's buffer
+/// (sent after the header for a successful read, else only returned to
+/// the pool).
+struct Outgoing {
+    hdr: [u8; REPLY_LEN],
+    buf: Vec<u8>,
+    with_data: bool,
+}
+
+/// Replies on their way to the kernel, written in batches: a completion
+/// queues its reply, and one write (header and data of every reply in the
+/// batch, each reply's data right after its header) sends all that queued
+/// up meanwhile. Completions run on the session's reader thread, which
+/// writes the batch when it has handled what it received (see
+/// [`session::at_reader_idle`]); anywhere else the reply is written at
+/// once.
+struct Replies {
+    /// Held for a whole batch: batches never interleave on the socket.
+    sock: Mutex<UnixStream>,
+    queue: Mutex<ReplyQueue>,
+    pool: Arc<Pool>,
+}
+
+struct ReplyQueue {
+    items: Vec<Outgoing>,
+    /// A write of the queue is due (a reader thread will do it): later
+    /// replies join that batch.
+    scheduled: bool,
+    /// The previous batch's vector, kept for its allocation.
+    spare: Vec<Outgoing>,
+}
+
+impl Replies {
+    fn push(self: &Arc<Self>, req: &Request, res: Result<(), BlockError>, buf: Vec<u8>) {
+        let err = match &res {
+            Ok(()) => 0,
+            Err(e) => (-e.errno()) as u32,
+        };
+        let with_data = req.cmd == NBD_CMD_READ && res.is_ok();
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.items.push(Outgoing {
+                hdr: reply_header(err, &req.handle),
+                buf,
+                with_data,
+            });
+            if q.scheduled {
+                return;
+            }
+            q.scheduled = true;
+        }
+        let me = Arc::clone(self);
+        if let Err(job) = session::at_reader_idle(Box::new(move || me.write())) {
+            job();
+        }
+    }
+
+    /// Write every queued reply.
+    fn write(&self) {
+        let mut sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut items = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.scheduled = false;
+            let spare = std::mem::take(&mut q.spare);
+            std::mem::replace(&mut q.items, spare)
+        };
+        if items.is_empty() {
+            return;
+        }
+        let r = {
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(items.len() * 2);
+            for o in &items {
+                iov.push(IoSlice::new(&o.hdr));
+                if o.with_data && !o.buf.is_empty() {
+                    iov.push(IoSlice::new(&o.buf));
+                }
+            }
+            crate::iscsi::conn::write_all_vectored(&mut *sock, &mut iov)
+        };
+        drop(sock);
+        if let Err(e) = r {
+            log::error!(
+                "NBD: cannot reply to the kernel ({} replies lost): {e}",
+                items.len()
+            );
+        }
+        self.pool.put_all(items.drain(..).map(|o| o.buf));
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.spare.capacity() < items.capacity() {
+            q.spare = items;
         }
     }
 }
@@ -423,14 +529,28 @@ fn serve(
     buffers: usize,
     stop: &AtomicBool,
 ) -> io::Result<()> {
-    let writer = Arc::new(Mutex::new(sock.try_clone()?));
     let pool = Arc::new(Pool {
         free: Mutex::new((0..buffers).map(|_| Vec::with_capacity(1 << 20)).collect()),
     });
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    let replies = Arc::new(Replies {
+        sock: Mutex::new(sock.try_clone()?),
+        queue: Mutex::new(ReplyQueue {
+            items: Vec::with_capacity(buffers),
+            scheduled: false,
+            spare: Vec::with_capacity(buffers),
+        }),
+        pool: Arc::clone(&pool),
+    });
     let mut r = BufReader::with_capacity(64 * 1024, sock);
     let bs = backend.info().block_size();
+    // Requests that arrived together (one read from the socket) go to the
+    // target together: the commands are held back until the next read
+    // would block.
+    let plug = session::plug();
     loop {
+        if r.buffer().len() < REQUEST_LEN {
+            plug.flush();
+        }
         let mut hdr = [0u8; REQUEST_LEN];
         if let Err(e) = r.read_exact(&mut hdr) {
             if stop.load(Ordering::SeqCst) || e.kind() == io::ErrorKind::UnexpectedEof {
@@ -456,57 +576,22 @@ fn serve(
             _ => pool.get(0),
         };
         if req.cmd == NBD_CMD_WRITE {
+            if r.buffer().len() < buf.len() {
+                plug.flush();
+            }
             r.read_exact(&mut buf)?;
         }
         let op = match to_op(&req, bs) {
             Ok(op) => op,
             Err(e) => {
                 log::error!("NBD: {e}");
-                reply(&writer, &req, Err(e), &[])?;
-                pool.put(buf);
+                replies.push(&req, Err(e), buf);
                 continue;
             }
         };
-        in_flight.fetch_add(1, Ordering::SeqCst);
-        let (w, p, n) = (
-            Arc::clone(&writer),
-            Arc::clone(&pool),
-            Arc::clone(&in_flight),
-        );
-        backend.submit(
-            op,
-            buf,
-            Box::new(move |res, b| {
-                let data: &[u8] = if req.cmd == NBD_CMD_READ && res.is_ok() {
-                    &b
-                } else {
-                    &[]
-                };
-                if let Err(e) = reply(&w, &req, res, data) {
-                    log::error!("NBD: cannot reply to the kernel: {e}");
-                }
-                p.put(b);
-                n.fetch_sub(1, Ordering::SeqCst);
-            }),
-        );
+        let rs = Arc::clone(&replies);
+        backend.submit(op, buf, Box::new(move |res, b| rs.push(&req, res, b)));
     }
-}
-
-fn reply(
-    w: &Mutex<UnixStream>,
-    req: &Request,
-    res: Result<(), BlockError>,
-    data: &[u8],
-) -> io::Result<()> {
-    let err = match &res {
-        Ok(()) => 0,
-        Err(e) => (-e.errno()) as u32,
-    };
-    let hdr = reply_header(err, &req.handle);
-    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
-    let mut bufs = [IoSlice::new(&hdr), IoSlice::new(data)];
-    crate::iscsi::conn::write_all_vectored(&mut *w, &mut bufs)?;
-    w.flush()
 }
 
 #[cfg(test)]
@@ -529,6 +614,51 @@ mod tests {
         let h = reply_header(5, b"handle01");
         assert_eq!(&h[0..4], &NBD_REPLY_MAGIC.to_be_bytes());
         assert_eq!(&h[4..8], &5u32.to_be_bytes());
+    }
+
+    #[test]
+    fn replies_carry_read_data_right_behind_their_header() {
+        let (ours, mut kernel) = UnixStream::pair().unwrap();
+        let pool = Arc::new(Pool {
+            free: Mutex::new(Vec::new()),
+        });
+        let replies = Arc::new(Replies {
+            sock: Mutex::new(ours),
+            queue: Mutex::new(ReplyQueue {
+                items: Vec::new(),
+                scheduled: false,
+                spare: Vec::new(),
+            }),
+            pool: Arc::clone(&pool),
+        });
+        let req = |cmd: u16, h: &[u8; 8]| Request {
+            flags: 0,
+            cmd,
+            handle: *h,
+            offset: 0,
+            len: 8,
+        };
+        // Not on a session's reader thread: each reply is written at once.
+        replies.push(&req(NBD_CMD_READ, b"read-ok!"), Ok(()), vec![7u8; 8]);
+        replies.push(&req(NBD_CMD_WRITE, b"write-ok"), Ok(()), vec![1u8; 8]);
+        replies.push(
+            &req(NBD_CMD_READ, b"read-bad"),
+            Err(BlockError::Io("x".into())),
+            vec![9u8; 8],
+        );
+        let mut got = vec![0u8; 3 * REPLY_LEN + 8];
+        kernel.read_exact(&mut got).unwrap();
+        let mut want = reply_header(0, b"read-ok!").to_vec();
+        want.extend_from_slice(&[7u8; 8]);
+        want.extend_from_slice(&reply_header(0, b"write-ok"));
+        want.extend_from_slice(&reply_header(5, b"read-bad"));
+        assert_eq!(got, want);
+        assert_eq!(
+            pool.free.lock().unwrap().len(),
+            3,
+            "buffers back in the pool"
+        );
+        assert!(!replies.queue.lock().unwrap().scheduled);
     }
 
     #[test]

@@ -67,14 +67,21 @@
 //! says what. Sectors are 512 bytes; the request becomes a [`BlockOp`] in LU
 //! blocks (a request not aligned to the LU block size completes with
 //! -EINVAL). The tag's buffer, cut to the request's length, moves into
-//! [`Backend::submit`]; the backend's `done` posts (tag, result, buffer) to
-//! the queue's mailbox and wakes the thread through a pipe that always has
-//! a read queued in the ring. The thread answers with COMMIT_AND_FETCH_REQ:
-//! bytes transferred for reads and writes, 0 for flush / discard / write
-//! zeroes, or a negative errno ([`BlockError::errno`]). A write is
-//! acknowledged to the kernel only after the backend's `done(Ok)`. A flush
-//! the LU refuses as unsupported completes with 0 (there is nothing else to
-//! do, and failing it would make the filesystem abort); it is logged once.
+//! [`Backend::submit`]; the requests of one wake-up are submitted under a
+//! session plug ([`session::plug`]), so an iSCSI backend sends their
+//! commands in one write. The backend's `done` posts (tag, result, buffer)
+//! to the queue's mailbox and wakes the thread through a pipe that always
+//! has a read queued in the ring; from a session's reader thread the
+//! wake-up waits for the reader's idle point ([`session::at_reader_idle`]),
+//! so one batch of answers from the target wakes the queue once. Each
+//! wake-up reaps every completion and queues every commit, and one
+//! io_uring_enter submits them all and waits. The thread answers with
+//! COMMIT_AND_FETCH_REQ: bytes transferred for reads and writes, 0 for
+//! flush / discard / write zeroes, or a negative errno
+//! ([`BlockError::errno`]). A write is acknowledged to the kernel only after
+//! the backend's `done(Ok)`. A flush the LU refuses as unsupported completes
+//! with 0 (there is nothing else to do, and failing it would make the
+//! filesystem abort); it is logged once.
 //!
 //! Buffer ownership, per tag: while a FETCH/COMMIT is queued the kernel may
 //! copy into the buffer at any time (in our thread's task work) and we do not
@@ -128,6 +135,7 @@ use nix::errno::Errno;
 use zerocopy::{FromZeros, IntoBytes};
 
 use super::{Backend, BlockDone, BlockError, BlockOp};
+use crate::iscsi::session;
 use crate::lun::LunInfo;
 
 use uapi::{CtrlCmd, DevInfo, IoCmd, IoDesc, Params};
@@ -1014,10 +1022,16 @@ impl Mailbox {
         })
     }
 
-    fn post(&self, d: Done) {
+    /// Hand a completion to the queue thread. On a session's reader thread
+    /// the wake-up waits until the reader has handled all it received, so
+    /// the completions of one batch from the target wake the queue once.
+    fn post(self: &Arc<Self>, d: Done) {
         lock(&self.done).push(d);
         if !self.armed.swap(true, Ordering::AcqRel) {
-            self.kick();
+            let me = Arc::clone(self);
+            if let Err(job) = session::at_reader_idle(Box::new(move || me.kick())) {
+                job();
+            }
         }
     }
 
@@ -1554,11 +1568,14 @@ impl Queue {
                 return Exit::Abandoned(format!("io_uring: {e}"));
             }
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            // The requests of one wake-up go to the target together.
+            let plug = session::plug();
             for (ud, res) in cqes.drain(..) {
                 if let Err(why) = self.dispatch(ud, res, &mut done) {
                     return Exit::Abandoned(why);
                 }
             }
+            drop(plug);
         }
     }
 

@@ -22,6 +22,7 @@
 //! Data-In beyond the buffer, DataSN out of order, an R2T for a read — is a
 //! protocol error that drops the connection with a message naming the PDU.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -281,6 +282,9 @@ struct State {
     last_rx: Instant,
     ping_out: Option<(u16, Instant)>,
     events: Option<Sender<SessionEvent>>,
+    /// Threads waiting on `slot_free` (a notify is a system call even with
+    /// nobody waiting: skip it then).
+    slot_waiters: usize,
 }
 
 struct Shared {
@@ -356,6 +360,7 @@ impl Session {
                 last_rx: Instant::now(),
                 ping_out: None,
                 events,
+                slot_waiters: 0,
             }),
             wake_writer: Condvar::new(),
             slot_free: Condvar::new(),
@@ -420,11 +425,23 @@ impl Session {
             if !st.free.is_empty() {
                 break;
             }
+            if PLUGGED.with(|p| p.borrow().is_some()) {
+                // Commands this thread holds back may be what occupies the
+                // slots: send them before waiting for one.
+                drop(st);
+                send_now(&self.shared);
+                st = lock(&self.shared.state);
+                if !st.free.is_empty() || st.failed.is_some() || st.closing {
+                    continue;
+                }
+            }
+            st.slot_waiters += 1;
             st = self
                 .shared
                 .slot_free
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
+            st.slot_waiters -= 1;
         }
         let Some(slot) = alloc_slot(&mut st) else {
             drop(st);
@@ -454,21 +471,21 @@ impl Session {
         self.kick();
     }
 
-    /// Get queued PDUs onto the wire: from the reader thread, leave them
-    /// for its batch; otherwise send them here if the transmit side is
-    /// free, else hand them to the writer thread.
+    /// Get queued PDUs onto the wire: under a [`Plug`] (a reader thread is
+    /// always plugged), leave them for the plug's batch; otherwise send
+    /// them now.
     fn kick(&self) {
-        if ON_READER.with(|r| r.get()) {
-            return;
-        }
-        match self.shared.tx.try_lock() {
-            Ok(mut w) => {
-                if let Err(e) = flush(&self.shared, &mut w) {
-                    drop(w);
-                    fail(&self.shared, e);
+        let held = PLUGGED.with(|p| match p.borrow_mut().as_mut() {
+            Some(list) => {
+                if !list.iter().any(|s| Arc::ptr_eq(s, &self.shared)) {
+                    list.push(Arc::clone(&self.shared));
                 }
+                true
             }
-            Err(_) => self.shared.wake_writer.notify_one(),
+            None => false,
+        });
+        if !held {
+            send_now(&self.shared);
         }
     }
 
@@ -602,12 +619,14 @@ impl Session {
                 if now >= deadline {
                     break;
                 }
+                st.slot_waiters += 1;
                 st = self
                     .shared
                     .slot_free
                     .wait_timeout(st, deadline - now)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
+                st.slot_waiters -= 1;
             }
         }
         let r = self.control(
@@ -810,8 +829,11 @@ fn finish(
         return;
     };
     st.free.push(slot);
+    let waiters = st.slot_waiters > 0;
     drop(st);
-    shared.slot_free.notify_one();
+    if waiters {
+        shared.slot_free.notify_one();
+    }
     if let Some(d) = task.done.take() {
         d(result, task.buf.take().unwrap_or_default());
     } else if let Some(c) = task.ctl_done.take() {
@@ -886,10 +908,141 @@ fn has_work(st: &State) -> bool {
 }
 
 thread_local! {
-    /// Set on a session's reader thread: submissions made there (from a
-    /// completion) are only queued, and the reader sends them in one batch
-    /// before it next waits for the target.
+    /// Set on a session's reader thread (see [`at_reader_idle`]).
     static ON_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Under a [`Plug`] (and always on a reader thread): the sessions this
+    /// thread queued commands on without sending them yet.
+    static PLUGGED: RefCell<Option<Vec<Arc<Shared>>>> = const { RefCell::new(None) };
+    /// Jobs a reader thread runs before it next waits for its target.
+    static AT_IDLE: RefCell<Vec<IdleJob>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Work for a reader thread's idle point: see [`at_reader_idle`].
+pub type IdleJob = Box<dyn FnOnce()>;
+
+/// Commands submitted on this thread while a `Plug` lives are queued but
+/// not sent; dropping it (or [`Plug::flush`]) sends them, several commands
+/// in one write. For a thread that takes a burst of requests at once (a
+/// block-device bridge reading many requests per system call). Plugs nest:
+/// only the outermost sends. A submission that has to wait for a free task
+/// slot sends what is held first.
+pub struct Plug {
+    outer: bool,
+}
+
+/// Start holding back this thread's submissions (see [`Plug`]).
+pub fn plug() -> Plug {
+    let outer = PLUGGED.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_some() {
+            false
+        } else {
+            *p = Some(Vec::new());
+            true
+        }
+    });
+    Plug { outer }
+}
+
+impl Plug {
+    /// Send what is held, and keep holding back what comes next.
+    pub fn flush(&self) {
+        if self.outer {
+            send_plugged();
+        }
+    }
+}
+
+impl Drop for Plug {
+    fn drop(&mut self) {
+        if self.outer {
+            send_plugged();
+            PLUGGED.with(|p| p.borrow_mut().take());
+        }
+    }
+}
+
+/// Send the commands this thread's plug holds.
+fn send_plugged() {
+    let held = PLUGGED.with(|p| p.borrow_mut().as_mut().map(std::mem::take));
+    for s in held.unwrap_or_default() {
+        send_now(&s);
+    }
+}
+
+/// Send whatever `shared` has queued: here if the transmit side is free,
+/// else by the writer thread.
+fn send_now(shared: &Shared) {
+    match shared.tx.try_lock() {
+        Ok(mut w) => {
+            if let Err(e) = flush(shared, &mut w) {
+                drop(w);
+                fail(shared, e);
+            }
+        }
+        Err(_) => shared.wake_writer.notify_one(),
+    }
+}
+
+/// On a session's reader thread (where completions run): run `job` once
+/// the reader has handled everything it has received so far, just before
+/// it may wait for the target again (or when it ends). A completion can so
+/// leave its output for one batch (e.g. one write for many replies)
+/// instead of a system call each. Elsewhere the job comes back, to be run
+/// by the caller.
+pub fn at_reader_idle(job: IdleJob) -> Result<(), IdleJob> {
+    if !ON_READER.with(|r| r.get()) {
+        return Err(job);
+    }
+    AT_IDLE.with(|q| q.borrow_mut().push(job));
+    Ok(())
+}
+
+/// Before the reader reads `need` more bytes: if fewer are buffered the
+/// read may wait for the target, so this is an idle point. (Not only
+/// between PDUs: a read often ends inside one, and completions must not
+/// wait for the target's next batch.) A failed send fails the session,
+/// which the next read reports.
+fn idle_before(shared: &Shared, r: &PduReader<TcpStream>, need: usize) {
+    if r.buffered() < need
+        && let Err(e) = reader_idle(shared)
+    {
+        fail(shared, e);
+    }
+}
+
+/// What a data segment of `len` bytes takes on the wire.
+fn segment_bytes(shared: &Shared, len: usize) -> usize {
+    match len {
+        0 => 0,
+        n => pad4(n) + if shared.params.data_digest { 4 } else { 0 },
+    }
+}
+
+/// The reader's idle point: run the jobs completions left, then send what
+/// they and the PDUs just handled queued, for every session (a completion
+/// may resubmit on another one). Until nothing is left.
+fn reader_idle(shared: &Shared) -> Result<(), SessionError> {
+    loop {
+        let jobs = AT_IDLE.with(|q| std::mem::take(&mut *q.borrow_mut()));
+        let ran = !jobs.is_empty();
+        for j in jobs {
+            j();
+        }
+        let held = PLUGGED.with(|p| p.borrow_mut().as_mut().map(std::mem::take));
+        for s in held.unwrap_or_default() {
+            if !std::ptr::eq(Arc::as_ptr(&s), shared) {
+                send_now(&s);
+            }
+        }
+        if has_work(&lock(&shared.state)) {
+            let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());
+            flush(shared, &mut w)?;
+        }
+        if !ran && AT_IDLE.with(|q| q.borrow().is_empty()) {
+            return Ok(());
+        }
+    }
 }
 
 /// Send everything that can be sent now, in as few writes as possible.
@@ -1196,35 +1349,30 @@ fn send_outs(
 
 fn reader_loop(shared: Arc<Shared>, mut r: PduReader<TcpStream>) {
     ON_READER.with(|f| f.set(true));
+    PLUGGED.with(|p| *p.borrow_mut() = Some(Vec::new()));
     crate::daemon::io_thread();
-    loop {
-        // About to wait for the target: first send what completions queued
-        // (resubmissions, Data-Out for R2Ts, NOP answers), in one batch.
-        if r.buffered() == 0 {
-            let work = has_work(&lock(&shared.state));
-            if work {
-                let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = flush(&shared, &mut w) {
-                    drop(w);
-                    fail(&shared, e);
-                    return;
-                }
-            }
-        }
+    let header = BHS_LEN + if shared.params.header_digest { 4 } else { 0 };
+    let err = loop {
+        // Before waiting for the target: first what completions left for
+        // now (replies, resubmissions, Data-Out for R2Ts, NOP answers), in
+        // one batch.
+        idle_before(&shared, &r, header);
         let e = match rx_one(&shared, &mut r) {
             Ok(()) => continue,
             Err(e) => e,
         };
         let closing = lock(&shared.state).closing;
-        let err = match e {
+        break match e {
             RxError::Conn(ConnError::Closed) if closing => SessionError::Closed,
             RxError::Conn(ConnError::Io(_)) if closing => SessionError::Closed,
             RxError::Conn(c) => SessionError::ConnectionLost(c.to_string()),
             RxError::Protocol(m) => SessionError::Protocol(m),
         };
-        fail(&shared, err);
-        return;
-    }
+    };
+    fail(&shared, err);
+    // The failed commands' completions may have left work too (and other
+    // sessions may have been given commands).
+    let _ = reader_idle(&shared);
 }
 
 enum RxError {
@@ -1313,6 +1461,7 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
             t.next_data_sn = t.next_data_sn.wrapping_add(1);
             let mut buf = t.buf.take().unwrap_or_default();
             drop(st);
+            idle_before(shared, r, segment_bytes(shared, len));
             // The payload goes straight into the command's buffer.
             let rd = match buf.get_mut(off..off + len) {
                 Some(dst) => r.read_data(dst),
@@ -1358,6 +1507,7 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
             }
             let data_in = t.data_in;
             drop(st);
+            idle_before(shared, r, segment_bytes(shared, h.data_len));
             let data = r.read_data_vec()?;
             let st = lock(&shared.state);
             let slot = slot_of(resp.itt).0;
@@ -1414,6 +1564,7 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
         }
         Pdu::NopIn(n) => {
             drop(st);
+            idle_before(shared, r, segment_bytes(shared, h.data_len));
             let data = r.read_data_vec()?;
             let mut st = lock(&shared.state);
             if n.itt != RESERVED_TAG {
@@ -1474,6 +1625,7 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
         Pdu::AsyncMessage(a) => {
             let events = st.events.clone();
             drop(st);
+            idle_before(shared, r, segment_bytes(shared, h.data_len));
             let data = r.read_data_vec()?;
             let ev = match a.event {
                 0 => {
@@ -1506,6 +1658,7 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
         }
         Pdu::Reject(rj) => {
             drop(st);
+            idle_before(shared, r, segment_bytes(shared, h.data_len));
             let data = r.read_data_vec()?;
             // The data segment is the rejected PDU's header: find its ITT.
             let itt = Bhs::new_checked(&data[..]).map(|b| b.itt()).ok();
@@ -1553,4 +1706,34 @@ fn residual(over: bool, under: bool, count: u32) -> Residual {
 /// Receive target events without blocking the caller's threads.
 pub fn event_channel() -> (Sender<SessionEvent>, Receiver<SessionEvent>) {
     mpsc::channel()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugged() -> bool {
+        PLUGGED.with(|p| p.borrow().is_some())
+    }
+
+    #[test]
+    fn plugs_nest_and_idle_jobs_are_for_readers_only() {
+        assert!(!plugged());
+        let outer = plug();
+        let inner = plug();
+        drop(inner);
+        assert!(plugged(), "an inner plug leaves the outer one in place");
+        outer.flush();
+        assert!(plugged());
+        drop(outer);
+        assert!(!plugged());
+        // Not a reader thread: the job comes back to be run by the caller.
+        let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+        let r = std::rc::Rc::clone(&ran);
+        match at_reader_idle(Box::new(move || r.set(true))) {
+            Ok(()) => panic!("queued on a thread that is no reader"),
+            Err(job) => job(),
+        }
+        assert!(ran.get());
+    }
 }

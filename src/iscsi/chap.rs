@@ -319,11 +319,61 @@ impl fmt::Debug for MutualChallenge {
     }
 }
 
+/// Random bytes for a challenge from the kernel's CSPRNG. Early in an
+/// initramfs on a machine with no entropy source (a VM without virtio-rng)
+/// the kernel may not be seeded for minutes, and a blocking read would
+/// hang the boot with no word: wait up to 10 s, saying so, then take the
+/// kernel's not-yet-seeded output (GRND_INSECURE) with a loud warning.
+fn challenge_random(buf: &mut [u8]) -> std::io::Result<()> {
+    const GRND_NONBLOCK: nix::libc::c_uint = 0x1;
+    const GRND_INSECURE: nix::libc::c_uint = 0x4;
+    let get = |buf: &mut [u8], flags| -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            // SAFETY: the pointer and length describe `rest`, owned here.
+            let n = unsafe { nix::libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), flags) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += n as usize;
+        }
+        Ok(())
+    };
+    let not_ready = |e: &std::io::Error| e.raw_os_error() == Some(nix::libc::EAGAIN);
+    match get(buf, GRND_NONBLOCK) {
+        Err(e) if not_ready(&e) => {}
+        r => return r,
+    }
+    log::warn!(
+        "waiting (up to 10 s) for the kernel's random number generator to be seeded, for the mutual CHAP challenge; a VM wants virtio-rng"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        match get(buf, GRND_NONBLOCK) {
+            Err(e) if not_ready(&e) => {}
+            r => return r,
+        }
+    }
+    log::error!(
+        "the kernel's random number generator is still not seeded after 10 s: using its unseeded output for the mutual CHAP challenge (weaker against a target impostor); give the machine an entropy source (virtio-rng, RDRAND)"
+    );
+    match get(buf, GRND_INSECURE) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => get(buf, 0),
+        r => r,
+    }
+}
+
 impl MutualChallenge {
     /// A random identifier and a random 16-byte challenge.
     pub fn generate() -> Result<MutualChallenge, ChapError> {
         let mut buf = [0u8; 1 + OUR_CHALLENGE_LEN];
-        getrandom::fill(&mut buf).map_err(|e| ChapError::Random(e.to_string()))?;
+        challenge_random(&mut buf).map_err(|e| ChapError::Random(e.to_string()))?;
         let (id, rest) = buf.split_at(1);
         let mut challenge = [0u8; OUR_CHALLENGE_LEN];
         challenge.copy_from_slice(rest);

@@ -197,10 +197,10 @@ impl RecoveringBackend {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            // The path that just failed is tried last: with a second path,
-            // a silent first one costs no login timeout before failover.
+            // The path in use first (a reset on a healthy path comes back
+            // at once there), then the others in turn.
             let n = self.reconnect.paths.len().max(1);
-            let index = (self.path_in_use.load(Ordering::SeqCst) + attempt as usize) % n;
+            let index = (self.path_in_use.load(Ordering::SeqCst) + attempt as usize - 1) % n;
             let Some(path) = self.reconnect.paths.get(index) else {
                 return self.give_up("no path to reconnect through".into());
             };

@@ -102,8 +102,6 @@ pub struct RecoveringBackend {
     generation: AtomicU64,
     parked: Mutex<Vec<Parked>>,
     recovering: AtomicBool,
-    /// Index in `reconnect.paths` of the path carrying the session now.
-    path_in_use: std::sync::atomic::AtomicUsize,
     /// Set once recovery gave up; `failed` then holds why. Checked on
     /// every request, so the data path reads the flag, not the lock.
     has_failed: AtomicBool,
@@ -127,7 +125,6 @@ impl RecoveringBackend {
             generation: AtomicU64::new(1),
             parked: Mutex::new(Vec::new()),
             recovering: AtomicBool::new(false),
-            path_in_use: std::sync::atomic::AtomicUsize::new(0),
             has_failed: AtomicBool::new(false),
             failed: Mutex::new(None),
             reconnect,
@@ -197,17 +194,16 @@ impl RecoveringBackend {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            // The path in use first (a reset on a healthy path comes back
-            // at once there), then the others in turn.
+            // The paths in their order (the boot path first), each in turn:
+            // back to the first once it answers again.
             let n = self.reconnect.paths.len().max(1);
-            let index = (self.path_in_use.load(Ordering::SeqCst) + attempt as usize - 1) % n;
+            let index = (attempt as usize - 1) % n;
             let Some(path) = self.reconnect.paths.get(index) else {
                 return self.give_up("no path to reconnect through".into());
             };
             let portal = &path.portal;
             match self.try_once(path) {
                 Ok((backend, tsih)) => {
-                    self.path_in_use.store(index, Ordering::SeqCst);
                     let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                     *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
                         (generation, Arc::new(backend));

@@ -365,12 +365,21 @@ impl<W: Write> PduWriter<W> {
         // Digests live here so the slices below can point at them.
         let mut hdig: Vec<[u8; 4]> = Vec::with_capacity(pdus.len());
         let mut ddig: Vec<[u8; 4]> = Vec::with_capacity(pdus.len());
+        // CRC32C over every payload byte costs as much as the copy the
+        // data path avoids: compute only what the connection negotiated.
         for p in pdus {
-            hdig.push(digest::to_wire(digest::crc32c(&[&p.bhs])));
-            let len: usize = p.data.iter().map(|d| d.len()).sum();
-            let mut crc = digest::crc32c(p.data);
-            crc = crc32c::crc32c_append(crc, &ZERO_PAD[..pad4(len) - len]);
-            ddig.push(digest::to_wire(crc));
+            hdig.push(if self.params.header_digest {
+                digest::to_wire(digest::crc32c(&[&p.bhs]))
+            } else {
+                [0; 4]
+            });
+            ddig.push(if self.params.data_digest {
+                let len: usize = p.data.iter().map(|d| d.len()).sum();
+                let crc = digest::crc32c(p.data);
+                digest::to_wire(crc32c::crc32c_append(crc, &ZERO_PAD[..pad4(len) - len]))
+            } else {
+                [0; 4]
+            });
         }
         let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(pdus.len() * 6);
         for (i, p) in pdus.iter().enumerate() {

@@ -249,7 +249,6 @@ struct Task {
     parked: Option<Result<ScsiResult, SessionError>>,
     /// Bytes already covered by immediate/unsolicited data (writes).
     unsolicited: u32,
-    sent_at: Option<Instant>,
 }
 
 enum Ctl {
@@ -464,7 +463,6 @@ impl Session {
             data_in: 0,
             parked: None,
             unsolicited: 0,
-            sent_at: None,
         });
         st.cmd_queue.push_back(slot);
         drop(st);
@@ -726,7 +724,6 @@ impl Task {
             data_in: 0,
             parked: None,
             unsolicited: 0,
-            sent_at: Some(Instant::now()),
         }
     }
 }
@@ -1092,9 +1089,6 @@ fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionErr
                             }
                             _ => {}
                         }
-                        if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
-                            t.sent_at = Some(Instant::now());
-                        }
                         if matches!(pdu, Pdu::NopOut(_)) {
                             st.ping_out = Some((slot, Instant::now()));
                         }
@@ -1142,7 +1136,6 @@ fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionErr
                     continue;
                 };
                 t.cmd_sn = cmd_sn;
-                t.sent_at = Some(Instant::now());
                 let itt = itt_of(slot, t.generation);
                 let (read, write, len) = match t.dir {
                     DataDir::None => (false, false, 0),

@@ -84,9 +84,21 @@ pub fn load_all(run: &Path) -> Vec<DeviceRecord> {
     v
 }
 
-/// Whether process `pid` is alive.
+/// Whether process `pid` is alive. A zombie (state Z, or X while it is
+/// being reaped) has already dropped its device and sockets, so it counts
+/// as dead: `--recover` must be able to take over from it at once.
 pub fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(proc_state(&stat), Some('Z' | 'X' | 'x')),
+        Err(_) => false,
+    }
+}
+
+/// The state letter of a /proc/PID/stat line: the field after the
+/// parenthesised command name, which may itself hold ") ".
+fn proc_state(stat: &str) -> Option<char> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -96,6 +108,31 @@ pub fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_state_letters() {
+        assert_eq!(proc_state("42 (sanroot) S 1 42"), Some('S'));
+        assert_eq!(proc_state("42 (a) Z (b)) Z 1 42"), Some('Z'));
+        assert_eq!(proc_state("42 (broken"), None);
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
+    }
+
+    #[test]
+    fn zombie_is_not_alive() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not waited for: it stays a zombie until `child` is reaped.
+        for _ in 0..200 {
+            if !alive(pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!alive(pid));
+        let mut child = child;
+        child.wait().unwrap();
+    }
 
     #[test]
     fn round_trip() {

@@ -45,8 +45,16 @@ if [ -n "$sanroot_why" ]; then
     # The root itself is found by root=UUID=…/LABEL=… (rootfs-block).
     [ -n "${root-}" ] && rootok=1
     echo 0 > /tmp/sanroot.attempts
-    # Settled: udev has loaded the NIC driver and the bridges' modules
-    # before sanroot looks for the iBFT's NIC.
-    /sbin/initqueue --settled --onetime --unique --name sanroot /sbin/sanroot-boot
+    # From the iBFT, sanroot loads the NIC's driver itself (the table has
+    # its PCI address) and waits for udev to be done with that one
+    # interface, and sanroot-boot loads the bridges' modules: no need to
+    # wait for the whole coldplug to settle, which is most of the
+    # initramfs's time on a slow machine. From netroot= the NIC is only
+    # named: wait until udev has settled (driver loaded, name final).
+    sanroot_when=--settled
+    case "$sanroot_why" in rd.iscsi.*) sanroot_when= ;; esac
+    echo "$sanroot_when" > /tmp/sanroot.when
+    /sbin/initqueue $sanroot_when --onetime --unique --name sanroot /sbin/sanroot-boot
+    unset sanroot_when
 fi
 unset sanroot_why

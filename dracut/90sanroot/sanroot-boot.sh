@@ -47,7 +47,7 @@ else
             if [ "$_n" -lt "$_max" ]; then
                 warn "sanroot: 'sanroot boot' failed with status $_rc (attempt $_n of $_max); trying again"
                 sleep 3
-                /sbin/initqueue --settled --onetime --unique --name sanroot /sbin/sanroot-boot
+                /sbin/initqueue $(cat /tmp/sanroot.when 2> /dev/null) --onetime --unique --name sanroot /sbin/sanroot-boot
             else
                 warn "sanroot: 'sanroot boot' failed with status $_rc; giving up after $_n attempts"
             fi

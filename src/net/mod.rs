@@ -28,6 +28,7 @@ pub mod rtnl;
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -59,6 +60,10 @@ pub struct NicConfig {
     pub dad_timeout: Duration,
     /// Skip IPv6 duplicate address detection (IFA_F_NODAD).
     pub nodad: bool,
+    /// The NIC's PCI address ("0000:00:03.0") when the source gives one:
+    /// its driver is loaded at once instead of waiting for udev's coldplug
+    /// to reach it.
+    pub pci: Option<String>,
 }
 
 /// Default bound on the wait for carrier (NICs take a few seconds to
@@ -81,6 +86,7 @@ impl NicConfig {
             carrier_timeout: DEFAULT_CARRIER_TIMEOUT,
             dad_timeout: DEFAULT_DAD_TIMEOUT,
             nodad: false,
+            pci: nic.pci_address(),
         }
     }
 
@@ -96,6 +102,7 @@ impl NicConfig {
             carrier_timeout: DEFAULT_CARRIER_TIMEOUT,
             dad_timeout: DEFAULT_DAD_TIMEOUT,
             nodad: false,
+            pci: None,
         }
     }
 }
@@ -605,6 +612,121 @@ pub fn find_link<'a>(mac: &[u8; 6], links: &'a [Link]) -> Result<&'a Link, NetEr
     }
 }
 
+/// Where udev keeps its database and its control socket.
+const UDEV_RUN: &str = "/run/udev";
+
+/// Wait, bounded by the carrier timeout, until the boot NIC exists and,
+/// when udev runs, udev has finished with it; return the link list then.
+///
+/// The boot does not wait for udev to settle (the whole coldplug, seconds
+/// under a slow CPU): it loads the NIC's driver itself when the table
+/// gives its PCI address, and waits for just this one interface. udev must
+/// still be done with it before the link is set up: udev renames an
+/// interface (eth0 -> ens3) only while it is down, and the hand-off, the
+/// real root's network configuration and its `.link` files all name the
+/// final name. udev writes /run/udev/data/n<ifindex> once it has processed
+/// the interface; without a running udev there is nothing to wait for.
+fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, NetError> {
+    let start = Instant::now();
+    let udev = Path::new(UDEV_RUN).join("control").exists();
+    let mut loaded = false;
+    let mut next_note = Duration::from_secs(2);
+    loop {
+        let links = sock.links()?;
+        let found = find_link(&cfg.mac, &links).map(|l| (l.index, l.name.clone()));
+        let waiting_for = match &found {
+            Ok((index, name)) => {
+                if !udev || udev_done_with(Path::new(UDEV_RUN), *index) {
+                    if start.elapsed() > Duration::from_millis(100) {
+                        log::info!(
+                            "net: {name} ({}) ready after {:.2} s",
+                            format_mac(&cfg.mac),
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(links);
+                }
+                format!("udev to finish with {name}")
+            }
+            Err(_) => format!("the interface with MAC {}", format_mac(&cfg.mac)),
+        };
+        if !loaded {
+            loaded = true;
+            if found.is_err()
+                && let Some(pci) = &cfg.pci
+            {
+                load_driver(Path::new("/sys/bus/pci/devices").join(pci).as_path());
+            }
+        }
+        if start.elapsed() >= cfg.carrier_timeout {
+            return match found {
+                // udev never got to it: use it as it is named now.
+                Ok((_, name)) => {
+                    log::warn!(
+                        "net: udev has not processed {name} after {:.0} s; using it under this name",
+                        cfg.carrier_timeout.as_secs_f64()
+                    );
+                    Ok(links)
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if start.elapsed() >= next_note {
+            next_note += Duration::from_secs(2);
+            log::info!(
+                "net: waiting for {waiting_for}: {:.0} s of {:.0} s",
+                start.elapsed().as_secs_f64(),
+                cfg.carrier_timeout.as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether udev has processed network interface `index` (its database
+/// entry exists).
+fn udev_done_with(udev_run: &Path, index: u32) -> bool {
+    udev_run.join("data").join(format!("n{index}")).exists()
+}
+
+/// Load the driver of the PCI device at `dev` (a /sys/bus/pci/devices
+/// entry) and of the devices on buses below it (virtio-net's virtioN), by
+/// their modaliases, the way udev's coldplug would. Best effort: errors
+/// are logged, the wait that follows decides.
+fn load_driver(dev: &Path) {
+    let mut aliases = Vec::new();
+    let mut push = |p: &Path| {
+        if let Ok(a) = std::fs::read_to_string(p.join("modalias")) {
+            let a = a.trim();
+            if !a.is_empty() && a.is_ascii() && !a.starts_with('-') {
+                aliases.push(a.to_string());
+            }
+        }
+    };
+    push(dev);
+    if let Ok(rd) = std::fs::read_dir(dev) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("virtio") {
+                push(&e.path());
+            }
+        }
+    }
+    if aliases.is_empty() {
+        log::debug!("net: {} has no modalias", dev.display());
+        return;
+    }
+    for a in aliases {
+        match std::process::Command::new("modprobe")
+            .args(["-q", "-b", &a])
+            .status()
+        {
+            Ok(st) if st.success() => log::debug!("net: modprobe {a}: loaded"),
+            Ok(st) => log::debug!("net: modprobe {a}: {st}"),
+            Err(e) => log::debug!("net: modprobe {a}: {e}"),
+        }
+    }
+}
+
 /// The steps [`apply`] takes for `cfg` given the current `links`.
 pub fn plan_steps(cfg: &NicConfig, links: &[Link]) -> Result<Vec<Step>, NetError> {
     let mut steps = Vec::new();
@@ -792,7 +914,7 @@ pub struct Applied {
 /// Bring the NIC up in the calling thread's network namespace.
 pub fn apply(cfg: &NicConfig) -> Result<Applied, NetError> {
     let mut sock = RtnlSocket::open()?;
-    let links = sock.links()?;
+    let links = wait_for_link(&mut sock, cfg)?;
     let steps = plan_steps(cfg, &links)?;
     let mut index_of: Vec<(String, u32)> =
         links.iter().map(|l| (l.name.clone(), l.index)).collect();
@@ -1240,6 +1362,17 @@ mod tests {
             e.contains("eth1: adding address 10.0.2.15/33: not a usable"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn udev_database_marks_a_processed_interface() {
+        let d = std::env::temp_dir().join(format!("sanroot-udev-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        assert!(!udev_done_with(&d, 2));
+        std::fs::write(d.join("data/n2"), "I:1\n").unwrap();
+        assert!(udev_done_with(&d, 2));
+        assert!(!udev_done_with(&d, 3));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

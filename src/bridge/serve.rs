@@ -424,6 +424,15 @@ fn serve_inner(
         index: dev.index(),
         target: path.target.clone(),
         portal: portal_s,
+        // Every path, no secret: `attach --recover` rebuilds them all.
+        portals: spec
+            .paths
+            .iter()
+            .map(|p| state::PathRecord {
+                portal: p.portal.to_string(),
+                target: p.target.clone(),
+            })
+            .collect(),
         lun: spec.lun,
         initiator: cfg.initiator_name.clone(),
         isid: state::hex(&isid),

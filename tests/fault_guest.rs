@@ -31,11 +31,10 @@
 //!   after a cut, as its reconnection connects (new connections are held
 //!   until the kill landed, so it dies in that login), one while it keeps
 //!   trying to reconnect (both portals refuse), the others at random
-//!   moments. It runs last: a daemon
-//!   taken back knows only the record's portal (the one in use) and the
-//!   `--portal` given, so after its session moved to the second portal the
-//!   first is no longer among its paths, and the stall and second-path
-//!   scenarios could not move the session back to it. NBD rounds are slow:
+//!   moments. Then the paths after a take-back: the session moved to the
+//!   second portal, the daemon killed and taken back there, then that
+//!   portal down: I/O must go on through the first (the record lists every
+//!   path; SANROOT_FAULT_KILL_PATHS=0 skips these rounds). NBD rounds are slow:
 //!   the kernel resends what the dead daemon held only when the request
 //!   times out, 30 s after it was issued (Debian's 6.12 with sanroot's NBD
 //!   timeout 0); SANROOT_FAULT_NBD_IO_TIMEOUT_MS sets the nbd queue's
@@ -52,10 +51,8 @@
 //! Environment: SANROOT_FAULT_SEED (repeat a run: the seed is printed),
 //! SANROOT_FAULT_ROUNDS (random cuts per bridge, default 20),
 //! SANROOT_FAULT_STALL_SECS (default 40), SANROOT_FAULT_KILL_ROUNDS,
-//! SANROOT_FAULT_NBD_IO_TIMEOUT_MS, SANROOT_FAULT_KILL_PATHS=1 (after the
-//! daemon-kill rounds: move the session to the second portal, kill and
-//! take back the daemon there, then take that portal down: I/O must go on
-//! through the first; fails with a daemon that lost the first portal),
+//! SANROOT_FAULT_NBD_IO_TIMEOUT_MS, SANROOT_FAULT_KILL_PATHS=0 (skip the
+//! paths rounds after the daemon-kill rounds),
 //! SANROOT_FAULT_ONLY=name,name (only those scenarios, e.g. `daemon-kill`,
 //! while working on one: the verdicts of the others then fail). Each
 //! boot's serial log is kept as target/fault-guest-BRIDGE.log and a
@@ -1734,10 +1731,9 @@ fn scenario_daemon_kill(bench: &mut Bench<'_>, rounds: u64) -> Scenario {
             break;
         }
     }
-    // Optional: does a daemon taken back while its session was on the
-    // second portal still know the first? (`attach --recover DEV --portal
-    // B` with the record saying B: see the module doc.)
-    if sc.failure.is_none() && env_u64("SANROOT_FAULT_KILL_PATHS", 0) == 1 {
+    // Does a daemon taken back while its session was on the second portal
+    // still know the first? (The record lists every path.)
+    if sc.failure.is_none() && env_u64("SANROOT_FAULT_KILL_PATHS", 1) == 1 {
         for round in bench.kill_paths_rounds(&mut times) {
             let ok = round.ok;
             eprintln!(
@@ -1896,11 +1892,8 @@ fn drive(run: &mut Run, seed: u64, t0: Instant) {
                 "tgtd-restart",
                 "stall",
                 "second-path",
-                // Last: a daemon taken back by `attach --recover DEV
-                // --portal B` knows only the record's portal (the one in
-                // use) and B, so after a move to B the first portal is
-                // gone from its paths and the two scenarios above could
-                // not move the session back to it.
+                // Last: its paths rounds end with the session on the
+                // first portal after the second went down.
                 "daemon-kill",
             ];
             // SANROOT_FAULT_ONLY=a,b: only those scenarios (while working

@@ -34,11 +34,11 @@
 //!   moments. Then the paths after a take-back: the session moved to the
 //!   second portal, the daemon killed and taken back there, then that
 //!   portal down: I/O must go on through the first (the record lists every
-//!   path; SANROOT_FAULT_KILL_PATHS=0 skips these rounds). NBD rounds are slow:
-//!   the kernel resends what the dead daemon held only when the request
-//!   times out, 30 s after it was issued (Debian's 6.12 with sanroot's NBD
-//!   timeout 0); SANROOT_FAULT_NBD_IO_TIMEOUT_MS sets the nbd queue's
-//!   `io_timeout` before the rounds to try a shorter one.
+//!   path; SANROOT_FAULT_KILL_PATHS=0 skips these rounds). NBD: the kernel
+//!   resends what the dead daemon held only when the request's block-layer
+//!   timer fires (sanroot sets the queue's `io_timeout` to 5 s when it makes
+//!   the device; the kernel's default was 30 s per round);
+//!   SANROOT_FAULT_NBD_IO_TIMEOUT_MS sets another before the rounds.
 //!
 //! After every round the writer must make progress again (three more files
 //! durable) and the target must show exactly one session, the proxies one
@@ -107,8 +107,8 @@ fn static_bin() -> Result<PathBuf, String> {
     }
 }
 
-/// Daemon-kill rounds: NBD's cost up to 30 s each (what the dead daemon
-/// held waits for the kernel's request timeout), so fewer of them.
+/// Daemon-kill rounds: NBD's cost up to 5 s more each (what the dead daemon
+/// held waits for the queue's request timer), so fewer of them.
 fn kill_rounds(bridge: &str) -> u64 {
     env_u64(
         "SANROOT_FAULT_KILL_ROUNDS",
@@ -1676,8 +1676,8 @@ fn scenario_daemon_kill(bench: &mut Bench<'_>, rounds: u64) -> Scenario {
         ..Default::default()
     };
     let t0 = Instant::now();
-    // NBD resends what a dead daemon held only when the request times out
-    // (30 s by default; see the module doc): a shorter one, to try.
+    // NBD resends what a dead daemon held only when the request's timer
+    // fires (5 s as sanroot sets it; see the module doc): another, to try.
     if let Some(t) = std::env::var("SANROOT_FAULT_NBD_IO_TIMEOUT_MS")
         .ok()
         .filter(|_| bench.device().starts_with("/dev/nbd"))
@@ -1773,7 +1773,7 @@ fn scenario_daemon_kill(bench: &mut Bench<'_>, rounds: u64) -> Scenario {
         .count();
     if slow > 0 {
         sc.notes.push(format!(
-            "{slow} round(s) took over 20 s to make {PROGRESS} files durable after `attach --recover`: requests the dead daemon held are resent when they time out (NBD: 30 s)"
+            "{slow} round(s) took over 20 s to make {PROGRESS} files durable after `attach --recover`: requests the dead daemon held are resent when their timer fires (NBD: 5 s)"
         ));
     }
     sc.secs = t0.elapsed().as_secs_f64();

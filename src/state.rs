@@ -18,7 +18,13 @@ pub struct DeviceRecord {
     /// NBD index or ublk device id.
     pub index: u32,
     pub target: String,
+    /// The portal the session is on now.
     pub portal: String,
+    /// Every path to the LU (the one in use among them), so a daemon taking
+    /// the device back (`attach --recover`) knows them all. Records written
+    /// before this field existed have none: the `portal` alone then.
+    #[serde(default)]
+    pub portals: Vec<PathRecord>,
     pub lun: u64,
     pub initiator: String,
     /// Hex ISID and the TSIH the target gave the session.
@@ -33,6 +39,15 @@ pub struct DeviceRecord {
     pub size_bytes: u64,
     pub block_size: u32,
     pub read_only: bool,
+}
+
+/// One path of a device: where and under which name to log in. Never a
+/// secret: CHAP settings come from whoever takes the device back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRecord {
+    /// "IP:PORT" ("[v6]:PORT").
+    pub portal: String,
+    pub target: String,
 }
 
 pub fn run_dir() -> PathBuf {
@@ -143,6 +158,16 @@ mod tests {
             index: 0,
             target: "iqn.x:y".into(),
             portal: "10.0.2.2:3260".into(),
+            portals: vec![
+                PathRecord {
+                    portal: "10.0.2.2:3260".into(),
+                    target: "iqn.x:y".into(),
+                },
+                PathRecord {
+                    portal: "[fd00::2]:3261".into(),
+                    target: "iqn.x:z".into(),
+                },
+            ],
             lun: 1,
             initiator: "iqn.i".into(),
             isid: "80aabbccddee".into(),
@@ -159,6 +184,28 @@ mod tests {
         assert_eq!(load_all(&d), vec![r]);
         remove(&d, "/dev/nbd0");
         assert!(load_all(&d).is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn record_keys_and_old_records() {
+        // A record written before `portals` existed still loads (no paths
+        // beyond `portal`), and the keys others read keep their names.
+        let old = r#"{"device":"/dev/ublkb0","bridge":"ublk","index":0,
+            "target":"iqn.x:y","portal":"10.0.2.2:3260","lun":1,
+            "initiator":"iqn.i","isid":"80aabbccddee","tsih":7,"pid":1,
+            "state":"running","lu_id":"naa.1","size_bytes":1073741824,
+            "block_size":512,"read_only":false}"#;
+        let r: DeviceRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.portal, "10.0.2.2:3260");
+        assert!(r.portals.is_empty());
+        let d = std::env::temp_dir().join(format!("sanroot-state-old-{}", std::process::id()));
+        fs::create_dir_all(devices_dir(&d)).unwrap();
+        fs::write(file_for(&d, "/dev/ublkb0"), old).unwrap();
+        assert_eq!(load(&d, "/dev/ublkb0"), Some(r.clone()));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["portal"], "10.0.2.2:3260");
+        assert_eq!(v["portals"], serde_json::json!([]));
         let _ = fs::remove_dir_all(&d);
     }
 }

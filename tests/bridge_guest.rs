@@ -6,7 +6,8 @@
 //! is clean, a write into a partition landed at the right offset, a thin LUN
 //! got its holes back after fstrim.
 //!
-//! One boot per bridge runs all five cases (fs, pattern, ro, 4k, trim)
+//! One boot per bridge runs all six cases (fs, pattern, ro, 4k, trim,
+//! resize: the LUN grows on the host while attached)
 //! against different LUNs of one target; each #[test] judges one case of
 //! that boot. Needs root, qemu-system-x86, tgt, e2fsprogs, fdisk and
 //! linux-image-6.12-amd64 (`sudo qemu/install-deps`); `tests/run` builds
@@ -352,8 +353,8 @@ fn boot_ok(bridge: &'static str) {
     );
     c.eq(
         "ls_luns",
-        "7",
-        "sanroot ls lists the header, LUN 0 and the five LUNs",
+        "8",
+        "sanroot ls lists the header, LUN 0 and the six LUNs",
     );
     c.eq("attach_available", "yes", "sanroot attach --help");
     if !b.finished {
@@ -509,6 +510,76 @@ fn trim(bridge: &'static str) {
     c.detached();
 }
 
+/// The LU grew while attached (the host replaced it with one 32 MiB larger
+/// and tgtd reported REPORTED LUNS DATA HAS CHANGED). NBD: the device grows
+/// at once and a write at the old end reaches the host's file. ublk (6.12
+/// has no UPDATE_SIZE): a loud warning, the size stays, I/O goes on.
+fn resize(bridge: &'static str) {
+    let c = Case::new("resize", bridge);
+    c.attached(64 * MIB);
+    c.eq("size_before", &(64 * MIB).to_string(), "the size before");
+    c.eq(
+        "resized_on_host",
+        "yes",
+        "the host's LUN 7 (added after LUN 6 grew) never showed in REPORT LUNS",
+    );
+    c.eq(
+        "host_lun_bytes",
+        &(96 * MIB).to_string(),
+        "the host grew the backing file",
+    );
+    let want = if bridge == "nbd" {
+        c.eq(
+            "grew_lines",
+            "1",
+            "the daemon logs \"DEVICE: grew from X to Y bytes\" once",
+        );
+        c.eq(
+            "status_size",
+            &(96 * MIB).to_string(),
+            "`sanroot status --json` size_bytes after the resize",
+        );
+        96 * MIB
+    } else {
+        c.check(
+            c.num("ublk_warnings") >= 1,
+            "no warning that this kernel cannot resize a live ublk device",
+        );
+        c.eq(
+            "status_size",
+            &(64 * MIB).to_string(),
+            "`sanroot status --json` size_bytes (the ublk device kept its size)",
+        );
+        64 * MIB
+    };
+    c.eq(
+        "size_after",
+        &want.to_string(),
+        "blockdev --getsize64 after the LU grew",
+    );
+    c.eq(
+        "sys_size_after",
+        &(want / 512).to_string(),
+        "/sys/block/DEV/size after the LU grew",
+    );
+    c.eq("write_rc", "0", "writing 1 MiB after the resize");
+    let md5 = c.get("write_md5").to_string();
+    c.eq("read_md5", &md5, "the 1 MiB read back through the device");
+    c.eq(
+        "host_write_md5",
+        &md5,
+        "the 1 MiB in the host's backing file at the offset written",
+    );
+    if bridge == "nbd" {
+        c.eq(
+            "write_offset",
+            &(64 * MIB).to_string(),
+            "the NBD write lands right at the old end",
+        );
+    }
+    c.detached();
+}
+
 #[test]
 fn nbd_boot() {
     boot_ok("nbd");
@@ -532,6 +603,10 @@ fn nbd_4k() {
 #[test]
 fn nbd_trim() {
     trim("nbd");
+}
+#[test]
+fn nbd_resize() {
+    resize("nbd");
 }
 
 #[test]
@@ -557,4 +632,8 @@ fn ublk_4k() {
 #[test]
 fn ublk_trim() {
     trim("ublk");
+}
+#[test]
+fn ublk_resize() {
+    resize("ublk");
 }

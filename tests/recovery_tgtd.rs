@@ -49,6 +49,7 @@ fn setup(t: &Tgtd) -> (Arc<RecoveringBackend>, mpsc::Receiver<RecoveryEvent>) {
             lun: 1,
             cfg,
             session_events: None,
+            on_ua: None,
         },
         RecoveryPolicy {
             first_backoff: Duration::from_millis(100),

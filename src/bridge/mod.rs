@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError};
 use crate::lun::{LunInfo, RetryPolicy, backoff, pad16};
 use crate::scsi::cdb::{self, Cdb};
-use crate::scsi::sense::{Disposition, Sense, Status, disposition};
+use crate::scsi::sense::{Disposition, Sense, Status, UnitAttentionReason, disposition};
 
 /// One block request, in logical blocks of the LU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +91,11 @@ pub trait Backend: Send + Sync {
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone);
 }
 
+/// Told about unit attentions that mean the LU changed under us (capacity,
+/// the target's LUN inventory, INQUIRY data): the owner re-reads the LU
+/// outside the I/O path. Runs on a session thread: it must only post.
+pub type UaHook = Arc<dyn Fn(UnitAttentionReason) + Send + Sync>;
+
 /// Block requests as SCSI commands on an iSCSI session.
 ///
 /// A write is acknowledged (its `done` called with Ok) only after the
@@ -102,6 +107,7 @@ pub struct IscsiBackend {
     info: LunInfo,
     retry: RetryPolicy,
     timer: Arc<Timer>,
+    on_ua: Option<UaHook>,
 }
 
 impl IscsiBackend {
@@ -111,6 +117,25 @@ impl IscsiBackend {
             info,
             retry: RetryPolicy::default(),
             timer: Timer::start(),
+            on_ua: None,
+        }
+    }
+
+    /// Report LU-changed unit attentions to `hook`.
+    pub fn with_ua_hook(mut self, hook: Option<UaHook>) -> IscsiBackend {
+        self.on_ua = hook;
+        self
+    }
+
+    /// The same session with the LU as re-read (a new size): requests are
+    /// checked against it from now on.
+    pub fn with_info(&self, info: LunInfo) -> IscsiBackend {
+        IscsiBackend {
+            session: Arc::clone(&self.session),
+            info,
+            retry: self.retry,
+            timer: Arc::clone(&self.timer),
+            on_ua: self.on_ua.clone(),
         }
     }
 
@@ -127,6 +152,7 @@ struct Pending {
     dir: DataDir,
     retry: RetryPolicy,
     timer: Arc<Timer>,
+    on_ua: Option<UaHook>,
     attempts: u32,
     uas: u32,
     done: BlockDone,
@@ -160,7 +186,20 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
     };
     let status = Status::from_u8(res.status);
     let sense = res.sense.as_deref().and_then(|s| Sense::parse(s).ok());
-    match disposition(status, sense.as_ref()) {
+    let d = disposition(status, sense.as_ref());
+    if let (
+        Disposition::UnitAttention {
+            reason:
+                reason @ (UnitAttentionReason::CapacityChanged
+                | UnitAttentionReason::ReportedLunsChanged
+                | UnitAttentionReason::InquiryChanged),
+        },
+        Some(hook),
+    ) = (d, &p.on_ua)
+    {
+        hook(reason);
+    }
+    match d {
         Disposition::Done => {
             if let DataDir::Read(n) = p.dir
                 && res.data_in < n as usize
@@ -343,12 +382,7 @@ impl IscsiBackend {
         let Some((c, dir, data)) = cmds.pop_front() else {
             return done(Ok(()), caller_buf);
         };
-        let next = IscsiBackend {
-            session: Arc::clone(&self.session),
-            info: self.info.clone(),
-            retry: self.retry,
-            timer: Arc::clone(&self.timer),
-        };
+        let next = self.with_info(self.info.clone());
         let step: BlockDone = Box::new(move |r, _data| match r {
             Ok(()) => next.chain(cmds, caller_buf, done),
             Err(e) => done(Err(e), caller_buf),
@@ -364,6 +398,7 @@ impl IscsiBackend {
             dir,
             retry: self.retry,
             timer: Arc::clone(&self.timer),
+            on_ua: self.on_ua.clone(),
             attempts: 0,
             uas: 0,
             done,

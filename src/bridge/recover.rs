@@ -16,7 +16,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Backend, BlockDone, BlockError, BlockOp, IscsiBackend};
+use super::{Backend, BlockDone, BlockError, BlockOp, IscsiBackend, UaHook};
 use crate::iscsi::chap::AuthConfig;
 use crate::iscsi::initiator::{self, InitiatorConfig};
 use crate::iscsi::login::Portal;
@@ -91,6 +91,9 @@ pub struct Reconnect {
     pub cfg: InitiatorConfig,
     /// Receives the new sessions' target events.
     pub session_events: Option<Sender<SessionEvent>>,
+    /// Told of LU-changed unit attentions on the new sessions, and of a
+    /// LU found grown by a reconnect (as CAPACITY DATA HAS CHANGED).
+    pub on_ua: Option<UaHook>,
 }
 
 type Parked = (BlockOp, Vec<u8>, BlockDone);
@@ -98,6 +101,9 @@ type Parked = (BlockOp, Vec<u8>, BlockDone);
 pub struct RecoveringBackend {
     me: Weak<RecoveringBackend>,
     info: LunInfo,
+    /// The LU's size in blocks as last read (it may grow or shrink while
+    /// the device lives): what a reconnect compares the LU with.
+    blocks: AtomicU64,
     current: Mutex<(u64, Arc<IscsiBackend>)>,
     generation: AtomicU64,
     parked: Mutex<Vec<Parked>>,
@@ -121,6 +127,7 @@ impl RecoveringBackend {
         Arc::new_cyclic(|me| RecoveringBackend {
             me: me.clone(),
             info: first.info().clone(),
+            blocks: AtomicU64::new(first.info().blocks()),
             current: Mutex::new((1, Arc::new(first))),
             generation: AtomicU64::new(1),
             parked: Mutex::new(Vec::new()),
@@ -136,6 +143,35 @@ impl RecoveringBackend {
     /// The backend now carrying requests (e.g. for a final flush).
     pub fn current(&self) -> Arc<IscsiBackend> {
         Arc::clone(&self.current.lock().unwrap_or_else(|p| p.into_inner()).1)
+    }
+
+    /// The LU's size in blocks as last read.
+    pub fn blocks(&self) -> u64 {
+        self.blocks.load(Ordering::SeqCst)
+    }
+
+    /// The LU was read again on `session` (after a capacity change): from
+    /// now on requests are checked against `info` (I/O beyond a shrunk
+    /// LU's end fails with ENOSPC). False when `session` is no longer the
+    /// one in use (a reconnect re-read the LU itself meanwhile).
+    pub fn resized(&self, session: &Arc<crate::iscsi::session::Session>, info: LunInfo) -> bool {
+        let mut g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(g.1.session(), session) {
+            return false;
+        }
+        self.blocks.store(info.blocks(), Ordering::SeqCst);
+        g.1 = Arc::new(g.1.with_info(info));
+        true
+    }
+
+    /// Why recovery gave up or requests are refused, if so.
+    pub fn failure_reason(&self) -> Option<String> {
+        self.failure()
+    }
+
+    /// Refuse every request from now on (the LU became another disk).
+    pub fn refuse(&self, why: String) {
+        self.give_up(why);
     }
 
     fn emit(&self, e: RecoveryEvent) {
@@ -203,7 +239,7 @@ impl RecoveringBackend {
             };
             let portal = &path.portal;
             match self.try_once(path) {
-                Ok((backend, tsih)) => {
+                Ok((backend, tsih, grew)) => {
                     let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                     *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
                         (generation, Arc::new(backend));
@@ -226,6 +262,11 @@ impl RecoveringBackend {
                         portal: portal.to_string(),
                         tsih,
                     });
+                    // The owner grows the device as for the unit attention
+                    // (the new session carries it now).
+                    if grew && let Some(hook) = &self.reconnect.on_ua {
+                        hook(crate::scsi::sense::UnitAttentionReason::CapacityChanged);
+                    }
                     return;
                 }
                 Err(Fatal(m)) => return self.give_up(m),
@@ -300,7 +341,7 @@ impl RecoveringBackend {
         }
     }
 
-    fn try_once(&self, path: &PathSpec) -> Result<(IscsiBackend, u16), Outcome> {
+    fn try_once(&self, path: &PathSpec) -> Result<(IscsiBackend, u16, bool), Outcome> {
         let r = &self.reconnect;
         let cfg = path.config(&r.cfg);
         let c = initiator::connect(&path.portal, &path.target, &cfg, r.session_events.clone())
@@ -324,25 +365,34 @@ impl RecoveringBackend {
                 "the LU's identity changed from {was} to {now}: refusing I/O to what may be another disk"
             )));
         }
-        // A grown LU is harmless to what is on it (the device keeps its
-        // size until attached again); a shrunk one or another block size
-        // is not.
-        if lun.info.blocks() < self.info.blocks() || lun.info.block_size() != self.info.block_size()
-        {
+        // Another block size changes what every LBA means: no more I/O.
+        if lun.info.block_size() != self.info.block_size() {
             return Err(Fatal(format!(
-                "the LU's size changed from {} to {}: refusing I/O until it is attached again",
-                self.info.capacity, lun.info.capacity
+                "the LU's block size changed from {} to {} bytes: refusing I/O until it is attached again",
+                self.info.block_size(),
+                lun.info.block_size()
             )));
         }
-        if lun.info.blocks() > self.info.blocks() {
-            log::warn!(
-                "the LU grew from {} to {}; the device keeps its size until it is attached again",
-                self.info.capacity,
-                lun.info.capacity
-            );
+        // A grown LU is harmless (the owner grows the device); a shrunk one
+        // is served up to its new end, as when the target reports it live.
+        let (was, now) = (self.blocks(), lun.info.blocks());
+        if now < was {
+            log::error!("{}", shrink_message(was, now, self.info.block_size()));
         }
-        Ok((IscsiBackend::new(session, lun.info), tsih))
+        self.blocks.store(now, Ordering::SeqCst);
+        let b = IscsiBackend::new(session, lun.info).with_ua_hook(r.on_ua.clone());
+        Ok((b, tsih, now > was))
     }
+}
+
+/// The loud error for a LU found smaller than it was.
+pub fn shrink_message(was: u64, now: u64, block_size: u32) -> String {
+    let bs = u64::from(block_size);
+    format!(
+        "the LU shrank from {} to {} bytes ({was} to {now} blocks of {block_size}): I/O beyond the new end fails (ENOSPC); what was stored there is gone from the target",
+        was.saturating_mul(bs),
+        now.saturating_mul(bs)
+    )
 }
 
 enum Outcome {

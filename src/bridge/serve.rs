@@ -23,8 +23,9 @@ use super::ublk::{self, UblkDevice, UblkOptions};
 use super::{Backend, BlockOp, IscsiBackend};
 use crate::cmd::common::{self, CmdError};
 use crate::iscsi::initiator::{self, Connection, InitiatorConfig};
-use crate::iscsi::session::SessionEvent;
+use crate::iscsi::session::{Session, SessionEvent};
 use crate::lun::{Lun, LunInfo};
+use crate::scsi::sense::UnitAttentionReason;
 use crate::state::{self, DeviceRecord};
 use crate::{daemon, exit};
 
@@ -86,6 +87,8 @@ pub struct TakeOver {
     pub isid: [u8; 6],
     /// The LU's identity then: another disk is refused.
     pub lu_id: String,
+    /// The device's size then (0: unknown, an old record).
+    pub size_bytes: u64,
 }
 
 impl TakeOver {
@@ -130,6 +133,7 @@ impl TakeOver {
             index: r.index,
             isid,
             lu_id: r.lu_id.clone(),
+            size_bytes: r.size_bytes,
         })
     }
 }
@@ -161,6 +165,42 @@ enum Event {
     DeviceGone,
     Session(SessionEvent),
     Recovery(RecoveryEvent),
+    /// The LU may have changed (a unit attention or an async event said
+    /// so): read it again.
+    Rescan(UnitAttentionReason),
+    /// The LU as read again, on this session.
+    Probed(Arc<Session>, Result<LunInfo, String>),
+}
+
+/// Whether an async event's sense data says the LU may have changed size:
+/// CAPACITY DATA HAS CHANGED, REPORTED LUNS DATA HAS CHANGED (tgtd's signal
+/// when a LU was replaced), INQUIRY DATA HAS CHANGED.
+fn lu_changed(sense: &[u8]) -> Option<UnitAttentionReason> {
+    let s = crate::scsi::sense::Sense::parse(sense).ok()?;
+    match (s.asc, s.ascq) {
+        (0x2a, 0x09) => Some(UnitAttentionReason::CapacityChanged),
+        (0x3f, 0x0e) => Some(UnitAttentionReason::ReportedLunsChanged),
+        (0x3f, 0x03) => Some(UnitAttentionReason::InquiryChanged),
+        _ => None,
+    }
+}
+
+/// Read the LU again on the session in use, off the I/O path, and post
+/// the result to the serving loop.
+fn probe(recovering: &Arc<RecoveringBackend>, lun: u64, tx: &mpsc::Sender<Event>) {
+    let session = Arc::clone(recovering.current().session());
+    let tx = tx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sanroot-rescan".into())
+        .spawn(move || {
+            let r = Lun::open(Arc::clone(&session), lun)
+                .map(|l| l.info)
+                .map_err(|e| e.to_string());
+            let _ = tx.send(Event::Probed(session, r));
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a thread to re-read the LU: {e}");
+    }
 }
 
 /// Run `body` in a background child and wait for it to report ready (or
@@ -387,13 +427,25 @@ fn serve_inner(
             .map(|(_, p)| p.clone()),
     );
     let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
+    // LU-changed unit attentions seen by I/O: the LU is read again by the
+    // serving loop, never on the session's threads.
+    let on_ua: super::UaHook = {
+        let tx = std::sync::Mutex::new(ev_tx.clone());
+        Arc::new(move |reason| {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Event::Rescan(reason));
+        })
+    };
     let recovering = RecoveringBackend::new(
-        IscsiBackend::new(session, info.clone()),
+        IscsiBackend::new(session, info.clone()).with_ua_hook(Some(Arc::clone(&on_ua))),
         Reconnect {
             paths,
             lun: spec.lun,
             cfg: cfg.clone(),
             session_events: Some(sess_tx),
+            on_ua: Some(on_ua),
         },
         RecoveryPolicy::default(),
         Some(rec_tx),
@@ -418,12 +470,38 @@ fn serve_inner(
         );
     }
     let dev_path = dev.path();
+    let lu_bytes = info.capacity.bytes().unwrap_or(0);
+    // The device's size in the kernel: a device taken back keeps the one
+    // it was made (or last grown) with.
+    let mut dev_bytes = match &spec.take_over {
+        Some(t) if t.size_bytes > 0 => t.size_bytes,
+        _ => lu_bytes,
+    };
+    if dev_bytes > lu_bytes {
+        log::error!(
+            "{dev_path}: {}",
+            super::recover::shrink_message(
+                dev_bytes / u64::from(info.block_size().max(1)),
+                info.blocks(),
+                info.block_size()
+            )
+        );
+    }
     let mut record = DeviceRecord {
         device: dev_path.clone(),
         bridge: dev.kind().into(),
         index: dev.index(),
         target: path.target.clone(),
         portal: portal_s,
+        // Every path, no secret: `attach --recover` rebuilds them all.
+        portals: spec
+            .paths
+            .iter()
+            .map(|p| state::PathRecord {
+                portal: p.portal.to_string(),
+                target: p.target.clone(),
+            })
+            .collect(),
         lun: spec.lun,
         initiator: cfg.initiator_name.clone(),
         isid: state::hex(&isid),
@@ -431,7 +509,7 @@ fn serve_inner(
         pid: std::process::id(),
         state: "running".into(),
         lu_id: info.identity(),
-        size_bytes: info.capacity.bytes().unwrap_or(0),
+        size_bytes: dev_bytes,
         block_size: info.block_size(),
         read_only: info.write_protected,
     };
@@ -473,6 +551,13 @@ fn serve_inner(
     }
     forward(&ev_tx, sess_rx, Event::Session);
     forward(&ev_tx, rec_rx, Event::Recovery);
+    let probe_tx = ev_tx.clone();
+    // One re-read at a time; another request meanwhile runs one more after.
+    let (mut probing, mut again) = (false, false);
+    if lu_bytes > dev_bytes {
+        // The LU grew while no daemon served it.
+        let _ = probe_tx.send(Event::Rescan(UnitAttentionReason::CapacityChanged));
+    }
     let waiter = {
         let tx = ev_tx.clone();
         let d = Arc::clone(&dev);
@@ -546,13 +631,59 @@ fn serve_inner(
                 );
             }
             Ok(Event::Session(SessionEvent::ScsiEvent { sense, .. }))
-                if crate::scsi::sense::Sense::parse(&sense)
-                    .is_ok_and(|s| (s.asc, s.ascq) == (0x2a, 0x09)) =>
+                if lu_changed(&sense).is_some() =>
             {
-                log::warn!(
-                    "{dev_path}: the target reports the LU's capacity changed; the device keeps {} until it is attached again",
-                    info.capacity
+                let reason = lu_changed(&sense).unwrap_or(UnitAttentionReason::CapacityChanged);
+                log::info!(
+                    "{dev_path}: async event from the target ({reason:?}): reading the LU again"
                 );
+                if probing {
+                    again = true;
+                } else {
+                    probing = true;
+                    probe(&recovering, spec.lun, &probe_tx);
+                }
+            }
+            Ok(Event::Rescan(reason)) => {
+                log::info!("{dev_path}: unit attention ({reason:?}): reading the LU again");
+                if probing {
+                    again = true;
+                } else {
+                    probing = true;
+                    probe(&recovering, spec.lun, &probe_tx);
+                }
+            }
+            Ok(Event::Probed(session, r)) => {
+                probing = false;
+                match r {
+                    Err(e) => log::warn!(
+                        "{dev_path}: reading the LU again: {e}; the device keeps {dev_bytes} bytes (a reconnect reads it again)"
+                    ),
+                    Ok(now) => {
+                        if let Some(bytes) = lu_changed_size(
+                            &dev_path,
+                            &dev,
+                            &recovering,
+                            &session,
+                            &info,
+                            now,
+                            dev_bytes,
+                            &ident,
+                        ) {
+                            dev_bytes = bytes;
+                            record.size_bytes = bytes;
+                        }
+                        if recovering.failure_reason().is_some() {
+                            record.state = "failed".into();
+                        }
+                        let _ = state::save(&run, &record);
+                    }
+                }
+                if again {
+                    again = false;
+                    probing = true;
+                    probe(&recovering, spec.lun, &probe_tx);
+                }
             }
             Ok(Event::Session(e)) => log::warn!("{dev_path}: target event: {e:?}"),
         }
@@ -586,6 +717,86 @@ fn serve_inner(
         log::warn!("{dev_path}: logout: {e}");
     }
     Ok(())
+}
+
+/// The LU read again (`now`) on `session`: refuse another disk or block
+/// size, serve a shrunk LU up to its end, grow the device for a grown one.
+/// Returns the device's new size when it grew.
+#[allow(clippy::too_many_arguments)]
+fn lu_changed_size(
+    dev_path: &str,
+    dev: &Device,
+    recovering: &RecoveringBackend,
+    session: &Arc<Session>,
+    first: &LunInfo,
+    now: LunInfo,
+    dev_bytes: u64,
+    ident: &str,
+) -> Option<u64> {
+    if now.identity() != first.identity() {
+        let m = format!(
+            "the LU's identity changed from {} to {}: refusing I/O to what may be another disk",
+            first.identity(),
+            now.identity()
+        );
+        log::error!("{dev_path}: {m}");
+        recovering.refuse(m);
+        return None;
+    }
+    let bs = first.block_size();
+    if now.block_size() != bs {
+        let m = format!(
+            "the LU's block size changed from {bs} to {} bytes: refusing I/O until it is attached again",
+            now.block_size()
+        );
+        log::error!("{dev_path}: {m}");
+        recovering.refuse(m);
+        return None;
+    }
+    let was = recovering.blocks();
+    let blocks = now.blocks();
+    let Some(lu_bytes) = now.capacity.bytes() else {
+        log::error!(
+            "{dev_path}: the LU now reports more than 16 EiB; the device keeps {dev_bytes} bytes"
+        );
+        return None;
+    };
+    if !recovering.resized(session, now) {
+        log::info!(
+            "{dev_path}: the session changed while the LU was read again; the reconnect read it itself"
+        );
+        return None;
+    }
+    if blocks < was {
+        log::error!(
+            "{dev_path}: {}",
+            super::recover::shrink_message(was, blocks, bs)
+        );
+    }
+    if lu_bytes <= dev_bytes {
+        if blocks == was {
+            log::info!("{dev_path}: the LU's size is unchanged ({lu_bytes} bytes)");
+        }
+        return None;
+    }
+    match dev.grow(lu_bytes, ident) {
+        Ok(true) => {
+            log::warn!("{dev_path}: grew from {dev_bytes} to {lu_bytes} bytes");
+            Some(lu_bytes)
+        }
+        Ok(false) => {
+            log::warn!(
+                "{dev_path}: the LU grew from {dev_bytes} to {lu_bytes} bytes, but this kernel cannot resize a live ublk device (UBLK_U_CMD_UPDATE_SIZE, Linux 6.16+): the device keeps {dev_bytes} bytes; the new size appears after it is detached and attached again (or with --bridge nbd)"
+            );
+            None
+        }
+        Err(e) => {
+            log::error!(
+                "{dev_path}: the LU grew from {dev_bytes} to {lu_bytes} bytes but the device could not be resized: {e}; it keeps {dev_bytes} bytes"
+            );
+            None
+        }
+    }
 }
 
 fn forward<T: Send + 'static>(
@@ -743,6 +954,16 @@ impl Device {
                 }
             }
             Device::Ublk(u) => u.wait(),
+        }
+    }
+    /// Give the device a new size. Ok(false): this kernel cannot (ublk
+    /// before Linux 6.16).
+    fn grow(&self, bytes: u64, ident: &str) -> Result<bool, String> {
+        match self {
+            Device::Nbd(_, i, _) | Device::NbdThread(_, i, _) => nbd::resize(*i, bytes, ident)
+                .map(|()| true)
+                .map_err(|e| e.to_string()),
+            Device::Ublk(u) => u.update_size(bytes).map_err(|e| e.to_string()),
         }
     }
     /// Ask the kernel to stop the device (from another thread than wait()).

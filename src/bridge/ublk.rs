@@ -179,6 +179,9 @@ pub mod uapi {
     pub const UBLK_U_CMD_GET_DEV_INFO2: u32 = ior(0x12, CTRL);
     pub const UBLK_U_CMD_GET_FEATURES: u32 = ior(0x13, CTRL);
     pub const UBLK_U_CMD_DEL_DEV_ASYNC: u32 = ior(0x14, CTRL);
+    /// Linux 6.16+ (with UBLK_F_UPDATE_SIZE): data[0] = new size in
+    /// 512-byte sectors.
+    pub const UBLK_U_CMD_UPDATE_SIZE: u32 = iowr(0x15, CTRL);
 
     // I/O commands on /dev/ublkcN.
     pub const UBLK_U_IO_FETCH_REQ: u32 = iowr(0x20, IO);
@@ -206,6 +209,8 @@ pub mod uapi {
     pub const UBLK_F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
     pub const UBLK_F_USER_COPY: u64 = 1 << 7;
     pub const UBLK_F_ZONED: u64 = 1 << 8;
+    /// Linux 6.16+: UBLK_U_CMD_UPDATE_SIZE resizes a live device.
+    pub const UBLK_F_UPDATE_SIZE: u64 = 1 << 10;
 
     // Device states (ublksrv_ctrl_dev_info.state).
     pub const UBLK_S_DEV_DEAD: u16 = 0;
@@ -634,6 +639,7 @@ enum Cmd {
     GetParams,
     StartUserRecovery,
     EndUserRecovery,
+    UpdateSize,
 }
 
 impl Cmd {
@@ -649,6 +655,7 @@ impl Cmd {
             Cmd::GetParams => uapi::UBLK_U_CMD_GET_PARAMS,
             Cmd::StartUserRecovery => uapi::UBLK_U_CMD_START_USER_RECOVERY,
             Cmd::EndUserRecovery => uapi::UBLK_U_CMD_END_USER_RECOVERY,
+            Cmd::UpdateSize => uapi::UBLK_U_CMD_UPDATE_SIZE,
         }
     }
 
@@ -664,6 +671,7 @@ impl Cmd {
             Cmd::GetParams => "GET_PARAMS",
             Cmd::StartUserRecovery => "START_USER_RECOVERY",
             Cmd::EndUserRecovery => "END_USER_RECOVERY",
+            Cmd::UpdateSize => "UPDATE_SIZE",
         }
     }
 }
@@ -1880,6 +1888,9 @@ impl UblkDevice {
         if opts.reissue {
             flags |= uapi::UBLK_F_USER_RECOVERY_REISSUE;
         }
+        // Live resize when the kernel has it (6.16+); masked off below
+        // when GET_FEATURES does not list it.
+        flags |= uapi::UBLK_F_UPDATE_SIZE;
         match ctrl.features() {
             Ok(f) => {
                 log::debug!("ublk features: {f:#x}");
@@ -1890,7 +1901,10 @@ impl UblkDevice {
                 }
                 flags &= f | uapi::UBLK_F_CMD_IOCTL_ENCODE;
             }
-            Err(e) => log::info!("{e}; assuming a kernel before 6.5"),
+            Err(e) => {
+                log::info!("{e}; assuming a kernel before 6.5");
+                flags &= !uapi::UBLK_F_UPDATE_SIZE;
+            }
         }
 
         let want_id = opts.dev_id.unwrap_or(u32::MAX);
@@ -2081,6 +2095,17 @@ impl UblkDevice {
         self.flags
     }
 
+    /// Give the live device a new size (UPDATE_SIZE, Linux 6.16+). Ok(false)
+    /// when this kernel cannot: the device keeps its size until it is made
+    /// again.
+    pub fn update_size(&self, bytes: u64) -> Result<bool, UblkError> {
+        if self.flags & uapi::UBLK_F_UPDATE_SIZE == 0 {
+            return Ok(false);
+        }
+        lock(&self.ctrl).run(Cmd::UpdateSize, self.dev_id, bytes / 512, None)?;
+        Ok(true)
+    }
+
     /// STOP_DEV without waiting: the block device goes away, the queues
     /// finish what is in flight and exit, and [`UblkDevice::wait`] returns.
     pub fn shutdown(&self) -> Result<(), UblkError> {
@@ -2205,6 +2230,7 @@ mod tests {
         assert_eq!(UBLK_U_CMD_GET_DEV_INFO2, r(0x12, ctrl));
         assert_eq!(UBLK_U_CMD_GET_FEATURES, r(0x13, ctrl));
         assert_eq!(UBLK_U_CMD_DEL_DEV_ASYNC, r(0x14, ctrl));
+        assert_eq!(UBLK_U_CMD_UPDATE_SIZE, rw(0x15, ctrl));
         assert_eq!(UBLK_U_IO_FETCH_REQ, rw(0x20, io));
         assert_eq!(UBLK_U_IO_COMMIT_AND_FETCH_REQ, rw(0x21, io));
         assert_eq!(UBLK_U_IO_NEED_GET_DATA, rw(0x22, io));

@@ -42,6 +42,8 @@ pub fn attach(args: &AttachArgs) -> i32 {
 
 fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
     let mut take_over = None;
+    // The dead daemon's other paths (its record's `portals`).
+    let mut recorded: Vec<state::PathRecord> = Vec::new();
     let target = match &args.recover {
         Some(dev) => {
             let dev = device_path(dev);
@@ -52,6 +54,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
                 ))
             })?;
             take_over = Some(serve::TakeOver::from_record(&rec)?);
+            recorded = rec.portals.clone();
             if args.target.is_empty() {
                 format!("iscsi://{}/{}/{}", rec.portal, rec.target, rec.lun)
             } else {
@@ -73,14 +76,24 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
         target: url.target.clone(),
         auth: cfg.auth.clone(),
     }];
+    // Every path the dead daemon had, with the credentials given to this
+    // command (as for the first path: records hold no secret).
+    for r in &recorded {
+        let (host, port) = crate::url::split_host_port(&r.portal).map_err(|e| {
+            CmdError::new(
+                exit::FAILURE,
+                format!(
+                    "the record's portal \"{}\": {e} (name the paths with --portal)",
+                    r.portal
+                ),
+            )
+        })?;
+        add_path(&mut paths, Portal::new(host, port), &r.target, &cfg);
+    }
     for p in &args.portals {
         let (host, port) = crate::url::split_host_port(p)
             .map_err(|e| CmdError::usage(format!("--portal {p}: {e}")))?;
-        paths.push(PathSpec {
-            portal: Portal::new(host, port),
-            target: url.target.clone(),
-            auth: cfg.auth.clone(),
-        });
+        add_path(&mut paths, Portal::new(host, port), &url.target, &cfg);
     }
     Ok(ServeSpec {
         paths,
@@ -92,6 +105,27 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
         keep_while_in_use: false,
         take_over,
     })
+}
+
+/// Add a path unless the same portal and target is there already.
+fn add_path(
+    paths: &mut Vec<PathSpec>,
+    portal: Portal,
+    target: &str,
+    cfg: &crate::iscsi::initiator::InitiatorConfig,
+) {
+    // Compared as shown: "[fd00::2]:3260" either way the host was written.
+    let shown = portal.to_string();
+    if !paths
+        .iter()
+        .any(|p| p.portal.to_string() == shown && p.target == target)
+    {
+        paths.push(PathSpec {
+            portal,
+            target: target.to_string(),
+            auth: cfg.auth.clone(),
+        });
+    }
 }
 
 /// A second login to the target the machine booted from would either

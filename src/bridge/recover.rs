@@ -80,6 +80,9 @@ impl PathSpec {
     }
 }
 
+/// Connect and login timeouts on the first round over several paths.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where and how to log in again. The ISID in `cfg` must be fixed.
 #[derive(Clone)]
 pub struct Reconnect {
@@ -238,7 +241,13 @@ impl RecoveringBackend {
                 return self.give_up("no path to reconnect through".into());
             };
             let portal = &path.portal;
-            match self.try_once(path) {
+            // With another path to go to, the first round over the paths
+            // does not wait the full timeouts on a portal that went silent
+            // (a blackholed route, a hung target): a healthy target answers
+            // a connect and a login in milliseconds. Later rounds, when
+            // every path failed once, wait the full time again.
+            let quick = n > 1 && (attempt as usize) <= n;
+            match self.try_once(path, quick) {
                 Ok((backend, tsih, grew)) => {
                     let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                     *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -341,9 +350,13 @@ impl RecoveringBackend {
         }
     }
 
-    fn try_once(&self, path: &PathSpec) -> Result<(IscsiBackend, u16, bool), Outcome> {
+    fn try_once(&self, path: &PathSpec, quick: bool) -> Result<(IscsiBackend, u16, bool), Outcome> {
         let r = &self.reconnect;
-        let cfg = path.config(&r.cfg);
+        let mut cfg = path.config(&r.cfg);
+        if quick {
+            cfg.connect_timeout = cfg.connect_timeout.min(QUICK_TIMEOUT);
+            cfg.login_timeout = cfg.login_timeout.min(QUICK_TIMEOUT);
+        }
         let c = initiator::connect(&path.portal, &path.target, &cfg, r.session_events.clone())
             .map_err(|e| {
                 if e.is_transient() {

@@ -26,6 +26,8 @@ pub struct InitiatorConfig {
     pub data_digest: DigestOffer,
     pub session: SessionOptions,
     pub connect_timeout: Duration,
+    /// Bound on each login request/response round trip.
+    pub login_timeout: Duration,
     /// Our MaxRecvDataSegmentLength.
     pub max_recv_data_segment: u32,
     /// Fixed ISID (reinstatement); random when None.
@@ -42,6 +44,7 @@ impl InitiatorConfig {
             data_digest: DigestOffer::None,
             session: SessionOptions::default(),
             connect_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(15),
             max_recv_data_segment: 256 * 1024,
             isid: None,
         }
@@ -61,6 +64,7 @@ impl InitiatorConfig {
         c.auth = self.auth.clone();
         c.allow_no_auth = self.allow_no_auth;
         c.connect_timeout = self.connect_timeout;
+        c.io_timeout = self.login_timeout;
         c
     }
 }

@@ -355,6 +355,7 @@ fn assert_boot(b: &Boot, e: Expect) {
         "0",
         "the kernel's initiator (open-iscsi) has no session of its own",
     );
+    assert_logout(b, &ours[0]);
 
     // The real root came up whole, with the incumbent's daemons running.
     b.eq(
@@ -506,6 +507,75 @@ fn assert_boot(b: &Boot, e: Expect) {
     b.check(
         b.get("guest.cmdline").contains("rd.iscsi.firmware"),
         "the kernel command line asks for the firmware's iSCSI root",
+    );
+}
+
+/// Power-off (issue 5): systemd-shutdown spares '@sanroot', remounts /
+/// read-only and pivots into the initramfs dracut-shutdown.service unpacked;
+/// dracut's /shutdown unmounts the old root; then sanroot's shutdown hook
+/// has the daemon flush, log out and remove the device, and says so on the
+/// console. The session `ours` (tgtd's nexus id) must be gone while QEMU is
+/// still running: QEMU's exit closes its sockets and would end the session
+/// on the target anyway, so only a sample taken before that proves the
+/// logout.
+fn assert_logout(b: &Boot, ours: &str) {
+    if let Some(p) = b.r.get("shutdown_problem") {
+        b.fail(&format!("the shutdown did not go cleanly: {p}"));
+    }
+    let at = |k: &str| -> Option<f64> { b.r.get(&format!("event.{k}.t"))?.parse().ok() };
+    let Some(unmounted) = at("initramfs_shutdown") else {
+        b.fail("no 'Unmounted /oldroot' on the console: power-off did not come back to the initramfs to unmount the root (dracut's shutdown module, dracut-shutdown.service, need_shutdown)")
+    };
+    let Some(logout) = at("sanroot_logout") else {
+        b.fail("no 'sanroot-shutdown: DEV: cache flushed, logged out' line on the console at power-off")
+    };
+    if let Some(ro) = at("remount_ro") {
+        b.check(
+            ro <= unmounted,
+            "systemd-shutdown remounted / read-only before the initramfs unmounted it",
+        );
+    }
+    b.check(
+        unmounted <= logout,
+        &format!(
+            "the old root was unmounted ({unmounted} s) before sanroot logged out ({logout} s)"
+        ),
+    );
+    let ids = |k: &str| -> Vec<String> {
+        b.get(k)
+            .split(['+', ','])
+            .filter(|s| !s.is_empty())
+            .map(|s| s.rsplit('#').next().unwrap_or("").to_string())
+            .collect()
+    };
+    b.check(
+        b.get("qemu_alive_at_logout") != "1" || !ids("initiators_at_logout").iter().any(|i| i == ours),
+        &format!(
+            "sanroot's session {ours} is still on the target although its shutdown hook said it logged out: {}",
+            b.get("initiators_at_logout")
+        ),
+    );
+    b.check(
+        !ids("nexus_last_alive").iter().any(|i| i == ours),
+        &format!(
+            "sanroot's session {ours} was on the target until QEMU exited (last sample while QEMU ran: {}): no logout",
+            b.get("nexus_last_alive")
+        ),
+    );
+    b.check(
+        !ids("initiators_after_exit").iter().any(|i| i == ours),
+        &format!(
+            "sanroot's session {ours} is still on the target after QEMU exited: {}",
+            b.get("initiators_after_exit")
+        ),
+    );
+    b.check(
+        b.get("ready_dev") == b.get("logout_dev"),
+        &format!(
+            "the device logged out at power-off ({}) is the root disk ({})",
+            b.get("logout_dev"),
+            b.get("ready_dev")
+        ),
     );
 }
 

@@ -44,7 +44,10 @@ check() {
 depends() {
     # Only the block root path; no network module (sanroot configures the
     # NIC itself) and no iscsi module (that is what sanroot replaces).
-    echo rootfs-block
+    # dracut's shutdown module: at power-off systemd-shutdown pivots back
+    # into the initramfs, which unmounts the root and then runs our
+    # shutdown hook to log the root's session out (issue 5).
+    echo rootfs-block shutdown
     return 0
 }
 
@@ -98,6 +101,9 @@ install() {
     inst_hook cmdline 90 "$moddir/parse-sanroot.sh"
     inst_script "$moddir/sanroot-boot.sh" /sbin/sanroot-boot
     inst_hook initqueue/timeout 95 "$moddir/sanroot-timeout.sh"
+    # After the old root is unmounted: flush, log out, remove the device.
+    inst_hook shutdown 30 "$moddir/sanroot-shutdown.sh"
+    inst_multiple -o timeout sed
     # dracut-initqueue.service only runs when this exists (systemd mode).
     dracut_need_initqueue
 }

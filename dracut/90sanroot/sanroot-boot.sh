@@ -36,6 +36,12 @@ fi
 if [ "$_rc" = 0 ]; then
     info "sanroot: root LUN is ${_dev} (attempt $_n)"
     echo "${_dev}" > /tmp/sanroot.dev
+    # Power-off and reboot come back to this initramfs (dracut's shutdown
+    # module: dracut-shutdown.service unpacks it to /run/initramfs only
+    # when asked), where sanroot-shutdown.sh logs the session out once
+    # the root is unmounted.
+    mkdir -p /run/initramfs
+    need_shutdown
 else
     case "$_rc" in
         2 | 3 | 4)

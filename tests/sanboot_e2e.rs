@@ -76,6 +76,9 @@ struct Expect {
     /// iPXE leaves it behind; UEFI iPXE closes its connections when the
     /// kernel calls ExitBootServices.
     ipxe_session_at_kernel: bool,
+    /// The root is described by the firmware's iBFT (rd.iscsi.firmware);
+    /// otherwise by dracut's netroot=/ip= on the kernel command line.
+    ibft: bool,
 }
 
 /// One run of qemu/sanboot.
@@ -347,7 +350,7 @@ fn assert_boot(b: &Boot, e: Expect) {
             .collect();
         b.check(
             names.iter().all(|n| *n == initiator),
-            &format!("{k}: the sessions carry the iBFT's initiator name {initiator}: {names:?}"),
+            &format!("{k}: the sessions carry the boot's initiator name {initiator}: {names:?}"),
         );
     }
     b.eq(
@@ -438,27 +441,59 @@ fn assert_boot(b: &Boot, e: Expect) {
             "the boot NIC's IPv4 routes changed when NetworkManager started:\nbefore {rb:#?}\nafter {ra:#?}"
         ),
     );
-    b.eq("guest.ibft_rc", "0", "sanroot ibft --json in the real root");
-    let ibft = b.json("guest.ibft");
-    let inic = ibft["nics"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["mac"].as_str() == Some(mac.as_str())))
-        .unwrap_or_else(|| b.fail("the iBFT has no NIC with the boot MAC"));
-    let want = (
-        inic["ip"].as_str().unwrap_or("").to_string(),
-        inic["prefix_len"].as_u64().unwrap_or(0),
-    );
+    // What the NIC should have: the iBFT's address, or ip='s.
+    let (want, gw, from) = if e.ibft {
+        b.eq("guest.ibft_rc", "0", "sanroot ibft --json in the real root");
+        let ibft = b.json("guest.ibft");
+        let inic = ibft["nics"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["mac"].as_str() == Some(mac.as_str())))
+            .unwrap_or_else(|| b.fail("the iBFT has no NIC with the boot MAC"));
+        (
+            (
+                inic["ip"].as_str().unwrap_or("").to_string(),
+                inic["prefix_len"].as_u64().unwrap_or(0),
+            ),
+            inic["gateway"].as_str().map(str::to_string),
+            "the iBFT",
+        )
+    } else {
+        let ip = b.get("boot.guest_ip");
+        let (a, p) = ip.split_once('/').unwrap_or((ip, ""));
+        (
+            (a.to_string(), p.parse().unwrap_or(0)),
+            Some(b.get("boot.guest_gateway").to_string()),
+            "ip=",
+        )
+    };
     b.check(
         a4a.iter().any(|(ip, p, _, _)| (ip.clone(), *p) == want),
-        &format!("the boot NIC has the iBFT's address {want:?}: {a4a:?}"),
+        &format!("the boot NIC has {from}'s address {want:?}: {a4a:?}"),
     );
-    if let Some(gw) = inic["gateway"].as_str() {
+    if let Some(gw) = gw {
         b.check(
             ra.iter()
                 .any(|r| r.contains("dst=\"default\"") && r.contains(&format!("gw=\"{gw}\""))),
-            &format!("a default route via the iBFT's gateway {gw}: {ra:#?}"),
+            &format!("a default route via {from}'s gateway {gw}: {ra:#?}"),
         );
     }
+    // The record says where the description came from, without secrets.
+    let source = b.json("guest.boot_json")["source"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    b.check(
+        source.starts_with(if e.ibft { "ibft" } else { "cmdline" }),
+        &format!("the hand-off's source: {source}"),
+    );
+    b.eq(
+        "host.secret_leaks",
+        "0",
+        &format!(
+            "CHAP secrets outside the kernel's echo of its command line (in: {})",
+            b.get("host.secret_leak_where")
+        ),
+    );
 
     // No I/O errors anywhere; the file system is clean on the host.
     b.eq(
@@ -504,10 +539,18 @@ fn assert_boot(b: &Boot, e: Expect) {
             }
         ),
     );
-    b.check(
-        b.get("guest.cmdline").contains("rd.iscsi.firmware"),
-        "the kernel command line asks for the firmware's iSCSI root",
-    );
+    let cmdline = b.get("guest.cmdline");
+    if e.ibft {
+        b.check(
+            cmdline.contains("rd.iscsi.firmware"),
+            "the kernel command line asks for the firmware's iSCSI root",
+        );
+    } else {
+        b.check(
+            cmdline.contains("netroot=iscsi:") && !cmdline.contains("rd.iscsi.firmware"),
+            &format!("the kernel command line describes the root with netroot= only: {cmdline}"),
+        );
+    }
 }
 
 /// Power-off (issue 5): systemd-shutdown spares '@sanroot', remounts /
@@ -591,6 +634,7 @@ fn bios_sanboot_no_auth() {
             systemd_initrd: true,
             grub: true,
             ipxe_session_at_kernel: true,
+            ibft: true,
         },
     );
 }
@@ -620,6 +664,7 @@ fn bios_sanboot_chap_nbd() {
             systemd_initrd: true,
             grub: true,
             ipxe_session_at_kernel: true,
+            ibft: true,
         },
     );
 }
@@ -636,6 +681,7 @@ fn uefi_sanhook_mutual() {
             systemd_initrd: true,
             grub: false,
             ipxe_session_at_kernel: false,
+            ibft: true,
         },
     );
 }
@@ -665,6 +711,33 @@ fn bios_shell_initrd_mutual() {
             systemd_initrd: false,
             grub: false,
             ipxe_session_at_kernel: true,
+            ibft: true,
+        },
+    );
+}
+
+/// No iPXE and no iBFT: QEMU loads the image's kernel and dracut (systemd)
+/// initramfs itself, and dracut's own command line describes the root:
+/// `netroot=iscsi:USER:SECRET@10.0.2.2::PORT:1:IQN` (one-way CHAP, the
+/// secret in netroot= as dracut has it), a static
+/// `ip=10.0.2.15::10.0.2.2:255.255.255.0:HOST:ens3:none:DNS`, which sanroot
+/// applies itself, and `rd.iscsi.initiator=`. Same checks as the firmware
+/// boots; the secret shows nowhere but in the kernel's echo of its command
+/// line.
+#[test]
+fn direct_netroot_chap() {
+    let b = run(
+        "direct-netroot-chap",
+        &["--boot", "direct", "--auth", "chap"],
+    );
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "ublk",
+            systemd_initrd: true,
+            grub: false,
+            ipxe_session_at_kernel: false,
+            ibft: false,
         },
     );
 }

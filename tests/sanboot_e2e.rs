@@ -29,12 +29,24 @@
 //!   daemon is still there before power-off;
 //! - no I/O or ext4 errors in the kernel log (guest dmesg and the console);
 //! - the guest powered off by itself (QEMU exited) and the file system is
-//!   clean (e2fsck -fn of the backing file, no journal left to replay).
+//!   clean (e2fsck -fn of the backing file, no journal left to replay);
+//! - at power-off (issue 5) systemd remounted / read-only, went back to the
+//!   initramfs, which unmounted the old root, and then sanroot's shutdown
+//!   hook flushed, logged out and removed the device (its line on the
+//!   console), with nothing reported as failed on the way; sanroot's
+//!   session was gone from the target while QEMU still ran (so not merely
+//!   closed by QEMU's exit), and is not there afterwards;
+//! - no CHAP secret anywhere but in the kernel's echo of its command line
+//!   (the console, everything the guest reported).
+//!
+//! One boot has no iPXE and no iBFT: QEMU loads the kernel and initramfs,
+//! and dracut's `netroot=iscsi:USER:SECRET@…`, `ip=` and
+//! `rd.iscsi.initiator=` describe the root (issue 6).
 //!
 //! The boots spread firmware, authentication, bridge and initramfs flavour
 //! instead of multiplying them. Needs root and what `qemu/install-deps`
 //! installs; the first run builds the image (cached under
-//! /var/cache/sanroot, see qemu/make-root-image). The console log and the
+//! /var/cache/sanroot, or `$SANROOT_IMAGE_CACHE`, see qemu/make-root-image). The console log and the
 //! results of each boot are kept as target/sanboot-NAME.log and .results.
 
 use std::collections::BTreeMap;

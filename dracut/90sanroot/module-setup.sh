@@ -6,6 +6,9 @@
 # itself (rtnetlink), logs in, serves the LUN as /dev/ublkbN or /dev/nbdN and
 # stays resident as '@sanroot'. The root filesystem is then mounted by
 # dracut's ordinary block path (root=UUID=…, LABEL=…, /dev/disk/by-…).
+# At power-off and reboot dracut's shutdown module brings the machine back
+# to this initramfs, and sanroot-shutdown.sh logs the session out once the
+# root is unmounted.
 #
 # Works with and without dracut's systemd module. Installs no network module
 # and no open-iscsi: dracut's 95iscsi must stay out (dracut/sanroot.conf

@@ -11,6 +11,8 @@
 #    at switch-root (and systemd-shutdown's at power-off) skips processes
 #    whose argv[0] starts with '@'.
 #  - without systemd, dracut's init execs switch_root, which kills nothing.
+# At power-off it is stopped last, from this initramfs (need_shutdown below,
+# sanroot-shutdown.sh).
 
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 

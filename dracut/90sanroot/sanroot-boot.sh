@@ -44,6 +44,19 @@ if [ "$_rc" = 0 ]; then
     # the root is unmounted.
     mkdir -p /run/initramfs
     need_shutdown
+    # dracut's shell init mounts /run noexec, and the real root's systemd
+    # keeps that mount: systemd-shutdown would then find
+    # /run/initramfs/shutdown not executable and power off with the root
+    # still logged in. systemd's own /run is exec (nosuid, nodev).
+    while read -r _src _mp _type _opts _rest; do
+        if [ "$_mp" = /run ]; then
+            case ",$_opts," in
+                *,noexec,*) mount -o remount,exec /run || warn "sanroot: cannot remount /run exec: power-off will not log out" ;;
+            esac
+            break
+        fi
+    done < /proc/mounts
+    unset _src _mp _type _opts _rest
 else
     case "$_rc" in
         2 | 3 | 4)

@@ -708,7 +708,7 @@ EVENTS = [
     ("nm", re.compile(r"(Started|Starting).*(NetworkManager\.service|Network Manager)"), "NetworkManager starts in the real root"),
     ("multi_user", re.compile(r"Reached target.*Multi-User System"), "multi-user reached"),
     ("shutdown", re.compile(r"systemd-shutdown\[1\]: |Reached target.*(Power-Off|System Power Off)"), "systemd shuts down"),
-    ("remount_ro", re.compile(r"Remounting '/' read-only"), "systemd-shutdown remounts / read-only"),
+    ("remount_ro", re.compile(r"EXT4-fs \((ublkb|nbd)\d+p?\d*\): re-mounted .* ro\b"), "systemd-shutdown remounted / read-only"),
     ("initramfs_shutdown", re.compile(r"Unmounted /oldroot"), "back in the initramfs: the old root is unmounted"),
     ("sanroot_logout", re.compile(r"sanroot-shutdown: (\S+): cache flushed, logged out"), "sanroot flushed, logged out and removed the root disk"),
     ("poweroff", re.compile(r"reboot: Power down"), "powered off"),

@@ -584,12 +584,13 @@ fn assert_logout(b: &Boot, ours: &str) {
     let Some(logout) = at("sanroot_logout") else {
         b.fail("no 'sanroot-shutdown: DEV: cache flushed, logged out' line on the console at power-off")
     };
-    if let Some(ro) = at("remount_ro") {
-        b.check(
-            ro <= unmounted,
-            "systemd-shutdown remounted / read-only before the initramfs unmounted it",
-        );
-    }
+    let Some(ro) = at("remount_ro") else {
+        b.fail("no 'EXT4-fs (DEV): re-mounted … ro' on the console: systemd-shutdown's final remount of / read-only did not succeed")
+    };
+    b.check(
+        ro <= unmounted,
+        "systemd-shutdown remounted / read-only before the initramfs unmounted it",
+    );
     b.check(
         unmounted <= logout,
         &format!(

@@ -642,6 +642,19 @@ sr_sanboot_ipxe_script() {
 #   initiators_at_* / event.NAME.nexus / nexus_since_kernel
 #                                       tgtd's I_T nexus ids ("IQN#ID"):
 #                                       which sessions, not only how many
+#   initiators_at_logout / qemu_alive_at_logout
+#                                       sampled again right when sanroot's
+#                                       shutdown hook said it logged out,
+#                                       and whether QEMU was still running
+#   nexus_last_alive                     the nexus ids of the last sample
+#                                       taken while QEMU still ran (checked
+#                                       after the sample): a session gone
+#                                       there was logged out by the guest,
+#                                       not dropped when QEMU's sockets
+#                                       closed
+#   initiators_after_exit               a sample once QEMU has exited
+#   shutdown_problem                     console lines that say the root was
+#                                       not unmounted or logged out cleanly
 # When the guest says READY it answers "GO token=TOKEN". It prints the
 # milestones on stderr as they happen, and stops QEMU (PIDFILE) 20 s after a
 # fatal console line (panic, emergency shell).
@@ -694,8 +707,16 @@ EVENTS = [
     ("switch_root", re.compile(r"Switching root|Reached target.*Switch Root"), "switching to the real root"),
     ("nm", re.compile(r"(Started|Starting).*(NetworkManager\.service|Network Manager)"), "NetworkManager starts in the real root"),
     ("multi_user", re.compile(r"Reached target.*Multi-User System"), "multi-user reached"),
+    ("shutdown", re.compile(r"systemd-shutdown\[1\]: |Reached target.*(Power-Off|System Power Off)"), "systemd shuts down"),
+    ("remount_ro", re.compile(r"EXT4-fs \((ublkb|nbd)\d+p?\d*\): re-mounted .* ro\b"), "systemd-shutdown remounted / read-only"),
+    ("initramfs_shutdown", re.compile(r"Unmounted /oldroot"), "back in the initramfs: the old root is unmounted"),
+    ("sanroot_logout", re.compile(r"sanroot-shutdown: (\S+): cache flushed, logged out"), "sanroot flushed, logged out and removed the root disk"),
     ("poweroff", re.compile(r"reboot: Power down"), "powered off"),
 ]
+SHUTDOWN_PROBLEM = re.compile(r"Failed to remount '/'|Cannot umount /oldroot|Unmounting /oldroot timed out|"
+                              r"Not all file systems unmounted|sanroot-shutdown: .*(failed|did not finish|without)|"
+                              r"Unpacking of .* failed|dracut-shutdown.*failed|"
+                              r"sanroot\[\d+\]: .*(final SYNCHRONIZE CACHE|logout: )")
 FATAL = re.compile(r"Kernel panic|Entering emergency mode|dracut Warning: Could not boot|"
                    r"Dropping to debug shell|emergency shell|You are in emergency mode|"
                    r"Cannot open access to console|sanroot: iPXE script failed")
@@ -716,12 +737,29 @@ nexus_since_kernel = set()
 console_pos, partial, guest_buf = 0, "", b""
 fatal_at, eof = None, False
 next_sample = 0.0
+qemu_pid = None
+last_alive = None
+
+def qemu_alive():
+    global qemu_pid
+    try:
+        if qemu_pid is None:
+            qemu_pid = int(open(pidfile).read().strip())
+        os.kill(qemu_pid, 0)
+        return True
+    except Exception:
+        return False
+
 n, inits = sessions()
 while True:
     now = time.time() - t0
     if now >= next_sample:
         n, inits = sessions()
-        next_sample = now + 0.25
+        if qemu_alive():
+            last_alive = inits
+        # From the shutdown on, sample often: when did sanroot's session
+        # end, compared with QEMU's exit?
+        next_sample = now + (0.05 if "shutdown" in seen else 0.25)
         if "kernel" in seen:
             for i in inits:
                 nexus_since_kernel.add(i.split("#")[-1])
@@ -757,7 +795,16 @@ while True:
                     emit(f"event.{name}.t", f"{now:.1f}")
                     emit(f"event.{name}.sessions", n)
                     emit(f"event.{name}.nexus", "+".join(i.split("#")[-1] for i in inits))
-                    if name == "sanroot_ready":
+                    if name == "sanroot_logout":
+                        n2, i2 = sessions()
+                        alive = qemu_alive()
+                        if alive:
+                            last_alive = i2
+                        emit("initiators_at_logout", ",".join(i2))
+                        emit("logout_dev", m.group(1))
+                        emit("qemu_alive_at_logout", int(alive))
+                        say(f"{desc}: target {tid} has {n2} session(s) {'(' + ', '.join(i2) + ')' if i2 else ''}{'' if alive else ' (QEMU already gone)'}")
+                    elif name == "sanroot_ready":
                         # the count right at the ready line, fresh
                         n2, i2 = sessions()
                         emit("sessions_at_ready", n2)
@@ -767,6 +814,9 @@ while True:
                         say(f"{desc}: {m.group(1)}; target {tid} has {n2} session(s)")
                     else:
                         say(desc)
+            if SHUTDOWN_PROBLEM.search(line):
+                emit("shutdown_problem", line.strip())
+                say(f"shutdown problem: {line.strip()}")
             if fatal_at is None and FATAL.search(line):
                 fatal_at = now
                 emit("fatal", line.strip())
@@ -817,6 +867,9 @@ while True:
     time.sleep(0.1)
 
 emit("sessions_max", max_n)
+emit("nexus_last_alive", "+".join(i.split("#")[-1] for i in (last_alive or [])))
+_, i2 = sessions()
+emit("initiators_after_exit", ",".join(i2))
 emit("nexus_since_kernel", "+".join(sorted(nexus_since_kernel, key=int)))
 emit("sessions_timeline", " ".join(timeline))
 emit("controller_seconds", f"{time.time() - t0:.1f}")

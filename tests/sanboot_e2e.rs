@@ -29,12 +29,24 @@
 //!   daemon is still there before power-off;
 //! - no I/O or ext4 errors in the kernel log (guest dmesg and the console);
 //! - the guest powered off by itself (QEMU exited) and the file system is
-//!   clean (e2fsck -fn of the backing file, no journal left to replay).
+//!   clean (e2fsck -fn of the backing file, no journal left to replay);
+//! - at power-off (issue 5) systemd remounted / read-only, went back to the
+//!   initramfs, which unmounted the old root, and then sanroot's shutdown
+//!   hook flushed, logged out and removed the device (its line on the
+//!   console), with nothing reported as failed on the way; sanroot's
+//!   session was gone from the target while QEMU still ran (so not merely
+//!   closed by QEMU's exit), and is not there afterwards;
+//! - no CHAP secret anywhere but in the kernel's echo of its command line
+//!   (the console, everything the guest reported).
+//!
+//! One boot has no iPXE and no iBFT: QEMU loads the kernel and initramfs,
+//! and dracut's `netroot=iscsi:USER:SECRET@…`, `ip=` and
+//! `rd.iscsi.initiator=` describe the root (issue 6).
 //!
 //! The boots spread firmware, authentication, bridge and initramfs flavour
 //! instead of multiplying them. Needs root and what `qemu/install-deps`
 //! installs; the first run builds the image (cached under
-//! /var/cache/sanroot, see qemu/make-root-image). The console log and the
+//! /var/cache/sanroot, or `$SANROOT_IMAGE_CACHE`, see qemu/make-root-image). The console log and the
 //! results of each boot are kept as target/sanboot-NAME.log and .results.
 
 use std::collections::BTreeMap;
@@ -76,6 +88,9 @@ struct Expect {
     /// iPXE leaves it behind; UEFI iPXE closes its connections when the
     /// kernel calls ExitBootServices.
     ipxe_session_at_kernel: bool,
+    /// The root is described by the firmware's iBFT (rd.iscsi.firmware);
+    /// otherwise by dracut's netroot=/ip= on the kernel command line.
+    ibft: bool,
 }
 
 /// One run of qemu/sanboot.
@@ -347,7 +362,7 @@ fn assert_boot(b: &Boot, e: Expect) {
             .collect();
         b.check(
             names.iter().all(|n| *n == initiator),
-            &format!("{k}: the sessions carry the iBFT's initiator name {initiator}: {names:?}"),
+            &format!("{k}: the sessions carry the boot's initiator name {initiator}: {names:?}"),
         );
     }
     b.eq(
@@ -355,6 +370,7 @@ fn assert_boot(b: &Boot, e: Expect) {
         "0",
         "the kernel's initiator (open-iscsi) has no session of its own",
     );
+    assert_logout(b, &ours[0]);
 
     // The real root came up whole, with the incumbent's daemons running.
     b.eq(
@@ -437,27 +453,59 @@ fn assert_boot(b: &Boot, e: Expect) {
             "the boot NIC's IPv4 routes changed when NetworkManager started:\nbefore {rb:#?}\nafter {ra:#?}"
         ),
     );
-    b.eq("guest.ibft_rc", "0", "sanroot ibft --json in the real root");
-    let ibft = b.json("guest.ibft");
-    let inic = ibft["nics"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["mac"].as_str() == Some(mac.as_str())))
-        .unwrap_or_else(|| b.fail("the iBFT has no NIC with the boot MAC"));
-    let want = (
-        inic["ip"].as_str().unwrap_or("").to_string(),
-        inic["prefix_len"].as_u64().unwrap_or(0),
-    );
+    // What the NIC should have: the iBFT's address, or ip='s.
+    let (want, gw, from) = if e.ibft {
+        b.eq("guest.ibft_rc", "0", "sanroot ibft --json in the real root");
+        let ibft = b.json("guest.ibft");
+        let inic = ibft["nics"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["mac"].as_str() == Some(mac.as_str())))
+            .unwrap_or_else(|| b.fail("the iBFT has no NIC with the boot MAC"));
+        (
+            (
+                inic["ip"].as_str().unwrap_or("").to_string(),
+                inic["prefix_len"].as_u64().unwrap_or(0),
+            ),
+            inic["gateway"].as_str().map(str::to_string),
+            "the iBFT",
+        )
+    } else {
+        let ip = b.get("boot.guest_ip");
+        let (a, p) = ip.split_once('/').unwrap_or((ip, ""));
+        (
+            (a.to_string(), p.parse().unwrap_or(0)),
+            Some(b.get("boot.guest_gateway").to_string()),
+            "ip=",
+        )
+    };
     b.check(
         a4a.iter().any(|(ip, p, _, _)| (ip.clone(), *p) == want),
-        &format!("the boot NIC has the iBFT's address {want:?}: {a4a:?}"),
+        &format!("the boot NIC has {from}'s address {want:?}: {a4a:?}"),
     );
-    if let Some(gw) = inic["gateway"].as_str() {
+    if let Some(gw) = gw {
         b.check(
             ra.iter()
                 .any(|r| r.contains("dst=\"default\"") && r.contains(&format!("gw=\"{gw}\""))),
-            &format!("a default route via the iBFT's gateway {gw}: {ra:#?}"),
+            &format!("a default route via {from}'s gateway {gw}: {ra:#?}"),
         );
     }
+    // The record says where the description came from, without secrets.
+    let source = b.json("guest.boot_json")["source"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    b.check(
+        source.starts_with(if e.ibft { "ibft" } else { "cmdline" }),
+        &format!("the hand-off's source: {source}"),
+    );
+    b.eq(
+        "host.secret_leaks",
+        "0",
+        &format!(
+            "CHAP secrets outside the kernel's echo of its command line (in: {})",
+            b.get("host.secret_leak_where")
+        ),
+    );
 
     // No I/O errors anywhere; the file system is clean on the host.
     b.eq(
@@ -503,9 +551,87 @@ fn assert_boot(b: &Boot, e: Expect) {
             }
         ),
     );
+    let cmdline = b.get("guest.cmdline");
+    if e.ibft {
+        b.check(
+            cmdline.contains("rd.iscsi.firmware"),
+            "the kernel command line asks for the firmware's iSCSI root",
+        );
+    } else {
+        b.check(
+            cmdline.contains("netroot=iscsi:") && !cmdline.contains("rd.iscsi.firmware"),
+            &format!("the kernel command line describes the root with netroot= only: {cmdline}"),
+        );
+    }
+}
+
+/// Power-off (issue 5): systemd-shutdown spares '@sanroot', remounts /
+/// read-only and pivots into the initramfs dracut-shutdown.service unpacked;
+/// dracut's /shutdown unmounts the old root; then sanroot's shutdown hook
+/// has the daemon flush, log out and remove the device, and says so on the
+/// console. The session `ours` (tgtd's nexus id) must be gone while QEMU is
+/// still running: QEMU's exit closes its sockets and would end the session
+/// on the target anyway, so only a sample taken before that proves the
+/// logout.
+fn assert_logout(b: &Boot, ours: &str) {
+    if let Some(p) = b.r.get("shutdown_problem") {
+        b.fail(&format!("the shutdown did not go cleanly: {p}"));
+    }
+    let at = |k: &str| -> Option<f64> { b.r.get(&format!("event.{k}.t"))?.parse().ok() };
+    let Some(unmounted) = at("initramfs_shutdown") else {
+        b.fail("no 'Unmounted /oldroot' on the console: power-off did not come back to the initramfs to unmount the root (dracut's shutdown module, dracut-shutdown.service, need_shutdown)")
+    };
+    let Some(logout) = at("sanroot_logout") else {
+        b.fail("no 'sanroot-shutdown: DEV: cache flushed, logged out' line on the console at power-off")
+    };
+    let Some(ro) = at("remount_ro") else {
+        b.fail("no 'EXT4-fs (DEV): re-mounted … ro' on the console: systemd-shutdown's final remount of / read-only did not succeed")
+    };
     b.check(
-        b.get("guest.cmdline").contains("rd.iscsi.firmware"),
-        "the kernel command line asks for the firmware's iSCSI root",
+        ro <= unmounted,
+        "systemd-shutdown remounted / read-only before the initramfs unmounted it",
+    );
+    b.check(
+        unmounted <= logout,
+        &format!(
+            "the old root was unmounted ({unmounted} s) before sanroot logged out ({logout} s)"
+        ),
+    );
+    let ids = |k: &str| -> Vec<String> {
+        b.get(k)
+            .split(['+', ','])
+            .filter(|s| !s.is_empty())
+            .map(|s| s.rsplit('#').next().unwrap_or("").to_string())
+            .collect()
+    };
+    b.check(
+        b.get("qemu_alive_at_logout") != "1" || !ids("initiators_at_logout").iter().any(|i| i == ours),
+        &format!(
+            "sanroot's session {ours} is still on the target although its shutdown hook said it logged out: {}",
+            b.get("initiators_at_logout")
+        ),
+    );
+    b.check(
+        !ids("nexus_last_alive").iter().any(|i| i == ours),
+        &format!(
+            "sanroot's session {ours} was on the target until QEMU exited (last sample while QEMU ran: {}): no logout",
+            b.get("nexus_last_alive")
+        ),
+    );
+    b.check(
+        !ids("initiators_after_exit").iter().any(|i| i == ours),
+        &format!(
+            "sanroot's session {ours} is still on the target after QEMU exited: {}",
+            b.get("initiators_after_exit")
+        ),
+    );
+    b.check(
+        b.get("ready_dev") == b.get("logout_dev"),
+        &format!(
+            "the device logged out at power-off ({}) is the root disk ({})",
+            b.get("logout_dev"),
+            b.get("ready_dev")
+        ),
     );
 }
 
@@ -521,6 +647,7 @@ fn bios_sanboot_no_auth() {
             systemd_initrd: true,
             grub: true,
             ipxe_session_at_kernel: true,
+            ibft: true,
         },
     );
 }
@@ -550,6 +677,7 @@ fn bios_sanboot_chap_nbd() {
             systemd_initrd: true,
             grub: true,
             ipxe_session_at_kernel: true,
+            ibft: true,
         },
     );
 }
@@ -566,6 +694,7 @@ fn uefi_sanhook_mutual() {
             systemd_initrd: true,
             grub: false,
             ipxe_session_at_kernel: false,
+            ibft: true,
         },
     );
 }
@@ -595,6 +724,33 @@ fn bios_shell_initrd_mutual() {
             systemd_initrd: false,
             grub: false,
             ipxe_session_at_kernel: true,
+            ibft: true,
+        },
+    );
+}
+
+/// No iPXE and no iBFT: QEMU loads the image's kernel and dracut (systemd)
+/// initramfs itself, and dracut's own command line describes the root:
+/// `netroot=iscsi:USER:SECRET@10.0.2.2::PORT:1:IQN` (one-way CHAP, the
+/// secret in netroot= as dracut has it), a static
+/// `ip=10.0.2.15::10.0.2.2:255.255.255.0:HOST:ens3:none:DNS`, which sanroot
+/// applies itself, and `rd.iscsi.initiator=`. Same checks as the firmware
+/// boots; the secret shows nowhere but in the kernel's echo of its command
+/// line.
+#[test]
+fn direct_netroot_chap() {
+    let b = run(
+        "direct-netroot-chap",
+        &["--boot", "direct", "--auth", "chap"],
+    );
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "ublk",
+            systemd_initrd: true,
+            grub: false,
+            ipxe_session_at_kernel: false,
+            ibft: false,
         },
     );
 }

@@ -6,6 +6,9 @@
 # itself (rtnetlink), logs in, serves the LUN as /dev/ublkbN or /dev/nbdN and
 # stays resident as '@sanroot'. The root filesystem is then mounted by
 # dracut's ordinary block path (root=UUID=…, LABEL=…, /dev/disk/by-…).
+# At power-off and reboot dracut's shutdown module brings the machine back
+# to this initramfs, and sanroot-shutdown.sh logs the session out once the
+# root is unmounted.
 #
 # Works with and without dracut's systemd module. Installs no network module
 # and no open-iscsi: dracut's 95iscsi must stay out (dracut/sanroot.conf
@@ -44,7 +47,10 @@ check() {
 depends() {
     # Only the block root path; no network module (sanroot configures the
     # NIC itself) and no iscsi module (that is what sanroot replaces).
-    echo rootfs-block
+    # dracut's shutdown module: at power-off systemd-shutdown pivots back
+    # into the initramfs, which unmounts the root and then runs our
+    # shutdown hook to log the root's session out (issue 5).
+    echo rootfs-block shutdown
     return 0
 }
 
@@ -98,6 +104,9 @@ install() {
     inst_hook cmdline 90 "$moddir/parse-sanroot.sh"
     inst_script "$moddir/sanroot-boot.sh" /sbin/sanroot-boot
     inst_hook initqueue/timeout 95 "$moddir/sanroot-timeout.sh"
+    # After the old root is unmounted: flush, log out, remove the device.
+    inst_hook shutdown 30 "$moddir/sanroot-shutdown.sh"
+    inst_multiple -o timeout sed
     # dracut-initqueue.service only runs when this exists (systemd mode).
     dracut_need_initqueue
 }

@@ -11,6 +11,8 @@
 #    at switch-root (and systemd-shutdown's at power-off) skips processes
 #    whose argv[0] starts with '@'.
 #  - without systemd, dracut's init execs switch_root, which kills nothing.
+# At power-off it is stopped last, from this initramfs (need_shutdown below,
+# sanroot-shutdown.sh).
 
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
@@ -36,6 +38,25 @@ fi
 if [ "$_rc" = 0 ]; then
     info "sanroot: root LUN is ${_dev} (attempt $_n)"
     echo "${_dev}" > /tmp/sanroot.dev
+    # Power-off and reboot come back to this initramfs (dracut's shutdown
+    # module: dracut-shutdown.service unpacks it to /run/initramfs only
+    # when asked), where sanroot-shutdown.sh logs the session out once
+    # the root is unmounted.
+    mkdir -p /run/initramfs
+    need_shutdown
+    # dracut's shell init mounts /run noexec, and the real root's systemd
+    # keeps that mount: systemd-shutdown would then find
+    # /run/initramfs/shutdown not executable and power off with the root
+    # still logged in. systemd's own /run is exec (nosuid, nodev).
+    while read -r _src _mp _type _opts _rest; do
+        if [ "$_mp" = /run ]; then
+            case ",$_opts," in
+                *,noexec,*) mount -o remount,exec /run || warn "sanroot: cannot remount /run exec: power-off will not log out" ;;
+            esac
+            break
+        fi
+    done < /proc/mounts
+    unset _src _mp _type _opts _rest
 else
     case "$_rc" in
         2 | 3 | 4)

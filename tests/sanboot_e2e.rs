@@ -84,10 +84,12 @@ struct Expect {
     systemd_initrd: bool,
     /// GRUB was read from the LUN (iPXE sanboot).
     grub: bool,
-    /// iPXE's own session is still on the target when Linux starts: BIOS
-    /// iPXE leaves it behind; UEFI iPXE closes its connections when the
-    /// kernel calls ExitBootServices.
-    ipxe_session_at_kernel: bool,
+    /// How many sessions of iPXE's own (at least, at most) are on the
+    /// target when Linux starts: BIOS iPXE leaves its session behind; UEFI
+    /// iPXE closes its connections when the kernel calls
+    /// ExitBootServices, but tgtd may not have seen the close yet (under
+    /// load it was seen only at power-off once); no iPXE, none.
+    ipxe_sessions_at_kernel: (usize, usize),
     /// The root is described by the firmware's iBFT (rd.iscsi.firmware);
     /// otherwise by dracut's netroot=/ip= on the kernel command line.
     ibft: bool,
@@ -305,10 +307,10 @@ fn assert_boot(b: &Boot, e: Expect) {
             .collect()
     };
     let ipxe = ids("event.kernel.nexus");
-    let want_ipxe = usize::from(e.ipxe_session_at_kernel);
+    let (lo, hi) = e.ipxe_sessions_at_kernel;
     b.check(
-        ipxe.len() == want_ipxe,
-        &format!("{want_ipxe} session(s) (iPXE's) when Linux starts: {ipxe:?}"),
+        (lo..=hi).contains(&ipxe.len()),
+        &format!("{lo} to {hi} session(s) (iPXE's) when Linux starts: {ipxe:?}"),
     );
     let ours_at =
         |k: &str| -> Vec<String> { ids(k).into_iter().filter(|i| !ipxe.contains(i)).collect() };
@@ -345,7 +347,7 @@ fn assert_boot(b: &Boot, e: Expect) {
         ("sessions_at_check", "initiators_at_check"),
     ] {
         let c = b.get(k);
-        if e.ipxe_session_at_kernel && c != "2" {
+        if !ipxe.is_empty() && c != "2" {
             eprintln!(
                 "sanboot {}: note: {k}={c} ({}): iPXE's session is gone; its TCP connection was reset (QEMU's user network retransmits iPXE's last unacknowledged segment, and Linux, owning the address now, answers with RST)",
                 b.name,
@@ -646,7 +648,7 @@ fn bios_sanboot_no_auth() {
             bridge: "ublk",
             systemd_initrd: true,
             grub: true,
-            ipxe_session_at_kernel: true,
+            ipxe_sessions_at_kernel: (1, 1),
             ibft: true,
         },
     );
@@ -676,7 +678,7 @@ fn bios_sanboot_chap_nbd() {
             bridge: "nbd",
             systemd_initrd: true,
             grub: true,
-            ipxe_session_at_kernel: true,
+            ipxe_sessions_at_kernel: (1, 1),
             ibft: true,
         },
     );
@@ -693,7 +695,7 @@ fn uefi_sanhook_mutual() {
             bridge: "ublk",
             systemd_initrd: true,
             grub: false,
-            ipxe_session_at_kernel: false,
+            ipxe_sessions_at_kernel: (0, 1),
             ibft: true,
         },
     );
@@ -723,7 +725,7 @@ fn bios_shell_initrd_mutual() {
             bridge: "ublk",
             systemd_initrd: false,
             grub: false,
-            ipxe_session_at_kernel: true,
+            ipxe_sessions_at_kernel: (1, 1),
             ibft: true,
         },
     );
@@ -749,7 +751,7 @@ fn direct_netroot_chap() {
             bridge: "ublk",
             systemd_initrd: true,
             grub: false,
-            ipxe_session_at_kernel: false,
+            ipxe_sessions_at_kernel: (0, 0),
             ibft: false,
         },
     );

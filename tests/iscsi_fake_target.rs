@@ -933,3 +933,88 @@ fn discovery_text_requests_carry_the_current_cmd_sn() {
     let v = discover_split(20, false);
     assert!(v.is_empty(), "{v:#?}");
 }
+
+/// A multipath target lists its other portals in SendTargets: sanroot
+/// learns them after the login and, when the portal in use goes away,
+/// reconnects through one of them with the same ISID; the writes held
+/// meanwhile land on the other portal's side.
+#[test]
+fn reconnects_use_the_portals_that_discovery_lists() {
+    use sanroot::bridge::recover::{
+        PathSpec, Reconnect, RecoveringBackend, RecoveryEvent, RecoveryPolicy,
+        discover_other_portals,
+    };
+    use sanroot::bridge::{Backend, BlockOp, IscsiBackend};
+    within(|| {
+        let second = FakeTarget::start(Behaviour::default());
+        let name = Behaviour::default().target_name;
+        let answer = format!(
+            "TargetName={name}\0TargetAddress=127.0.0.1:{},1\0TargetName=iqn.2026-11.org.sanroot.test:else\0TargetAddress=127.0.0.1:1,1\0",
+            second.port
+        );
+        let first = FakeTarget::start(Behaviour {
+            send_targets: vec![TextChunk {
+                data: answer.into_bytes(),
+                cont: false,
+            }],
+            ..Behaviour::default()
+        });
+        let via = PathSpec {
+            portal: first.portal(),
+            target: name.clone(),
+            auth: None,
+        };
+        let mut cfg = config();
+        cfg.isid = Some(sanroot::iscsi::login::random_isid());
+        let more = discover_other_portals(&via, std::slice::from_ref(&via), &cfg);
+        let got: Vec<String> = more.iter().map(|p| p.portal.to_string()).collect();
+        assert_eq!(got, [second.portal().to_string()]);
+
+        let c = initiator::connect(&via.portal, &name, &cfg, None).expect("login");
+        let s = Arc::new(c.session);
+        let lun = Lun::open(Arc::clone(&s), 0).expect("open LUN 0");
+        let (tx, events) = mpsc::channel();
+        let mut paths = vec![via];
+        paths.extend(more);
+        let b = RecoveringBackend::new(
+            IscsiBackend::new(s, lun.info.clone()),
+            Reconnect {
+                paths,
+                lun: 0,
+                cfg,
+                session_events: None,
+                on_ua: None,
+            },
+            RecoveryPolicy {
+                first_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(500),
+                give_up_after: Some(Duration::from_secs(15)),
+            },
+            Some(tx),
+        );
+        // The first portal goes away: connections closed, nothing listens.
+        drop(first);
+        let (done_tx, done) = mpsc::channel();
+        b.submit(
+            BlockOp::Write {
+                lba: 8,
+                blocks: 1,
+                fua: false,
+            },
+            vec![0xa5; 512],
+            Box::new(move |r, _| {
+                let _ = done_tx.send(r);
+            }),
+        );
+        done.recv_timeout(Duration::from_secs(15))
+            .expect("the write completes")
+            .expect("the write succeeds through the other portal");
+        assert!(second.disk()[8 * 512..9 * 512].iter().all(|&x| x == 0xa5));
+        let ev: Vec<RecoveryEvent> = events.try_iter().collect();
+        assert!(
+            ev.iter().any(|e| matches!(e, RecoveryEvent::Recovered { portal, .. } if *portal == second.portal().to_string())),
+            "{ev:?}"
+        );
+        second.assert_clean();
+    });
+}

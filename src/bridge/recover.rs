@@ -21,6 +21,7 @@ use crate::iscsi::chap::AuthConfig;
 use crate::iscsi::initiator::{self, InitiatorConfig};
 use crate::iscsi::login::Portal;
 use crate::iscsi::session::SessionEvent;
+use crate::iscsi::text::DiscoveredTarget;
 use crate::lun::{Lun, LunInfo};
 
 /// How to come back.
@@ -79,6 +80,98 @@ impl PathSpec {
         c
     }
 }
+
+/// At most this many portals are taken from a SendTargets answer.
+const MAX_DISCOVERED: usize = 8;
+
+/// The other portals of `via`'s target that a SendTargets answer lists and
+/// `paths` does not have yet, each reached with `via`'s credentials:
+/// reconnects can use them when every configured path is down.
+///
+/// Left out: other targets; host names (a static binary has no resolver);
+/// the unspecified address; loopback addresses unless `via` itself is on
+/// loopback (a target behind NAT or a port forward often lists its own
+/// 127.0.0.1, which from here would be this machine); IPv6 link-local
+/// addresses without a zone. At most [`MAX_DISCOVERED`].
+pub fn discovered_paths(
+    via: &PathSpec,
+    paths: &[PathSpec],
+    found: &[DiscoveredTarget],
+) -> Vec<PathSpec> {
+    let addr = |p: &Portal| p.socket_addr().ok();
+    let via_loopback = addr(&via.portal).is_some_and(|a| a.ip().is_loopback());
+    let mut known: Vec<std::net::SocketAddr> =
+        paths.iter().filter_map(|p| addr(&p.portal)).collect();
+    let mut out = Vec::new();
+    for t in found.iter().filter(|t| t.name == via.target) {
+        for tp in &t.portals {
+            let portal = Portal::new(tp.host.clone(), tp.port);
+            let Some(a) = addr(&portal) else { continue };
+            let ip = a.ip();
+            let link_local_no_zone = matches!(ip, std::net::IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
+                && !tp.host.contains('%');
+            if ip.is_unspecified()
+                || (ip.is_loopback() && !via_loopback)
+                || link_local_no_zone
+                || tp.port == 0
+                || known.contains(&a)
+                || out.len() >= MAX_DISCOVERED
+            {
+                continue;
+            }
+            known.push(a);
+            out.push(PathSpec {
+                portal,
+                target: via.target.clone(),
+                auth: via.auth.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Ask `via`'s portal (a discovery session, bounded by short timeouts) for
+/// the other portals of its target; see [`discovered_paths`]. Best effort:
+/// a target that refuses discovery just adds nothing. A target that waives
+/// authentication for discovery is accepted here, since logins through
+/// what it lists still need the path's CHAP.
+pub fn discover_other_portals(
+    via: &PathSpec,
+    paths: &[PathSpec],
+    base: &InitiatorConfig,
+) -> Vec<PathSpec> {
+    let mut cfg = via.config(base);
+    cfg.isid = None;
+    cfg.allow_no_auth = true;
+    cfg.connect_timeout = cfg.connect_timeout.min(DISCOVERY_TIMEOUT);
+    cfg.login_timeout = cfg.login_timeout.min(DISCOVERY_TIMEOUT);
+    match initiator::discover(&via.portal, &cfg) {
+        Ok(found) => {
+            let more = discovered_paths(via, paths, &found);
+            if !more.is_empty() {
+                log::info!(
+                    "{}: other portals from SendTargets, for reconnects: {}",
+                    via.target,
+                    more.iter()
+                        .map(|p| p.portal.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            more
+        }
+        Err(e) => {
+            log::debug!(
+                "SendTargets at {}: {e} (no other portals learnt)",
+                via.portal
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Connect and login timeouts of the discovery above.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connect and login timeouts on the first round over several paths.
 const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -453,6 +546,85 @@ impl Backend for RecoveringBackend {
                 },
                 other => done(other, b),
             }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::text::Portal as TextPortal;
+
+    fn path(host: &str, port: u16) -> PathSpec {
+        PathSpec {
+            portal: Portal::new(host, port),
+            target: "iqn.2026-12.org.sanroot:t".into(),
+            auth: None,
+        }
+    }
+
+    fn answer(name: &str, portals: &[(&str, u16)]) -> DiscoveredTarget {
+        DiscoveredTarget {
+            name: name.into(),
+            portals: portals
+                .iter()
+                .map(|(h, p)| TextPortal {
+                    host: (*h).into(),
+                    port: *p,
+                    tpgt: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn discovery_adds_the_targets_other_portals_once() {
+        let via = path("192.0.2.10", 3260);
+        let paths = vec![via.clone(), path("192.0.2.11", 3260)];
+        let found = vec![
+            answer(
+                "iqn.2026-12.org.sanroot:t",
+                &[
+                    ("192.0.2.10", 3260),   // the path in use
+                    ("192.0.2.11", 3260),   // already configured
+                    ("198.51.100.7", 3260), // new
+                    ("198.51.100.7", 3260), // listed twice
+                    ("2001:db8::7", 3261),  // new, IPv6
+                    ("127.0.0.1", 3260),    // the target's own loopback
+                    ("0.0.0.0", 3260),      // unspecified
+                    ("fe80::1", 3260),      // link-local without a zone
+                    ("san.example", 3260),  // a name: no resolver
+                ],
+            ),
+            answer("iqn.2026-12.org.sanroot:other", &[("203.0.113.1", 3260)]),
+        ];
+        let more = discovered_paths(&via, &paths, &found);
+        let got: Vec<String> = more.iter().map(|p| p.portal.to_string()).collect();
+        assert_eq!(got, ["198.51.100.7:3260", "[2001:db8::7]:3261"]);
+        assert!(more.iter().all(|p| p.target == via.target));
+    }
+
+    #[test]
+    fn loopback_portals_are_kept_when_the_path_is_on_loopback() {
+        let via = path("127.0.0.1", 3260);
+        let found = vec![answer(
+            "iqn.2026-12.org.sanroot:t",
+            &[("127.0.0.1", 3260), ("127.0.0.2", 3261)],
+        )];
+        let more = discovered_paths(&via, std::slice::from_ref(&via), &found);
+        assert_eq!(more.len(), 1);
+        assert_eq!(more[0].portal.to_string(), "127.0.0.2:3261");
+    }
+
+    #[test]
+    fn discovery_adds_a_bounded_number() {
+        let via = path("192.0.2.10", 3260);
+        let many: Vec<(String, u16)> = (1..=40).map(|i| (format!("10.9.0.{i}"), 3260)).collect();
+        let refs: Vec<(&str, u16)> = many.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+        let found = vec![answer("iqn.2026-12.org.sanroot:t", &refs)];
+        assert_eq!(
+            discovered_paths(&via, std::slice::from_ref(&via), &found).len(),
+            MAX_DISCOVERED
         );
     }
 }

@@ -426,6 +426,10 @@ fn serve_inner(
             .filter(|(i, _)| *i != used)
             .map(|(_, p)| p.clone()),
     );
+    // And the target's other portals (multipath targets list them all),
+    // for when every configured path is down.
+    let more = super::recover::discover_other_portals(path, &paths, &cfg);
+    paths.extend(more);
     let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
     // LU-changed unit attentions seen by I/O: the LU is read again by the
     // serving loop, never on the session's threads.

@@ -170,6 +170,16 @@ impl Boot {
         )
     }
 
+    /// tgtd's I_T nexus ids in a sessions result ("NAME#ID+NAME#ID", or
+    /// comma-separated).
+    fn ids(&self, k: &str) -> Vec<String> {
+        self.get(k)
+            .split(['+', ','])
+            .filter(|s| !s.is_empty())
+            .map(|s| s.rsplit('#').next().unwrap_or("").to_string())
+            .collect()
+    }
+
     fn get(&self, k: &str) -> &str {
         match self.r.get(k) {
             Some(v) => v,
@@ -299,13 +309,7 @@ fn assert_boot(b: &Boot, e: Expect) {
     // when Linux starts) stays unless its TCP connection gets reset (see
     // `sessions`); sanroot adds exactly one, and that same one is there
     // until power-off: nobody logs in again or reinstates it.
-    let ids = |k: &str| -> Vec<String> {
-        b.get(k)
-            .split(['+', ','])
-            .filter(|s| !s.is_empty())
-            .map(|s| s.rsplit('#').next().unwrap_or("").to_string())
-            .collect()
-    };
+    let ids = |k: &str| b.ids(k);
     let ipxe = ids("event.kernel.nexus");
     let (lo, hi) = e.ipxe_sessions_at_kernel;
     b.check(
@@ -599,13 +603,7 @@ fn assert_logout(b: &Boot, ours: &str) {
             "the old root was unmounted ({unmounted} s) before sanroot logged out ({logout} s)"
         ),
     );
-    let ids = |k: &str| -> Vec<String> {
-        b.get(k)
-            .split(['+', ','])
-            .filter(|s| !s.is_empty())
-            .map(|s| s.rsplit('#').next().unwrap_or("").to_string())
-            .collect()
-    };
+    let ids = |k: &str| b.ids(k);
     b.check(
         b.get("qemu_alive_at_logout") != "1" || !ids("initiators_at_logout").iter().any(|i| i == ours),
         &format!(

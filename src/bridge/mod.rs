@@ -187,15 +187,8 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
     let status = Status::from_u8(res.status);
     let sense = res.sense.as_deref().and_then(|s| Sense::parse(s).ok());
     let d = disposition(status, sense.as_ref());
-    if let (
-        Disposition::UnitAttention {
-            reason:
-                reason @ (UnitAttentionReason::CapacityChanged
-                | UnitAttentionReason::ReportedLunsChanged
-                | UnitAttentionReason::InquiryChanged),
-        },
-        Some(hook),
-    ) = (d, &p.on_ua)
+    if let (Disposition::UnitAttention { reason }, Some(hook)) = (d, &p.on_ua)
+        && reason.lu_may_have_changed()
     {
         hook(reason);
     }

@@ -383,22 +383,29 @@ pub fn disconnect_index(index: u32) -> Result<(), NbdError> {
 /// NBD_ATTR_SIZE_BYTES, Linux 5.3+): the kernel updates the capacity and
 /// tells udev. `identifier` as for [`reconfigure`].
 pub fn resize(index: u32, bytes: u64, identifier: &str) -> Result<(), NbdError> {
+    let (mut nl, mut m) = reconfigure_request(index, identifier)?;
+    m.u64(NBD_ATTR_SIZE_BYTES, bytes);
+    nl.request(&m.finish(), "NBD_CMD_RECONFIGURE (size)")?;
+    Ok(())
+}
+
+/// An NBD_CMD_RECONFIGURE for /dev/nbd`index` carrying the backend
+/// `identifier` (the kernel refuses one without it), and the socket to
+/// send it on; the caller adds what changes.
+fn reconfigure_request(index: u32, identifier: &str) -> Result<(GenlSocket, MsgBuilder), NbdError> {
     let mut nl = GenlSocket::open()?;
     let family = nl.family_id(NBD_GENL_FAMILY_NAME)?;
     let seq = nl.next_seq();
-    let m = MsgBuilder::genl(
+    let mut m = MsgBuilder::genl(
         family,
         NBD_CMD_RECONFIGURE,
         NBD_GENL_VERSION,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
-    )
-    .u32(NBD_ATTR_INDEX, index)
-    .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier)
-    .u64(NBD_ATTR_SIZE_BYTES, bytes)
-    .finish();
-    nl.request(&m, "NBD_CMD_RECONFIGURE (size)")?;
-    Ok(())
+    );
+    m.u32(NBD_ATTR_INDEX, index)
+        .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
+    Ok((nl, m))
 }
 
 /// Give a connected device a new socket (NBD_CMD_RECONFIGURE), e.g. after
@@ -413,18 +420,7 @@ pub fn reconfigure(
 ) -> Result<JoinHandle<()>, NbdError> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| NbdError::Io(format!("socketpair: {e}")))?;
-    let mut nl = GenlSocket::open()?;
-    let family = nl.family_id(NBD_GENL_FAMILY_NAME)?;
-    let seq = nl.next_seq();
-    let mut m = MsgBuilder::genl(
-        family,
-        NBD_CMD_RECONFIGURE,
-        NBD_GENL_VERSION,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-    );
-    m.u32(NBD_ATTR_INDEX, index)
-        .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
+    let (mut nl, mut m) = reconfigure_request(index, identifier)?;
     m.begin_nested(NBD_ATTR_SOCKETS)
         .begin_nested(NBD_SOCK_ITEM)
         .u32(NBD_SOCK_FD, theirs.as_raw_fd() as u32)

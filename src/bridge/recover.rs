@@ -92,7 +92,7 @@ const MAX_DISCOVERED: usize = 8;
 /// the unspecified address; loopback addresses unless `via` itself is on
 /// loopback (a target behind NAT or a port forward often lists its own
 /// 127.0.0.1, which from here would be this machine); IPv6 link-local
-/// addresses without a zone. At most [`MAX_DISCOVERED`].
+/// addresses. At most [`MAX_DISCOVERED`].
 pub fn discovered_paths(
     via: &PathSpec,
     paths: &[PathSpec],
@@ -107,12 +107,12 @@ pub fn discovered_paths(
         for tp in &t.portals {
             let portal = Portal::new(tp.host.clone(), tp.port);
             let Some(a) = addr(&portal) else { continue };
+            // A zone ("fe80::1%eth0") does not parse: link-local is left
+            // out whether or not the target names one.
             let ip = a.ip();
-            let link_local_no_zone = matches!(ip, std::net::IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
-                && !tp.host.contains('%');
             if ip.is_unspecified()
                 || (ip.is_loopback() && !via_loopback)
-                || link_local_no_zone
+                || crate::net::is_v6_link_local(&ip)
                 || tp.port == 0
                 || known.contains(&a)
                 || out.len() >= MAX_DISCOVERED
@@ -143,8 +143,7 @@ pub fn discover_other_portals(
     let mut cfg = via.config(base);
     cfg.isid = None;
     cfg.allow_no_auth = true;
-    cfg.connect_timeout = cfg.connect_timeout.min(DISCOVERY_TIMEOUT);
-    cfg.login_timeout = cfg.login_timeout.min(DISCOVERY_TIMEOUT);
+    cfg.cap_timeouts(DISCOVERY_TIMEOUT);
     match initiator::discover(&via.portal, &cfg) {
         Ok(found) => {
             let more = discovered_paths(via, paths, &found);
@@ -258,16 +257,6 @@ impl RecoveringBackend {
         self.blocks.store(info.blocks(), Ordering::SeqCst);
         g.1 = Arc::new(g.1.with_info(info));
         true
-    }
-
-    /// Why recovery gave up or requests are refused, if so.
-    pub fn failure_reason(&self) -> Option<String> {
-        self.failure()
-    }
-
-    /// Refuse every request from now on (the LU became another disk).
-    pub fn refuse(&self, why: String) {
-        self.give_up(why);
     }
 
     fn emit(&self, e: RecoveryEvent) {
@@ -420,8 +409,8 @@ impl RecoveringBackend {
             });
     }
 
-    /// Why recovery gave up, if it did.
-    fn failure(&self) -> Option<String> {
+    /// Why recovery gave up or requests are refused, if so.
+    pub fn failure(&self) -> Option<String> {
         if !self.has_failed.load(Ordering::SeqCst) {
             return None;
         }
@@ -431,7 +420,9 @@ impl RecoveringBackend {
             .clone()
     }
 
-    fn give_up(&self, m: String) {
+    /// Refuse every request from now on, the held ones too (no path
+    /// left, or the LU became another disk).
+    pub fn give_up(&self, m: String) {
         *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
         self.has_failed.store(true, Ordering::SeqCst);
         self.emit(RecoveryEvent::Failed(m.clone()));
@@ -447,8 +438,7 @@ impl RecoveringBackend {
         let r = &self.reconnect;
         let mut cfg = path.config(&r.cfg);
         if quick {
-            cfg.connect_timeout = cfg.connect_timeout.min(QUICK_TIMEOUT);
-            cfg.login_timeout = cfg.login_timeout.min(QUICK_TIMEOUT);
+            cfg.cap_timeouts(QUICK_TIMEOUT);
         }
         let c = initiator::connect(&path.portal, &path.target, &cfg, r.session_events.clone())
             .map_err(|e| {
@@ -465,20 +455,7 @@ impl RecoveringBackend {
         let session = Arc::new(c.session);
         let lun = Lun::open(Arc::clone(&session), r.lun)
             .map_err(|e| Retry(format!("probing LUN {}: {e}", r.lun)))?;
-        let (was, now) = (self.info.identity(), lun.info.identity());
-        if was != now {
-            return Err(Fatal(format!(
-                "the LU's identity changed from {was} to {now}: refusing I/O to what may be another disk"
-            )));
-        }
-        // Another block size changes what every LBA means: no more I/O.
-        if lun.info.block_size() != self.info.block_size() {
-            return Err(Fatal(format!(
-                "the LU's block size changed from {} to {} bytes: refusing I/O until it is attached again",
-                self.info.block_size(),
-                lun.info.block_size()
-            )));
-        }
+        same_disk(&self.info, &lun.info).map_err(Fatal)?;
         // A grown LU is harmless (the owner grows the device); a shrunk one
         // is served up to its new end, as when the target reports it live.
         let (was, now) = (self.blocks(), lun.info.blocks());
@@ -489,6 +466,26 @@ impl RecoveringBackend {
         let b = IscsiBackend::new(session, lun.info).with_ua_hook(r.on_ua.clone());
         Ok((b, tsih, now > was))
     }
+}
+
+/// Whether `now` (the LU read again) is still the disk `first` was: the
+/// same identity (VPD 0x83/0x80) and block size. Another block size changes
+/// what every LBA means. Err: why I/O must stop.
+pub fn same_disk(first: &LunInfo, now: &LunInfo) -> Result<(), String> {
+    let (was, is) = (first.identity(), now.identity());
+    if was != is {
+        return Err(format!(
+            "the LU's identity changed from {was} to {is}: refusing I/O to what may be another disk"
+        ));
+    }
+    if now.block_size() != first.block_size() {
+        return Err(format!(
+            "the LU's block size changed from {} to {} bytes: refusing I/O until it is attached again",
+            first.block_size(),
+            now.block_size()
+        ));
+    }
+    Ok(())
 }
 
 /// The loud error for a LU found smaller than it was.

@@ -172,16 +172,37 @@ enum Event {
     Probed(Arc<Session>, Result<LunInfo, String>),
 }
 
-/// Whether an async event's sense data says the LU may have changed size:
-/// CAPACITY DATA HAS CHANGED, REPORTED LUNS DATA HAS CHANGED (tgtd's signal
-/// when a LU was replaced), INQUIRY DATA HAS CHANGED.
+/// Whether an async event's sense data says the LU may have changed
+/// (CAPACITY DATA HAS CHANGED, REPORTED LUNS DATA HAS CHANGED — tgtd's
+/// signal when a LU was replaced —, INQUIRY DATA HAS CHANGED).
 fn lu_changed(sense: &[u8]) -> Option<UnitAttentionReason> {
     let s = crate::scsi::sense::Sense::parse(sense).ok()?;
-    match (s.asc, s.ascq) {
-        (0x2a, 0x09) => Some(UnitAttentionReason::CapacityChanged),
-        (0x3f, 0x0e) => Some(UnitAttentionReason::ReportedLunsChanged),
-        (0x3f, 0x03) => Some(UnitAttentionReason::InquiryChanged),
-        _ => None,
+    Some(UnitAttentionReason::from_asc(s.asc, s.ascq)).filter(|r| r.lu_may_have_changed())
+}
+
+/// Re-reads of the LU: one at a time; a request while one runs makes one
+/// more run after it (the first may have read the LU before the change).
+#[derive(Default)]
+struct Rescans {
+    running: bool,
+    again: bool,
+}
+
+impl Rescans {
+    fn request(&mut self, start: impl FnOnce()) {
+        if self.running {
+            self.again = true;
+        } else {
+            self.running = true;
+            start();
+        }
+    }
+
+    fn finished(&mut self, start: impl FnOnce()) {
+        self.running = false;
+        if std::mem::take(&mut self.again) {
+            self.request(start);
+        }
     }
 }
 
@@ -556,8 +577,7 @@ fn serve_inner(
     forward(&ev_tx, sess_rx, Event::Session);
     forward(&ev_tx, rec_rx, Event::Recovery);
     let probe_tx = ev_tx.clone();
-    // One re-read at a time; another request meanwhile runs one more after.
-    let (mut probing, mut again) = (false, false);
+    let mut rescans = Rescans::default();
     if lu_bytes > dev_bytes {
         // The LU grew while no daemon served it.
         let _ = probe_tx.send(Event::Rescan(UnitAttentionReason::CapacityChanged));
@@ -635,30 +655,18 @@ fn serve_inner(
                 );
             }
             Ok(Event::Session(SessionEvent::ScsiEvent { sense, .. }))
-                if lu_changed(&sense).is_some() =>
+                if let Some(reason) = lu_changed(&sense) =>
             {
-                let reason = lu_changed(&sense).unwrap_or(UnitAttentionReason::CapacityChanged);
                 log::info!(
                     "{dev_path}: async event from the target ({reason:?}): reading the LU again"
                 );
-                if probing {
-                    again = true;
-                } else {
-                    probing = true;
-                    probe(&recovering, spec.lun, &probe_tx);
-                }
+                rescans.request(|| probe(&recovering, spec.lun, &probe_tx));
             }
             Ok(Event::Rescan(reason)) => {
                 log::info!("{dev_path}: unit attention ({reason:?}): reading the LU again");
-                if probing {
-                    again = true;
-                } else {
-                    probing = true;
-                    probe(&recovering, spec.lun, &probe_tx);
-                }
+                rescans.request(|| probe(&recovering, spec.lun, &probe_tx));
             }
             Ok(Event::Probed(session, r)) => {
-                probing = false;
                 match r {
                     Err(e) => log::warn!(
                         "{dev_path}: reading the LU again: {e}; the device keeps {dev_bytes} bytes (a reconnect reads it again)"
@@ -677,17 +685,13 @@ fn serve_inner(
                             dev_bytes = bytes;
                             record.size_bytes = bytes;
                         }
-                        if recovering.failure_reason().is_some() {
+                        if recovering.failure().is_some() {
                             record.state = "failed".into();
                         }
                         let _ = state::save(&run, &record);
                     }
                 }
-                if again {
-                    again = false;
-                    probing = true;
-                    probe(&recovering, spec.lun, &probe_tx);
-                }
+                rescans.finished(|| probe(&recovering, spec.lun, &probe_tx));
             }
             Ok(Event::Session(e)) => log::warn!("{dev_path}: target event: {e:?}"),
         }
@@ -737,26 +741,12 @@ fn lu_changed_size(
     dev_bytes: u64,
     ident: &str,
 ) -> Option<u64> {
-    if now.identity() != first.identity() {
-        let m = format!(
-            "the LU's identity changed from {} to {}: refusing I/O to what may be another disk",
-            first.identity(),
-            now.identity()
-        );
+    if let Err(m) = super::recover::same_disk(first, &now) {
         log::error!("{dev_path}: {m}");
-        recovering.refuse(m);
+        recovering.give_up(m);
         return None;
     }
     let bs = first.block_size();
-    if now.block_size() != bs {
-        let m = format!(
-            "the LU's block size changed from {bs} to {} bytes: refusing I/O until it is attached again",
-            now.block_size()
-        );
-        log::error!("{dev_path}: {m}");
-        recovering.refuse(m);
-        return None;
-    }
     let was = recovering.blocks();
     let blocks = now.blocks();
     let Some(lu_bytes) = now.capacity.bytes() else {

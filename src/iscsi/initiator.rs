@@ -50,6 +50,12 @@ impl InitiatorConfig {
         }
     }
 
+    /// Bound the connect and login timeouts to `d` (a quick try, a probe).
+    pub fn cap_timeouts(&mut self, d: Duration) {
+        self.connect_timeout = self.connect_timeout.min(d);
+        self.login_timeout = self.login_timeout.min(d);
+    }
+
     fn login_config(&self, target: Option<&str>, session_type: SessionType) -> LoginConfig {
         let mut p = OperationalParams::new(self.initiator_name.clone());
         p.target_name = target.map(str::to_string);

@@ -567,7 +567,7 @@ pub fn in_prefix(a: &IpAddr, net: &IpAddr, prefix_len: u8) -> bool {
     }
 }
 
-fn is_v6_link_local(a: &IpAddr) -> bool {
+pub fn is_v6_link_local(a: &IpAddr) -> bool {
     matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
 }
 

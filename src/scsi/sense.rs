@@ -658,6 +658,30 @@ pub enum UnitAttentionReason {
     Other { asc: u8, ascq: u8 },
 }
 
+impl UnitAttentionReason {
+    /// The reason a unit attention's ASC/ASCQ give.
+    pub fn from_asc(asc: u8, ascq: u8) -> UnitAttentionReason {
+        match (asc, ascq) {
+            (0x2a, 0x09) => UnitAttentionReason::CapacityChanged,
+            (0x3f, 0x03) => UnitAttentionReason::InquiryChanged,
+            (0x3f, 0x0e) => UnitAttentionReason::ReportedLunsChanged,
+            (0x29, _) => UnitAttentionReason::Reset,
+            _ => UnitAttentionReason::Other { asc, ascq },
+        }
+    }
+
+    /// Whether the LU may have changed under us (its size, its INQUIRY
+    /// data, the target's LUN inventory): read it again.
+    pub fn lu_may_have_changed(self) -> bool {
+        matches!(
+            self,
+            UnitAttentionReason::CapacityChanged
+                | UnitAttentionReason::InquiryChanged
+                | UnitAttentionReason::ReportedLunsChanged
+        )
+    }
+}
+
 /// What the initiator should do with a completed command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -747,13 +771,7 @@ pub fn disposition(status: Status, sense: Option<&Sense>) -> Disposition {
     }
     match sense.key {
         SenseKey::UnitAttention => UnitAttention {
-            reason: match (asc, ascq) {
-                (0x2a, 0x09) => UnitAttentionReason::CapacityChanged,
-                (0x3f, 0x03) => UnitAttentionReason::InquiryChanged,
-                (0x3f, 0x0e) => UnitAttentionReason::ReportedLunsChanged,
-                (0x29, _) => UnitAttentionReason::Reset,
-                _ => UnitAttentionReason::Other { asc, ascq },
-            },
+            reason: UnitAttentionReason::from_asc(asc, ascq),
         },
         SenseKey::NotReady => match (asc, ascq) {
             (0x04, 0x01 | 0x04..=0x0a | 0x11 | 0x14) => RetryAfterBackoff,

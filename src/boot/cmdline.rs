@@ -189,6 +189,12 @@ pub struct SanrootOpts {
     pub bridge: Option<BridgeKind>,
     /// Seconds the first login keeps trying.
     pub timeout: Option<u64>,
+    /// `rd.sanroot.retries=`: how many times `sanroot boot` runs in all
+    /// (dracut's initqueue job, the minimal init).
+    pub retries: Option<u32>,
+    /// `rd.sanroot.shutdown_timeout=`: seconds the logout at power-off
+    /// may take.
+    pub shutdown_timeout: Option<u64>,
 }
 
 /// A command line sanroot cannot act on. `arg` is the option's name only;
@@ -320,6 +326,13 @@ fn strict_bool(arg: &str, v: Option<&str>) -> Result<bool, CmdlineError> {
     }
 }
 
+/// A whole number of seconds.
+fn seconds(arg: &str, v: Option<&str>) -> Result<u64, CmdlineError> {
+    let v = need_value(arg, v, "<seconds>")?;
+    v.parse::<u64>()
+        .map_err(|_| CmdlineError::new(arg, format!("\"{v}\" is not a whole number of seconds")))
+}
+
 fn need_value<'a>(arg: &str, v: Option<&'a str>, form: &str) -> Result<&'a str, CmdlineError> {
     v.ok_or_else(|| CmdlineError::new(arg, format!("needs a value: {arg}={form}")))
 }
@@ -449,16 +462,23 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                     }
                 });
             }
-            "rd.sanroot.timeout" => {
-                let v = need_value(key, val, "<seconds>")?;
-                c.sanroot.timeout = Some(v.parse::<u64>().map_err(|_| {
-                    CmdlineError::new(key, format!("\"{v}\" is not a whole number of seconds"))
-                })?);
+            "rd.sanroot.timeout" => c.sanroot.timeout = Some(seconds(key, val)?),
+            "rd.sanroot.shutdown_timeout" => c.sanroot.shutdown_timeout = Some(seconds(key, val)?),
+            "rd.sanroot.retries" => {
+                let v = need_value(key, val, "<count>")?;
+                c.sanroot.retries = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| {
+                            CmdlineError::new(key, format!("\"{v}\" is not a count from 1 to 100"))
+                        })?,
+                );
             }
             k if k.starts_with("rd.sanroot.") => {
                 return Err(CmdlineError::new(
                     k,
-                    "unknown sanroot option: the known ones are rd.sanroot=0|1, rd.sanroot.bridge=auto|ublk|nbd, rd.sanroot.timeout=<seconds>",
+                    "unknown sanroot option: the known ones are rd.sanroot=0|1, rd.sanroot.bridge=auto|ublk|nbd, rd.sanroot.timeout=<seconds>, rd.sanroot.retries=<count>, rd.sanroot.shutdown_timeout=<seconds>",
                 ));
             }
             // dracut options sanroot does not implement (rd.iscsi.mp,
@@ -1806,7 +1826,8 @@ mod tests {
              rd.iscsi.param=node.session.timeo.replacement_timeout=30 \
              nameserver=10.0.2.3 nameserver=[fd00::53] vlan=eth0.100:eth0 vlan=vlan0200:eth1 \
              ifname=bootnet:52:54:00:AB:CD:EF rd.iscsi.mp rd.iscsi.transport=bnx2i iscsi_auto \
-             rd.sanroot=1 rd.sanroot.bridge=nbd rd.sanroot.timeout=300",
+             rd.sanroot=1 rd.sanroot.bridge=nbd rd.sanroot.timeout=300 \
+             rd.sanroot.retries=3 rd.sanroot.shutdown_timeout=20",
         )
         .unwrap();
         assert_eq!(
@@ -1853,7 +1874,9 @@ mod tests {
             SanrootOpts {
                 enabled: Some(true),
                 bridge: Some(BridgeKind::Nbd),
-                timeout: Some(300)
+                timeout: Some(300),
+                retries: Some(3),
+                shutdown_timeout: Some(20),
             }
         );
         assert!(!c.firmware && !c.wants_iscsi());
@@ -1890,6 +1913,12 @@ mod tests {
             ),
             ("rd.sanroot.timeout=5m", "rd.sanroot.timeout", "seconds"),
             ("rd.sanroot.brigde=nbd", "rd.sanroot.brigde", "known ones"),
+            ("rd.sanroot.retries=0", "rd.sanroot.retries", "1 to 100"),
+            (
+                "rd.sanroot.shutdown_timeout=1m",
+                "rd.sanroot.shutdown_timeout",
+                "seconds",
+            ),
             (
                 "rd.iscsi.login_retry_max=10001",
                 "rd.iscsi.login_retry_max",

@@ -283,11 +283,8 @@ pub fn uuid_string(b: &[u8; 16]) -> String {
 /// A GUID as stored in a GPT (first three fields little-endian) as the
 /// kernel and blkid print it.
 pub fn guid_string(b: &[u8; 16]) -> String {
-    let mut r = *b;
-    r[0..4].reverse();
-    r[4..6].reverse();
-    r[6..8].reverse();
-    uuid_string(&r)
+    const ORDER: [usize; 16] = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    uuid_string(&ORDER.map(|i| b.get(i).copied().unwrap_or(0)))
 }
 
 /// The kernel's name for partition `n` of disk `disk` ("ublkb0" → "ublkb0p1",

@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod flow;
 pub mod handoff;
 pub mod parts;
+pub mod rootdev;
 
 use std::net::IpAddr;
 

@@ -23,6 +23,7 @@
 //! kernel's errno text (with its extended-ack message when it sent one).
 //! The message encoding lives in [`rtnl`] (pure, unit-tested).
 
+pub mod ifname;
 pub mod rtnl;
 
 use std::fmt;

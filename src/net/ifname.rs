@@ -544,6 +544,34 @@ pub fn name_assign_type(sys: &Path, ifname: &str) -> Option<u8> {
         .ok()
 }
 
+/// Whether the sysfs at `sys` shows this very link: its `ifindex` and
+/// `address` are the link's. sysfs shows the network namespace it was
+/// mounted in, which need not be the caller's (a thread moved into another
+/// namespace): there, a same-named interface is another one.
+fn same_link(sys: &Path, ifname: &str, index: u32, mac: &[u8]) -> Result<(), String> {
+    let dir = sys.join("class/net").join(ifname);
+    let seen_index = attr_num(&dir, "ifindex");
+    let want = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let seen_mac = attr(&dir, "address").map(|a| a.trim().to_ascii_lowercase());
+    if seen_index == Some(u64::from(index)) && seen_mac.as_deref() == Some(want.as_str()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not this link (ifindex {index}, address {want}) but {}: \
+             sysfs shows another network namespace",
+            dir.display(),
+            match (seen_index, seen_mac) {
+                (Some(i), Some(m)) => format!("ifindex {i}, address {m}"),
+                _ => "absent or unreadable".to_string(),
+            }
+        ))
+    }
+}
+
 /// What to do with an interface's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Naming {
@@ -553,11 +581,16 @@ pub enum Naming {
     Keep(String),
 }
 
-/// The whole decision for `ifname` when no udev runs: the kernel command
-/// line, the name's origin, then the predictable name.
-pub fn decide(sys: &Path, ifname: &str, cmdline: &str) -> Naming {
+/// The whole decision, when no udev runs, for the link `ifname` (ifindex
+/// `index`, current address `mac`): the kernel command line, whether the
+/// sysfs at `sys` shows this link, the name's origin, then the predictable
+/// name.
+pub fn decide(sys: &Path, ifname: &str, index: u32, mac: &[u8], cmdline: &str) -> Naming {
     if let Some(why) = naming_disabled(cmdline) {
         return Naming::Keep(why.to_string());
+    }
+    if let Err(why) = same_link(sys, ifname, index, mac) {
+        return Naming::Keep(why);
     }
     match name_assign_type(sys, ifname) {
         Some(NET_NAME_ENUM) => {}
@@ -591,6 +624,8 @@ pub fn decide(sys: &Path, ifname: &str, cmdline: &str) -> Naming {
 mod tests {
     use super::*;
     use std::fs;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
     /// A fake sysfs tree in a temporary directory.
     struct Fake {
@@ -655,6 +690,7 @@ mod tests {
                 ("ifindex", "2"),
                 ("iflink", "2"),
                 ("name_assign_type", "1"),
+                ("address", "52:54:00:12:34:56"),
                 ("uevent", "INTERFACE=eth0\nIFINDEX=2\n"),
             ] {
                 self.write(&format!("devices/{rel}/{a}"), format!("{v}\n"));
@@ -709,7 +745,7 @@ mod tests {
         assert_eq!(n.onboard, None);
         assert_eq!(f.name("eth0").as_deref(), Some("ens3"));
         assert_eq!(
-            decide(&f.root, "eth0", "console=ttyS0 quiet"),
+            decide(&f.root, "eth0", 2, &MAC, "console=ttyS0 quiet"),
             Naming::Rename("ens3".into())
         );
     }
@@ -817,21 +853,50 @@ mod tests {
     fn name_assign_type_decides() {
         let f = virtio("assign");
         assert_eq!(name_assign_type(&f.root, "eth0"), Some(1));
-        assert_eq!(decide(&f.root, "eth0", ""), Naming::Rename("enp0s3".into()));
+        assert_eq!(
+            decide(&f.root, "eth0", 2, &MAC, ""),
+            Naming::Rename("enp0s3".into())
+        );
         f.set("eth0", "name_assign_type", "4");
-        assert!(matches!(decide(&f.root, "eth0", ""), Naming::Keep(w) if w.contains("userspace")));
+        assert!(
+            matches!(decide(&f.root, "eth0", 2, &MAC, ""), Naming::Keep(w) if w.contains("userspace"))
+        );
         f.set("eth0", "name_assign_type", "2");
         assert!(
-            matches!(decide(&f.root, "eth0", ""), Naming::Keep(w) if w.contains("predictably"))
+            matches!(decide(&f.root, "eth0", 2, &MAC, ""), Naming::Keep(w) if w.contains("predictably"))
         );
         f.set("eth0", "name_assign_type", "0");
-        assert!(matches!(decide(&f.root, "eth0", ""), Naming::Keep(_)));
+        assert!(matches!(
+            decide(&f.root, "eth0", 2, &MAC, ""),
+            Naming::Keep(_)
+        ));
         fs::remove_file(
             f.path("devices/pci0000:00/0000:00:03.0/virtio0/net/eth0/name_assign_type"),
         )
         .unwrap();
-        assert!(matches!(decide(&f.root, "eth0", ""), Naming::Keep(w) if w.contains("unknown")));
-        assert!(matches!(decide(&f.root, "eth9", ""), Naming::Keep(_)));
+        assert!(
+            matches!(decide(&f.root, "eth0", 2, &MAC, ""), Naming::Keep(w) if w.contains("unknown"))
+        );
+        assert!(matches!(
+            decide(&f.root, "eth9", 2, &MAC, ""),
+            Naming::Keep(_)
+        ));
+        // sysfs of another network namespace: same name, another link.
+        f.set("eth0", "name_assign_type", "1");
+        assert_eq!(
+            decide(&f.root, "eth0", 2, &MAC, ""),
+            Naming::Rename("enp0s3".into())
+        );
+        let other = decide(&f.root, "eth0", 7, &MAC, "");
+        assert!(
+            matches!(&other, Naming::Keep(w) if w.contains("another network namespace")),
+            "{other:?}"
+        );
+        let other = decide(&f.root, "eth0", 2, &[2, 0, 0, 0, 0, 1], "");
+        assert!(
+            matches!(&other, Naming::Keep(w) if w.contains("ifindex 2, address 52:54:00:12:34:56")),
+            "{other:?}"
+        );
     }
 
     #[test]
@@ -849,7 +914,7 @@ mod tests {
                 "{off}"
             );
             assert!(
-                matches!(decide(&f.root, "eth0", off), Naming::Keep(w) if w.contains("net.ifnames=0"))
+                matches!(decide(&f.root, "eth0", 2, &MAC, off), Naming::Keep(w) if w.contains("net.ifnames=0"))
             );
         }
         for on in [
@@ -987,7 +1052,10 @@ mod tests {
         f.netdev("pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0", "eth0");
         let e = names(&f.root, "eth0", Scheme::V252).unwrap_err();
         assert!(e.contains("not directly on a PCI device"), "{e}");
-        assert!(matches!(decide(&f.root, "eth0", ""), Naming::Keep(_)));
+        assert!(matches!(
+            decide(&f.root, "eth0", 2, &MAC, ""),
+            Naming::Keep(_)
+        ));
         assert!(names(&f.root, "../x", Scheme::V252).is_err());
     }
 

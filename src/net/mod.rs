@@ -648,17 +648,17 @@ fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, Ne
     let mut next_note = Duration::from_secs(2);
     loop {
         let links = sock.links()?;
-        let found = find_link(&cfg.mac, &links).map(|l| (l.index, l.name.clone(), l.is_up()));
+        let found = find_link(&cfg.mac, &links)
+            .map(|l| (l.index, l.name.clone(), l.is_up(), l.address.clone()));
         let waiting_for = match &found {
-            Ok((index, name, up)) => {
+            Ok((index, name, up, address)) => {
                 if !naming_done {
                     naming_done = true;
                     if *up {
                         log::debug!("net: {name} is already up: its name stays");
                     } else if rename_as_udev_would(
                         sock,
-                        *index,
-                        name,
+                        (*index, name, address),
                         Path::new("/sys"),
                         &kernel_cmdline(),
                     ) {
@@ -690,7 +690,7 @@ fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, Ne
         if start.elapsed() >= cfg.carrier_timeout {
             return match found {
                 // udev never got to it: use it as it is named now.
-                Ok((_, name, _)) => {
+                Ok((_, name, _, _)) => {
                     log::warn!(
                         "net: udev has not processed {name} after {:.0} s; using it under this name",
                         cfg.carrier_timeout.as_secs_f64()
@@ -720,19 +720,18 @@ fn kernel_cmdline() -> String {
     })
 }
 
-/// Without udev: rename link `index` (`name`, down) to the name udev's
-/// default policy would give it, as [`ifname::decide`] works it out from
-/// the sysfs at `sys` and the kernel command line `cmdline`. Whether it
-/// was renamed; a failure is logged and the kernel's name kept (a name is
-/// never worth failing the boot).
+/// Without udev: rename the link (index, name, current address), down,
+/// to the name udev's default policy would give it, as [`ifname::decide`]
+/// works it out from the sysfs at `sys` and the kernel command line
+/// `cmdline`. Whether it was renamed; a failure is logged and the kernel's
+/// name kept (a name is never worth failing the boot).
 fn rename_as_udev_would(
     sock: &mut RtnlSocket,
-    index: u32,
-    name: &str,
+    (index, name, address): (u32, &str, &[u8]),
     sys: &Path,
     cmdline: &str,
 ) -> bool {
-    match ifname::decide(sys, name, cmdline) {
+    match ifname::decide(sys, name, index, address, cmdline) {
         ifname::Naming::Keep(why) => {
             if ifname::naming_disabled(cmdline).is_some() {
                 log::info!("net: keeping the name {name}: {why}");

@@ -417,3 +417,28 @@ fn no_carrier_times_out_within_the_bound() {
     // Nothing past the failed step was done.
     assert!(lab.addrs("-4", "eth0").is_empty());
 }
+
+#[test]
+fn renaming_a_down_link_and_a_taken_name() {
+    let lab = Lab::new(MAC, true);
+    run(&[
+        "ip", "-n", &lab.host, "link", "add", "taken", "type", "veth", "peer", "name", "taken-p",
+    ]);
+    let index = lab.ip_json(&["link", "show", "eth0"])[0]["ifindex"]
+        .as_u64()
+        .expect("ifindex") as u32;
+    let (first, second) = lab.in_host(|| {
+        let mut sock = RtnlSocket::open().expect("rtnetlink socket");
+        let first = sock.rename_link(index, "eth0", "ens3");
+        let second = sock.rename_link(index, "ens3", "taken");
+        (first, second)
+    });
+    first.expect("renaming the down eth0 to ens3");
+    let l = lab.ip_json(&["link", "show", "ens3"]);
+    assert_eq!(l[0]["ifindex"].as_u64(), Some(u64::from(index)));
+    let e = second.expect_err("the name is taken");
+    eprintln!("rename to a taken name: {e}");
+    assert_eq!(e.errno, Some(nix::errno::Errno::EEXIST));
+    assert_eq!(e.ifname.as_deref(), Some("ens3"));
+    assert!(e.to_string().contains("renaming it to taken"), "{e}");
+}

@@ -22,7 +22,13 @@
 //! Every error ([`NetError`]) names the step, the interface and the
 //! kernel's errno text (with its extended-ack message when it sent one).
 //! The message encoding lives in [`rtnl`] (pure, unit-tested).
+//!
+//! Without udev (sanroot as /init), the NIC is first renamed to the name
+//! udev's default policy would give it ([`ifname`]), while it is still
+//! down: the real root's configuration expects that name and its udev
+//! cannot rename a link that is up.
 
+pub mod ifname;
 pub mod rtnl;
 
 use std::fmt;
@@ -361,6 +367,12 @@ impl RtnlSocket {
             .map_err(|e| e.at("reading the link", Some(name)))
     }
 
+    /// Rename link `index` (now `old`) to `new`; the link must be down.
+    pub fn rename_link(&mut self, index: u32, old: &str, new: &str) -> Result<(), NetError> {
+        self.ack(|s| rtnl::set_link_name(s, index, new))
+            .map_err(|e| e.at(&format!("renaming it to {new}"), Some(old)))
+    }
+
     /// Every address of a family (AF_UNSPEC: all).
     pub fn addrs(&mut self, family: u8) -> Result<Vec<Addr>, NetError> {
         let payloads = self
@@ -625,17 +637,34 @@ const UDEV_RUN: &str = "/run/udev";
 /// interface (eth0 -> ens3) only while it is down, and the hand-off, the
 /// real root's network configuration and its `.link` files all name the
 /// final name. udev writes /run/udev/data/n<ifindex> once it has processed
-/// the interface; without a running udev there is nothing to wait for.
+/// the interface; without a running udev there is nothing to wait for, but
+/// the interface, still down, is given the name udev would have given it
+/// ([`rename_as_udev_would`]) and the links are listed again.
 fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, NetError> {
     let start = Instant::now();
     let udev = Path::new(UDEV_RUN).join("control").exists();
     let mut loaded = false;
+    let mut naming_done = udev;
     let mut next_note = Duration::from_secs(2);
     loop {
         let links = sock.links()?;
-        let found = find_link(&cfg.mac, &links).map(|l| (l.index, l.name.clone()));
+        let found = find_link(&cfg.mac, &links)
+            .map(|l| (l.index, l.name.clone(), l.is_up(), l.address.clone()));
         let waiting_for = match &found {
-            Ok((index, name)) => {
+            Ok((index, name, up, address)) => {
+                if !naming_done {
+                    naming_done = true;
+                    if *up {
+                        log::debug!("net: {name} is already up: its name stays");
+                    } else if rename_as_udev_would(
+                        sock,
+                        (*index, name, address),
+                        Path::new("/sys"),
+                        &kernel_cmdline(),
+                    ) {
+                        continue; // list the links again, under the new name
+                    }
+                }
                 if !udev || udev_done_with(Path::new(UDEV_RUN), *index) {
                     if start.elapsed() > Duration::from_millis(100) {
                         log::info!(
@@ -661,7 +690,7 @@ fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, Ne
         if start.elapsed() >= cfg.carrier_timeout {
             return match found {
                 // udev never got to it: use it as it is named now.
-                Ok((_, name)) => {
+                Ok((_, name, _, _)) => {
                     log::warn!(
                         "net: udev has not processed {name} after {:.0} s; using it under this name",
                         cfg.carrier_timeout.as_secs_f64()
@@ -680,6 +709,52 @@ fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, Ne
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The kernel command line (empty when /proc/cmdline cannot be read).
+fn kernel_cmdline() -> String {
+    std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
+        log::debug!("net: reading /proc/cmdline: {e}");
+        String::new()
+    })
+}
+
+/// Without udev: rename the link (index, name, current address), down,
+/// to the name udev's default policy would give it, as [`ifname::decide`]
+/// works it out from the sysfs at `sys` and the kernel command line
+/// `cmdline`. Whether it was renamed; a failure is logged and the kernel's
+/// name kept (a name is never worth failing the boot).
+fn rename_as_udev_would(
+    sock: &mut RtnlSocket,
+    (index, name, address): (u32, &str, &[u8]),
+    sys: &Path,
+    cmdline: &str,
+) -> bool {
+    match ifname::decide(sys, name, index, address, cmdline) {
+        ifname::Naming::Keep(why) => {
+            if ifname::naming_disabled(cmdline).is_some() {
+                log::info!("net: keeping the name {name}: {why}");
+            } else {
+                log::debug!("net: keeping the name {name}: {why}");
+            }
+            false
+        }
+        ifname::Naming::Rename(new) => match sock.rename_link(index, name, &new) {
+            Ok(()) => {
+                log::info!("net: renamed {name} to {new} (predictable name, as udev would)");
+                true
+            }
+            Err(e) => {
+                let why = match e.errno {
+                    Some(Errno::EEXIST) => "another interface has that name; ",
+                    Some(Errno::EBUSY) => "the link is in use (up); ",
+                    _ => "",
+                };
+                log::warn!("net: keeping the name {name}: {why}{e}");
+                false
+            }
+        },
     }
 }
 

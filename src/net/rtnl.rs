@@ -271,6 +271,19 @@ pub fn set_link_up(seq: u32, index: u32) -> Vec<u8> {
     MsgBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &hdr).finish()
 }
 
+/// Rename link `index` to `name`. The kernel refuses with EBUSY while the
+/// link is up and with EEXIST when another link has the name.
+pub fn set_link_name(seq: u32, index: u32, name: &str) -> Vec<u8> {
+    let hdr = IfInfoMsg {
+        index,
+        ..Default::default()
+    }
+    .to_bytes();
+    MsgBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &hdr)
+        .string(IFLA_IFNAME, name)
+        .finish()
+}
+
 /// Create VLAN `vid` on link `parent` named `name` (fails with EEXIST if
 /// the name is taken: the caller reuses an existing one first).
 pub fn new_vlan(seq: u32, parent: u32, name: &str, vid: u16) -> Vec<u8> {
@@ -752,6 +765,22 @@ mod tests {
         let h = IfInfoMsg::parse(&m[16..]).unwrap();
         assert_eq!((h.index, h.flags, h.change), (3, IFF_UP, IFF_UP));
         assert_eq!(m.len(), 32);
+
+        // Rename: the index in ifinfomsg, no flag changes, the new name as
+        // IFLA_IFNAME (NUL-terminated, padded), no create flags.
+        let m = set_link_name(11, 3, "ens3");
+        assert_eq!(u32_at(&m, 0), Some(m.len() as u32));
+        assert_eq!(u16_at(&m, 4), Some(RTM_NEWLINK));
+        assert_eq!(u16_at(&m, 6), Some(NLM_F_REQUEST | NLM_F_ACK));
+        assert_eq!(u32_at(&m, 8), Some(11));
+        let h = IfInfoMsg::parse(&m[16..]).unwrap();
+        assert_eq!((h.index, h.flags, h.change), (3, 0, 0));
+        let mut want = Vec::new();
+        want.extend_from_slice(&9u16.to_ne_bytes());
+        want.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+        want.extend_from_slice(b"ens3\0\0\0\0");
+        assert_eq!(&m[32..], &want[..]);
+        assert_eq!(m.len(), 44);
 
         // Address: replace semantics, both IFA_LOCAL and IFA_ADDRESS.
         let a: IpAddr = "10.0.2.15".parse().unwrap();

@@ -72,15 +72,26 @@ impl Log for Kmsg {
 
 /// Set up logging once, at start. `verbosity` counts `-v` flags.
 pub fn init(verbosity: u8) {
+    init_with(verbosity, false)
+}
+
+/// Logging to /dev/kmsg whatever the environment: sanroot as /init or as
+/// the shutdown program, where the console is the kernel's.
+pub fn init_kmsg(verbosity: u8) {
+    init_with(verbosity, true)
+}
+
+fn init_with(verbosity: u8, force_kmsg: bool) {
     let level = match verbosity {
         0 => LevelFilter::Warn,
         1 => LevelFilter::Info,
         2 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     };
-    let want_kmsg = std::env::var("SANROOT_LOG")
-        .map(|v| v == "kmsg")
-        .unwrap_or(false)
+    let want_kmsg = force_kmsg
+        || std::env::var("SANROOT_LOG")
+            .map(|v| v == "kmsg")
+            .unwrap_or(false)
         || Path::new("/etc/initrd-release").exists();
     if want_kmsg && let Ok(file) = OpenOptions::new().write(true).open("/dev/kmsg") {
         let logger = Kmsg {

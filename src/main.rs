@@ -312,6 +312,16 @@ struct IbftArgs {
 }
 
 fn main() -> ExitCode {
+    // PID 1 named …/init or …/shutdown: the minimal initramfs's /init, or
+    // the program systemd-shutdown returns to at power-off. Their
+    // arguments are the kernel's and systemd's, not ours.
+    if let Some(role) = sanroot::boot::init::role() {
+        let code = match role {
+            sanroot::boot::init::Role::Init => sanroot::boot::init::run_init(),
+            sanroot::boot::init::Role::Shutdown => sanroot::boot::init::run_shutdown(),
+        };
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let boot = matches!(&cli.command, Command::Boot(b) if !b.dry_run);
     if matches!(cli.command, Command::Attach(_)) || boot {

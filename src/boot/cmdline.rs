@@ -243,7 +243,7 @@ fn is_space(c: u8) -> bool {
 /// next_arg() (lib/cmdline.c) does: whitespace separates arguments except
 /// inside double quotes; a leading quote on the argument or on the value
 /// is dropped together with a trailing one (`"a=b c"`, `a="b c"`).
-fn split_args(s: &str) -> Vec<(&str, Option<&str>)> {
+pub fn split_args(s: &str) -> Vec<(&str, Option<&str>)> {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut pos = 0;

@@ -7,10 +7,15 @@
 //!   away from the boot session and NIC.
 //! - the flow itself (this file): source → NIC → login (second path on
 //!   failure) → bridge → partitions → hand-off → resident daemon.
+//! - [`init`]: the same as the whole initramfs: sanroot as /init (PID 1)
+//!   and as the shutdown program power-off returns to; [`modules`] loads
+//!   its module list.
 
 pub mod cmdline;
 pub mod flow;
 pub mod handoff;
+pub mod init;
+pub mod modules;
 pub mod parts;
 pub mod rootdev;
 

@@ -144,7 +144,7 @@ fn refuse_boot_target(target: &str, host: &str) -> Result<(), CmdError> {
 }
 
 pub fn detach(device: &str) -> i32 {
-    common::report(detach_inner(device))
+    common::report(detach_device(device))
 }
 
 fn device_path(device: &str) -> String {
@@ -155,7 +155,9 @@ fn device_path(device: &str) -> String {
     }
 }
 
-fn detach_inner(device: &str) -> Result<(), CmdError> {
+/// Stop the daemon serving `device` (it flushes, logs out and removes the
+/// device), or clean up after one that died.
+pub fn detach_device(device: &str) -> Result<(), CmdError> {
     let run = state::run_dir();
     let dev = device_path(device);
     let rec = state::load(&run, &dev).ok_or_else(|| {

@@ -531,13 +531,16 @@ sr_img_copy() {
     cp --sparse=always "$SR_IMG_DIR/disk.img" "$1"
 }
 
-# sr_img_set_grubenv IMG EXTRA: the kernel arguments GRUB appends for this
-# boot (grub.cfg: load_env; linux ... $sanroot_extra), written in place into
-# /boot/grub/grubenv of the copy IMG (a fixed 1024-byte block).
+# sr_img_set_grubenv IMG EXTRA [INITRD]: the kernel arguments GRUB appends
+# for this boot (grub.cfg: load_env; linux ... $sanroot_extra) and the
+# initramfs it loads (initrd $sanroot_initrd; default the image's
+# /boot/initrd.img-KVER), written in place into /boot/grub/grubenv of the
+# copy IMG (a fixed 1024-byte block).
 sr_img_set_grubenv() {
-    local img=$1 extra=$2 block
-    case "$extra" in *$'\n'* | *\\*) sr_die "grubenv: no newlines or backslashes" ;; esac
+    local img=$1 extra=$2 initrd=${3:-} block
+    case "$extra$initrd" in *$'\n'* | *\\*) sr_die "grubenv: no newlines or backslashes" ;; esac
     block=$(printf '# GRUB Environment Block\nsanroot_extra=%s\n' "$extra")
+    [ -z "$initrd" ] || block+=$(printf '\nsanroot_initrd=%s' "$initrd")
     [ "${#block}" -lt 1023 ] || sr_die "grubenv: too long"
     {
         printf '%s\n' "$block"

@@ -93,6 +93,14 @@ struct Expect {
     /// The root is described by the firmware's iBFT (rd.iscsi.firmware);
     /// otherwise by dracut's netroot=/ip= on the kernel command line.
     ibft: bool,
+    /// The initramfs is sanroot alone (initramfs/sanroot-mkinitramfs):
+    /// its /init ran and left for the real root.
+    sanroot_init: bool,
+    /// The boot NIC's name in the real root, where it is known: on QEMU's
+    /// pc machine (the BIOS boots; UEFI runs q35) udev calls the virtio NIC
+    /// in slot 3 "ens3", and sanroot's /init, which has no udev, must give
+    /// it the same name.
+    nic_name: Option<&'static str>,
 }
 
 /// One run of qemu/sanboot.
@@ -438,6 +446,12 @@ fn assert_boot(b: &Boot, e: Expect) {
     };
     let ifname = na["ifname"].as_str().unwrap_or("").to_string();
     b.check(nb["ifname"] == na["ifname"], "the boot NIC kept its name");
+    if let Some(want) = e.nic_name {
+        b.check(
+            ifname == want,
+            &format!("the boot NIC is called {want} in the real root, as udev names it: {ifname}"),
+        );
+    }
     let (a4b, a4a) = (ipv4(nb), ipv4(na));
     b.check(
         !a4a.is_empty(),
@@ -545,6 +559,33 @@ fn assert_boot(b: &Boot, e: Expect) {
     );
 
     // The initramfs flavour.
+    let console = std::fs::read_to_string(&b.log).unwrap_or_default();
+    for (line, what) in [
+        (
+            "sanroot[1]: init: sanroot ",
+            "sanroot's /init started as PID 1",
+        ),
+        (
+            "sanroot[1]: init: root ",
+            "sanroot's /init mounted the root and left",
+        ),
+        (
+            "sanroot-shutdown: Unmounted /oldroot",
+            "power-off came back to sanroot's own shutdown program",
+        ),
+    ] {
+        b.check(
+            console.contains(line) == e.sanroot_init,
+            &format!(
+                "{what}: {} expected on the console",
+                if e.sanroot_init {
+                    "its line is"
+                } else {
+                    "no such line"
+                }
+            ),
+        );
+    }
     let analyze = b.get("guest.analyze");
     b.check(
         analyze.contains("(initrd)") == e.systemd_initrd,
@@ -648,6 +689,8 @@ fn bios_sanboot_no_auth() {
             grub: true,
             ipxe_sessions_at_kernel: (1, 1),
             ibft: true,
+            sanroot_init: false,
+            nic_name: Some("ens3"),
         },
     );
 }
@@ -678,6 +721,8 @@ fn bios_sanboot_chap_nbd() {
             grub: true,
             ipxe_sessions_at_kernel: (1, 1),
             ibft: true,
+            sanroot_init: false,
+            nic_name: Some("ens3"),
         },
     );
 }
@@ -695,6 +740,8 @@ fn uefi_sanhook_mutual() {
             grub: false,
             ipxe_sessions_at_kernel: (0, 1),
             ibft: true,
+            sanroot_init: false,
+            nic_name: None,
         },
     );
 }
@@ -725,6 +772,8 @@ fn bios_shell_initrd_mutual() {
             grub: false,
             ipxe_sessions_at_kernel: (1, 1),
             ibft: true,
+            sanroot_init: false,
+            nic_name: Some("ens3"),
         },
     );
 }
@@ -751,6 +800,45 @@ fn direct_netroot_chap() {
             grub: false,
             ipxe_sessions_at_kernel: (0, 0),
             ibft: false,
+            sanroot_init: false,
+            nic_name: Some("ens3"),
+        },
+    );
+}
+
+/// sanroot alone as the initramfs (initramfs/sanroot-mkinitramfs; issue 6's
+/// boot-time aim): SeaBIOS → iPXE sanboot → GRUB from the LUN, which loads
+/// the image's minimal initramfs (grubenv) → sanroot as /init, PID 1: its
+/// module list, the iBFT, one-way CHAP, the NIC renamed to its predictable
+/// name without udev, the root found by UUID and mounted ro → the real
+/// root's systemd (fsck, remount rw). At power-off systemd-shutdown returns
+/// to the copy of sanroot /init left at /run/initramfs/shutdown, which
+/// unmounts the old root and logs out. Same checks as the dracut boots.
+#[test]
+fn bios_sanboot_sanroot_init_chap() {
+    let b = run(
+        "bios-sanboot-sanroot-init-chap",
+        &[
+            "--firmware",
+            "bios",
+            "--boot",
+            "sanboot",
+            "--initrd",
+            "sanroot",
+            "--auth",
+            "chap",
+        ],
+    );
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "ublk",
+            systemd_initrd: false,
+            grub: true,
+            ipxe_sessions_at_kernel: (1, 1),
+            ibft: true,
+            sanroot_init: true,
+            nic_name: Some("ens3"),
         },
     );
 }

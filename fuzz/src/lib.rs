@@ -10,7 +10,8 @@
 //! several segments (login rounds, challenge and response), they are
 //! separated by 0xff, a byte that never occurs in UTF-8 text.
 
-use sanroot::boot::{cmdline, parts};
+use sanroot::boot::rootdev::{self, RootSpec};
+use sanroot::boot::{cmdline, init, modules, parts};
 use sanroot::ibft::emit::{Layout, emit};
 use sanroot::ibft::source::{Found, SourceKind, scan_region};
 use sanroot::ibft::{ParseOptions, parse, render};
@@ -45,6 +46,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("chap", chap),
     ("scsi_parse", scsi_parse),
     ("boot_parse", boot_parse),
+    ("root_probe", root_probe),
 ];
 
 /// The check for a target name.
@@ -760,5 +762,66 @@ pub fn boot_parse(data: &[u8]) {
     for n in nums {
         let name = parts::part_name("ublkb0", *n);
         assert!(name.starts_with("ublkb0p"));
+    }
+}
+
+/// `root_probe`: what the minimal initramfs's /init reads from disks and
+/// the kernel. The first byte selects:
+/// - bit 0 clear: the rest is a device's first bytes: the filesystem
+///   probe (a UUID it reports is canonical, a label has no NUL, the type is
+///   one mount(2) knows) and the partition entries (GPT entry numbers, the
+///   MBR signature's PARTUUID form);
+/// - bit 0 set: the rest is text for `root=` (a spec that parses prints
+///   back to something that parses to the same spec), the command-line
+///   options of /init, /proc/self/mountinfo, and a module list.
+pub fn root_probe(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    if sel & 1 == 0 {
+        if let Some(fs) = rootdev::probe(rest) {
+            assert!(["ext2", "ext3", "ext4", "xfs", "btrfs"].contains(&fs.fstype));
+            if let Some(u) = &fs.uuid {
+                assert_eq!(u.len(), 36, "uuid {u:?}");
+                assert!(
+                    u.bytes()
+                        .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                );
+            }
+            if let Some(l) = &fs.label {
+                assert!(!l.contains('\0'));
+            }
+        }
+        let bs = parts::gpt_block_size(rest).unwrap_or(512);
+        for n in [1, 2, 128, 129] {
+            if let Some(e) = parts::gpt_entry(rest, bs, n) {
+                assert!(e.name.chars().count() <= 36);
+            }
+        }
+        if let Some(sig) = parts::mbr_disk_signature(rest) {
+            assert_eq!(parts::mbr_partuuid(sig, 1).len(), 11);
+        }
+        return;
+    }
+    let text = String::from_utf8_lossy(rest);
+    if let Ok(spec) = RootSpec::parse(&text) {
+        let again = RootSpec::parse(&spec.to_string());
+        assert_eq!(again.as_ref(), Ok(&spec), "{spec} does not parse back");
+    }
+    if let Ok(o) = init::InitOptions::parse(&text) {
+        assert!(o.retries >= 1);
+        let _ = init::mount_flags(o.read_only, &o.rootflags);
+    }
+    for m in init::mounts_under(&text, "/oldroot") {
+        assert!(m == "/oldroot" || m.starts_with("/oldroot/"));
+    }
+    if let Ok(list) = modules::parse_list(&text) {
+        assert!(
+            list.iter()
+                .all(|l| !l.starts_with('/') && !l.split('/').any(|c| c == ".."))
+        );
+        for l in &list {
+            let _ = modules::params_for(&modules::module_name(l), &cmdline::split_args(&text));
+        }
     }
 }

@@ -558,6 +558,23 @@ fn assert_boot(b: &Boot, e: Expect) {
         "the journal needs no recovery after power-off",
     );
 
+    // netroot= (with its CHAP secret) is not in the real init's environment
+    // when sanroot's /init handed over; with dracut it is the initramfs's
+    // systemd that decides, reported only.
+    let env_iscsi = b.get("guest.init_env_iscsi");
+    if e.sanroot_init {
+        b.eq(
+            "guest.init_env_iscsi",
+            "0",
+            "netroot=/iscsi_* variables in the real init's environment (/proc/1/environ)",
+        );
+    } else if env_iscsi != "0" {
+        eprintln!(
+            "sanboot {}: note: the real root's PID 1 has {env_iscsi} netroot=/iscsi_* variable(s) in its environment (dracut)",
+            b.name
+        );
+    }
+
     // The initramfs flavour.
     let console = std::fs::read_to_string(&b.log).unwrap_or_default();
     for (line, what) in [
@@ -837,6 +854,36 @@ fn bios_sanboot_sanroot_init_chap() {
             grub: true,
             ipxe_sessions_at_kernel: (1, 1),
             ibft: true,
+            sanroot_init: true,
+            nic_name: Some("ens3"),
+        },
+    );
+}
+
+/// sanroot alone as the initramfs with no iPXE and no iBFT: QEMU loads the
+/// kernel and the minimal initramfs, and `netroot=iscsi:` with mutual CHAP,
+/// a static `ip=…:ens3:none` and `rd.iscsi.initiator=` describe the root;
+/// the bridge is NBD. /init has no udev: `ens3` exists only because sanroot
+/// renames the kernel's `eth0` to the name udev would give it when the
+/// command line names it. The secrets in netroot= show nowhere but in the
+/// kernel's echo of its command line (and /init keeps netroot= out of the
+/// real init's environment).
+#[test]
+fn direct_netroot_sanroot_init_mutual_nbd() {
+    let b = run(
+        "direct-netroot-sanroot-init-mutual-nbd",
+        &[
+            "--boot", "direct", "--initrd", "sanroot", "--auth", "mutual", "--bridge", "nbd",
+        ],
+    );
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "nbd",
+            systemd_initrd: false,
+            grub: false,
+            ipxe_sessions_at_kernel: (0, 0),
+            ibft: false,
             sanroot_init: true,
             nic_name: Some("ens3"),
         },

@@ -433,7 +433,7 @@ fn bring_up(nic: &BootNic, target: IpAddr) -> Result<NicRecord, String> {
             .as_deref()
             .ok_or("neither a MAC address nor an interface name for the boot NIC")?;
         let mut s = RtnlSocket::open().map_err(|e| e.to_string())?;
-        let link = s.link_by_name(name).map_err(|e| e.to_string())?;
+        let link = net::link_by_final_name(&mut s, name).map_err(|e| e.to_string())?;
         cfg.mac = link
             .address
             .get(..6)

@@ -623,10 +623,14 @@ fn exec_init(wanted: Option<&str>) -> String {
             tried.push(format!("{cand}: not there"));
             continue;
         }
-        let err = std::process::Command::new(cand)
-            .arg0(cand)
-            .args(&args)
-            .exec();
+        let mut cmd = std::process::Command::new(cand);
+        cmd.arg0(cand).args(&args);
+        for (k, v) in std::env::vars_os() {
+            if may_hold_secret(&k.to_string_lossy(), &v.to_string_lossy()) {
+                cmd.env_remove(&k);
+            }
+        }
+        let err = cmd.exec();
         log::warn!("init: exec {cand}: {err}");
         tried.push(format!("{cand}: {err}"));
     }
@@ -634,6 +638,16 @@ fn exec_init(wanted: Option<&str>) -> String {
         "no init to run in the root filesystem ({}); write init=/path/to/init",
         tried.join("; ")
     )
+}
+
+/// The kernel hands init every `key=value` argument it does not know and
+/// whose key has no '.' as an environment variable: `netroot=iscsi:user:
+/// secret@…` and dracut's old `iscsi_password=` among them. The real init
+/// (and so everything it starts) does not get those.
+fn may_hold_secret(key: &str, value: &str) -> bool {
+    matches!(key, "netroot" | "iscsiroot")
+        || key.starts_with("iscsi_")
+        || (key == "root" && value.starts_with("iscsi:"))
 }
 
 /// The shutdown program. Never returns when the final reboot(2) works.
@@ -864,6 +878,16 @@ mod tests {
                 .unwrap_err()
                 .contains("rd.sanroot.retries")
         );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_the_real_inits_environment() {
+        assert!(may_hold_secret("netroot", "iscsi:u:p@10.0.0.1::::iqn.x"));
+        assert!(may_hold_secret("iscsi_password", "p"));
+        assert!(may_hold_secret("root", "iscsi:u:p@10.0.0.1::::iqn.x"));
+        assert!(!may_hold_secret("root", "UUID=x"));
+        assert!(!may_hold_secret("TERM", "linux"));
+        assert!(!may_hold_secret("BOOT_IMAGE", "/vmlinuz"));
     }
 
     #[test]

@@ -758,6 +758,32 @@ fn rename_as_udev_would(
     }
 }
 
+/// The link called `name` (`ip=…:ens3:…`, netroot's netdev). Where no udev
+/// runs (sanroot as /init) nothing has named the NICs yet: the down,
+/// kernel-named link that udev would call `name` is renamed to it first,
+/// so the command line's names mean what they mean with udev.
+pub fn link_by_final_name(sock: &mut RtnlSocket, name: &str) -> Result<Link, NetError> {
+    let err = match sock.link_by_name(name) {
+        Ok(l) => return Ok(l),
+        Err(e) => e,
+    };
+    if Path::new(UDEV_RUN).join("control").exists() {
+        return Err(err);
+    }
+    let cmdline = kernel_cmdline();
+    let sys = Path::new("/sys");
+    for l in sock.links()?.iter().filter(|l| !l.is_up()) {
+        let wanted = matches!(
+            ifname::decide(sys, &l.name, l.index, &l.address, &cmdline),
+            ifname::Naming::Rename(n) if n == name
+        );
+        if wanted && rename_as_udev_would(sock, (l.index, &l.name, &l.address), sys, &cmdline) {
+            return sock.link_by_name(name);
+        }
+    }
+    Err(err)
+}
+
 /// Whether udev has processed network interface `index` (its database
 /// entry exists).
 fn udev_done_with(udev_run: &Path, index: u32) -> bool {

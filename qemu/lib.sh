@@ -664,7 +664,12 @@ sr_sanboot_ipxe_script() {
 #                                       after the sample): a session gone
 #                                       there was logged out by the guest,
 #                                       not dropped when QEMU's sockets
-#                                       closed
+#                                       closed. With -action shutdown=pause
+#                                       (qemu/sanboot) the last sample is
+#                                       taken at the power-off, QEMU paused
+#                                       with its connections open
+#                                       (initiators_at_poweroff); then the
+#                                       controller ends QEMU (SIGTERM)
 #   initiators_after_exit               a sample once QEMU has exited
 #   shutdown_problem                     console lines that say the root was
 #                                       not unmounted or logged out cleanly
@@ -730,6 +735,7 @@ SHUTDOWN_PROBLEM = re.compile(r"Failed to remount '/'|Cannot umount /oldroot|Unm
                               r"Not all file systems unmounted|sanroot-shutdown: .*(failed|did not finish|without)|"
                               r"Unpacking of .* failed|dracut-shutdown.*failed|"
                               r"sanroot\[\d+\]: .*(final SYNCHRONIZE CACHE|logout: )")
+REBOOT = re.compile(r"reboot: (Restarting system|System halted)")
 FATAL = re.compile(r"Kernel panic|Entering emergency mode|dracut Warning: Could not boot|"
                    r"Dropping to debug shell|emergency shell|You are in emergency mode|"
                    r"Cannot open access to console|sanroot: iPXE script failed")
@@ -762,6 +768,25 @@ def qemu_alive():
         return True
     except Exception:
         return False
+
+def stop_paused_qemu(desc):
+    """qemu/sanboot runs QEMU with -action shutdown=pause: at the guest's
+    power-off (or reboot) QEMU stops instead of exiting, and its TCP
+    connections stay open. A session still on the target now was not
+    logged out by the guest; one gone was. Sample, then end QEMU."""
+    global last_alive
+    time.sleep(0.3)
+    n2, i2 = sessions()
+    if qemu_alive():
+        last_alive = i2
+        emit("initiators_at_poweroff", ",".join(i2))
+        say(f"{desc} (QEMU paused): target {tid} has {n2} session(s) {'(' + ', '.join(i2) + ')' if i2 else ''}")
+        try:
+            os.kill(qemu_pid, 15)
+        except Exception:
+            pass
+    else:
+        say(desc)
 
 n, inits = sessions()
 while True:
@@ -817,6 +842,8 @@ while True:
                         emit("logout_dev", m.group(1))
                         emit("qemu_alive_at_logout", int(alive))
                         say(f"{desc}: target {tid} has {n2} session(s) {'(' + ', '.join(i2) + ')' if i2 else ''}{'' if alive else ' (QEMU already gone)'}")
+                    elif name == "poweroff":
+                        stop_paused_qemu(desc)
                     elif name == "sanroot_ready":
                         # the count right at the ready line, fresh
                         n2, i2 = sessions()
@@ -827,6 +854,10 @@ while True:
                         say(f"{desc}: {m.group(1)}; target {tid} has {n2} session(s)")
                     else:
                         say(desc)
+            if "reboot" not in seen and REBOOT.search(line):
+                seen["reboot"] = now
+                emit("event.reboot.t", f"{now:.1f}")
+                stop_paused_qemu("the guest rebooted or halted")
             if SHUTDOWN_PROBLEM.search(line):
                 emit("shutdown_problem", line.strip())
                 say(f"shutdown problem: {line.strip()}")

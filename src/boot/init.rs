@@ -682,7 +682,9 @@ fn say(msg: &str) {
 }
 
 /// The mount points under `under` in `mountinfo` (/proc/self/mountinfo),
-/// topmost first: the reverse of the order they were mounted in.
+/// in an order they can be unmounted in: deepest path first, and among
+/// equals the last mounted first (mountinfo's order is not the mount order
+/// once mounts have been moved, as systemd-shutdown's pivot does).
 pub fn mounts_under(mountinfo: &str, under: &str) -> Vec<String> {
     let mut out: Vec<String> = mountinfo
         .lines()
@@ -695,6 +697,8 @@ pub fn mounts_under(mountinfo: &str, under: &str) -> Vec<String> {
         })
         .collect();
     out.reverse();
+    // Stable: the reversed order stays among paths of one depth.
+    out.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     out
 }
 
@@ -723,11 +727,22 @@ fn unescape_mount_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Unmount the old root, deepest first; what stays busy is remounted
-/// read-only and detached.
+/// Unmount the old root, deepest first. The old root's API filesystems
+/// (/oldroot/dev, /proc, /sys, /run and what is below them) hold no data
+/// and may still have a file open: they are detached when they do not
+/// unmount, so that the root filesystem itself can be unmounted. What is
+/// still busy after that is remounted read-only and detached.
 fn unmount_old_root() {
     const OLD: &str = "/oldroot";
     let read = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let api = |p: &str| {
+        API_DIRS.iter().any(|d| {
+            p.strip_prefix(OLD)
+                .and_then(|r| r.strip_prefix('/'))
+                .and_then(|r| r.strip_prefix(d))
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        })
+    };
     for _pass in 0..3 {
         let points = mounts_under(&read(), OLD);
         if points.is_empty() {
@@ -736,6 +751,9 @@ fn unmount_old_root() {
         for p in points {
             if let Err(e) = umount2(p.as_str(), MntFlags::empty()) {
                 log::debug!("shutdown: umount {p}: {e}");
+                if api(&p) {
+                    let _ = umount2(p.as_str(), MntFlags::MNT_DETACH);
+                }
             }
         }
     }
@@ -748,8 +766,10 @@ fn unmount_old_root() {
             MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None::<&str>,
         );
-        if let Err(e) = umount2(p.as_str(), MntFlags::MNT_DETACH) {
-            log::warn!("shutdown: detaching {p}: {e}");
+        match umount2(p.as_str(), MntFlags::MNT_DETACH) {
+            // Gone with a mount above it.
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(e) => log::warn!("shutdown: detaching {p}: {e}"),
         }
     }
     if left.is_empty() {
@@ -906,18 +926,21 @@ mod tests {
     fn old_root_mounts_topmost_first() {
         let mi = "\
 22 1 0:21 / / rw - rootfs rootfs rw
+29 30 0:4 / /oldroot/dev rw - devtmpfs udev rw
 30 22 0:5 / /oldroot rw - ext4 /dev/ublkb0p1 rw
 31 30 0:6 / /oldroot/run rw - tmpfs tmpfs rw
 32 30 0:7 / /oldroot/my\\040disk rw - ext4 /dev/sdb1 rw
 33 22 0:8 / /oldrootfs rw - tmpfs tmpfs rw
 34 31 0:9 / /oldroot/run/user rw - tmpfs tmpfs rw
 ";
+        // /oldroot/dev is listed before /oldroot itself (moved mounts).
         assert_eq!(
             mounts_under(mi, "/oldroot"),
             vec![
                 "/oldroot/run/user",
                 "/oldroot/my disk",
                 "/oldroot/run",
+                "/oldroot/dev",
                 "/oldroot"
             ]
         );

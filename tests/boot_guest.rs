@@ -185,6 +185,7 @@ fn common_checks(o: &Outcome, dev_prefix: &str, tgt: &Tgtd, disk: &Path, dir: &P
         "/run/systemd/system/iscsi.service.d/50-sanroot.conf",
         "/run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
         "/run/udev/rules.d/61-sanroot-ublk.rules",
+        "/run/sendsigs.omit.d/sanroot",
         "/run/NetworkManager/conf.d/90-sanroot.conf",
         "/run/systemd/network/05-sanroot-ens3.network",
         "/run/net-ens3.conf",

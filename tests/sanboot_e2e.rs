@@ -43,6 +43,16 @@
 //! and dracut's `netroot=iscsi:USER:SECRET@…`, `ip=` and
 //! `rd.iscsi.initiator=` describe the root (issue 6).
 //!
+//! Two boots use the sanroot-only initramfs (initramfs/sanroot-mkinitramfs,
+//! sanroot as /init): a BIOS sanboot through GRUB, and a direct boot from
+//! netroot=. They also check /init's and its shutdown program's console
+//! lines, the boot NIC's udev name without udev, and that no netroot=
+//! reaches the real init's environment.
+//!
+//! QEMU runs with `-action shutdown=pause`: at the power-off it stops with
+//! its TCP connections open, the target's sessions are sampled (sanroot's
+//! must be gone: logged out, not closed), and then QEMU is ended.
+//!
 //! The boots spread firmware, authentication, bridge and initramfs flavour
 //! instead of multiplying them. Needs root and what `qemu/install-deps`
 //! installs; the first run builds the image (cached under

@@ -235,6 +235,14 @@ fn plan(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
         "run/udev/rules.d/61-sanroot-ublk.rules".to_string(),
         UBLK_RULES.to_string(),
     ));
+    // A sysvinit real root: Debian's sendsigs leaves the pids listed here
+    // alone at shutdown (as it does for iscsid, mdmon, multipathd), so the
+    // daemon serves the root until it is remounted read-only. systemd
+    // spares it by its '@' instead.
+    out.push((
+        "run/sendsigs.omit.d/sanroot".to_string(),
+        format!("{}\n", rec.pid),
+    ));
     if let Some(nic) = &rec.nic {
         let n = Nic::check(nic)?;
         out.push((
@@ -789,6 +797,7 @@ mod tests {
                 "run/systemd/system/iscsi.service.d/50-sanroot.conf",
                 "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
                 "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/sendsigs.omit.d/sanroot",
                 "run/NetworkManager/conf.d/90-sanroot.conf",
                 "run/systemd/network/05-sanroot-eth0.network",
                 "run/net-eth0.conf",
@@ -1015,10 +1024,15 @@ mod tests {
                 "run/systemd/system/iscsi.service.d/50-sanroot.conf",
                 "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
                 "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/sendsigs.omit.d/sanroot",
                 "run/sanroot/boot.json",
             ]
         );
         check_tree(&t.0);
+        assert_eq!(
+            fs::read_to_string(t.0.join("run/sendsigs.omit.d/sanroot")).unwrap(),
+            format!("{}\n", rec.pid)
+        );
         // Nothing edits the node database on the root disk.
         let d = fs::read_to_string(&paths[0]).unwrap();
         assert!(

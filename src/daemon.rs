@@ -184,6 +184,19 @@ fn detach_block_mounts() {
     }
 }
 
+/// Make `file` this process's stdin, stdout and stderr (/dev/null once a
+/// daemon has left its starter; /dev/console for /init).
+pub fn stdio_to(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: dup2 of an open descriptor onto the standard ones of
+        // this process; no Rust object owns descriptors 0-2 exclusively.
+        unsafe {
+            nix::libc::dup2(file.as_raw_fd(), fd);
+        }
+    }
+}
+
 /// Call at the start of every thread that serves I/O.
 pub fn io_thread() {
     const PR_SET_IO_FLUSHER: nix::libc::c_int = 57;

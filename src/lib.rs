@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod exit;
 pub mod ibft;
 pub mod iscsi;
+pub mod kcmdline;
 pub mod logging;
 pub mod lun;
 pub mod net;

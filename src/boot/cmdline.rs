@@ -22,6 +22,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::{BootNic, BootPath, NicOrigin};
 use crate::cmd::attach::BridgeKind;
 use crate::iscsi::chap::{AuthConfig, MutualConfig};
+use crate::kcmdline::is_space;
+pub use crate::kcmdline::split_args;
 use crate::net::{NicConfig, parse_mac};
 use crate::secret::Secret;
 
@@ -232,80 +234,6 @@ fn nth(n: usize) -> String {
         _ => "th",
     };
     format!("{n}{suffix}")
-}
-
-/// Whitespace as the kernel's isspace() sees it.
-fn is_space(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
-}
-
-/// Split a command line into `key[=value]` pairs exactly as the kernel's
-/// next_arg() (lib/cmdline.c) does: whitespace separates arguments except
-/// inside double quotes; a leading quote on the argument or on the value
-/// is dropped together with a trailing one (`"a=b c"`, `a="b c"`).
-pub fn split_args(s: &str) -> Vec<(&str, Option<&str>)> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut pos = 0;
-    loop {
-        while b.get(pos).is_some_and(|&c| is_space(c)) {
-            pos += 1;
-        }
-        if pos >= b.len() {
-            break;
-        }
-        let mut start = pos;
-        let quoted = b.get(start) == Some(&b'"');
-        let mut in_quote = quoted;
-        if quoted {
-            start += 1;
-        }
-        let mut i = start;
-        let mut equals = None;
-        while let Some(&c) = b.get(i) {
-            if is_space(c) && !in_quote {
-                break;
-            }
-            if equals.is_none() && c == b'=' {
-                equals = Some(i);
-            }
-            if c == b'"' {
-                in_quote = !in_quote;
-            }
-            i += 1;
-        }
-        pos = i;
-        let mut end = i;
-        // Every index below is at an ASCII byte or at an end, so the
-        // slices fall on char boundaries; `get` keeps it panic-free.
-        let last_is_quote = end > start && b.get(end - 1) == Some(&b'"');
-        match equals {
-            None => {
-                if quoted && last_is_quote {
-                    end -= 1;
-                }
-                if let Some(k) = s.get(start..end) {
-                    out.push((k, None));
-                }
-            }
-            Some(eq) => {
-                let mut vstart = eq + 1;
-                if b.get(vstart) == Some(&b'"') {
-                    vstart += 1;
-                    if last_is_quote {
-                        end -= 1;
-                    }
-                } else if quoted && last_is_quote {
-                    end -= 1;
-                }
-                let end = end.max(vstart);
-                if let (Some(k), Some(v)) = (s.get(start..eq), s.get(vstart..end)) {
-                    out.push((k, Some(v)));
-                }
-            }
-        }
-    }
-    out
 }
 
 /// dracut's getargbool: a bare flag is true, 0/no/off false, anything

@@ -115,7 +115,7 @@ impl InitOptions {
                 .shutdown_timeout
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         };
-        for (key, val) in cmdline::split_args(text) {
+        for (key, val) in crate::kcmdline::split_args(text) {
             match (key, val) {
                 ("root", Some(v)) if !v.is_empty() => o.root = Some(v.to_string()),
                 ("rootfstype", Some(v)) if !v.is_empty() => o.fstype = Some(v.to_string()),
@@ -302,7 +302,6 @@ fn early_mounts() -> InitResult<()> {
 /// The kernel opens /dev/console for init only when the image has the
 /// node; otherwise take it from devtmpfs now.
 fn console_fds() {
-    use std::os::fd::AsRawFd;
     // SAFETY: fcntl F_GETFD on a descriptor number only queries it.
     let open = unsafe { nix::libc::fcntl(1, nix::libc::F_GETFD) } >= 0;
     if open {
@@ -313,12 +312,7 @@ fn console_fds() {
         .write(true)
         .open("/dev/console")
     {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors of this process.
-            unsafe {
-                nix::libc::dup2(c.as_raw_fd(), fd);
-            }
-        }
+        crate::daemon::stdio_to(&c);
     }
 }
 
@@ -657,10 +651,8 @@ pub fn run_shutdown() -> i32 {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "reboot".into());
-    let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let timeout = cmdline::parse(&text)
-        .ok()
-        .and_then(|c| c.sanroot.shutdown_timeout)
+    let timeout = InitOptions::parse(&crate::kcmdline::read())
+        .map(|o| o.shutdown_timeout)
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     unmount_old_root();
     logout(Duration::from_secs(timeout));

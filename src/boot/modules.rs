@@ -106,7 +106,7 @@ pub fn load_list(dir: &Path, cmdline: &str) -> Result<Loaded, String> {
         Err(e) => return Err(format!("reading {}: {e}", list_path.display())),
     };
     let files = parse_list(&text).map_err(|e| format!("{}: {e}", list_path.display()))?;
-    let args = super::cmdline::split_args(cmdline);
+    let args = crate::kcmdline::split_args(cmdline);
     let mut out = Loaded::default();
     let start = Instant::now();
     for f in &files {
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn params_from_the_command_line() {
-        let args = crate::boot::cmdline::split_args(
+        let args = crate::kcmdline::split_args(
             "root=UUID=x virtio_net.napi_tx=1 virtio-net.csum=0 nbd.nbds_max=0 e1000.x ext4.foo=\"a b\"",
         );
         assert_eq!(params_for("virtio_net", &args), "napi_tx=1 csum=0");

@@ -10,7 +10,7 @@
 //! the child reports ready or failed.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -283,12 +283,7 @@ pub fn ready(pipe: &mut Option<OwnedFd>, msg: &str) {
             .write(true)
             .open("/dev/null")
         {
-            for fd in 0..3 {
-                // SAFETY: dup2 onto the standard descriptors of this process.
-                unsafe {
-                    nix::libc::dup2(null.as_raw_fd(), fd);
-                }
-            }
+            crate::daemon::stdio_to(&null);
         }
     }
 }

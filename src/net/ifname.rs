@@ -114,38 +114,15 @@ impl Scheme {
 
 // ---- The kernel command line ------------------------------------------
 
-/// The words of a kernel command line; a double-quoted part may hold
-/// spaces (the quotes are dropped, as the kernel does).
-fn words(cmdline: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in cmdline.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            c if c.is_whitespace() && !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
 /// The value of the last `key=value` (or bare `key`: "") on the command
 /// line; '-' and '_' are alike in keys, as systemd takes them.
 fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
     let norm = |s: &str| s.replace('_', "-");
     let key = norm(key);
-    words(cmdline).into_iter().rev().find_map(|w| {
-        let (k, v) = w.split_once('=').unwrap_or((&w, ""));
-        (norm(k) == key).then(|| v.to_string())
-    })
+    crate::kcmdline::split_args(cmdline)
+        .into_iter()
+        .rev()
+        .find_map(|(k, v)| (norm(k) == key).then(|| v.unwrap_or("").to_string()))
 }
 
 /// A boolean as systemd parses it (a bare key is true).

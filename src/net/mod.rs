@@ -660,7 +660,7 @@ fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, Ne
                         sock,
                         (*index, name, address),
                         Path::new("/sys"),
-                        &kernel_cmdline(),
+                        &crate::kcmdline::read(),
                     ) {
                         continue; // list the links again, under the new name
                     }
@@ -710,14 +710,6 @@ fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, Ne
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The kernel command line (empty when /proc/cmdline cannot be read).
-fn kernel_cmdline() -> String {
-    std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
-        log::debug!("net: reading /proc/cmdline: {e}");
-        String::new()
-    })
 }
 
 /// Without udev: rename the link (index, name, current address), down,
@@ -770,7 +762,7 @@ pub fn link_by_final_name(sock: &mut RtnlSocket, name: &str) -> Result<Link, Net
     if Path::new(UDEV_RUN).join("control").exists() {
         return Err(err);
     }
-    let cmdline = kernel_cmdline();
+    let cmdline = crate::kcmdline::read();
     let sys = Path::new("/sys");
     for l in sock.links()?.iter().filter(|l| !l.is_up()) {
         let wanted = matches!(

@@ -245,15 +245,20 @@ sr_tftp_dir() {
 # Serial output goes to LOG (first arg). With SR_QEMU_SHOW=1 the log is also
 # followed on stderr while QEMU runs. Returns QEMU's status.
 #
-# The CPU is QEMU's default model plus RDRAND. Without it the kernel's CRNG
-# becomes ready seconds into the boot, with every vCPU running, and flipping
-# its static key then patches kernel text under multi-threaded TCG: QEMU 7.2
-# now and then lets another vCPU run the stale int3 (three guest crashes in
-# our test runs, all in the random code: "Oops: int3" in get_random_u32 a
-# few ms after "random: crng init done", another in urandom_read_iter,
-# "Attempted to kill the idle task" in crng_make_state). With RDRAND
-# (the kernel trusts the CPU's RNG by default) the CRNG is ready at 0.1 s,
-# before the secondary CPUs start.
+# One TCG thread for all vCPUs (thread=single). Under QEMU 7.2's
+# multi-threaded TCG a vCPU now and then runs a stale translated block that
+# still holds the int3 the kernel puts in while it patches its own text
+# (static keys, alternatives): "Oops: int3" and a panic. We saw it in the
+# random code (get_random_u32 a few ms after "random: crng init done",
+# urandom_read_iter, crng_make_state) and then in
+# sched_clock_idle_wakeup_event as the sched_clock-stable key flipped,
+# which no CPU flag avoids. With one thread a vCPU only runs between
+# another's translated blocks, and a block is invalidated as soon as its
+# code is written, so the race cannot happen. Measured cost: bridge_guest
+# 61 s -> 67 s. SR_QEMU_ACCEL overrides it (e.g. "tcg" for MTTCG).
+#
+# The CPU is QEMU's default model plus RDRAND, so the kernel's CRNG is
+# ready at 0.1 s instead of seconds later.
 sr_qemu_run() {
     local log=$1 rc=0 tailpid=
     shift
@@ -262,7 +267,7 @@ sr_qemu_run() {
         tail -n +1 -f "$log" >&2 &
         tailpid=$!
     fi
-    timeout -k 5 "$SR_QEMU_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu qemu64,+rdrand -m 512 \
+    timeout -k 5 "$SR_QEMU_TIMEOUT" qemu-system-x86_64 -accel "${SR_QEMU_ACCEL:-tcg,thread=single}" -cpu qemu64,+rdrand -m 512 \
         -display none -no-reboot -serial "file:$log" -monitor none "$@" \
         </dev/null >"$log.qemu" 2>&1 &
     SR_QEMU_PID=$!

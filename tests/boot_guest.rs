@@ -188,6 +188,9 @@ fn common_checks(o: &Outcome, dev_prefix: &str, tgt: &Tgtd, disk: &Path, dir: &P
         "/run/sendsigs.omit.d/sanroot",
         "/run/NetworkManager/conf.d/90-sanroot.conf",
         "/run/systemd/network/05-sanroot-ens3.network",
+        "/run/systemd/system/networking.service.d/50-sanroot.conf",
+        "/run/sanroot/ifupdown.env",
+        "/run/systemd/system/ifup@ens3.service.d/50-sanroot.conf",
         "/run/net-ens3.conf",
         "/run/initramfs/open-iscsi.interface",
     ] {

@@ -111,6 +111,11 @@ struct Expect {
     /// in slot 3 "ens3", and sanroot's /init, which has no udev, must give
     /// it the same name.
     nic_name: Option<&'static str>,
+    /// The real root's ifupdown is given the boot NIC (`allow-hotplug` and
+    /// `auto`, DHCP, as debian-installer writes it; the kernel argument
+    /// `sanroot_check.ifupdown`): neither networking.service nor udev's
+    /// ifup@ens3.service may touch it, at boot or at shutdown.
+    ifupdown: bool,
 }
 
 /// One run of qemu/sanboot.
@@ -409,6 +414,7 @@ fn assert_boot(b: &Boot, e: Expect) {
         "iscsid started (and found nothing to take over)",
     );
     b.eq("guest.nm_active", "active", "NetworkManager started");
+    assert_ifupdown(b, e.ifupdown);
 
     // The root is the LUN, writable, and what was written reached the target.
     b.eq(
@@ -703,6 +709,42 @@ fn assert_logout(b: &Boot, ours: &str) {
     );
 }
 
+/// ifupdown in the real root, on the boots that give it the boot NIC: it
+/// ran (networking.service), udev asked for the NIC's hotplug unit and the
+/// hand-off's condition skipped it (so no `ifdown` at shutdown either; the
+/// logout checks prove the NIC stayed up to the end), and no DHCP client
+/// runs. The addresses and routes are compared with the initramfs' above.
+fn assert_ifupdown(b: &Boot, want: bool) {
+    b.eq(
+        "guest.ifupdown",
+        if want { "yes" } else { "no" },
+        "ifupdown was given the boot NIC (sanroot_check.ifupdown)",
+    );
+    if !want {
+        return;
+    }
+    b.eq(
+        "guest.networking_state",
+        "active",
+        "networking.service (ifup -a) ran",
+    );
+    // systemd's journal lines about the unit, '#'-separated.
+    let unit = b.get("guest.ifup_ens3");
+    b.check(
+        unit.contains(
+            "ifup@ens3.service - ifup for ens3 was skipped because of an unmet condition \
+             check (ConditionPathExists=!/run/sanroot/boot.json)",
+        ) && !unit.contains("Started")
+            && !unit.contains("Finished"),
+        &format!("udev asked for ifup@ens3.service and its condition skipped it: {unit}"),
+    );
+    b.eq(
+        "guest.dhclients",
+        "0",
+        "no DHCP client runs in the real root",
+    );
+}
+
 /// SeaBIOS → iPXE sanboot → GRUB from the LUN → dracut (systemd) → sanroot
 /// (bridge of its choice: ublk) → multi-user. No authentication.
 #[test]
@@ -718,6 +760,7 @@ fn bios_sanboot_no_auth() {
             ibft: true,
             sanroot_init: false,
             nic_name: Some("ens3"),
+            ifupdown: false,
         },
     );
 }
@@ -738,6 +781,8 @@ fn bios_sanboot_chap_nbd() {
             "dhcp",
             "--bridge",
             "nbd",
+            "--append",
+            "sanroot_check.ifupdown",
         ],
     );
     assert_boot(
@@ -750,6 +795,7 @@ fn bios_sanboot_chap_nbd() {
             ibft: true,
             sanroot_init: false,
             nic_name: Some("ens3"),
+            ifupdown: true,
         },
     );
 }
@@ -769,6 +815,7 @@ fn uefi_sanhook_mutual() {
             ibft: true,
             sanroot_init: false,
             nic_name: None,
+            ifupdown: false,
         },
     );
 }
@@ -801,6 +848,7 @@ fn bios_shell_initrd_mutual() {
             ibft: true,
             sanroot_init: false,
             nic_name: Some("ens3"),
+            ifupdown: false,
         },
     );
 }
@@ -829,6 +877,7 @@ fn direct_netroot_chap() {
             ibft: false,
             sanroot_init: false,
             nic_name: Some("ens3"),
+            ifupdown: false,
         },
     );
 }
@@ -854,6 +903,8 @@ fn bios_sanboot_sanroot_init_chap() {
             "sanroot",
             "--auth",
             "chap",
+            "--append",
+            "sanroot_check.ifupdown",
         ],
     );
     assert_boot(
@@ -866,6 +917,7 @@ fn bios_sanboot_sanroot_init_chap() {
             ibft: true,
             sanroot_init: true,
             nic_name: Some("ens3"),
+            ifupdown: true,
         },
     );
 }
@@ -896,6 +948,7 @@ fn direct_netroot_sanroot_init_mutual_nbd() {
             ibft: false,
             sanroot_init: true,
             nic_name: Some("ens3"),
+            ifupdown: false,
         },
     );
 }

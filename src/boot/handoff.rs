@@ -15,6 +15,8 @@
 //! | `run/udev/rules.d/61-sanroot-ublk.rules` | by-uuid/by-label names for ublk disks (systemd < 254 has none) |
 //! | `run/NetworkManager/conf.d/90-sanroot.conf` | NetworkManager leaves the boot NIC unmanaged |
 //! | `run/systemd/network/05-sanroot-<if>.network` | systemd-networkd leaves it unmanaged |
+//! | `run/systemd/system/networking.service.d/50-sanroot.conf`, `run/sanroot/ifupdown.env` | ifupdown's `ifup -a`/`ifdown -a` skip it (`EXCLUDE_INTERFACES`) |
+//! | `run/systemd/system/ifup@<if>.service.d/50-sanroot.conf` | ifupdown's hotplug unit for it does not start |
 //! | `run/net-<if>.conf`, `run/net6-<if>.conf` | Debian's initramfs convention (klibc ipconfig's format), read by open-iscsi's interface handler and cloud-init |
 //! | `run/initramfs/open-iscsi.interface` | Debian's open-iscsi keeps ifupdown off that interface |
 //! | `run/sanroot/boot.json` | the session: target, portal, device, daemon pid, NIC |
@@ -252,6 +254,7 @@ fn plan(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
         for (name, content) in networkd_files(rec, &n) {
             out.push((format!("run/systemd/network/{name}"), content));
         }
+        out.extend(ifupdown_files(rec, &n));
         for (name, content) in klibc_files(rec, &n) {
             out.push((format!("run/{name}"), content));
         }
@@ -494,6 +497,81 @@ fn networkd_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
     one(n.ifname, if vlan { None } else { n.mac });
     if let Some(p) = n.parent {
         one(p, n.mac);
+    }
+    out
+}
+
+/// Where [`ifupdown_files`] puts `EXCLUDE_INTERFACES` for networking.service.
+pub const IFUPDOWN_ENV: &str = "run/sanroot/ifupdown.env";
+
+/// Debian's ifupdown under systemd (`/etc/network/interfaces`, the
+/// installer's default) would otherwise run its DHCP client on the boot
+/// NIC and, at shutdown, take it down while the root is still mounted:
+/// - `networking.service` runs `ifup -a` at boot and `ifdown -a` when it
+///   stops, both with `--read-environment`, which honours
+///   `EXCLUDE_INTERFACES` (space separated). A drop-in adds an
+///   `EnvironmentFile=` after Debian's `/etc/default/networking`, so ours
+///   is read last: an `EXCLUDE_INTERFACES` set there is replaced for this
+///   boot (the README says to list the boot NIC there too).
+/// - `allow-hotplug` interfaces come up through udev as
+///   `ifup@<if>.service`, which stops (`ifdown <if>`) at shutdown; a
+///   condition keeps the boot NIC's instance from starting while the boot
+///   record exists, so it never runs and never stops.
+///
+/// Both also cover the VLAN's parent. An interface that ifupdown never
+/// brought up is not in its state, so `ifdown` leaves it alone.
+/// sysvinit's `/etc/init.d/networking` reads only `/etc/default/networking`.
+fn ifupdown_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
+    let names: Vec<&str> = std::iter::once(n.ifname).chain(n.parent).collect();
+    let why = [
+        "ifupdown must not configure the NIC carrying it: no DHCP client on it at",
+        "boot, and no ifdown at shutdown while the root is still mounted.",
+    ];
+    let mut out = Vec::new();
+    let mut env = header(rec, "#", &why);
+    let _ = writeln!(env, "EXCLUDE_INTERFACES=\"{}\"", names.join(" "));
+    let mut dropin = header(rec, "#", &why);
+    let _ = writeln!(
+        dropin,
+        "[Service]\n# Read after /etc/default/networking: it replaces an EXCLUDE_INTERFACES\n\
+         # set there, for this boot.\nEnvironmentFile=-/{IFUPDOWN_ENV}"
+    );
+    out.push((
+        "run/systemd/system/networking.service.d/50-sanroot.conf".to_string(),
+        dropin,
+    ));
+    out.push((IFUPDOWN_ENV.to_string(), env));
+    for name in names {
+        let mut s = header(rec, "#", &why);
+        let _ = writeln!(
+            s,
+            "[Unit]\n# Skipped (not failed) while the boot record exists, so it never\n\
+             # runs ifdown at shutdown either.\nConditionPathExists=!/{RECORD}"
+        );
+        out.push((
+            format!(
+                "run/systemd/system/ifup@{}.service.d/50-sanroot.conf",
+                unit_escape(name)
+            ),
+            s,
+        ));
+    }
+    out
+}
+
+/// `systemd-escape` of a unit instance: letters, digits, `:`, `_` and a
+/// `.` that does not lead are kept, `/` becomes `-`, anything else `\xNN`.
+fn unit_escape(s: &str) -> String {
+    let mut out = String::new();
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i > 0 => out.push('.'),
+            b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' => out.push(char::from(b)),
+            b => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
     }
     out
 }
@@ -800,6 +878,9 @@ mod tests {
                 "run/sendsigs.omit.d/sanroot",
                 "run/NetworkManager/conf.d/90-sanroot.conf",
                 "run/systemd/network/05-sanroot-eth0.network",
+                "run/systemd/system/networking.service.d/50-sanroot.conf",
+                "run/sanroot/ifupdown.env",
+                "run/systemd/system/ifup@eth0.service.d/50-sanroot.conf",
                 "run/net-eth0.conf",
                 "run/initramfs/open-iscsi.interface",
                 "run/sanroot/boot.json",
@@ -847,6 +928,31 @@ mod tests {
                  managed=0\n"
             ),
             "{nm}"
+        );
+
+        let why = "# ifupdown must not configure the NIC carrying it: no DHCP client on it at\n\
+                   # boot, and no ifdown at shutdown while the root is still mounted.\n";
+        assert_eq!(
+            read_back("run/sanroot/ifupdown.env"),
+            format!("{head}{why}EXCLUDE_INTERFACES=\"eth0\"\n")
+        );
+        assert_eq!(
+            read_back("run/systemd/system/networking.service.d/50-sanroot.conf"),
+            format!(
+                "{head}{why}[Service]\n\
+                 # Read after /etc/default/networking: it replaces an EXCLUDE_INTERFACES\n\
+                 # set there, for this boot.\n\
+                 EnvironmentFile=-/run/sanroot/ifupdown.env\n"
+            )
+        );
+        assert_eq!(
+            read_back("run/systemd/system/ifup@eth0.service.d/50-sanroot.conf"),
+            format!(
+                "{head}{why}[Unit]\n\
+                 # Skipped (not failed) while the boot record exists, so it never\n\
+                 # runs ifdown at shutdown either.\n\
+                 ConditionPathExists=!/run/sanroot/boot.json\n"
+            )
         );
 
         let nd = read_back("run/systemd/network/05-sanroot-eth0.network");
@@ -939,6 +1045,12 @@ mod tests {
         );
         assert_eq!(get("run/initramfs/open-iscsi.interface"), "eth0.100\n");
         assert!(get("run/net-eth0.100.conf").contains("DEVICE='eth0.100'\n"));
+        assert!(
+            get("run/sanroot/ifupdown.env").ends_with("EXCLUDE_INTERFACES=\"eth0.100 eth0\"\n")
+        );
+        for unit in ["ifup@eth0.100.service", "ifup@eth0.service"] {
+            assert!(names.contains(&format!("run/systemd/system/{unit}.d/50-sanroot.conf")));
+        }
         assert_eq!(
             read(&t.0).unwrap().nic.unwrap().parent.as_deref(),
             Some("eth0")
@@ -1187,6 +1299,12 @@ mod tests {
 
     #[test]
     fn helpers() {
+        // As systemd-escape prints them.
+        assert_eq!(unit_escape("ens3"), "ens3");
+        assert_eq!(unit_escape("eth0.100"), "eth0.100");
+        assert_eq!(unit_escape("br-lan"), "br\\x2dlan");
+        assert_eq!(unit_escape("a@b+c_d:e"), "a\\x40b\\x2bc_d:e");
+        assert_eq!(unit_escape(".x"), "\\x2ex");
         assert_eq!(kq("it's!"), "'it'\\''s'\\!''");
         assert_eq!(auth_kind(None), "none");
         let mut one_way = auth();

@@ -285,6 +285,12 @@ struct Nic<'a> {
 }
 
 impl<'a> Nic<'a> {
+    /// The interface and, for a VLAN, its parent: what every network
+    /// manager must leave alone.
+    fn links(&self) -> impl Iterator<Item = &'a str> {
+        std::iter::once(self.ifname).chain(self.parent)
+    }
+
     fn check(r: &'a NicRecord) -> Result<Nic<'a>, String> {
         check_ifname("nic.ifname", &r.ifname)?;
         if let Some(p) = &r.parent {
@@ -430,10 +436,7 @@ fn iscsi_dropin(rec: &BootRecord) -> String {
 
 /// `match-device` for the NIC (and its VLAN parent).
 fn nm_match(n: &Nic<'_>) -> String {
-    let mut specs = vec![format!("interface-name:={}", n.ifname)];
-    if let Some(p) = n.parent {
-        specs.push(format!("interface-name:={p}"));
-    }
+    let mut specs: Vec<String> = n.links().map(|l| format!("interface-name:={l}")).collect();
     if let Some(m) = n.mac {
         specs.push(format!("mac:{}", format_mac(&m)));
     }
@@ -522,7 +525,7 @@ pub const IFUPDOWN_ENV: &str = "run/sanroot/ifupdown.env";
 /// brought up is not in its state, so `ifdown` leaves it alone.
 /// sysvinit's `/etc/init.d/networking` reads only `/etc/default/networking`.
 fn ifupdown_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
-    let names: Vec<&str> = std::iter::once(n.ifname).chain(n.parent).collect();
+    let names: Vec<&str> = n.links().collect();
     let why = [
         "ifupdown must not configure the NIC carrying it: no DHCP client on it at",
         "boot, and no ifdown at shutdown while the root is still mounted.",

@@ -696,27 +696,13 @@ pub fn mounts_under(mountinfo: &str, under: &str) -> Vec<String> {
 
 /// /proc/self/mountinfo writes space, tab, newline and backslash as \ooo.
 fn unescape_mount_path(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c == b'\\'
-            && let Some(oct) = b.get(i + 1..i + 4)
-            && oct.iter().all(|d| (b'0'..=b'7').contains(d))
-        {
-            let v = oct
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-            if let Ok(v) = u8::try_from(v) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(c);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::unescape_byte3(s, |oct| {
+        oct.iter().try_fold(0u8, |acc, d| {
+            (b'0'..=b'7')
+                .contains(d)
+                .then(|| acc.checked_mul(8)?.checked_add(d - b'0'))?
+        })
+    })
 }
 
 /// Unmount the old root, deepest first. The old root's API filesystems

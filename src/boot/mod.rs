@@ -85,6 +85,27 @@ pub struct BootSpec {
     pub paths: Vec<BootPath>,
 }
 
+/// Undo a backslash escape of one byte in three characters: mountinfo's
+/// `\\ooo` and udev's `\\xHH`. `decode` gets the three characters after the
+/// backslash; anything it refuses is kept as written.
+pub(crate) fn unescape_byte3(s: &str, decode: impl Fn(&[u8]) -> Option<u8>) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'\\'
+            && let Some(v) = b.get(i + 1..i + 4).and_then(&decode)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Where the hand-off lives: "/" (its files are under /run), or
 /// `$SANROOT_HANDOFF_ROOT` for tests.
 pub fn handoff_root() -> std::path::PathBuf {

@@ -185,25 +185,10 @@ fn dev_path(s: &str, rel: &str) -> Result<RootSpec, String> {
 
 /// Undo udev's escaping of /dev/disk link names ("my\x20root").
 fn unescape_udev(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c == b'\\'
-            && b.get(i + 1) == Some(&b'x')
-            && let Some(v) = b
-                .get(i + 2..i + 4)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::unescape_byte3(s, |h| {
+        let hex = h.strip_prefix(b"x")?;
+        u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    })
 }
 
 /// "8:1", "0801", "fe01": the kernel's device-number forms.

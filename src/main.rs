@@ -120,6 +120,12 @@ struct BootArgs {
     /// same device), credentials from the iBFT or command line again.
     #[arg(long)]
     recover: bool,
+    /// The real root is mounted at SYSROOT (dracut's pre-pivot hook; /init
+    /// does this itself): hide the boot target's open-iscsi node records
+    /// there so that nothing in the real root logs in to it again. Mounts
+    /// an empty read-only tmpfs over each; writes nothing to the disk.
+    #[arg(long, value_name = "SYSROOT", conflicts_with_all = ["dry_run", "foreground", "recover"])]
+    pre_pivot: Option<PathBuf>,
 }
 
 /// How to log in: shared by every command that talks to a target.
@@ -391,6 +397,10 @@ fn main() -> ExitCode {
             recover: a.recover,
             connect: a.connect.into_args(),
         }),
+        Command::Boot(BootArgs {
+            pre_pivot: Some(sysroot),
+            ..
+        }) => sanroot::boot::hide::pre_pivot(&sysroot),
         Command::Boot(a) => sanroot::boot::flow::run(&sanroot::boot::flow::BootOptions {
             ibft_file: a.ibft_file,
             source: a.source.map(|s| match s {

@@ -104,6 +104,9 @@ install() {
     inst_hook cmdline 90 "$moddir/parse-sanroot.sh"
     inst_script "$moddir/sanroot-boot.sh" /sbin/sanroot-boot
     inst_hook initqueue/timeout 95 "$moddir/sanroot-timeout.sh"
+    # The real root is mounted: hide the boot target's open-iscsi node
+    # records from it (no second login from an installer's record).
+    inst_hook pre-pivot 50 "$moddir/sanroot-pre-pivot.sh"
     # After the old root is unmounted: flush, log out, remove the device.
     inst_hook shutdown 30 "$moddir/sanroot-shutdown.sh"
     inst_multiple -o timeout sed

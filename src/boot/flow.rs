@@ -140,6 +140,7 @@ pub fn run(opts: &BootOptions) -> i32 {
                 pid: std::process::id(),
                 nic: nics.borrow().get(used).cloned().flatten(),
                 auth: auth_kind(path.and_then(|p| p.auth.as_ref())).into(),
+                hidden_node_records: Vec::new(),
             };
             let root = super::handoff_root();
             match handoff::write(&root, &rec) {

@@ -13,6 +13,7 @@
 //! | --- | --- |
 //! | `run/systemd/system/{iscsi,open-iscsi}.service.d/50-sanroot.conf` | open-iscsi must not log in to the boot target again |
 //! | `run/udev/rules.d/61-sanroot-ublk.rules` | by-uuid/by-label names for ublk disks (systemd < 254 has none) |
+//! | `run/udev/rules.d/62-sanroot-second-login.rules` | a disk of a second login to the boot target is logged and kept from the root's names |
 //! | `run/NetworkManager/conf.d/90-sanroot.conf` | NetworkManager leaves the boot NIC unmanaged |
 //! | `run/systemd/network/05-sanroot-<if>.network` | systemd-networkd leaves it unmanaged |
 //! | `run/systemd/system/networking.service.d/50-sanroot.conf`, `run/sanroot/ifupdown.env` | ifupdown's `ifup -a`/`ifdown -a` skip it (`EXCLUDE_INTERFACES`) |
@@ -38,14 +39,16 @@
 //! - SUSE and upstream's older template: `iscsi.service` runs
 //!   `--loginall=automatic`, `--loginall=onboot` and `iscsiadm -m fw -l`.
 //!
+//! Node records are what `--loginall` reads: the boot target's are hidden
+//! from the whole real root just before the switch to it
+//! ([`super::hide`]; nothing is written to the disk), so that an
+//! installer's `node.startup = automatic` record does not log in again.
+//!
 //! A drop-in cannot remove one `ExecStart=` line (only reset them all,
 //! which would also drop Debian's `activate-storage.sh` through the
 //! alias), so it hides the firmware tables from the unit instead
 //! (`TemporaryFileSystem=/sys/firmware`: `-m fw -l` then behaves as on a
-//! machine without an iBFT). The boot target's node records, if any, are
-//! not edited (nothing is written to the root disk): they must be
-//! `node.startup = manual`, as sanroot's own node export writes them.
-//! Other targets log in as before.
+//! machine without an iBFT). Other targets log in as before.
 
 use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
@@ -99,6 +102,11 @@ pub struct BootRecord {
     pub nic: Option<NicRecord>,
     /// "none", "chap" or "mutual-chap" ([`auth_kind`]): the kind only.
     pub auth: String,
+    /// The boot target's open-iscsi node record directories hidden for
+    /// this boot ("/etc/iscsi/nodes/IQN"), by the pre-pivot step
+    /// ([`super::hide`]).
+    #[serde(default)]
+    pub hidden_node_records: Vec<String>,
 }
 
 /// The boot NIC as configured.
@@ -176,6 +184,14 @@ pub fn write(root: &Path, rec: &BootRecord) -> io::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// Rewrite the record alone (after [`write`], e.g. with
+/// [`BootRecord::hidden_node_records`] filled in).
+pub fn write_record(root: &Path, rec: &BootRecord) -> io::Result<()> {
+    let json = serde_json::to_string_pretty(rec)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the record: {e}")))?;
+    write_atomic(&root.join(RECORD), (json + "\n").as_bytes())
+}
+
 /// The record, if the hand-off under `root` is complete and readable.
 pub fn read(root: &Path) -> Option<BootRecord> {
     let text = fs::read_to_string(root.join(RECORD)).ok()?;
@@ -237,6 +253,9 @@ fn plan(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
         "run/udev/rules.d/61-sanroot-ublk.rules".to_string(),
         UBLK_RULES.to_string(),
     ));
+    if let Some(rules) = second_login_rules(rec) {
+        out.push((SECOND_LOGIN_RULES.to_string(), rules));
+    }
     // A sysvinit real root: Debian's sendsigs leaves the pids listed here
     // alone at shutdown (as it does for iscsid, mdmon, multipathd), so the
     // daemon serves the root until it is remounted read-only. systemd
@@ -423,15 +442,78 @@ fn iscsi_dropin(rec: &BootRecord) -> String {
          # a machine without one. Node logins do not read them.\n\
          TemporaryFileSystem=/sys/firmware\n",
     );
-    // Node records are not touched: nothing of the hand-off is written to
-    // the root disk. A record of the boot target with node.startup=automatic
-    // (an installer's) would be logged in by --loginall: mark it manual
-    // (`sanroot node export --startup manual`, or iscsiadm -o update).
+    // Node records of the boot target (an installer's, node.startup =
+    // automatic) are hidden from every process of the real root by the
+    // pre-pivot step (boot::hide): nothing is written to the root disk.
     s.push_str(
-        "# The boot target's node records are left as they are (nothing is written\n\
-         # to the root disk): keep them node.startup=manual.\n",
+        "# The boot target's node records are hidden for this boot (an empty\n\
+         # read-only tmpfs over /etc/iscsi/nodes/<target> and\n\
+         # /var/lib/iscsi/nodes/<target>; see hidden_node_records in\n\
+         # /run/sanroot/boot.json), so --loginall does not log in to it again.\n",
     );
     s
+}
+
+/// Where [`second_login_rules`] go.
+pub const SECOND_LOGIN_RULES: &str = "run/udev/rules.d/62-sanroot-second-login.rules";
+
+/// A name usable in a udev glob and a shell word unquoted: the characters
+/// of iSCSI names (RFC 3720 §3.2.6.3: `iqn.`, `eui.`, `naa.` use only
+/// these), none of udev's glob characters (`* ? [ ] |`).
+fn plain_iscsi_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 223
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+}
+
+/// A disk of a second login to the boot target (the kernel's initiator,
+/// after an `iscsiadm` login the hidden node records did not prevent: a
+/// discovery typed by hand, a record written after boot): say so in the
+/// kernel log, and keep it from taking the root's /dev/disk/by-* names
+/// (lowest link priority) and from systemd's and udisks' use (its
+/// partitions inherit ID_PATH, so they match too). After
+/// 60-persistent-storage.rules, which sets ID_PATH
+/// ("ip-ADDR:PORT-iscsi-IQN-lun-N"), and before 99-systemd.rules.
+/// `None` when the target's name is not a plain iSCSI name.
+fn second_login_rules(rec: &BootRecord) -> Option<String> {
+    let t = rec.target.trim();
+    let dev_ok = rec
+        .device
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'/');
+    if !plain_iscsi_name(t) || !dev_ok {
+        return None;
+    }
+    let lower = t.to_ascii_lowercase();
+    let names = if lower == t {
+        t.to_string()
+    } else {
+        format!("{t}|{lower}")
+    };
+    let glob: Vec<String> = names
+        .split('|')
+        .map(|n| format!("*-iscsi-{n}-lun-*"))
+        .collect();
+    let mut s = header(
+        rec,
+        "#",
+        &[
+            "A disk that the kernel's initiator brings from that target is a second",
+            "login to the root disk: the same LUN behind two caches. It is logged",
+            "and kept away from the root's /dev/disk/by-* names, systemd and udisks.",
+            "Log that session out: iscsiadm -m session -r N -u.",
+        ],
+    );
+    let _ = writeln!(
+        s,
+        "ACTION==\"add\", SUBSYSTEM==\"block\", ENV{{ID_PATH}}==\"{glob}\", \
+         OPTIONS+=\"link_priority=-100\", ENV{{SYSTEMD_READY}}=\"0\", ENV{{UDISKS_IGNORE}}=\"1\", \
+         RUN+=\"/bin/sh -c 'echo sanroot: /dev/%k is a second login to the boot target {t} whose LUN is the root disk {dev}: log that session out with iscsiadm -m session -u and keep its node records manual >/dev/kmsg'\"",
+        glob = glob.join("|"),
+        dev = rec.device.trim(),
+    );
+    Some(s)
 }
 
 /// `match-device` for the NIC (and its VLAN parent).
@@ -801,6 +883,7 @@ mod tests {
             pid: 4242,
             nic,
             auth: auth_kind(Some(&auth())).into(),
+            hidden_node_records: Vec::new(),
         }
     }
 
@@ -878,6 +961,7 @@ mod tests {
                 "run/systemd/system/iscsi.service.d/50-sanroot.conf",
                 "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
                 "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/udev/rules.d/62-sanroot-second-login.rules",
                 "run/sendsigs.omit.d/sanroot",
                 "run/NetworkManager/conf.d/90-sanroot.conf",
                 "run/systemd/network/05-sanroot-eth0.network",
@@ -908,8 +992,10 @@ mod tests {
                  # No firmware tables for this unit: iscsiadm -m fw -l finds no iBFT, as on\n\
                  # a machine without one. Node logins do not read them.\n\
                  TemporaryFileSystem=/sys/firmware\n\
-                 # The boot target's node records are left as they are (nothing is written\n\
-                 # to the root disk): keep them node.startup=manual.\n"
+                 # The boot target's node records are hidden for this boot (an empty\n\
+                 # read-only tmpfs over /etc/iscsi/nodes/<target> and\n\
+                 # /var/lib/iscsi/nodes/<target>; see hidden_node_records in\n\
+                 # /run/sanroot/boot.json), so --loginall does not log in to it again.\n"
             )
         );
         assert_eq!(
@@ -1139,6 +1225,7 @@ mod tests {
                 "run/systemd/system/iscsi.service.d/50-sanroot.conf",
                 "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
                 "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/udev/rules.d/62-sanroot-second-login.rules",
                 "run/sendsigs.omit.d/sanroot",
                 "run/sanroot/boot.json",
             ]
@@ -1148,6 +1235,29 @@ mod tests {
             fs::read_to_string(t.0.join("run/sendsigs.omit.d/sanroot")).unwrap(),
             format!("{}\n", rec.pid)
         );
+        // A second login's disk: both spellings of the name, after
+        // ID_PATH is known; logged, lowest link priority, not for systemd.
+        let r = fs::read_to_string(&paths[3]).unwrap();
+        let rule = r.lines().find(|l| l.starts_with("ACTION")).unwrap();
+        assert!(
+            rule.contains(r#"ENV{ID_PATH}=="*-iscsi-iqn.2026-11.org.Example:Root-lun-*|*-iscsi-iqn.2026-11.org.example:root-lun-*""#),
+            "{rule}"
+        );
+        for want in [
+            r#"OPTIONS+="link_priority=-100""#,
+            r#"ENV{SYSTEMD_READY}="0""#,
+            ">/dev/kmsg'\"",
+            "root disk /dev/ublkb0",
+        ] {
+            assert!(rule.contains(want), "{want} not in {rule}");
+        }
+        // A name that is no plain iSCSI name gets no rule (it would be a
+        // glob or a shell word); the rest of the hand-off is written.
+        let mut odd = rec.clone();
+        odd.target = "iqn.x:a*b".into();
+        assert!(second_login_rules(&odd).is_none());
+        odd.target = "iqn.x:a b'; reboot".into();
+        assert!(second_login_rules(&odd).is_none());
         // Nothing edits the node database on the root disk.
         let d = fs::read_to_string(&paths[0]).unwrap();
         assert!(

@@ -234,6 +234,11 @@ fn boot_to_root(start: Instant) -> InitResult<std::convert::Infallible> {
     }
     let (dev, fstype) = wait_root(spec.as_ref(), boot_disk.as_deref(), &opts)?;
     mount_root(&dev, &fstype, &opts)?;
+    if booted != Booted::NotAsked {
+        // An installer's node record of the boot target must not log in
+        // again from the real root (dracut does this in its pre-pivot hook).
+        let _ = super::hide::pre_pivot(Path::new(NEW_ROOT));
+    }
 
     if let Err(e) = install_shutdown() {
         log::warn!(

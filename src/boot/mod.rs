@@ -14,6 +14,7 @@
 pub mod cmdline;
 pub mod flow;
 pub mod handoff;
+pub mod hide;
 pub mod init;
 pub mod modules;
 pub mod parts;

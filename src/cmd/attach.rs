@@ -209,6 +209,19 @@ pub fn status(json_out: bool) -> i32 {
             "daemon-gone".to_string()
         }
     };
+    let second = boot
+        .as_ref()
+        .map(|b| crate::boot::hide::kernel_sessions_to(std::path::Path::new("/sys"), &b.target))
+        .unwrap_or_default();
+    if let Some(b) = &boot {
+        for s in &second {
+            let n = s.trim_start_matches("session");
+            eprintln!(
+                "sanroot: WARNING: the kernel's initiator has a second session ({s}) to the boot target {}: the root LUN is attached twice; log it out (iscsiadm -m session -r {n} -u) and keep that target's node records node.startup = manual",
+                b.target
+            );
+        }
+    }
     if json_out {
         let v: Vec<_> = recs
             .iter()
@@ -216,6 +229,10 @@ pub fn status(json_out: bool) -> i32 {
                 let mut j = serde_json::to_value(r).unwrap_or(json!({}));
                 j["state"] = json!(live(r));
                 j["boot"] = json!(is_boot(r));
+                if let Some(b) = boot.as_ref().filter(|_| is_boot(r)) {
+                    j["hidden_node_records"] = json!(b.hidden_node_records);
+                    j["second_logins"] = json!(second);
+                }
                 j
             })
             .collect();
@@ -265,6 +282,11 @@ pub fn status(json_out: bool) -> i32 {
                 b.target,
                 b.lun
             );
+            for h in &b.hidden_node_records {
+                crate::outln!(
+                    "hidden node records: {h} (open-iscsi does not log in to the boot target)"
+                );
+            }
         }
     }
     exit::OK

@@ -259,23 +259,49 @@ enum NodeCmd {
         json: bool,
     },
     /// Write the records in open-iscsi's layout (nodes/, send_targets/)
-    /// under DIR, e.g. /mnt/sysimage/etc/iscsi.
+    /// into the installed system's node database, for an installer. The
+    /// records of the target this machine boots from (--boot-target,
+    /// /run/sanroot/boot.json, the iBFT) are always node.startup = manual:
+    /// sanroot keeps that session from the initramfs.
     Export {
-        #[arg(long, value_name = "DIR", default_value = "/etc/iscsi")]
-        dir: PathBuf,
+        /// Write under DIR as is, e.g. /mnt/sysimage/var/lib/iscsi.
+        /// Without it: the database of the open-iscsi installed under
+        /// --root, as its iscsiadm names it (ROOT/var/lib/iscsi for
+        /// open-iscsi 2.1.9 and later, Fedora, RHEL; ROOT/etc/iscsi
+        /// before: Debian 12, SUSE); if that does not tell,
+        /// ROOT/var/lib/iscsi when ROOT/var/lib/iscsi/nodes exists, else
+        /// ROOT/etc/iscsi.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The installed system's root, e.g. /mnt/sysimage or /target.
+        #[arg(long, value_name = "ROOT", default_value = "/")]
+        root: PathBuf,
         /// node.startup in the exported records.
         #[arg(long, value_enum, default_value = "automatic")]
         startup: StartupArg,
         /// Only this target.
         #[arg(long, value_name = "IQN")]
         target: Option<String>,
+        /// A target this machine boots from (repeatable): its records get
+        /// node.startup = manual whatever --startup says. The target in
+        /// /run/sanroot/boot.json and the iBFT's (/sys/firmware/ibft)
+        /// count without it.
+        #[arg(long, value_name = "IQN")]
+        boot_target: Vec<String>,
+        /// Look for /run/sanroot/boot.json and /sys/firmware/ibft under
+        /// this directory (testing).
+        #[arg(long, hide = true, value_name = "DIR", default_value = "/")]
+        host_root: PathBuf,
     },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum StartupArg {
+    /// Only when asked (iscsiadm -m node -T IQN -l).
     Manual,
+    /// At boot (iscsiadm -m node --loginall=automatic).
     Automatic,
+    /// Fedora's iscsi-onboot.service (--loginall=onboot).
     Onboot,
 }
 
@@ -421,16 +447,22 @@ fn main() -> ExitCode {
             NodeCmd::List { json } => cmd::node::Args::List { json },
             NodeCmd::Export {
                 dir,
+                root,
                 startup,
                 target,
+                boot_target,
+                host_root,
             } => cmd::node::Args::Export {
                 dir,
+                root,
                 startup: match startup {
                     StartupArg::Manual => sanroot::nodes::Startup::Manual,
                     StartupArg::Automatic => sanroot::nodes::Startup::Automatic,
                     StartupArg::Onboot => sanroot::nodes::Startup::Onboot,
                 },
                 target,
+                boot_targets: boot_target,
+                host_root,
             },
         }),
     };

@@ -1,4 +1,10 @@
 //! `sanroot node list|export`: the node records saved by discovery.
+//!
+//! `export` is what an installer runs to give the installed system its
+//! open-iscsi node records: in the database that system's open-iscsi
+//! reads (/etc/iscsi or /var/lib/iscsi, see [`nodes::detect_node_db`]),
+//! and with the boot target's records `manual` so that open-iscsi there
+//! never logs in to the root LUN a second time.
 
 use std::path::PathBuf;
 
@@ -14,9 +20,20 @@ pub enum Args {
         json: bool,
     },
     Export {
-        dir: PathBuf,
+        /// Write here as is; None: the database of the open-iscsi
+        /// installed under `root`.
+        dir: Option<PathBuf>,
+        /// The installed system's root ("/" normally).
+        root: PathBuf,
+        /// For every target but the boot target(s).
         startup: Startup,
         target: Option<String>,
+        /// `--boot-target`: boot targets besides the hand-off record's and
+        /// the iBFT's.
+        boot_targets: Vec<String>,
+        /// Where /run/sanroot/boot.json and /sys/firmware/ibft are looked
+        /// up ("/" but in tests).
+        host_root: PathBuf,
     },
 }
 
@@ -45,10 +62,16 @@ fn node(args: &Args) -> Result<(), CmdError> {
             }
         }
         Args::Export {
-            dir: out,
+            dir,
+            root,
             startup,
             target,
+            boot_targets,
+            host_root,
         } => {
+            if boot_targets.iter().any(|t| t.trim().is_empty()) {
+                return Err(CmdError::usage("--boot-target: empty IQN"));
+            }
             let chosen: Vec<_> = records
                 .into_iter()
                 .filter(|r| target.as_ref().is_none_or(|t| &r.target == t))
@@ -58,14 +81,48 @@ fn node(args: &Args) -> Result<(), CmdError> {
                     "no node records to export: run `sanroot discover` first",
                 ));
             }
-            let files = nodes::export(out, &chosen, *startup).map_err(|e| {
+            let out = match dir {
+                Some(d) => d.clone(),
+                None => {
+                    if !root.is_dir() {
+                        return Err(CmdError::usage(format!(
+                            "--root {}: not a directory",
+                            root.display()
+                        )));
+                    }
+                    let db = nodes::detect_node_db(root);
+                    eprintln!(
+                        "sanroot: node export: {}: writing to {}",
+                        db.reason,
+                        db.dir.display()
+                    );
+                    db.dir
+                }
+            };
+            let boot = nodes::boot_targets(boot_targets, host_root);
+            let written = nodes::export(&out, &chosen, *startup, &boot).map_err(|e| {
                 CmdError::new(
                     exit::FAILURE,
                     format!("exporting to {}: {e}", out.display()),
                 )
             })?;
-            for f in files {
-                crate::outln!("{}", f.display());
+            for w in &written {
+                if let Some(b) = &w.boot {
+                    let asked = if *startup == Startup::Manual {
+                        String::new()
+                    } else {
+                        format!(" (--startup {} is for the other targets)", startup.as_str())
+                    };
+                    eprintln!(
+                        "sanroot: node export: {}: node.startup = manual{asked}: {} is the boot target ({}); sanroot keeps its session from the initramfs",
+                        w.path.display(),
+                        b.iqn,
+                        b.sources.join(", ")
+                    );
+                }
+            }
+            for w in written {
+                crate::outln!("{}", w.path.display());
             }
         }
     }

@@ -596,6 +596,89 @@ sr_sanboot_target() {
     esac
 }
 
+# sr_img_put IMG PATH [MODE]: write standard input to PATH in the image's
+# root file system (debugfs, the machine off; parent directories made as
+# needed), mode MODE (default 0600), owned by root. Fails unless the file
+# reads back the same.
+sr_img_put() {
+    local img=$1 dest=$2 mode=${3:-0600} src cmds d= i parts
+    src=$(mktemp "$SR_WORK/put.XXXXXX")
+    cmds=$(mktemp "$SR_WORK/debugfs.XXXXXX")
+    cat >"$src"
+    chmod "$mode" "$src"
+    IFS=/ read -ra parts <<<"${dest#/}"
+    for ((i = 0; i < ${#parts[@]} - 1; i++)); do
+        d+=/${parts[$i]}
+        echo "mkdir $d" >>"$cmds"
+    done
+    printf 'rm %s\nwrite %s %s\n' "$dest" "$src" "$dest" >>"$cmds"
+    debugfs -w -f "$cmds" "$img?offset=$SR_IMG_PART_OFFSET" >/dev/null 2>&1 || true
+    cmp -s "$src" <(sr_img_cat "$img" "$dest") || sr_die "could not write $dest into $img"
+    rm -f "$src" "$cmds"
+}
+
+# sr_img_rm_tree IMG DIR: remove DIR and everything under it from the
+# image's root file system (debugfs; nothing when it is not there).
+sr_img_rm_tree() {
+    local img=$1 dir=$2 ino mode name
+    while IFS=/ read -r _ ino mode _ _ name _; do
+        case "$name" in "" | . | ..) continue ;; esac
+        if [ "${mode:0:2}" = 04 ]; then
+            sr_img_rm_tree "$img" "$dir/$name"
+        else
+            debugfs -w -R "rm $dir/$name" "$img?offset=$SR_IMG_PART_OFFSET" >/dev/null 2>&1
+        fi
+    done < <(debugfs -R "ls -p $dir" "$img?offset=$SR_IMG_PART_OFFSET" 2>/dev/null)
+    debugfs -w -R "rmdir $dir" "$img?offset=$SR_IMG_PART_OFFSET" >/dev/null 2>&1 || true
+}
+
+# sr_sanboot_node_records IMG BOOT_IQN OTHER_IQN PORT AUTH INITIATOR: what an
+# installer leaves on a SAN-booted root (issue 13): the initiator name, and
+# open-iscsi node records with node.startup = automatic for the boot target
+# (with its CHAP credentials, as `iscsiadm -m discovery … -l` during the
+# installation saves them) and for a second, unrelated target, in Debian
+# 12's database (/etc/iscsi); the boot target's also in Debian 13's
+# (/var/lib/iscsi), which this root's open-iscsi does not read but sanroot
+# must hide as well.
+sr_sanboot_node_records() {
+    local img=$1 boot=$2 other=$3 port=$4 auth=$5 initiator=$6 t rec
+    # A disk booted before (qemu/sanboot --disk) has records of another port.
+    sr_img_rm_tree "$img" /etc/iscsi/nodes
+    sr_img_rm_tree "$img" /var/lib/iscsi/nodes
+    printf 'InitiatorName=%s\n' "$initiator" | sr_img_put "$img" /etc/iscsi/initiatorname.iscsi 0600
+    for t in "$boot" "$other"; do
+        rec="# BEGIN RECORD 2.1.8
+node.name = $t
+node.tpgt = 1
+node.startup = automatic
+node.leading_login = No
+iface.iscsi_ifacename = default
+iface.transport_name = tcp
+node.discovery_address = 10.0.2.2
+node.discovery_port = $port
+node.discovery_type = send_targets"
+        if [ "$t" = "$boot" ] && [ "$auth" != none ]; then
+            rec+="
+node.session.auth.authmethod = CHAP
+node.session.auth.username = $SR_SANBOOT_USER
+node.session.auth.password = $SR_SANBOOT_SECRET"
+            [ "$auth" != mutual ] || rec+="
+node.session.auth.username_in = $SR_SANBOOT_TUSER
+node.session.auth.password_in = $SR_SANBOOT_TSECRET"
+        else
+            rec+="
+node.session.auth.authmethod = None"
+        fi
+        rec+="
+node.conn[0].address = 10.0.2.2
+node.conn[0].port = $port
+node.conn[0].startup = automatic
+# END RECORD"
+        printf '%s\n' "$rec" | sr_img_put "$img" "/etc/iscsi/nodes/$t/10.0.2.2,$port,1/default"
+        [ "$t" != "$boot" ] || printf '%s\n' "$rec" | sr_img_put "$img" "/var/lib/iscsi/nodes/$t/10.0.2.2,$port,1/default"
+    done
+}
+
 # sr_sanboot_ipxe_script MODE IQN PORT AUTH NET INITIATOR [APPEND]: the iPXE
 # script. MODE sanboot: boot the disk (its MBR, GRUB) from the SAN drive;
 # MODE sanhook: hook the drive (iBFT) and boot kernel+initrd over TFTP with

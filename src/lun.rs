@@ -47,6 +47,12 @@ pub enum LunError {
     },
     /// A write to a write-protected LU.
     ReadOnly,
+    /// GOOD status, but fewer bytes than asked for (the target reported
+    /// an underflow): the rest of the buffer is not the LU's data.
+    ShortRead {
+        got: usize,
+        want: u32,
+    },
     /// A buffer whose length is not a whole number of blocks.
     Unaligned {
         len: usize,
@@ -86,6 +92,10 @@ impl fmt::Display for LunError {
                 lba + blocks
             ),
             LunError::ReadOnly => write!(f, "the LU is write-protected"),
+            LunError::ShortRead { got, want } => write!(
+                f,
+                "short read: the target sent {got} of {want} bytes with GOOD status"
+            ),
             LunError::Unaligned { len, block_size } => {
                 write!(
                     f,
@@ -402,10 +412,9 @@ fn unmap_err(_: cdb::UnmapError) -> &'static str {
 
 fn short_read(res: ScsiResult, want: u32) -> Result<(), LunError> {
     if res.data_in < want as usize {
-        return Err(LunError::Scsi {
-            op: "READ",
-            status: Status::from_u8(res.status),
-            sense: None,
+        return Err(LunError::ShortRead {
+            got: res.data_in,
+            want,
         });
     }
     Ok(())

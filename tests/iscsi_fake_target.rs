@@ -692,6 +692,90 @@ fn hostile_data_sn_out_of_order() {
     assert_mentions(&m, &["DataSN 2", "expected 1"]);
 }
 
+/// Data-In whose offsets overlap: without tracking which bytes arrived,
+/// 5120 bytes "arrived" for a 4096-byte read whose last 2048... were never
+/// all sent, and the read completed GOOD over stale buffer bytes.
+#[test]
+fn hostile_data_in_overlap() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.sn();
+        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 2048]);
+        let sn = ctx.status_sn();
+        ctx.send(&data_in(c, sn, 1, 1024, true), &[2; 3072]);
+    });
+    assert_mentions(&m, &["Data-In", "offset 1024, expected 2048", "overlap"]);
+}
+
+#[test]
+fn hostile_data_in_gap() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.sn();
+        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 1024]);
+        let sn = ctx.status_sn();
+        ctx.send(&data_in(c, sn, 1, 2048, true), &[2; 2048]);
+    });
+    assert_mentions(&m, &["Data-In", "offset 2048, expected 1024", "hole"]);
+}
+
+/// Half the data with status GOOD and no underflow reported, in the last
+/// Data-In (phase collapse) or in a SCSI Response after it.
+#[test]
+fn hostile_short_read_without_residual() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.status_sn();
+        ctx.send(&data_in(c, sn, 0, 0, true), &[1; 2048]);
+    });
+    assert_mentions(&m, &["2048 of 4096 bytes arrived", "short read"]);
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.sn();
+        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 2048]);
+        let sn = ctx.status_sn();
+        ctx.send(&good(c.itt, sn), &[]);
+    });
+    assert_mentions(&m, &["2048 of 4096 bytes arrived", "short read"]);
+}
+
+/// A residual that does not match what arrived.
+#[test]
+fn hostile_underflow_residual_that_does_not_add_up() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.status_sn();
+        let mut p = data_in(c, sn, 0, 0, true);
+        if let Pdu::DataIn(d) = &mut p {
+            d.underflow = true;
+            d.residual = 1024;
+        }
+        ctx.send(&p, &[1; 2048]);
+    });
+    assert_mentions(
+        &m,
+        &["2048 of 4096 bytes arrived, 3072 expected", "short read"],
+    );
+}
+
+/// A properly reported underflow (U bit, residual 2048, 2048 bytes sent):
+/// no protocol error, the session stays, but the read fails as a short
+/// read: its last 2048 bytes are not the LU's data.
+#[test]
+fn reported_underflow_is_a_short_read_not_success() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_pdu(
+            move |ctx, seen| match seen.command() {
+                Some(c) if is_read(c) => {
+                    ctx.data_in(c, &[7; 2048]);
+                    Step::Handled
+                }
+                _ => Step::Default,
+            },
+        ));
+        let lun = open(connect(&f, &config()));
+        let (r, _) = lun.read(0, vec![0u8; 4096]);
+        let msg = r.expect_err("a short read must fail").to_string();
+        assert_mentions(&msg, &["short read", "2048 of 4096"]);
+        assert!(lun.session().failure().is_none(), "{msg}");
+    })
+}
+
 #[test]
 fn hostile_r2t_for_a_read() {
     let m = hostile(config(), |ctx, c| {

@@ -199,7 +199,7 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
             {
                 (p.done)(
                     Err(BlockError::Io(format!(
-                        "{}: {} of {n} bytes arrived",
+                        "{}: short read: {} of {n} bytes arrived with GOOD status",
                         p.cdb.name(),
                         res.data_in
                     ))),

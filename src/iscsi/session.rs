@@ -1451,6 +1451,17 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                     d.itt
                 )));
             }
+            // DataPDUInOrder=Yes and DataSequenceInOrder=Yes (we offer Yes,
+            // and both results are OR functions): the data comes in one
+            // contiguous ascending run, so `data_in` is exactly the bytes
+            // of the buffer the target wrote. An overlap or a hole would
+            // leave bytes of an earlier request in the buffer.
+            if off != t.data_in {
+                return Err(proto(format!(
+                    "Data-In for task 0x{:08x} at offset {off}, expected {} (DataPDUInOrder=Yes: contiguous and ascending; an overlap or a hole)",
+                    d.itt, t.data_in
+                )));
+            }
             t.next_data_sn = t.next_data_sn.wrapping_add(1);
             let mut buf = t.buf.take().unwrap_or_default();
             drop(st);
@@ -1477,6 +1488,7 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                     _ => 0,
                 };
                 let residual = residual(d.overflow, d.underflow, d.residual);
+                check_read_length(d.itt, want, data_in, residual).map_err(proto)?;
                 finish(
                     shared,
                     st,
@@ -1499,9 +1511,22 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                 )));
             }
             let data_in = t.data_in;
+            let read_len = match t.dir {
+                DataDir::Read(want) => Some(want),
+                _ => None,
+            };
             drop(st);
             idle_before(shared, r, segment_bytes(shared, h.data_len));
             let data = r.read_data_vec()?;
+            // Only a GOOD read promises its data; a CHECK CONDITION may
+            // come after part of it (and its buffer is not used).
+            if let Some(want) = read_len
+                && resp.response == 0
+                && resp.status == 0
+            {
+                let res = residual(resp.overflow, resp.underflow, resp.residual);
+                check_read_length(resp.itt, want, data_in, res).map_err(proto)?;
+            }
             let st = lock(&shared.state);
             let slot = slot_of(resp.itt).0;
             let result = if resp.response != 0 {
@@ -1682,6 +1707,31 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                 other.opcode().name()
             )));
         }
+    }
+    Ok(())
+}
+
+/// A read that ends with status: the bytes that arrived must be exactly
+/// the transfer less what the target reported as not sent (underflow). A
+/// shortfall it did not report, or a residual that does not match, means
+/// part of the buffer holds bytes the target never sent: a protocol error
+/// (the connection is dropped and the command retried through recovery),
+/// never a completed read. A reported underflow is passed on (the
+/// caller fails the read: it asked for every byte).
+fn check_read_length(itt: u32, want: u32, data_in: usize, res: Residual) -> Result<(), String> {
+    let expected = match res {
+        Residual::Under(n) if n > want => {
+            return Err(format!(
+                "read task 0x{itt:08x}: underflow residual {n} above the {want}-byte transfer"
+            ));
+        }
+        Residual::Under(n) => (want - n) as usize,
+        Residual::None | Residual::Over(_) => want as usize,
+    };
+    if data_in != expected {
+        return Err(format!(
+            "read task 0x{itt:08x}: {data_in} of {want} bytes arrived, {expected} expected (residual {res:?}): short read"
+        ));
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use sanroot::iscsi::pdu::{
     DataIn, Pdu, R2t, RESERVED_TAG, ScsiCommand, ScsiResponse, TargetSn, TmfFunction, lun_field,
 };
 use sanroot::iscsi::session::{Command, DataDir, SessionError, SessionEvent, event_channel};
-use sanroot::iscsi::text::Portal as TextPortal;
+use sanroot::iscsi::text::{Portal as TextPortal, TextKeys};
 use sanroot::lun::{Lun, pad16};
 use sanroot::scsi::cdb;
 use sanroot::scsi::sense::{Sense, SenseKey};
@@ -151,6 +151,95 @@ fn waived_authentication_is_refused_unless_allowed() {
 }
 
 // ---------------------------------------------------------------- 1, 2, 3 login
+
+/// A target that answers every Login Request with an empty continuation
+/// (C bit, no data) for ever: no byte limit sees it; the PDU cap ends it.
+#[test]
+fn endless_empty_login_continuation_is_bounded() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_login(|turn| {
+            turn.reply.cont = true;
+            turn.reply.transit = false;
+            turn.reply_keys = TextKeys::new();
+        }));
+        let e = login_error(&f, TARGET_IQN, &config()).to_string();
+        assert_mentions(&e, &["login: more than 64 response PDUs"]);
+    })
+}
+
+/// The same, slowly: one empty continuation every 300 ms, each well
+/// within a read timeout; the whole login's deadline ends it.
+#[test]
+fn slow_endless_login_continuation_meets_the_deadline() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_login(|turn| {
+            std::thread::sleep(Duration::from_millis(300));
+            turn.reply.cont = true;
+            turn.reply.transit = false;
+            turn.reply_keys = TextKeys::new();
+        }));
+        let mut cfg = config();
+        cfg.login_timeout = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let e = login_error(&f, TARGET_IQN, &cfg).to_string();
+        assert_mentions(
+            &e,
+            &["login: no complete answer from the target within 2 s"],
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    })
+}
+
+/// A portal that accepts the connection and never answers the login:
+/// a timeout in words, not "Resource temporarily unavailable".
+#[test]
+fn silent_portal_login_times_out_in_words() {
+    within(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hold = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(4));
+            drop(s);
+        });
+        let mut cfg = config();
+        cfg.login_timeout = Duration::from_secs(1);
+        let portal = sanroot::iscsi::login::Portal::new("127.0.0.1", port);
+        let e = match initiator::connect(&portal, TARGET_IQN, &cfg, None) {
+            Ok(_) => panic!("login to a silent portal succeeded"),
+            Err(e) => e.to_string(),
+        };
+        assert_mentions(
+            &e,
+            &["login: no complete answer from the target within 1 s"],
+        );
+        assert!(!e.contains("temporarily unavailable"), "{e}");
+        let _ = hold.join();
+    })
+}
+
+/// SendTargets answered by an endless run of empty continuations (here
+/// 5000, each with a new TTT): the PDU cap ends it.
+#[test]
+fn endless_empty_send_targets_continuation_is_bounded() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour {
+            send_targets: vec![
+                TextChunk {
+                    data: Vec::new(),
+                    cont: true,
+                };
+                5000
+            ],
+            ..Behaviour::default()
+        });
+        let e = match initiator::discover(&f.portal(), &config()) {
+            Ok(t) => panic!("discovery succeeded: {t:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert_mentions(&e, &["SendTargets: more than 1024 response PDUs"]);
+    })
+}
 
 #[test]
 fn login_redirect_is_followed() {

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::budget::Budget;
 use super::chap::AuthConfig;
 use super::conn::{ConnError, PduWriter};
 use super::login::{self, LoggedIn, LoginConfig, LoginError, Portal};
@@ -129,6 +130,19 @@ pub fn discover(
 
 /// Bound on a SendTargets answer spread over Text Responses.
 const MAX_SENDTARGETS: usize = 4 << 20;
+/// Bound on the Text Responses of one SendTargets (empty continuations
+/// carry no bytes to count): 4 MiB in 8 KiB segments is 512.
+const MAX_SENDTARGETS_PDUS: u32 = 1024;
+/// The whole SendTargets exchange, all continuations included.
+const SENDTARGETS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A read error of the SendTargets exchange in words.
+fn explain(budget: &Budget, e: ConnError) -> String {
+    match e {
+        ConnError::Io(io) => budget.explain(io).to_string(),
+        other => other.to_string(),
+    }
+}
 
 fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
     let LoggedIn {
@@ -138,7 +152,7 @@ fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
         ..
     } = l;
     let params = reader.params();
-    let _ = socket.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut budget = Budget::new("SendTargets", SENDTARGETS_TIMEOUT, MAX_SENDTARGETS_PDUS);
     let mut w = PduWriter::new(socket.try_clone().map_err(|e| e.to_string())?, params);
     let cmd_sn = sn.cmd_sn;
     let mut exp_stat_sn = sn.exp_stat_sn;
@@ -163,7 +177,11 @@ fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
         // (RFC 7143 §3.2.2.1).
         w.send(&pdu, &[&data])
             .map_err(|e| format!("sending SendTargets: {e}"))?;
-        let h = reader.read_header().map_err(|e| e.to_string())?;
+        budget
+            .before_read(reader.get_ref())
+            .map_err(|e| e.to_string())?;
+        let h = reader.read_header().map_err(|e| explain(&budget, e))?;
+        budget.pdu()?;
         let resp = match h.pdu {
             Pdu::TextResponse(r) => r,
             Pdu::Reject(r) => {
@@ -180,7 +198,7 @@ fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
                 ));
             }
         };
-        let seg = reader.read_data_vec().map_err(|e| e.to_string())?;
+        let seg = reader.read_data_vec().map_err(|e| explain(&budget, e))?;
         exp_stat_sn = resp.sn.stat_sn.wrapping_add(1);
         if resp.itt != itt {
             return Err(format!("Text Response for ITT 0x{:x}", resp.itt));

@@ -13,8 +13,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use super::budget::Budget;
 use super::chap::{AuthConfig, ChapError, ChapInitiator};
-use super::conn::{ConnError, FrameParams, PduReader, PduWriter};
+use super::conn::{ConnError, FrameParams, PduReader, PduWriter, RxHeader};
 use super::negotiate::{Negotiated, NegotiationError, OperationalParams, SessionType};
 use super::pdu::*;
 use super::session::{FfpParams, SnState};
@@ -275,6 +276,9 @@ enum Outcome {
 const MAX_EXCHANGES: usize = 16;
 /// Bound on a login response spread over continuation PDUs.
 const MAX_LOGIN_DATA: usize = 64 * 1024;
+/// Bound on Login Response PDUs in one login (all stages, continuations
+/// included): empty continuations carry no bytes to count.
+const MAX_LOGIN_PDUS: u32 = 64;
 
 struct Dialogue {
     portal: Portal,
@@ -288,6 +292,8 @@ struct Dialogue {
     first: bool,
     target: String,
     initiator: String,
+    /// The whole login's deadline and PDU cap.
+    budget: Budget,
 }
 
 struct Answer {
@@ -300,6 +306,34 @@ impl Dialogue {
         LoginError::Conn {
             portal: self.portal.to_string(),
             error: e,
+        }
+    }
+
+    /// The next response header, within the login's deadline and PDU cap.
+    fn read_header(&mut self) -> Result<RxHeader, LoginError> {
+        self.budget
+            .before_read(self.r.get_ref())
+            .map_err(|e| self.conn_err(ConnError::Io(e)))?;
+        let h = self
+            .r
+            .read_header()
+            .map_err(|e| self.conn_err(self.explain(e)))?;
+        self.budget.pdu().map_err(|m| self.protocol(m))?;
+        Ok(h)
+    }
+
+    /// The data of the header just read.
+    fn read_data(&mut self) -> Result<Vec<u8>, LoginError> {
+        self.r
+            .read_data_vec()
+            .map_err(|e| self.conn_err(self.explain(e)))
+    }
+
+    /// A read that timed out says which exchange and how long.
+    fn explain(&self, e: ConnError) -> ConnError {
+        match e {
+            ConnError::Io(io) => ConnError::Io(self.budget.explain(io)),
+            other => other,
         }
     }
 
@@ -348,7 +382,7 @@ impl Dialogue {
             self.w
                 .send(&req, &[chunk])
                 .map_err(|e| self.conn_err(ConnError::from(e)))?;
-            let h = self.r.read_header().map_err(|e| self.conn_err(e))?;
+            let h = self.read_header()?;
             let resp = match h.pdu {
                 Pdu::LoginResponse(r) => r,
                 Pdu::Reject(rj) => {
@@ -362,7 +396,7 @@ impl Dialogue {
                     return Err(self.protocol(format!("{} during login", other.opcode().name())));
                 }
             };
-            let seg = self.r.read_data_vec().map_err(|e| self.conn_err(e))?;
+            let seg = self.read_data()?;
             if resp.itt != self.itt {
                 return Err(self.protocol(format!(
                     "Login Response for ITT 0x{:x}, we sent 0x{:x}",
@@ -399,11 +433,11 @@ impl Dialogue {
                     .send(&more, &[])
                     .map_err(|e| self.conn_err(ConnError::from(e)))?;
                 loop {
-                    let h = self.r.read_header().map_err(|e| self.conn_err(e))?;
+                    let h = self.read_header()?;
                     let Pdu::LoginResponse(r2) = h.pdu else {
                         return Err(self.protocol("expected a continued Login Response"));
                     };
-                    let seg = self.r.read_data_vec().map_err(|e| self.conn_err(e))?;
+                    let seg = self.read_data()?;
                     self.exp_stat_sn = r2.sn.stat_sn.wrapping_add(1);
                     if collected.len() + seg.len() > MAX_LOGIN_DATA {
                         return Err(self.protocol(format!(
@@ -490,6 +524,7 @@ fn login_once(portal: &Portal, cfg: &LoginConfig) -> Result<Outcome, LoginError>
             .clone()
             .unwrap_or_else(|| "(discovery)".into()),
         initiator: cfg.params.initiator_name.clone(),
+        budget: Budget::new("login", cfg.io_timeout, MAX_LOGIN_PDUS),
     };
     let mut neg = cfg
         .params

@@ -10,6 +10,7 @@
 //!
 //! Not here: SCSI command formats (`crate::scsi`), block devices.
 
+pub mod budget;
 pub mod chap;
 pub mod conn;
 pub mod digest;

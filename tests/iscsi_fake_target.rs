@@ -147,6 +147,33 @@ fn waived_authentication_is_refused_unless_allowed() {
         c.session
             .ping(Duration::from_secs(5))
             .expect("the session works once allowed");
+        // Mutual CHAP is never waived, even when allowed: we offer CHAP
+        // alone, and a target that answers None is refused.
+        cfg.auth = Some(sanroot::iscsi::chap::AuthConfig {
+            user: "alice".into(),
+            secret: sanroot::secret::Secret::from("alice-secret-12"),
+            mutual: Some(sanroot::iscsi::chap::MutualConfig {
+                target_name: None,
+                secret: sanroot::secret::Secret::from("target-secret-34"),
+            }),
+        });
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&offered);
+        let f = FakeTarget::start(Behaviour::default().on_login(move |t| {
+            if let Some(m) = t.keys.get("AuthMethod") {
+                seen.lock().unwrap().push(m.to_string());
+                t.reply.status_class = 0;
+                t.reply.status_detail = 0;
+                t.reply_keys.set("AuthMethod", "None");
+            }
+        }));
+        let e = login_error(&f, TARGET_IQN, &cfg);
+        assert!(matches!(e, LoginError::MutualAuthWaived), "{e:?}");
+        assert_mentions(
+            &e.to_string(),
+            &["mutual CHAP", "refusing even with --allow-no-auth"],
+        );
+        assert_eq!(*offered.lock().unwrap(), ["CHAP"]);
     })
 }
 

@@ -147,6 +147,9 @@ pub enum LoginError {
     Auth(ChapError),
     /// We have credentials and the target waived authentication.
     AuthWaived,
+    /// Mutual CHAP is configured and the target skipped authentication:
+    /// refused even when a waiver is allowed.
+    MutualAuthWaived,
     /// The target wants CHAP and we have no credentials.
     AuthRequired,
     Negotiation(NegotiationError),
@@ -201,6 +204,10 @@ impl fmt::Display for LoginError {
             LoginError::AuthWaived => write!(
                 f,
                 "the target accepted us without authentication although CHAP credentials are configured; refusing (it may not be the target you think). Allow it explicitly if this is intended"
+            ),
+            LoginError::MutualAuthWaived => write!(
+                f,
+                "mutual CHAP is configured, so the target must prove its identity, but it accepted us without authentication; refusing even with --allow-no-auth (it may not be the target you think)"
             ),
             LoginError::AuthRequired => write!(
                 f,
@@ -533,7 +540,10 @@ fn login_once(portal: &Portal, cfg: &LoginConfig) -> Result<Outcome, LoginError>
 
     // ---- security negotiation stage ----
     let mut keys = cfg.params.identity_keys(cfg.session_type);
-    let offer = match (&cfg.auth, cfg.allow_no_auth) {
+    // Mutual CHAP is never waived: the point of it is that the target
+    // proves who it is, so --allow-no-auth does not offer None then.
+    let mutual = cfg.auth.as_ref().is_some_and(|a| a.mutual.is_some());
+    let offer = match (&cfg.auth, cfg.allow_no_auth && !mutual) {
         (None, _) => "None",
         (Some(_), true) => "CHAP,None",
         (Some(_), false) => "CHAP",
@@ -553,6 +563,7 @@ fn login_once(portal: &Portal, cfg: &LoginConfig) -> Result<Outcome, LoginError>
     let method = a.keys.get("AuthMethod").unwrap_or("None").to_string();
     let mut last = a;
     match (method.as_str(), &cfg.auth) {
+        ("None", Some(_)) if mutual => return Err(LoginError::MutualAuthWaived),
         ("None", Some(_)) if !cfg.allow_no_auth => return Err(LoginError::AuthWaived),
         ("None", _) => {}
         ("CHAP", None) => return Err(LoginError::AuthRequired),

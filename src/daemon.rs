@@ -53,6 +53,8 @@ pub fn harden(own_mount_namespace: bool) {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
         log::warn!("oom_score_adj -1000: {e}");
     }
+    // It holds the session's CHAP secrets for the machine's life.
+    crate::secret::no_core_dumps();
     if own_mount_namespace {
         own_mount_namespace_root();
     }

@@ -12,7 +12,7 @@ use crate::iscsi::initiator::InitiatorConfig;
 use crate::iscsi::login::Portal;
 use crate::iscsi::negotiate::DigestOffer;
 use crate::nodes;
-use crate::secret::Secret;
+use crate::secret::{self, Secret};
 use crate::url::IscsiUrl;
 
 /// Options shared by commands that log in.
@@ -123,12 +123,43 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// A secret from the environment, its bytes moved into the [`Secret`]
+/// (no copy left behind to be freed unwiped).
+fn env_secret(name: &str) -> Option<Secret> {
+    use std::os::unix::ffi::OsStringExt;
+    std::env::var_os(name)
+        .map(|v| Secret::new(v.into_vec()))
+        .filter(|s| !s.is_empty())
+}
+
 /// CHAP credentials, from (first found wins): the URL, the command line
 /// (`--chap-user`, `--chap-secret-file`), the environment
 /// (SANROOT_CHAP_USER / SANROOT_CHAP_SECRET / SANROOT_CHAP_SECRET_FILE,
 /// and libiscsi's LIBISCSI_CHAP_PASSWORD). Mutual CHAP likewise with
 /// `--target-chap-*` and SANROOT_TARGET_CHAP_*.
+///
+/// Once read, every secret this process was handed in its environment or
+/// argv is wiped where /proc shows them ([`secret::wipe_from_proc`]), and
+/// a process that holds one leaves no core dump.
 pub fn auth_config(
+    args: &ConnectArgs,
+    url: Option<&IscsiUrl>,
+) -> Result<Option<AuthConfig>, CmdError> {
+    let r = read_auth_config(args, url);
+    match secret::wipe_from_proc() {
+        Ok(0) => {}
+        Ok(n) => log::debug!("wiped {n} secret(s) from /proc/self/environ and cmdline"),
+        Err(e) => log::warn!(
+            "cannot wipe secrets from /proc/self/environ and cmdline ({e}): pass them in a file (--chap-secret-file) instead"
+        ),
+    }
+    if matches!(r, Ok(Some(_))) {
+        secret::no_core_dumps();
+    }
+    r
+}
+
+fn read_auth_config(
     args: &ConnectArgs,
     url: Option<&IscsiUrl>,
 ) -> Result<Option<AuthConfig>, CmdError> {
@@ -142,9 +173,8 @@ pub fn auth_config(
             Some(p) => Some(read_secret_file(p)?),
             None => match env("SANROOT_CHAP_SECRET_FILE") {
                 Some(p) => Some(read_secret_file(Path::new(&p))?),
-                None => env("SANROOT_CHAP_SECRET")
-                    .or_else(|| env("LIBISCSI_CHAP_PASSWORD"))
-                    .map(|s| Secret::from(s.as_str())),
+                None => env_secret("SANROOT_CHAP_SECRET")
+                    .or_else(|| env_secret("LIBISCSI_CHAP_PASSWORD")),
             },
         },
     };
@@ -156,7 +186,7 @@ pub fn auth_config(
         Some(p) => Some(read_secret_file(p)?),
         None => match env("SANROOT_TARGET_CHAP_SECRET_FILE") {
             Some(p) => Some(read_secret_file(Path::new(&p))?),
-            None => env("SANROOT_TARGET_CHAP_SECRET").map(|s| Secret::from(s.as_str())),
+            None => env_secret("SANROOT_TARGET_CHAP_SECRET"),
         },
     };
     let mutual = match (t_user, t_secret) {

@@ -752,9 +752,60 @@ pub fn parse_target_address(value: &str) -> Result<Portal, ValueError> {
 /// Parse the data of a SendTargets response (RFC 7143 Appendix C): each
 /// `TargetName` followed by zero or more `TargetAddress`. Other keys are
 /// ignored; a `TargetAddress` before any `TargetName` is an error.
+/// The longest iSCSI name (RFC 7143 §4.2.7.1).
+pub const MAX_ISCSI_NAME: usize = 223;
+
+/// Whether `name` is an iSCSI name (RFC 3720 §3.2.6.3, RFC 7143
+/// §4.2.7.2): `iqn.`, `eui.` (16 hex digits) or `naa.` (16 or 32 hex
+/// digits), at most 223 bytes, of letters, digits, '.', '-' and ':' only
+/// (stringprep leaves nothing else; non-ASCII letters and digits are
+/// allowed). A name from a target that fails this is data, not a name:
+/// it could carry a path, a newline into a key = value record, or a
+/// terminal escape.
+pub fn check_iscsi_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_ISCSI_NAME {
+        return Err(format!("{} bytes, not 1 to {MAX_ISCSI_NAME}", name.len()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_alphanumeric() || matches!(c, '.' | '-' | ':')))
+    {
+        return Err(format!("the character {:?} is not allowed", c));
+    }
+    let lower = name.to_ascii_lowercase();
+    let hex = |s: &str, lens: &[usize]| {
+        lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    if let Some(rest) = lower.strip_prefix("iqn.") {
+        if rest.is_empty() {
+            return Err("nothing after \"iqn.\"".into());
+        }
+        Ok(())
+    } else if let Some(rest) = lower.strip_prefix("eui.") {
+        if hex(rest, &[16]) {
+            Ok(())
+        } else {
+            Err("\"eui.\" needs 16 hex digits".into())
+        }
+    } else if let Some(rest) = lower.strip_prefix("naa.") {
+        if hex(rest, &[16, 32]) {
+            Ok(())
+        } else {
+            Err("\"naa.\" needs 16 or 32 hex digits".into())
+        }
+    } else {
+        Err("no \"iqn.\", \"eui.\" or \"naa.\" prefix".into())
+    }
+}
+
+/// Targets from a SendTargets answer. A TargetName that is no iSCSI name
+/// ([`check_iscsi_name`]) is left out with a warning that shows it
+/// escaped, and so are the TargetAddresses that follow it.
 pub fn parse_send_targets(data: &[u8]) -> Result<Vec<DiscoveredTarget>, TextError> {
     let keys = TextKeys::parse_multi(data)?;
     let mut targets: Vec<DiscoveredTarget> = Vec::new();
+    // The current TargetName was refused: its addresses go with it.
+    let mut refused = false;
     for (key, value) in keys.iter() {
         match key {
             "TargetName" => {
@@ -763,11 +814,21 @@ pub fn parse_send_targets(data: &[u8]) -> Result<Vec<DiscoveredTarget>, TextErro
                         reason: "empty TargetName".to_string(),
                     });
                 }
+                if let Err(why) = check_iscsi_name(value) {
+                    log::warn!(
+                        "SendTargets: ignoring TargetName \"{}\": not an iSCSI name ({why})",
+                        printable(value, MAX_ISCSI_NAME + 1)
+                    );
+                    refused = true;
+                    continue;
+                }
+                refused = false;
                 targets.push(DiscoveredTarget {
                     name: value.to_string(),
                     portals: Vec::new(),
                 });
             }
+            "TargetAddress" if refused => {}
             "TargetAddress" => {
                 let portal = parse_target_address(value)?;
                 match targets.last_mut() {
@@ -794,6 +855,47 @@ pub fn parse_send_targets(data: &[u8]) -> Result<Vec<DiscoveredTarget>, TextErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iscsi_names_are_checked() {
+        for ok in [
+            "iqn.2026-11.org.sanroot:root",
+            "IQN.2003-01.org.linux-iscsi.host.x8664:sn.1234",
+            "eui.02004567A425678D",
+            "naa.52004567BA64678D",
+            "naa.62004567BA64678D0123456789ABCDEF",
+        ] {
+            assert_eq!(check_iscsi_name(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "0 bytes"),
+            ("../../x", "'/'"),
+            ("iqn.x:a\nnode.startup = automatic", "'\\n'"),
+            ("iqn.x:\u{1b}[2J", "'\\u{1b}'"),
+            ("iqn.x y", "' '"),
+            ("x.2026-11.org:y", "prefix"),
+            ("iqn.", "nothing after"),
+            ("eui.0200", "16 hex"),
+            ("naa.zz004567BA64678D", "16 or 32"),
+        ] {
+            let e = check_iscsi_name(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let long = format!("iqn.2026-11.org.x:{}", "a".repeat(220));
+        assert!(check_iscsi_name(&long).unwrap_err().contains("bytes"));
+    }
+
+    #[test]
+    fn send_targets_leaves_out_names_that_are_not_names() {
+        let data = b"TargetName=../../etc/x\0TargetAddress=10.0.0.9:3260,1\0\
+TargetName=iqn.2026-11.org.x:good\0TargetAddress=10.0.0.2:3260,1\0\
+TargetName=iqn.2026-11.org.x:a\nnode.startup = automatic\0TargetAddress=10.0.0.3:3260,1\0";
+        let t = parse_send_targets(data).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].name, "iqn.2026-11.org.x:good");
+        assert_eq!(t[0].portals.len(), 1);
+        assert_eq!(t[0].portals[0].host, "10.0.0.2");
+    }
 
     #[test]
     fn parse_and_emit_round_trip() {
@@ -1032,9 +1134,10 @@ TargetAddress=10.1.1.1,2\0";
             }]
         );
         assert!(parse_send_targets(b"").unwrap().is_empty());
-        let e = parse_send_targets(b"TargetAddress=10.0.0.1\0TargetName=x\0").unwrap_err();
+        let e = parse_send_targets(b"TargetAddress=10.0.0.1\0TargetName=iqn.x:y\0").unwrap_err();
         assert!(e.to_string().contains("before any TargetName"), "{e}");
-        let e = parse_send_targets(b"TargetName=x\0TargetAddress=10.0.0.1:99999\0").unwrap_err();
+        let e =
+            parse_send_targets(b"TargetName=iqn.x:y\0TargetAddress=10.0.0.1:99999\0").unwrap_err();
         assert!(
             e.to_string().contains("TargetAddress=\"10.0.0.1:99999\""),
             "{e}"

@@ -87,9 +87,9 @@ impl fmt::Display for RootSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RootSpec::Uuid(v) => write!(f, "UUID={v}"),
-            RootSpec::Label(v) => write!(f, "LABEL={v}"),
+            RootSpec::Label(v) => write!(f, "LABEL={}", escape_udev(v)),
             RootSpec::PartUuid(v) => write!(f, "PARTUUID={v}"),
-            RootSpec::PartLabel(v) => write!(f, "PARTLABEL={v}"),
+            RootSpec::PartLabel(v) => write!(f, "PARTLABEL={}", escape_udev(v)),
             RootSpec::Path(p) => write!(f, "{}", p.display()),
         }
     }
@@ -126,8 +126,10 @@ fn tagged(kw: &str, v: &str) -> Result<RootSpec, String> {
             }
             uuid_value(kind, v).map(RootSpec::PartUuid)
         }
-        "LABEL=" => Ok(RootSpec::Label(v.to_string())),
-        _ => Ok(RootSpec::PartLabel(v.to_string())),
+        // udev's and dracut's escapes ("my\x20root"): a kernel command
+        // line cannot hold a space or a trailing blank otherwise.
+        "LABEL=" => Ok(RootSpec::Label(unescape_udev(v))),
+        _ => Ok(RootSpec::PartLabel(unescape_udev(v))),
     }
 }
 
@@ -181,6 +183,24 @@ fn dev_path(s: &str, rel: &str) -> Result<RootSpec, String> {
         ));
     }
     Ok(RootSpec::Path(PathBuf::from(s)))
+}
+
+/// Escape a label as udev names /dev/disk links ("my\x20root"): blanks,
+/// quotes, backslashes and control characters as \xHH, so that the
+/// result is one kernel command-line word that [`unescape_udev`] turns
+/// back into the label.
+fn escape_udev(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii()
+            && (c.is_ascii_whitespace() || c.is_ascii_control() || matches!(c, '\\' | '"' | '\''))
+        {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Undo udev's escaping of /dev/disk link names ("my\x20root").
@@ -605,7 +625,9 @@ pub fn find(
                         parts::guid_string(&e.unique_guid).eq_ignore_ascii_case(want)
                     }
                     (RootSpec::PartUuid(_), Some(PartId::Mbr(u))) => u.eq_ignore_ascii_case(want),
-                    (RootSpec::PartLabel(_), Some(PartId::Gpt(e))) => e.name.trim_end() == want,
+                    (RootSpec::PartLabel(_), Some(PartId::Gpt(e))) => {
+                        e.name.trim_end() == want.trim_end()
+                    }
                     _ => false,
                 };
                 if hit {
@@ -656,12 +678,8 @@ fn fs_matches(spec: &RootSpec, fs: &FsInfo) -> bool {
             .uuid
             .as_ref()
             .is_some_and(|u| u.eq_ignore_ascii_case(want)),
-        // dracut turns LABEL=a\x20b into the udev link for "a b": accept
-        // both readings.
-        RootSpec::Label(want) => fs
-            .label
-            .as_ref()
-            .is_some_and(|l| l == want || (want.contains("\\x") && *l == unescape_udev(want))),
+        // Labels are read with trailing blanks trimmed, as blkid does.
+        RootSpec::Label(want) => fs.label.as_ref().is_some_and(|l| l == want.trim_end()),
         _ => false,
     }
 }
@@ -834,6 +852,24 @@ mod tests {
         assert_eq!(ok("\"LABEL=my root\""), RootSpec::Label("my root".into()));
         assert_eq!(ok("block:LABEL=r"), RootSpec::Label("r".into()));
         assert_eq!(ok(" UUID=ab "), RootSpec::Uuid("ab".into()));
+    }
+
+    #[test]
+    fn labels_round_trip_through_the_command_line() {
+        for label in ["my root", "root ", "a\\b", "tab\there", "q\"uote'", "ünï"] {
+            for spec in [
+                RootSpec::Label(label.into()),
+                RootSpec::PartLabel(label.into()),
+            ] {
+                let word = spec.to_string();
+                assert!(!word.contains(' ') && !word.contains('"'), "{word}");
+                assert_eq!(ok(&word), spec, "{word}");
+            }
+        }
+        // As udev writes them, and as dracut passes them on.
+        assert_eq!(ok("LABEL=my\\x20root"), RootSpec::Label("my root".into()));
+        assert_eq!(ok("LABEL=root\\x20"), RootSpec::Label("root ".into()));
+        assert_eq!(ok("\"LABEL=root \""), RootSpec::Label("root ".into()));
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub struct DeviceRecord {
     pub tsih: u16,
     /// The serving daemon.
     pub pid: u32,
+    /// Its start time (/proc/PID/stat field 22, clock ticks since boot),
+    /// so that a PID the kernel has given to another process since is
+    /// never taken for the daemon ([`DeviceRecord::daemon_alive`]). 0 in
+    /// records written before this field existed.
+    #[serde(default)]
+    pub pid_start: u64,
     /// "running", "reconnecting", "failed", ...
     pub state: String,
     /// The LU's identity (VPD 0x83/0x80), to refuse another disk later.
@@ -103,10 +109,13 @@ pub fn load_all(run: &Path) -> Vec<DeviceRecord> {
 /// being reaped) has already dropped its device and sockets, so it counts
 /// as dead: `--recover` must be able to take over from it at once.
 pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(proc_state(&stat), Some('Z' | 'X' | 'x')),
-        Err(_) => false,
-    }
+    live_stat(pid).is_some()
+}
+
+/// /proc/PID/stat of a live (not zombie) process.
+fn live_stat(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    (!matches!(proc_state(&stat), Some('Z' | 'X' | 'x') | None)).then_some(stat)
 }
 
 /// The state letter of a /proc/PID/stat line: the field after the
@@ -114,6 +123,37 @@ pub fn alive(pid: u32) -> bool {
 fn proc_state(stat: &str) -> Option<char> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.trim_start().chars().next()
+}
+
+/// Field 22 of a /proc/PID/stat line: the start time in clock ticks.
+fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts with field 3.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// When process `pid` started (clock ticks since boot).
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+impl DeviceRecord {
+    /// Whether the daemon this record names is still running: its PID is
+    /// alive and is the same process (same start time; for an old record
+    /// without one, a process whose argv[0] is sanroot's). A PID reused by
+    /// another process is not the daemon: nothing may signal it.
+    pub fn daemon_alive(&self) -> bool {
+        let Some(stat) = live_stat(self.pid) else {
+            return false;
+        };
+        if self.pid_start != 0 {
+            return stat_start_time(&stat) == Some(self.pid_start);
+        }
+        fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
+            let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
+            argv0 == b"@sanroot" || argv0.ends_with(b"sanroot")
+        })
+    }
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -131,6 +171,34 @@ mod tests {
         assert_eq!(proc_state("42 (broken"), None);
         assert!(alive(std::process::id()));
         assert!(!alive(u32::MAX));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_daemon() {
+        let me = std::process::id();
+        let start = start_time(me).unwrap();
+        assert!(start > 0);
+        let mut r: DeviceRecord = serde_json::from_str(
+            r#"{"device":"/dev/nbd0","bridge":"nbd","index":0,"target":"iqn.x:y","portal":"p",
+                "lun":0,"initiator":"i","isid":"","tsih":0,"pid":1,"state":"running",
+                "lu_id":"","size_bytes":0,"block_size":512,"read_only":false}"#,
+        )
+        .unwrap();
+        assert_eq!(r.pid_start, 0, "old records have no start time");
+        r.pid = me;
+        r.pid_start = start;
+        assert!(r.daemon_alive());
+        // The same PID, another start: another process.
+        r.pid_start = start + 1;
+        assert!(!r.daemon_alive());
+        // No start time recorded: only a process named sanroot counts
+        // (this test binary is not).
+        r.pid_start = 0;
+        assert!(!r.daemon_alive());
+        r.pid = u32::MAX;
+        assert!(!r.daemon_alive());
+        let stat = "42 (a) b) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 123456 19";
+        assert_eq!(stat_start_time(stat), Some(123456));
     }
 
     #[test]
@@ -173,6 +241,7 @@ mod tests {
             isid: "80aabbccddee".into(),
             tsih: 7,
             pid: 1,
+            pid_start: 0,
             state: "running".into(),
             lu_id: "naa.1".into(),
             size_bytes: 1 << 30,

@@ -122,7 +122,7 @@ impl TakeOver {
                 ),
             ));
         }
-        if state::alive(r.pid) {
+        if r.daemon_alive() {
             return Err(CmdError::usage(format!(
                 "{} is still served by pid {}: nothing to take over",
                 r.device, r.pid
@@ -527,6 +527,7 @@ fn serve_inner(
         isid: state::hex(&isid),
         tsih,
         pid: std::process::id(),
+        pid_start: state::start_time(std::process::id()).unwrap_or(0),
         state: "running".into(),
         lu_id: info.identity(),
         size_bytes: dev_bytes,

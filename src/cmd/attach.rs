@@ -171,7 +171,9 @@ pub fn detach_device(device: &str) -> Result<(), CmdError> {
             format!("{dev} is in use (a mounted filesystem or another holder): unmount it first"),
         ));
     }
-    if state::alive(rec.pid) {
+    // Only the daemon itself is signalled: a PID the kernel gave to
+    // another process since is not it (see DeviceRecord::daemon_alive).
+    if rec.daemon_alive() {
         kill(Pid::from_raw(rec.pid as i32), Signal::SIGTERM).map_err(|e| {
             CmdError::new(
                 exit::FAILURE,
@@ -179,7 +181,7 @@ pub fn detach_device(device: &str) -> Result<(), CmdError> {
             )
         })?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while state::alive(rec.pid) {
+        while rec.daemon_alive() {
             if Instant::now() > deadline {
                 return Err(CmdError::new(
                     exit::FAILURE,
@@ -203,7 +205,7 @@ pub fn status(json_out: bool) -> i32 {
     let boot = crate::boot::handoff::read(&crate::boot::handoff_root());
     let is_boot = |r: &DeviceRecord| boot.as_ref().is_some_and(|b| b.device == r.device);
     let live = |r: &DeviceRecord| {
-        if state::alive(r.pid) {
+        if r.daemon_alive() {
             r.state.clone()
         } else {
             "daemon-gone".to_string()

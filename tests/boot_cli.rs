@@ -213,6 +213,57 @@ fn broken_and_missing_tables_have_their_exit_codes() {
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
 }
 
+/// CHAP settings from the initramfs' secrets file (here
+/// $SANROOT_SECRETS_FILE), not from /proc/cmdline: used, never printed;
+/// a bad file is a usage error that names the line, not the value.
+#[test]
+fn secrets_file_gives_the_chap_settings() {
+    let dir = tmpdir("secrets");
+    let secrets = dir.join("secrets");
+    fs::write(
+        &secrets,
+        "rd.iscsi.username=alice\nrd.iscsi.password=alice-secret-12\n\
+         rd.iscsi.in.username=tgt\nrd.iscsi.in.password=tgt-secret-3456\n",
+    )
+    .unwrap();
+    let cl = "root=LABEL=r ip=192.168.50.10::192.168.50.1:255.255.255.0:c:eth7:none \
+              netroot=iscsi:192.168.50.2::3261::iqn.2026-11.org.sanroot:disk";
+    let run = |file: &Path| {
+        let c = dir.join("cmdline");
+        fs::write(&c, cl).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sanroot"))
+            .args(["boot", "--dry-run", "--cmdline"])
+            .arg(&c)
+            .env_remove("RUST_LOG")
+            .env("SANROOT_HANDOFF_ROOT", &dir)
+            .env("SANROOT_RUN_DIR", dir.join("run-sanroot"))
+            .env("SANROOT_SECRETS_FILE", file)
+            .output()
+            .expect("run sanroot")
+    };
+    let o = run(&secrets);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("login: iqn.2026-11.org.sanroot:disk at 192.168.50.2:3261 (auth mutual-chap)"),
+        "{out}"
+    );
+    for s in ["alice-secret-12", "tgt-secret-3456"] {
+        assert!(!out.contains(s) && !err.contains(s), "secret printed");
+    }
+    // Without the file: no CHAP.
+    let o = run(&dir.join("none"));
+    let (out, _) = text(&o);
+    assert!(out.contains("(auth none)"), "{out}");
+    // A line that is not key=value.
+    fs::write(&secrets, "alice-secret-12\n").unwrap();
+    let o = run(&secrets);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("line 1: not key=value"), "{err}");
+    assert!(!err.contains("alice-secret-12") && !out.contains("alice-secret-12"));
+}
+
 #[test]
 fn dry_run_from_dracut_netroot() {
     let dir = tmpdir("netroot");

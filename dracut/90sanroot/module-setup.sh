@@ -110,6 +110,13 @@ install() {
     # After the old root is unmounted: flush, log out, remove the device.
     inst_hook shutdown 30 "$moddir/sanroot-shutdown.sh"
     inst_multiple -o timeout sed
+    # CHAP settings kept off the kernel command line (README, Security):
+    # the host's /etc/sanroot/secrets, 0600 in the image (dracut writes
+    # the image itself 0600).
+    if [[ -f $dracutsysrootdir/etc/sanroot/secrets ]]; then
+        inst_simple "$dracutsysrootdir/etc/sanroot/secrets" /etc/sanroot/secrets
+        chmod 0600 "${initdir}/etc/sanroot/secrets"
+    fi
     # dracut-initqueue.service only runs when this exists (systemd mode).
     dracut_need_initqueue
 }

@@ -266,6 +266,56 @@ fn need_value<'a>(arg: &str, v: Option<&'a str>, form: &str) -> Result<&'a str, 
 }
 
 /// Parse a kernel command line (e.g. the content of /proc/cmdline).
+/// Where the dracut module (and sanroot-mkinitramfs) put the secrets file
+/// in the initramfs, from the host's file of the same name.
+pub const SECRETS_FILE: &str = "/etc/sanroot/secrets";
+
+/// The CHAP settings of a secrets file.
+#[derive(Debug, Default)]
+pub struct SecretsFile {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub in_username: Option<String>,
+    pub in_password: Option<Secret>,
+}
+
+/// A secrets file: `key=value` lines with the kernel arguments' names
+/// (`rd.iscsi.username`, `rd.iscsi.password`, `rd.iscsi.in.username`,
+/// `rd.iscsi.in.password`); the value is the rest of the line, spaces
+/// included; blank lines and `#` comments are skipped. Errors name the
+/// line, never a value.
+pub fn parse_secrets_file(text: &str) -> Result<SecretsFile, String> {
+    let mut f = SecretsFile::default();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = t.split_once('=') else {
+            return Err(format!("line {}: not key=value", n + 1));
+        };
+        let value = value.strip_suffix('\r').unwrap_or(value);
+        match key.trim() {
+            "rd.iscsi.username" => f.username = non_empty(Some(value)),
+            "rd.iscsi.password" => {
+                f.password = non_empty(Some(value)).map(|p| Secret::from(p.as_str()))
+            }
+            "rd.iscsi.in.username" => f.in_username = non_empty(Some(value)),
+            "rd.iscsi.in.password" => {
+                f.in_password = non_empty(Some(value)).map(|p| Secret::from(p.as_str()))
+            }
+            other => {
+                return Err(format!(
+                    "line {}: unknown key \"{}\" (rd.iscsi.username, rd.iscsi.password, rd.iscsi.in.username, rd.iscsi.in.password)",
+                    n + 1,
+                    other.escape_debug()
+                ));
+            }
+        }
+    }
+    Ok(f)
+}
+
 pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
     let mut c = Cmdline::default();
     // Single-valued options: the last one wins, as with dracut's getarg.
@@ -1147,6 +1197,25 @@ fn parse_param(arg: &str, v: &str) -> Result<(String, String), CmdlineError> {
 
 impl Cmdline {
     /// True when the command line asks for an iSCSI root at all.
+    /// Take CHAP settings the command line does not give from the
+    /// initramfs' secrets file ([`parse_secrets_file`]): a secret there
+    /// is not in /proc/cmdline for every user of the machine to read.
+    /// The command line wins where both give one.
+    pub fn add_secrets(&mut self, f: SecretsFile) {
+        if self.username.is_none() {
+            self.username = f.username;
+        }
+        if self.password.is_none() {
+            self.password = f.password;
+        }
+        if self.in_username.is_none() {
+            self.in_username = f.in_username;
+        }
+        if self.in_password.is_none() {
+            self.in_password = f.in_password;
+        }
+    }
+
     pub fn wants_iscsi(&self) -> bool {
         !self.netroots.is_empty() || self.firmware
     }
@@ -1378,6 +1447,34 @@ fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_file_fills_what_the_command_line_leaves_out() {
+        let f = parse_secrets_file(
+            "# CHAP for the root\n\nrd.iscsi.username=alice\nrd.iscsi.password=pass word = 1\r\n\
+             rd.iscsi.in.username=tgt\nrd.iscsi.in.password=target-secret-9\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.password.as_ref().map(|p| p.expose()),
+            Some(&b"pass word = 1"[..])
+        );
+        let mut c =
+            parse("netroot=iscsi:10.0.2.2::::iqn.2026-11.x:y rd.iscsi.username=bob").unwrap();
+        c.add_secrets(f);
+        assert_eq!(c.username.as_deref(), Some("bob"), "the command line wins");
+        assert_eq!(
+            c.password.as_ref().map(|p| p.expose()),
+            Some(&b"pass word = 1"[..])
+        );
+        assert_eq!(c.in_username.as_deref(), Some("tgt"));
+        assert!(c.in_password.is_some());
+        let e = parse_secrets_file("rd.iscsi.password=x\nnetroot=iscsi:a:b@c\n").unwrap_err();
+        assert!(e.starts_with("line 2: unknown key \"netroot\""), "{e}");
+        let e = parse_secrets_file("just-a-secret\n").unwrap_err();
+        assert_eq!(e, "line 1: not key=value");
+        assert!(!e.contains("secret\n"));
+    }
 
     fn v4(s: &str) -> IpAddr {
         IpAddr::V4(s.parse().unwrap())

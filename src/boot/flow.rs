@@ -244,6 +244,39 @@ fn initiator_config(spec: &BootSpec, opts: &BootOptions) -> Result<InitiatorConf
     Ok(c)
 }
 
+/// The initramfs' secrets file ([`cmdline::SECRETS_FILE`], or
+/// `$SANROOT_SECRETS_FILE`), if there is one. A file others may read is
+/// used, with a warning: the boot must not fail over its mode.
+fn read_secrets_file() -> Result<Option<cmdline::SecretsFile>, CmdError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("SANROOT_SECRETS_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cmdline::SECRETS_FILE.into());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(CmdError::new(
+                exit::FAILURE,
+                format!("reading {}: {e}", path.display()),
+            ));
+        }
+    };
+    if let Ok(m) = std::fs::metadata(&path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        log::warn!(
+            "{} is readable by others (mode {:o}): make it 0600",
+            path.display(),
+            m.permissions().mode() & 0o777
+        );
+    }
+    let f = cmdline::parse_secrets_file(&text)
+        .map_err(|e| CmdError::usage(format!("{}: {e}", path.display())))?;
+    log::info!("CHAP settings from {}", path.display());
+    Ok(Some(f))
+}
+
 /// Read the command line and, unless it describes the root itself, the
 /// iBFT. `None` when the command line turns sanroot off.
 fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
@@ -252,9 +285,12 @@ fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
             .map_err(|e| CmdError::new(exit::FAILURE, format!("reading {}: {e}", p.display())))?,
         None => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
     };
-    let cl: Cmdline = cmdline::parse(&text).map_err(|e| CmdError::usage(e.to_string()))?;
+    let mut cl: Cmdline = cmdline::parse(&text).map_err(|e| CmdError::usage(e.to_string()))?;
     if cl.sanroot.enabled == Some(false) {
         return Ok(None);
+    }
+    if let Some(f) = read_secrets_file()? {
+        cl.add_secrets(f);
     }
     let bridge = opts
         .bridge

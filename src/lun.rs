@@ -21,7 +21,9 @@ use crate::scsi::data::{
     BlockLimits, Capacity, DeviceId, Inquiry, LogicalBlockProvisioning, ModeSense, ReadCapacity10,
     ReadCapacity16, ReportLuns, SupportedPages, UnitSerial,
 };
-use crate::scsi::sense::{Disposition, Sense, Status, UnitAttentionReason, disposition};
+use crate::scsi::sense::{
+    Disposition, Sense, Status, UnitAttentionReason, disposition, flush_not_needed,
+};
 use crate::scsi::{ParseError, data};
 
 /// Why a command on a LU failed.
@@ -377,14 +379,23 @@ impl Lun {
         (r.map(|_| ()), b)
     }
 
-    /// SYNCHRONIZE CACHE for the whole LU.
+    /// SYNCHRONIZE CACHE for the whole LU. A refusal with ILLEGAL REQUEST
+    /// means there is nothing to flush ([`flush_not_needed`]).
     pub fn flush(&self) -> Result<(), LunError> {
         let c = if self.info.blocks() > u64::from(u32::MAX) {
             cdb::sync_cache_16(0, 0)
         } else {
             cdb::sync_cache(0, 0)
         };
-        self.run(&c, DataDir::None, Vec::new()).0.map(|_| ())
+        match self.run(&c, DataDir::None, Vec::new()).0 {
+            Ok(_) => Ok(()),
+            Err(LunError::Scsi { status, sense, .. })
+                if flush_not_needed(c.opcode(), status, sense.as_ref()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// UNMAP the given (lba, blocks) ranges.

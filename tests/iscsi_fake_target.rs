@@ -869,6 +869,50 @@ fn hostile_underflow_residual_that_does_not_add_up() {
     );
 }
 
+/// SYNCHRONIZE CACHE refused: with ILLEGAL REQUEST (nothing to flush, as
+/// sd sees it) the flush succeeds; with anything else it fails, on the
+/// backend both bridges share.
+#[test]
+fn a_refused_flush_succeeds_only_for_illegal_request() {
+    use sanroot::bridge::{Backend, BlockOp, IscsiBackend};
+    let flush = |key: SenseKey, asc: u8| {
+        within(move || {
+            let f =
+                FakeTarget::start(Behaviour::default().on_pdu(
+                    move |ctx, seen| match seen.command() {
+                        Some(c) if c.cdb[0] == 0x35 => {
+                            ctx.check_condition(c, key, asc, 0);
+                            Step::Handled
+                        }
+                        _ => Step::Default,
+                    },
+                ));
+            let c = connect(&f, &config());
+            let s = Arc::new(c.session);
+            let lun = Lun::open(Arc::clone(&s), 0).expect("open LUN 0");
+            let b = IscsiBackend::new(s, lun.info.clone());
+            let (tx, rx) = mpsc::channel();
+            b.submit(
+                BlockOp::Flush,
+                Vec::new(),
+                Box::new(move |r, _| {
+                    let _ = tx.send(r);
+                }),
+            );
+            let r = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the flush completes");
+            // `sanroot cp` flushes through Lun: the same rule.
+            assert_eq!(r.is_ok(), lun.flush().is_ok(), "{r:?}");
+            r.map_err(|e| e.to_string())
+        })
+    };
+    assert_eq!(flush(SenseKey::IllegalRequest, 0x20), Ok(()));
+    assert_eq!(flush(SenseKey::IllegalRequest, 0x25), Ok(()));
+    let e = flush(SenseKey::MediumError, 0x0c).unwrap_err();
+    assert_mentions(&e, &["SYNCHRONIZE CACHE"]);
+}
+
 /// A properly reported underflow (U bit, residual 2048, 2048 bytes sent):
 /// no protocol error, the session stays, but the read fails as a short
 /// read: its last 2048 bytes are not the LU's data.

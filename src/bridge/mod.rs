@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError};
 use crate::lun::{LunInfo, RetryPolicy, backoff, pad16};
 use crate::scsi::cdb::{self, Cdb};
-use crate::scsi::sense::{Disposition, Sense, Status, UnitAttentionReason, disposition};
+use crate::scsi::sense::{
+    Disposition, Sense, Status, UnitAttentionReason, disposition, flush_not_needed,
+};
 
 /// One block request, in logical blocks of the LU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +160,10 @@ struct Pending {
     done: BlockDone,
 }
 
+/// Said once per process: the LU refuses SYNCHRONIZE CACHE.
+static FLUSH_REFUSED_WARNED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn send(p: Pending, buf: Vec<u8>) {
     let session = Arc::clone(&p.session);
     let cmd = Command {
@@ -186,6 +192,17 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
     };
     let status = Status::from_u8(res.status);
     let sense = res.sense.as_deref().and_then(|s| Sense::parse(s).ok());
+    if flush_not_needed(p.cdb.opcode(), status, sense.as_ref()) {
+        if !FLUSH_REFUSED_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "{}: the LU refuses it with ILLEGAL REQUEST ({}); completing flushes without it, as the kernel's sd does",
+                p.cdb.name(),
+                sense.as_ref().map(ToString::to_string).unwrap_or_default()
+            );
+        }
+        (p.done)(Ok(()), buf);
+        return;
+    }
     let d = disposition(status, sense.as_ref());
     if let (Disposition::UnitAttention { reason }, Some(hook)) = (d, &p.on_ua)
         && reason.lu_may_have_changed()

@@ -236,17 +236,45 @@ pub struct NbdDevice {
 /// The transmission flags for what the backend can do.
 pub fn server_flags(b: &dyn Backend) -> u64 {
     let i = b.info();
-    let mut f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
-    if i.fua {
-        f |= NBD_FLAG_SEND_FUA;
+    flags_for(&Caps {
+        write_cache: i.write_cache,
+        fua: i.fua,
+        read_only: i.write_protected,
+        unmap: i.can_unmap(),
+        write_zeroes: i.can_write_same(),
+    })
+}
+
+/// What the LU can do, as NBD's transmission flags say it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caps {
+    /// WCE of the caching mode page; `None` when the LU did not say.
+    pub write_cache: Option<bool>,
+    pub fua: bool,
+    pub read_only: bool,
+    pub unmap: bool,
+    pub write_zeroes: bool,
+}
+
+/// Flush and FUA only for a volatile write cache (WCE, or unknown: a
+/// needless flush costs a round trip, a missing one loses data); without
+/// them the kernel treats the device as write-through, as ublk's
+/// VOLATILE_CACHE attribute does.
+pub fn flags_for(c: &Caps) -> u64 {
+    let mut f = NBD_FLAG_HAS_FLAGS;
+    if c.write_cache != Some(false) {
+        f |= NBD_FLAG_SEND_FLUSH;
+        if c.fua {
+            f |= NBD_FLAG_SEND_FUA;
+        }
     }
-    if i.write_protected {
+    if c.read_only {
         f |= NBD_FLAG_READ_ONLY;
     }
-    if i.can_unmap() {
+    if c.unmap {
         f |= NBD_FLAG_SEND_TRIM;
     }
-    if i.can_write_same() {
+    if c.write_zeroes {
         f |= NBD_FLAG_SEND_WRITE_ZEROES;
     }
     f
@@ -646,6 +674,24 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_and_fua_follow_the_write_cache() {
+        let caps = |write_cache| Caps {
+            write_cache,
+            fua: true,
+            ..Caps::default()
+        };
+        let both = NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA;
+        assert_eq!(flags_for(&caps(Some(true))) & both, both);
+        assert_eq!(flags_for(&caps(None)) & both, both, "unknown: volatile");
+        assert_eq!(flags_for(&caps(Some(false))) & both, 0, "write-through");
+        let no_fua = Caps {
+            fua: false,
+            ..caps(Some(true))
+        };
+        assert_eq!(flags_for(&no_fua) & both, NBD_FLAG_SEND_FLUSH);
+    }
 
     #[test]
     fn request_round_trip() {

@@ -79,9 +79,10 @@
 //! COMMIT_AND_FETCH_REQ: bytes transferred for reads and writes, 0 for
 //! flush / discard / write zeroes, or a negative errno
 //! ([`BlockError::errno`]). A write is acknowledged to the kernel only after
-//! the backend's `done(Ok)`. A flush the LU refuses as unsupported completes
-//! with 0 (there is nothing else to do, and failing it would make the
-//! filesystem abort); it is logged once.
+//! the backend's `done(Ok)`. A flush the LU refuses with ILLEGAL REQUEST
+//! completes with 0, any other refusal with an error: the shared backend
+//! decides that for both bridges, as the kernel's sd does
+//! ([`crate::scsi::sense::flush_not_needed`]).
 //!
 //! Buffer ownership, per tag: while a FETCH/COMMIT is queued the kernel may
 //! copy into the buffer at any time (in our thread's task work) and we do not
@@ -134,7 +135,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use nix::errno::Errno;
 use zerocopy::{FromZeros, IntoBytes};
 
-use super::{Backend, BlockDone, BlockError, BlockOp};
+use super::{Backend, BlockDone, BlockOp};
 use crate::iscsi::session;
 use crate::lun::LunInfo;
 
@@ -1012,7 +1013,6 @@ struct Mailbox {
     done: Mutex<Vec<Done>>,
     armed: AtomicBool,
     quit: AtomicBool,
-    flush_warned: AtomicBool,
     tx: PipeWriter,
     rx: PipeReader,
 }
@@ -1024,7 +1024,6 @@ impl Mailbox {
             done: Mutex::new(Vec::new()),
             armed: AtomicBool::new(false),
             quit: AtomicBool::new(false),
-            flush_warned: AtomicBool::new(false),
             tx,
             rx,
         })
@@ -1699,14 +1698,6 @@ impl Queue {
         let done: BlockDone = Box::new(move |r, buf| {
             let result = match r {
                 Ok(()) => ok,
-                Err(BlockError::NotSupported) if op == BlockOp::Flush => {
-                    if !mailbox.flush_warned.swap(true, Ordering::Relaxed) {
-                        log::warn!(
-                            "ublkb{dev}: the LU does not support SYNCHRONIZE CACHE; completing flushes without it"
-                        );
-                    }
-                    0
-                }
                 Err(e) => {
                     log::warn!("ublkb{dev}: {op:?} failed: {e}");
                     e.errno()

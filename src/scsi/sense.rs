@@ -789,9 +789,50 @@ pub fn disposition(status: Status, sense: Option<&Sense>) -> Disposition {
     }
 }
 
+/// A SYNCHRONIZE CACHE the LU refused with ILLEGAL REQUEST (any ASC: an
+/// LU without the command, or without a cache to flush) has nothing to
+/// flush: the flush succeeds, as the kernel's sd treats it. Any other
+/// refusal (MEDIUM ERROR, HARDWARE ERROR, NOT READY past its retries, …)
+/// is an error: the data may not be on stable storage.
+pub fn flush_not_needed(opcode: u8, status: Status, sense: Option<&Sense>) -> bool {
+    matches!(opcode, 0x35 | 0x91)
+        && status == Status::CheckCondition
+        && sense.is_some_and(|s| s.key == SenseKey::IllegalRequest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn a_flush_refused_with_illegal_request_has_nothing_to_flush() {
+        let sense = |key| Some(Sense::new(key, 0x20, 0));
+        let cc = Status::CheckCondition;
+        for op in [0x35, 0x91] {
+            assert!(flush_not_needed(
+                op,
+                cc,
+                sense(SenseKey::IllegalRequest).as_ref()
+            ));
+            assert!(!flush_not_needed(
+                op,
+                cc,
+                sense(SenseKey::MediumError).as_ref()
+            ));
+            assert!(!flush_not_needed(
+                op,
+                cc,
+                sense(SenseKey::HardwareError).as_ref()
+            ));
+            assert!(!flush_not_needed(op, cc, None));
+            assert!(!flush_not_needed(op, Status::Busy, None));
+        }
+        // Not a flush: an ILLEGAL REQUEST on a write is an error.
+        assert!(!flush_not_needed(
+            0x2a,
+            cc,
+            sense(SenseKey::IllegalRequest).as_ref()
+        ));
+    }
     use crate::scsi::testutil::Rng;
 
     /// LIO answering READ(16) past the end: fixed format, ILLEGAL REQUEST

@@ -537,6 +537,35 @@ fn liveness_pings_keep_a_live_session() {
 /// Log in with 1 s / 2 s NOP settings to a fake that swallows every PDU
 /// after login, submit a read, and return its error, the time it took,
 /// the session's own failure and the Failed event.
+/// A target that answers every ping but never a READ: the command's
+/// timeout ends it (without one, `sanroot ls` waited for ever), naming
+/// the command and the time; the connection is dropped.
+#[test]
+fn a_command_without_an_answer_times_out() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_pdu(|_, seen| match seen.command() {
+            Some(c) if is_read(c) => Step::Handled,
+            _ => Step::Default,
+        }));
+        let mut cfg = config();
+        cfg.session.nop_interval = Some(Duration::from_millis(300));
+        cfg.session.nop_timeout = Duration::from_secs(2);
+        cfg.session.cmd_timeout = Some(Duration::from_secs(2));
+        let lun = open(connect(&f, &cfg));
+        let (r, _) = lun.read(0, vec![0u8; 4096]);
+        let e = r.expect_err("nothing answered the read").to_string();
+        assert_mentions(&e, &["operation code 0x28", "no answer within 2 s"]);
+        assert!(lun.session().failure().is_some(), "{e}");
+        assert!(
+            f.log()
+                .pdus
+                .iter()
+                .any(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG)),
+            "the pings were answered meanwhile"
+        );
+    })
+}
+
 fn silent_target() -> (SessionError, Duration, SessionError, String) {
     within(|| {
         let f = FakeTarget::start(Behaviour::default().on_pdu(|_, _| Step::Handled));

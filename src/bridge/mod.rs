@@ -183,7 +183,8 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
                 SessionError::ConnectionLost(_)
                 | SessionError::Protocol(_)
                 | SessionError::Closed
-                | SessionError::PingTimeout(_) => BlockError::Transport(e.to_string()),
+                | SessionError::PingTimeout(_)
+                | SessionError::CommandTimeout { .. } => BlockError::Transport(e.to_string()),
                 other => BlockError::Io(other.to_string()),
             };
             (p.done)(Err(err), buf);

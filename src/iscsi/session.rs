@@ -69,6 +69,13 @@ pub struct SessionOptions {
     pub nop_interval: Option<Duration>,
     /// Declare the connection dead when a ping is unanswered this long.
     pub nop_timeout: Duration,
+    /// Declare the connection dead when a SCSI command sent this long ago
+    /// has no final answer (a target that answers pings but not
+    /// commands): every command in flight fails with
+    /// [`SessionError::CommandTimeout`], and the recovery layer retries
+    /// them on a new connection, as the kernel's SCSI error handling ends
+    /// up doing. `None`: wait for ever.
+    pub cmd_timeout: Option<Duration>,
 }
 
 impl Default for SessionOptions {
@@ -77,9 +84,13 @@ impl Default for SessionOptions {
             queue_depth: 128,
             nop_interval: Some(Duration::from_secs(5)),
             nop_timeout: Duration::from_secs(10),
+            cmd_timeout: Some(DEFAULT_CMD_TIMEOUT),
         }
     }
 }
+
+/// [`SessionOptions::cmd_timeout`] by default: the kernel's sd uses 30 s.
+pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a command or the session failed.
 #[derive(Debug, Clone)]
@@ -98,6 +109,9 @@ pub enum SessionError {
     Closed,
     /// NOP-Out ping not answered in time.
     PingTimeout(Duration),
+    /// A SCSI command (its CDB's operation code) had no answer in time;
+    /// the connection was dropped.
+    CommandTimeout { opcode: u8, after: Duration },
 }
 
 impl fmt::Display for SessionError {
@@ -120,6 +134,11 @@ impl fmt::Display for SessionError {
             SessionError::PingTimeout(d) => {
                 write!(f, "target did not answer a NOP-Out ping within {d:?}")
             }
+            SessionError::CommandTimeout { opcode, after } => write!(
+                f,
+                "a SCSI command (operation code 0x{opcode:02x}) got no answer within {} s; the connection was dropped",
+                after.as_secs_f64().round()
+            ),
         }
     }
 }
@@ -249,6 +268,9 @@ struct Task {
     parked: Option<Result<ScsiResult, SessionError>>,
     /// Bytes already covered by immediate/unsolicited data (writes).
     unsolicited: u32,
+    /// When the command went on the wire (SCSI tasks): its timeout runs
+    /// from there, not from a wait for the command window.
+    sent: Option<Instant>,
 }
 
 enum Ctl {
@@ -463,6 +485,7 @@ impl Session {
             data_in: 0,
             parked: None,
             unsolicited: 0,
+            sent: None,
         });
         st.cmd_queue.push_back(slot);
         drop(st);
@@ -724,6 +747,7 @@ impl Task {
             data_in: 0,
             parked: None,
             unsolicited: 0,
+            sent: None,
         }
     }
 }
@@ -866,7 +890,7 @@ fn writer_loop(shared: Arc<Shared>) {
                 if has_work(&st) {
                     break;
                 }
-                let timeout = match ping_due(&mut st, &shared) {
+                let timeout = match timers_due(&mut st, &shared) {
                     Ok(t) => t,
                     Err(e) => {
                         drop(st);
@@ -1136,6 +1160,7 @@ fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionErr
                     continue;
                 };
                 t.cmd_sn = cmd_sn;
+                t.sent = Some(Instant::now());
                 let itt = itt_of(slot, t.generation);
                 let (read, write, len) = match t.dir {
                     DataDir::None => (false, false, 0),
@@ -1225,6 +1250,49 @@ fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionErr
         }
         result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))?;
     }
+}
+
+/// The liveness ping and the commands' timeouts ([`ping_due`],
+/// [`command_due`]): how long the writer may sleep, or why the session
+/// fails now.
+fn timers_due(st: &mut State, shared: &Shared) -> Result<Option<Duration>, SessionError> {
+    let cmd = command_due(st, shared.opts.cmd_timeout, Instant::now())?;
+    let ping = ping_due(st, shared)?;
+    Ok(match (cmd, ping) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// The oldest SCSI command on the wire: past `timeout` the session fails
+/// ([`SessionError::CommandTimeout`]); otherwise the time until the first
+/// deadline. One pass over the task table (its size is the queue depth).
+fn command_due(
+    st: &State,
+    timeout: Option<Duration>,
+    now: Instant,
+) -> Result<Option<Duration>, SessionError> {
+    let Some(timeout) = timeout else {
+        return Ok(None);
+    };
+    let oldest = st
+        .tasks
+        .iter()
+        .flatten()
+        .filter(|t| matches!(t.kind, TaskKind::Scsi))
+        .filter_map(|t| t.sent.map(|at| (at, t.cdb[0])))
+        .min_by_key(|(at, _)| *at);
+    let Some((at, opcode)) = oldest else {
+        return Ok(None);
+    };
+    let waited = now.saturating_duration_since(at);
+    if waited >= timeout {
+        return Err(SessionError::CommandTimeout {
+            opcode,
+            after: timeout,
+        });
+    }
+    Ok(Some(timeout - waited))
 }
 
 /// Check the liveness ping: send one after `nop_interval` of silence, fail

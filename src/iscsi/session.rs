@@ -89,6 +89,27 @@ impl Default for SessionOptions {
     }
 }
 
+/// Target pings (NOP-In with a TTT) waiting for our NOP-Out at most.
+const MAX_NOP_REPLIES: usize = 16;
+
+/// An R2T for the write in `slot` may be queued only while fewer than
+/// MaxOutstandingR2T (as negotiated) of that task's R2T bursts still wait
+/// to be sent: a target that asks for more breaks the negotiated limit
+/// (RFC 7143 §13.17), and its requests must not pile up in memory.
+/// Unsolicited data (TTT 0xffffffff) is not an R2T.
+fn check_outstanding_r2t(queue: &VecDeque<Ctl>, slot: u16, max: u32) -> Result<(), String> {
+    let waiting = queue
+        .iter()
+        .filter(|c| matches!(c, Ctl::DataOut { slot: s, ttt, .. } if *s == slot && *ttt != RESERVED_TAG))
+        .count();
+    if waiting as u64 >= u64::from(max.max(1)) {
+        return Err(format!(
+            "an R2T while {waiting} of its R2Ts wait for data (MaxOutstandingR2T={max})"
+        ));
+    }
+    Ok(())
+}
+
 /// [`SessionOptions::cmd_timeout`] by default: the kernel's sd uses 30 s.
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1641,6 +1662,8 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                 )));
             }
             let slot = slot_of(r2t.itt).0;
+            check_outstanding_r2t(&st.ctl_queue, slot, shared.params.max_outstanding_r2t)
+                .map_err(|m| proto(format!("task 0x{:08x}: {m}", r2t.itt)))?;
             st.ctl_queue.push_back(Ctl::DataOut {
                 slot,
                 ttt: r2t.ttt,
@@ -1668,6 +1691,18 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                 finish(shared, st, slot, Ok(ScsiResult::default()));
             } else if n.ttt != RESERVED_TAG {
                 // The target pings us: answer with its TTT and its data.
+                // A target that pings faster than we can answer is
+                // flooding us: the queue does not grow without bound.
+                let pending = st
+                    .ctl_queue
+                    .iter()
+                    .filter(|c| matches!(c, Ctl::NopReply { .. }))
+                    .count();
+                if pending >= MAX_NOP_REPLIES {
+                    return Err(proto(format!(
+                        "more than {MAX_NOP_REPLIES} NOP-In pings waiting for an answer: the target floods us"
+                    )));
+                }
                 st.ctl_queue.push_back(Ctl::NopReply {
                     ttt: n.ttt,
                     lun: n.lun,
@@ -1822,6 +1857,26 @@ pub fn event_channel() -> (Sender<SessionEvent>, Receiver<SessionEvent>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outstanding_r2ts_are_bounded_by_the_negotiated_limit() {
+        let burst = |slot, ttt| Ctl::DataOut {
+            slot,
+            ttt,
+            offset: 0,
+            len: 512,
+        };
+        let mut q = VecDeque::new();
+        assert!(check_outstanding_r2t(&q, 3, 1).is_ok());
+        // Unsolicited data and other tasks' bursts do not count.
+        q.push_back(burst(3, RESERVED_TAG));
+        q.push_back(burst(4, 0x10));
+        assert!(check_outstanding_r2t(&q, 3, 1).is_ok());
+        q.push_back(burst(3, 0x11));
+        let e = check_outstanding_r2t(&q, 3, 1).unwrap_err();
+        assert!(e.contains("MaxOutstandingR2T=1"), "{e}");
+        assert!(check_outstanding_r2t(&q, 3, 2).is_ok());
+    }
 
     fn plugged() -> bool {
         PLUGGED.with(|p| p.borrow().is_some())

@@ -911,19 +911,22 @@ fn bios_sanboot_no_auth() {
             "sanroot_check.second_login",
         ],
     );
-    assert_boot(
-        &b,
-        Expect {
-            bridge: "ublk",
-            systemd_initrd: true,
-            grub: true,
-            ipxe_sessions_at_kernel: (1, 1),
-            ibft: true,
-            sanroot_init: false,
-            nic_name: Some("ens3"),
-            ifupdown: false,
-        },
-    );
+    assert_boot(&b, bios_sanboot_ublk());
+}
+
+/// A BIOS iPXE sanboot through dracut (systemd) onto ublk, the NIC ens3,
+/// ifupdown not given the NIC.
+fn bios_sanboot_ublk() -> Expect {
+    Expect {
+        bridge: "ublk",
+        systemd_initrd: true,
+        grub: true,
+        ipxe_sessions_at_kernel: (1, 1),
+        ibft: true,
+        sanroot_init: false,
+        nic_name: Some("ens3"),
+        ifupdown: false,
+    }
 }
 
 /// A user rebuilds the initramfs in the SAN-booted root and reboots (issue
@@ -941,16 +944,6 @@ fn bios_sanboot_chap_hostonly_rebuild() {
     let disk = repo().join("target/sanboot-rebuild-disk.img");
     let _ = std::fs::remove_file(&disk);
     let disk_arg = disk.to_str().expect("UTF-8 path");
-    let expect = || Expect {
-        bridge: "ublk",
-        systemd_initrd: true,
-        grub: true,
-        ipxe_sessions_at_kernel: (1, 1),
-        ibft: true,
-        sanroot_init: false,
-        nic_name: Some("ens3"),
-        ifupdown: false,
-    };
     let b = run(
         "rebuild-1",
         &[
@@ -969,7 +962,7 @@ fn bios_sanboot_chap_hostonly_rebuild() {
         "image",
         "the first boot uses the image's initramfs",
     );
-    assert_boot(&b, expect());
+    assert_boot(&b, bios_sanboot_ublk());
     b.eq(
         "guest.rebuild_rc",
         "0",
@@ -1027,7 +1020,7 @@ fn bios_sanboot_chap_hostonly_rebuild() {
         "rebuilt",
         "the second boot loads the initramfs the first one rebuilt",
     );
-    assert_boot(&b, expect());
+    assert_boot(&b, bios_sanboot_ublk());
     let _ = std::fs::remove_file(&disk);
 }
 

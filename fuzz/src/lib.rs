@@ -47,6 +47,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("scsi_parse", scsi_parse),
     ("boot_parse", boot_parse),
     ("root_probe", root_probe),
+    ("login_exchange", login_exchange),
 ];
 
 /// The check for a target name.
@@ -824,4 +825,83 @@ pub fn root_probe(data: &[u8]) {
             let _ = modules::params_for(&modules::module_name(l), &cmdline::split_args(&text));
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// login_exchange
+// ---------------------------------------------------------------------------
+
+/// A whole login driven by what a target sends: the input after its first
+/// byte is the target's side of the TCP stream, served over loopback by a
+/// thread that writes it all and then closes its sending side. The first
+/// byte picks the session (normal or discovery) and our credentials
+/// (none, CHAP, mutual CHAP). The login must end (its deadline bounds it;
+/// libFuzzer's -timeout catches a hang) with a result or an error that
+/// can be printed and names no secret; it follows no redirection (a
+/// fuzzed TargetAddress is never dialled).
+pub fn login_exchange(data: &[u8]) {
+    use sanroot::iscsi::login::{self, LoginConfig, Portal};
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    use std::time::Duration;
+
+    let Some((&cfg_byte, stream)) = data.split_first() else {
+        return;
+    };
+    let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+        return;
+    };
+    let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+        return;
+    };
+    let stream = stream.to_vec();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(&stream);
+            let _ = s.shutdown(Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            while s.read(&mut sink).is_ok_and(|n| n > 0) {}
+        }
+    });
+    let discovery = cfg_byte & 1 != 0;
+    let mut params = OperationalParams::new("iqn.2026-11.org.sanroot.fuzz:initiator");
+    if !discovery {
+        params.target_name = Some("iqn.2026-11.org.sanroot.fuzz:target".into());
+    }
+    let session = if discovery {
+        SessionType::Discovery
+    } else {
+        SessionType::Normal
+    };
+    let mut cfg = LoginConfig::new(params, session, [0x80, 1, 2, 3, 4, 5]);
+    cfg.connect_timeout = Duration::from_secs(2);
+    cfg.io_timeout = Duration::from_secs(2);
+    cfg.max_redirects = 0;
+    cfg.allow_no_auth = cfg_byte & 8 != 0;
+    cfg.auth = match (cfg_byte >> 1) & 3 {
+        0 => None,
+        1 => Some(AuthConfig {
+            user: "alice".into(),
+            secret: Secret::from("alice-secret-12"),
+            mutual: None,
+        }),
+        _ => Some(AuthConfig {
+            user: "alice".into(),
+            secret: Secret::from("alice-secret-12"),
+            mutual: Some(MutualConfig {
+                target_name: None,
+                secret: Secret::from("target-secret-34"),
+            }),
+        }),
+    };
+    match login::login(&Portal::new("127.0.0.1", port), &cfg) {
+        Ok(l) => drop(l),
+        Err(e) => {
+            let m = e.to_string();
+            for secret in ["alice-secret-12", "target-secret-34"] {
+                assert!(!m.contains(secret), "a secret in an error: {m}");
+            }
+        }
+    }
+    let _ = server.join();
 }

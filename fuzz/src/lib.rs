@@ -48,6 +48,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("boot_parse", boot_parse),
     ("root_probe", root_probe),
     ("login_exchange", login_exchange),
+    ("ffp_reader", ffp_reader),
 ];
 
 /// The check for a target name.
@@ -827,6 +828,22 @@ pub fn root_probe(data: &[u8]) {
     }
 }
 
+/// SIGPIPE ignored, as in sanroot's own binary (Rust's runtime does that
+/// for a `main`; libFuzzer's C++ main does not): a write to a socket the
+/// fuzzed peer closed must be an EPIPE error, not the end of the process.
+fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs the SIG_IGN disposition, no handler code runs.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+        };
+    });
+}
+
 // ---------------------------------------------------------------------------
 // login_exchange
 // ---------------------------------------------------------------------------
@@ -845,6 +862,7 @@ pub fn login_exchange(data: &[u8]) {
     use std::net::{Shutdown, TcpListener};
     use std::time::Duration;
 
+    ignore_sigpipe();
     let Some((&cfg_byte, stream)) = data.split_first() else {
         return;
     };
@@ -903,5 +921,140 @@ pub fn login_exchange(data: &[u8]) {
             }
         }
     }
+    let _ = server.join();
+}
+
+// ---------------------------------------------------------------------------
+// ffp_reader
+// ---------------------------------------------------------------------------
+
+/// The full-feature phase driven by what a target sends: a session
+/// (Session::start, as after a login) on a loopback connection whose
+/// target side writes the input after its first byte and closes. The first
+/// byte turns the header and data digests on (bits 0 and 1). Three commands
+/// are in flight: a 4 KiB READ (task tag 0x00010000), a 4 KiB WRITE
+/// (0x00020001, by R2T or unsolicited data) and a TEST UNIT READY
+/// (0x00030002). Every command completes (the session fails at the latest
+/// when the stream ends), and a READ that completes GOOD received exactly
+/// its transfer less the underflow it reported: no byte the target did
+/// not send is handed back as data.
+pub fn ffp_reader(data: &[u8]) {
+    use sanroot::iscsi::session::{
+        Command, DataDir, FfpParams, Residual, Session, SessionOptions, SnState,
+    };
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    ignore_sigpipe();
+    let Some((&cfg, stream)) = data.split_first() else {
+        return;
+    };
+    let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+        return;
+    };
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let stream = stream.to_vec();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(&stream);
+            let _ = s.shutdown(Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            while s.read(&mut sink).is_ok_and(|n| n > 0) {}
+        }
+    });
+    let Ok(socket) = TcpStream::connect(addr) else {
+        return;
+    };
+    let params = FfpParams {
+        header_digest: cfg & 1 != 0,
+        data_digest: cfg & 2 != 0,
+        max_recv_data_segment: 8192,
+        max_send_data_segment: 8192,
+        max_burst: 65536,
+        first_burst: 2048,
+        initial_r2t: cfg & 4 != 0,
+        immediate_data: cfg & 8 != 0,
+        max_outstanding_r2t: 1,
+    };
+    let frame = FrameParams {
+        header_digest: params.header_digest,
+        data_digest: params.data_digest,
+        max_recv_data_segment: 8192,
+    };
+    let Ok(clone) = socket.try_clone() else {
+        return;
+    };
+    let sn = SnState {
+        cmd_sn: 1,
+        exp_cmd_sn: 1,
+        max_cmd_sn: 32,
+        exp_stat_sn: 1,
+    };
+    let opts = SessionOptions {
+        queue_depth: 4,
+        nop_interval: None,
+        nop_timeout: Duration::from_secs(2),
+        cmd_timeout: Some(Duration::from_secs(2)),
+    };
+    let Ok(session) = Session::start(socket, PduReader::new(clone, frame), params, sn, opts, None)
+    else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel();
+    let cmds = [
+        (0x28u8, DataDir::Read(4096)),
+        (0x2a, DataDir::Write(4096)),
+        (0x00, DataDir::None),
+    ];
+    for (i, (op, dir)) in cmds.into_iter().enumerate() {
+        let mut cdb = [0u8; 16];
+        cdb[0] = op;
+        if op != 0 {
+            cdb[8] = 8; // 8 blocks of 512
+        }
+        let tx = tx.clone();
+        let buf = vec![0xee; if op == 0 { 0 } else { 4096 }];
+        session.submit(
+            Command {
+                lun: 0,
+                cdb,
+                dir,
+                attr: 1,
+            },
+            buf,
+            Box::new(move |r, b| {
+                let _ = tx.send((i, r, b.len()));
+            }),
+        );
+    }
+    drop(tx);
+    for _ in 0..3 {
+        // Liveness, not speed: the stream is all there and then closed, so
+        // anything near this long is a hang.
+        let Ok((i, r, _len)) = rx.recv_timeout(Duration::from_secs(20)) else {
+            panic!("a command never completed");
+        };
+        if let (0, Ok(res)) = (i, &r)
+            && res.status == 0
+        {
+            let under = match res.residual {
+                Residual::Under(n) => n as usize,
+                _ => 0,
+            };
+            assert_eq!(
+                res.data_in + under,
+                4096,
+                "a GOOD read with data the target did not account for: {res:?}"
+            );
+        }
+        if let Err(e) = &r {
+            let _ = e.to_string();
+        }
+    }
+    drop(session);
     let _ = server.join();
 }

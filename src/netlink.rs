@@ -188,6 +188,13 @@ pub fn parse_attrs(mut b: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, ParseError> {
     Ok(out)
 }
 
+/// The positive errno of an NLMSG_ERROR's error field (the kernel sends
+/// -errno). A value with no positive counterpart (i32::MIN, from a
+/// corrupt message) becomes i32::MAX instead of overflowing.
+pub fn errno_of(error_field: u32) -> i32 {
+    (error_field as i32).checked_neg().unwrap_or(i32::MAX)
+}
+
 /// Every message in one datagram.
 pub fn parse_replies(mut b: &[u8]) -> Result<Vec<Reply>, ParseError> {
     let mut out = Vec::new();
@@ -204,12 +211,14 @@ pub fn parse_replies(mut b: &[u8]) -> Result<Vec<Reply>, ParseError> {
         let body = &b[NLMSG_HDRLEN..len];
         out.push(match ty {
             NLMSG_ERROR => {
-                let e =
-                    u32_at(body, 0).ok_or_else(|| ParseError("short NLMSG_ERROR".into()))? as i32;
+                let e = u32_at(body, 0).ok_or_else(|| ParseError("short NLMSG_ERROR".into()))?;
                 if e == 0 {
                     Reply::Ack { seq }
                 } else {
-                    Reply::Error { seq, errno: -e }
+                    Reply::Error {
+                        seq,
+                        errno: errno_of(e),
+                    }
                 }
             }
             NLMSG_DONE => Reply::Done { seq },
@@ -350,6 +359,23 @@ impl GenlSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_field_of_i32_min_does_not_overflow() {
+        assert_eq!(errno_of((-22i32) as u32), 22);
+        assert_eq!(errno_of(0x8000_0000), i32::MAX);
+        let mut m = vec![0u8; 36];
+        m[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        m[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m[16..20].copy_from_slice(&0x8000_0000u32.to_ne_bytes());
+        assert!(matches!(
+            parse_replies(&m).unwrap()[..],
+            [Reply::Error {
+                errno: i32::MAX,
+                ..
+            }]
+        ));
+    }
 
     #[test]
     fn build_and_parse() {

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use crate::netlink::{MsgBuilder, NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr};
-use crate::netlink::{NLMSG_HDRLEN, ParseError, align4, parse_attrs, u16_at, u32_at};
+use crate::netlink::{NLMSG_HDRLEN, ParseError, align4, errno_of, parse_attrs, u16_at, u32_at};
 
 // Message types.
 pub const RTM_NEWLINK: u16 = 16;
@@ -446,7 +446,7 @@ pub struct ErrorMsg {
 }
 
 pub fn parse_error(m: &NlMsg<'_>) -> Result<ErrorMsg, ParseError> {
-    let e = u32_at(m.payload, 0).ok_or_else(|| ParseError("short NLMSG_ERROR".into()))? as i32;
+    let e = u32_at(m.payload, 0).ok_or_else(|| ParseError("short NLMSG_ERROR".into()))?;
     let mut message = None;
     if m.flags & NLM_F_ACK_TLVS != 0 {
         // nlmsgerr: error, the request's header, its payload unless capped,
@@ -466,7 +466,7 @@ pub fn parse_error(m: &NlMsg<'_>) -> Result<ErrorMsg, ParseError> {
         }
     }
     Ok(ErrorMsg {
-        errno: e.checked_neg().unwrap_or(i32::MAX),
+        errno: errno_of(e),
         message,
     })
 }

@@ -49,6 +49,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("root_probe", root_probe),
     ("login_exchange", login_exchange),
     ("ffp_reader", ffp_reader),
+    ("netlink_parse", netlink_parse),
 ];
 
 /// The check for a target name.
@@ -1057,4 +1058,67 @@ pub fn ffp_reader(data: &[u8]) {
     }
     drop(session);
     let _ = server.join();
+}
+
+// ---------------------------------------------------------------------------
+// netlink_parse
+// ---------------------------------------------------------------------------
+
+/// Replies from the kernel over netlink, as NBD's generic-netlink family
+/// and rtnetlink send them: the datagram splitters and every payload
+/// parser. The first byte picks the reader; the rest is the datagram (or
+/// the payload). Nothing may panic, and what parses stays within the
+/// bytes it came from.
+pub fn netlink_parse(data: &[u8]) {
+    use sanroot::net::rtnl;
+    use sanroot::netlink::{Reply, parse_attrs, parse_replies};
+
+    let Some((&which, b)) = data.split_first() else {
+        return;
+    };
+    match which % 4 {
+        // A generic-netlink reply datagram (NBD's family, CTRL_CMD_GETFAMILY).
+        0 => {
+            if let Ok(replies) = parse_replies(b) {
+                for r in replies {
+                    if let Reply::Genl { attrs, .. } = r {
+                        let total: usize = attrs.iter().map(|(_, v)| v.len()).sum();
+                        assert!(total <= b.len(), "attributes longer than the datagram");
+                        for (_, v) in &attrs {
+                            let _ = parse_attrs(v);
+                        }
+                    }
+                }
+            }
+        }
+        // An rtnetlink datagram: each message by its type.
+        1 => {
+            if let Ok(msgs) = rtnl::split(b) {
+                for m in &msgs {
+                    let _ = rtnl::parse_error(m);
+                    let _ = rtnl::parse_link(m.payload);
+                    let _ = rtnl::parse_addr(m.payload);
+                }
+            }
+        }
+        // RTM_NEWLINK / RTM_NEWADDR payloads on their own.
+        2 => {
+            if let Ok(l) = rtnl::parse_link(b) {
+                // The name is lossy UTF-8 (a bad byte becomes a 3-byte
+                // U+FFFD): count characters, not bytes.
+                assert!(l.name.chars().count() <= b.len() && l.address.len() <= b.len());
+            }
+            let _ = rtnl::parse_addr(b);
+        }
+        // Attributes and addresses.
+        _ => {
+            if let Ok(attrs) = parse_attrs(b) {
+                let total: usize = attrs.iter().map(|(_, v)| v.len()).sum();
+                assert!(total <= b.len(), "attributes longer than their bytes");
+            }
+            for family in [2u8, 10, 0] {
+                let _ = rtnl::parse_ip(family, b);
+            }
+        }
+    }
 }

@@ -845,6 +845,26 @@ fn ignore_sigpipe() {
     });
 }
 
+/// A peer on loopback that, once connected to, sends `stream`, closes its
+/// sending side and reads until we close: a fuzzed target's whole answer,
+/// there at once. Its address, and the thread to join.
+fn fake_peer(stream: &[u8]) -> Option<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    let listener = TcpListener::bind("127.0.0.1:0").ok()?;
+    let addr = listener.local_addr().ok()?;
+    let stream = stream.to_vec();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(&stream);
+            let _ = s.shutdown(Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            while s.read(&mut sink).is_ok_and(|n| n > 0) {}
+        }
+    });
+    Some((addr, server))
+}
+
 // ---------------------------------------------------------------------------
 // login_exchange
 // ---------------------------------------------------------------------------
@@ -859,29 +879,16 @@ fn ignore_sigpipe() {
 /// fuzzed TargetAddress is never dialled).
 pub fn login_exchange(data: &[u8]) {
     use sanroot::iscsi::login::{self, LoginConfig, Portal};
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener};
     use std::time::Duration;
 
     ignore_sigpipe();
     let Some((&cfg_byte, stream)) = data.split_first() else {
         return;
     };
-    let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+    let Some((addr, server)) = fake_peer(stream) else {
         return;
     };
-    let Ok(port) = listener.local_addr().map(|a| a.port()) else {
-        return;
-    };
-    let stream = stream.to_vec();
-    let server = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = listener.accept() {
-            let _ = s.write_all(&stream);
-            let _ = s.shutdown(Shutdown::Write);
-            let mut sink = [0u8; 4096];
-            while s.read(&mut sink).is_ok_and(|n| n > 0) {}
-        }
-    });
+    let port = addr.port();
     let discovery = cfg_byte & 1 != 0;
     let mut params = OperationalParams::new("iqn.2026-11.org.sanroot.fuzz:initiator");
     if !discovery {
@@ -943,8 +950,7 @@ pub fn ffp_reader(data: &[u8]) {
     use sanroot::iscsi::session::{
         Command, DataDir, FfpParams, Residual, Session, SessionOptions, SnState,
     };
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -952,21 +958,9 @@ pub fn ffp_reader(data: &[u8]) {
     let Some((&cfg, stream)) = data.split_first() else {
         return;
     };
-    let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+    let Some((addr, server)) = fake_peer(stream) else {
         return;
     };
-    let Ok(addr) = listener.local_addr() else {
-        return;
-    };
-    let stream = stream.to_vec();
-    let server = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = listener.accept() {
-            let _ = s.write_all(&stream);
-            let _ = s.shutdown(Shutdown::Write);
-            let mut sink = [0u8; 4096];
-            while s.read(&mut sink).is_ok_and(|n| n > 0) {}
-        }
-    });
     let Ok(socket) = TcpStream::connect(addr) else {
         return;
     };

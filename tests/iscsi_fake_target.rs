@@ -17,7 +17,8 @@ use sanroot::iscsi::initiator::{self, Connection, InitiatorConfig};
 use sanroot::iscsi::login::LoginError;
 use sanroot::iscsi::negotiate::DigestOffer;
 use sanroot::iscsi::pdu::{
-    DataIn, Pdu, R2t, RESERVED_TAG, ScsiCommand, ScsiResponse, TargetSn, TmfFunction, lun_field,
+    DataIn, Pdu, R2t, RESERVED_TAG, ScsiCommand, ScsiResponse, TargetSn, TaskMgmtResponse,
+    TmfFunction, lun_field,
 };
 use sanroot::iscsi::session::{Command, DataDir, SessionError, SessionEvent, event_channel};
 use sanroot::iscsi::text::{Portal as TextPortal, TextKeys};
@@ -538,8 +539,10 @@ fn liveness_pings_keep_a_live_session() {
 /// after login, submit a read, and return its error, the time it took,
 /// the session's own failure and the Failed event.
 /// A target that answers every ping but never a READ: the command's
-/// timeout ends it (without one, `sanroot ls` waited for ever), naming
-/// the command and the time; the connection is dropped.
+/// timeout starts the kernel's ladder (ABORT TASK and a retry, LOGICAL
+/// UNIT RESET and a retry), then ends it, naming the command, the time and
+/// what was tried; the connection is dropped. (Without a timeout, `sanroot
+/// ls` waited for ever.)
 #[test]
 fn a_command_without_an_answer_times_out() {
     within(|| {
@@ -551,18 +554,189 @@ fn a_command_without_an_answer_times_out() {
         cfg.session.nop_interval = Some(Duration::from_millis(300));
         cfg.session.nop_timeout = Duration::from_secs(2);
         cfg.session.cmd_timeout = Some(Duration::from_secs(2));
+        cfg.session.tmf_timeout = Duration::from_secs(2);
         let lun = open(connect(&f, &cfg));
         let (r, _) = lun.read(0, vec![0u8; 4096]);
         let e = r.expect_err("nothing answered the read").to_string();
-        assert_mentions(&e, &["operation code 0x28", "no answer within 2 s"]);
+        assert_mentions(
+            &e,
+            &[
+                "operation code 0x28",
+                "no answer within 2 s",
+                "ABORT TASK and LOGICAL UNIT RESET",
+            ],
+        );
         assert!(lun.session().failure().is_some(), "{e}");
+        let log = f.log();
         assert!(
-            f.log()
-                .pdus
+            log.pdus
                 .iter()
                 .any(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG)),
             "the pings were answered meanwhile"
         );
+        let reads: Vec<u32> = log
+            .commands()
+            .filter(|(c, _)| is_read(c))
+            .map(|(c, _)| c.itt)
+            .collect();
+        assert_eq!(
+            reads.len(),
+            3,
+            "sent, retried after the abort and the reset"
+        );
+        assert_eq!(
+            tmfs(&log),
+            [
+                (TmfFunction::AbortTask, reads[0]),
+                (TmfFunction::LogicalUnitReset, RESERVED_TAG)
+            ]
+        );
+        assert!(
+            reads[0] != reads[1] && reads[1] != reads[2],
+            "a retry has a new ITT: {reads:x?}"
+        );
+    })
+}
+
+/// The task management requests the fake saw: function and referenced task.
+fn tmfs(log: &support::fake_target::Log) -> Vec<(TmfFunction, u32)> {
+    log.pdus
+        .iter()
+        .filter_map(|s| match &s.pdu {
+            Pdu::TaskMgmtRequest(t) => Some((t.function, t.ref_task_tag)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A target that drops one READ (its answer lost inside the target): the
+/// command is aborted and sent again, and the read returns the disk's
+/// data; the session lives on. With `ignore_abort`, the abort goes
+/// unanswered and a LOGICAL UNIT RESET ends the lost READ instead.
+fn lost_read_is_retried(ignore_abort: bool) -> Vec<(TmfFunction, u32)> {
+    within(move || {
+        let mut first = true;
+        let f = FakeTarget::start(Behaviour::default().on_pdu(move |_, seen| match &seen.pdu {
+            Pdu::ScsiCommand(c) if is_read(c) && read_lba(c) == 64 && first => {
+                first = false;
+                Step::Handled
+            }
+            Pdu::TaskMgmtRequest(t) if ignore_abort && t.function == TmfFunction::AbortTask => {
+                Step::Handled
+            }
+            _ => Step::Default,
+        }));
+        let mut cfg = config();
+        cfg.session.cmd_timeout = Some(Duration::from_secs(1));
+        cfg.session.tmf_timeout = Duration::from_secs(1);
+        let lun = open(connect(&f, &cfg));
+        let data = pattern(4096, 9);
+        f.disk()[64 * BLOCK..64 * BLOCK + 4096].copy_from_slice(&data);
+        let (r, back) = lun.read(64, vec![0u8; 4096]);
+        r.unwrap_or_else(|e| panic!("the retried read: {e}"));
+        assert!(back == data, "the retried read returns the disk's data");
+        assert!(lun.session().failure().is_none(), "the session lives on");
+        round_trip(&f, &lun, 8, 8192, 3);
+        let log = f.log();
+        let reads: Vec<&ScsiCommand> = log
+            .commands()
+            .filter(|(c, _)| is_read(c) && read_lba(c) == 64)
+            .map(|(c, _)| c)
+            .collect();
+        assert_eq!(reads.len(), 2, "sent once, then again");
+        assert!(reads[1].cmd_sn != reads[0].cmd_sn && reads[1].itt != reads[0].itt);
+        let t = tmfs(&log);
+        assert_eq!(t[0], (TmfFunction::AbortTask, reads[0].itt), "{t:?}");
+        t
+    })
+}
+
+#[test]
+fn a_lost_read_is_aborted_and_sent_again() {
+    assert_eq!(
+        lost_read_is_retried(false).len(),
+        1,
+        "one ABORT TASK, no reset"
+    );
+}
+
+#[test]
+fn an_unanswered_abort_escalates_to_a_lun_reset() {
+    let t = lost_read_is_retried(true);
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert_eq!(t[1], (TmfFunction::LogicalUnitReset, RESERVED_TAG));
+}
+
+/// The same for a WRITE larger than the first burst (immediate data, then
+/// R2Ts): the retry sends all of it again, and the disk holds it.
+#[test]
+fn a_lost_write_is_aborted_and_sent_again() {
+    within(|| {
+        let mut first = true;
+        let f = FakeTarget::start(Behaviour::default().on_pdu(move |_, seen| match &seen.pdu {
+            Pdu::ScsiCommand(c) if c.write && first => {
+                first = false;
+                Step::Handled
+            }
+            _ => Step::Default,
+        }));
+        let mut cfg = config();
+        cfg.session.cmd_timeout = Some(Duration::from_secs(1));
+        let lun = open(connect(&f, &cfg));
+        round_trip(&f, &lun, 128, 256 << 10, 5);
+        assert!(lun.session().failure().is_none(), "the session lives on");
+        let log = f.log();
+        let writes = log.commands().filter(|(c, _)| c.write).count();
+        assert_eq!(writes, 2, "sent once, then again");
+        assert_eq!(tmfs(&log).len(), 1, "one ABORT TASK");
+        assert!(log.data_outs().count() > 0, "the retry took R2Ts");
+        drop(log);
+        f.assert_clean();
+    })
+}
+
+/// A target that refuses both the abort and the reset: the connection is
+/// dropped at once, and the error says what was refused.
+#[test]
+fn a_refused_lun_reset_drops_the_connection() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_pdu(|ctx, seen| match &seen.pdu {
+            Pdu::ScsiCommand(c) if is_read(c) => Step::Handled,
+            Pdu::TaskMgmtRequest(t) => {
+                let r = if t.function == TmfFunction::AbortTask {
+                    255
+                } else {
+                    5
+                };
+                let sn = ctx.status_sn();
+                ctx.send(
+                    &Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                        response: r,
+                        itt: t.itt,
+                        sn,
+                    }),
+                    &[],
+                );
+                Step::Handled
+            }
+            _ => Step::Default,
+        }));
+        let mut cfg = config();
+        cfg.session.cmd_timeout = Some(Duration::from_secs(1));
+        let lun = open(connect(&f, &cfg));
+        let (r, _) = lun.read(0, vec![0u8; 4096]);
+        let e = r.expect_err("nothing answered the read").to_string();
+        assert_mentions(
+            &e,
+            &[
+                "operation code 0x28",
+                "LOGICAL UNIT RESET refused",
+                "not supported",
+            ],
+        );
+        assert!(lun.session().failure().is_some(), "{e}");
+        let t = tmfs(&f.log());
+        assert_eq!(t.len(), 2, "{t:?}");
     })
 }
 
@@ -666,6 +840,29 @@ fn async_events_reach_the_events_channel() {
         }
         let lun = open(c);
         lun.test_unit_ready().expect("the session still works");
+        f.assert_clean();
+    })
+}
+
+/// A target that floods asynchronous messages: a bounded number reaches
+/// the events channel (and the log), the rest are read and dropped; the
+/// session keeps working.
+#[test]
+fn an_async_event_flood_is_bounded() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_ready(|ctx| {
+            for _ in 0..2000 {
+                ctx.async_event(4, [0; 8], 0, &[]);
+            }
+        }));
+        let (etx, erx) = event_channel();
+        let c = initiator::connect(&f.portal(), TARGET_IQN, &config(), Some(etx))
+            .unwrap_or_else(|e| panic!("login: {e}"));
+        let lun = open(c);
+        lun.test_unit_ready().expect("the session still works");
+        let events = erx.try_iter().count();
+        assert!((1..=20).contains(&events), "{events} events passed");
+        assert!(lun.session().failure().is_none());
         f.assert_clean();
     })
 }
@@ -878,6 +1075,23 @@ fn hostile_short_read_without_residual() {
         ctx.send(&good(c.itt, sn), &[]);
     });
     assert_mentions(&m, &["2048 of 4096 bytes arrived", "short read"]);
+}
+
+/// A SCSI Response whose ExpDataSN counts Data-In PDUs that never came
+/// (or a write's R2Ts that never came): a lost or invented PDU.
+#[test]
+fn hostile_exp_data_sn_that_does_not_count_what_arrived() {
+    let m = hostile(config(), |ctx, c| {
+        let sn = ctx.sn();
+        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 4096]);
+        let sn = ctx.status_sn();
+        let mut p = good(c.itt, sn);
+        if let Pdu::ScsiResponse(r) = &mut p {
+            r.exp_data_sn = 3;
+        }
+        ctx.send(&p, &[]);
+    });
+    assert_mentions(&m, &["ExpDataSN 3", "1 Data-In and 0 R2T"]);
 }
 
 /// A residual that does not match what arrived.

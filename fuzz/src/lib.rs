@@ -994,6 +994,7 @@ pub fn ffp_reader(data: &[u8]) {
         nop_interval: None,
         nop_timeout: Duration::from_secs(2),
         cmd_timeout: Some(Duration::from_secs(2)),
+        tmf_timeout: Duration::from_secs(1),
     };
     let Ok(session) = Session::start(socket, PduReader::new(clone, frame), params, sn, opts, None)
     else {

@@ -6,7 +6,8 @@
 //! - [`text`]: key=value data segments and SendTargets responses;
 //! - [`chap`]: CHAP (MD5) one-way and mutual;
 //! - [`negotiate`]: operational parameter negotiation;
-//! - [`login`], [`session`]: the protocol over a TCP connection.
+//! - [`login`], [`session`]: the protocol over a TCP connection;
+//! - [`escalate`]: what a session does about a command without an answer.
 //!
 //! Not here: SCSI command formats (`crate::scsi`), block devices.
 
@@ -14,6 +15,7 @@ pub mod budget;
 pub mod chap;
 pub mod conn;
 pub mod digest;
+pub mod escalate;
 pub mod initiator;
 pub mod login;
 pub mod negotiate;

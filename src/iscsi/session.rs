@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::conn::{ConnError, FrameParams, PduReader, PduWriter, TxPdu};
+use super::escalate::{self, Step};
 use super::pdu::*;
 
 /// What a session negotiated that the full-feature phase needs.
@@ -69,13 +70,17 @@ pub struct SessionOptions {
     pub nop_interval: Option<Duration>,
     /// Declare the connection dead when a ping is unanswered this long.
     pub nop_timeout: Duration,
-    /// Declare the connection dead when a SCSI command sent this long ago
-    /// has no final answer (a target that answers pings but not
-    /// commands): every command in flight fails with
-    /// [`SessionError::CommandTimeout`], and the recovery layer retries
-    /// them on a new connection, as the kernel's SCSI error handling ends
-    /// up doing. `None`: wait for ever.
+    /// A SCSI command sent this long ago without a final answer (a target
+    /// that answers pings but not commands) is handled as the kernel's
+    /// SCSI error handling does ([`super::escalate`]): ABORT TASK and a
+    /// retry, LOGICAL UNIT RESET and a retry, then the connection is
+    /// dropped: every command in flight fails with
+    /// [`SessionError::CommandTimeout`] and the recovery layer retries
+    /// them on a new connection. `None`: wait for ever.
     pub cmd_timeout: Option<Duration>,
+    /// How long a task management function of that handling may go
+    /// unanswered before the next step.
+    pub tmf_timeout: Duration,
 }
 
 impl Default for SessionOptions {
@@ -85,6 +90,7 @@ impl Default for SessionOptions {
             nop_interval: Some(Duration::from_secs(5)),
             nop_timeout: Duration::from_secs(10),
             cmd_timeout: Some(DEFAULT_CMD_TIMEOUT),
+            tmf_timeout: DEFAULT_TMF_TIMEOUT,
         }
     }
 }
@@ -113,6 +119,16 @@ fn check_outstanding_r2t(queue: &VecDeque<Ctl>, slot: u16, max: u32) -> Result<(
 /// [`SessionOptions::cmd_timeout`] by default: the kernel's sd uses 30 s.
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// [`SessionOptions::tmf_timeout`] by default: the kernel's SCSI error
+/// handler waits 10 s for an abort or a reset.
+pub const DEFAULT_TMF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asynchronous messages (and Rejects that name no task of ours) a target
+/// may send in a burst before the rest are dropped, and how many more it
+/// earns per second: each is logged, and a flood must neither fill the
+/// log nor the event queue.
+const EVENT_BURST: u32 = 16;
+
 /// Why a command or the session failed.
 #[derive(Debug, Clone)]
 pub enum SessionError {
@@ -130,9 +146,14 @@ pub enum SessionError {
     Closed,
     /// NOP-Out ping not answered in time.
     PingTimeout(Duration),
-    /// A SCSI command (its CDB's operation code) had no answer in time;
-    /// the connection was dropped.
-    CommandTimeout { opcode: u8, after: Duration },
+    /// A SCSI command (its CDB's operation code) had no answer in time,
+    /// and what was tried about it (ABORT TASK, LOGICAL UNIT RESET: see
+    /// [`super::escalate`]) did not help; the connection was dropped.
+    CommandTimeout {
+        opcode: u8,
+        after: Duration,
+        tried: String,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -155,11 +176,21 @@ impl fmt::Display for SessionError {
             SessionError::PingTimeout(d) => {
                 write!(f, "target did not answer a NOP-Out ping within {d:?}")
             }
-            SessionError::CommandTimeout { opcode, after } => write!(
-                f,
-                "a SCSI command (operation code 0x{opcode:02x}) got no answer within {} s; the connection was dropped",
-                after.as_secs_f64().round()
-            ),
+            SessionError::CommandTimeout {
+                opcode,
+                after,
+                tried,
+            } => {
+                write!(
+                    f,
+                    "a SCSI command (operation code 0x{opcode:02x}) got no answer within {} s",
+                    after.as_secs_f64().round()
+                )?;
+                if !tried.is_empty() {
+                    write!(f, " ({tried})")?;
+                }
+                write!(f, "; the connection was dropped")
+            }
         }
     }
 }
@@ -292,6 +323,10 @@ struct Task {
     /// When the command went on the wire (SCSI tasks): its timeout runs
     /// from there, not from a wait for the command window.
     sent: Option<Instant>,
+    /// R2Ts received (with the Data-In PDUs: what ExpDataSN counts).
+    r2ts: u32,
+    /// Times the command was sent again after a timeout.
+    retries: u8,
 }
 
 enum Ctl {
@@ -324,6 +359,10 @@ struct State {
     last_rx: Instant,
     ping_out: Option<(u16, Instant)>,
     events: Option<Sender<SessionEvent>>,
+    /// Async messages the target may still send now (see [`EVENT_BURST`]).
+    event_tokens: Tokens,
+    /// The task management function out for an overdue command.
+    escalation: Option<escalate::Pending>,
     /// Threads waiting on `slot_free` (a notify is a system call even with
     /// nobody waiting: skip it then).
     slot_waiters: usize,
@@ -402,6 +441,8 @@ impl Session {
                 last_rx: Instant::now(),
                 ping_out: None,
                 events,
+                event_tokens: Tokens::new(EVENT_BURST, Instant::now()),
+                escalation: None,
                 slot_waiters: 0,
             }),
             wake_writer: Condvar::new(),
@@ -507,6 +548,8 @@ impl Session {
             parked: None,
             unsolicited: 0,
             sent: None,
+            r2ts: 0,
+            retries: 0,
         });
         st.cmd_queue.push_back(slot);
         drop(st);
@@ -769,6 +812,8 @@ impl Task {
             parked: None,
             unsolicited: 0,
             sent: None,
+            r2ts: 0,
+            retries: 0,
         }
     }
 }
@@ -1277,7 +1322,7 @@ fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionErr
 /// [`command_due`]): how long the writer may sleep, or why the session
 /// fails now.
 fn timers_due(st: &mut State, shared: &Shared) -> Result<Option<Duration>, SessionError> {
-    let cmd = command_due(st, shared.opts.cmd_timeout, Instant::now())?;
+    let cmd = command_due(st, &shared.opts, Instant::now())?;
     let ping = ping_due(st, shared)?;
     Ok(match (cmd, ping) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -1285,35 +1330,208 @@ fn timers_due(st: &mut State, shared: &Shared) -> Result<Option<Duration>, Sessi
     })
 }
 
-/// The oldest SCSI command on the wire: past `timeout` the session fails
-/// ([`SessionError::CommandTimeout`]); otherwise the time until the first
-/// deadline. One pass over the task table (its size is the queue depth).
+/// The oldest SCSI command on the wire. One pass over the task table (its
+/// size is the queue depth).
+fn oldest_sent(st: &State) -> Option<escalate::Oldest> {
+    st.tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| Some((i, t.as_ref()?)))
+        .filter(|(_, t)| matches!(t.kind, TaskKind::Scsi))
+        .filter_map(|(i, t)| {
+            Some(escalate::Oldest {
+                slot: i as u16,
+                lun: t.lun,
+                opcode: t.cdb[0],
+                retries: t.retries,
+                sent: t.sent?,
+            })
+        })
+        .min_by_key(|o| o.sent)
+}
+
+/// Overdue commands: take the next step of [`escalate::next_step`] (queue
+/// ABORT TASK or LOGICAL UNIT RESET, or fail the session with
+/// [`SessionError::CommandTimeout`]); otherwise the time until the next
+/// deadline.
 fn command_due(
-    st: &State,
-    timeout: Option<Duration>,
+    st: &mut State,
+    opts: &SessionOptions,
     now: Instant,
 ) -> Result<Option<Duration>, SessionError> {
-    let Some(timeout) = timeout else {
+    let Some(timeout) = opts.cmd_timeout else {
         return Ok(None);
     };
-    let oldest = st
-        .tasks
-        .iter()
-        .flatten()
-        .filter(|t| matches!(t.kind, TaskKind::Scsi))
-        .filter_map(|t| t.sent.map(|at| (at, t.cdb[0])))
-        .min_by_key(|(at, _)| *at);
-    let Some((at, opcode)) = oldest else {
-        return Ok(None);
+    let step = escalate::next_step(
+        st.escalation.as_ref(),
+        oldest_sent(st),
+        timeout,
+        opts.tmf_timeout,
+        now,
+    );
+    let fail = |opcode, tried| SessionError::CommandTimeout {
+        opcode,
+        after: timeout,
+        tried,
     };
-    let waited = now.saturating_duration_since(at);
-    if waited >= timeout {
-        return Err(SessionError::CommandTimeout {
-            opcode,
-            after: timeout,
-        });
+    match step {
+        Step::Wait(d) => Ok(d),
+        Step::Abort { slot } => {
+            let opcode = st_opcode(st, slot);
+            start_abort(st, slot, now).map_err(|m| fail(opcode, m))?;
+            Ok(Some(opts.tmf_timeout))
+        }
+        Step::Reset { lun, opcode } => {
+            log::warn!(
+                "a SCSI command (operation code 0x{opcode:02x}) is overdue: LOGICAL UNIT RESET"
+            );
+            start_reset(st, lun, opcode, now).map_err(|m| fail(opcode, m))?;
+            Ok(Some(opts.tmf_timeout))
+        }
+        Step::Fail { opcode, tried } => Err(fail(opcode, tried)),
     }
-    Ok(Some(timeout - waited))
+}
+
+fn st_opcode(st: &State, slot: u16) -> u8 {
+    match st.tasks.get(usize::from(slot)) {
+        Some(Some(t)) => t.cdb[0],
+        _ => 0,
+    }
+}
+
+/// Queue ABORT TASK for the overdue command in `slot`.
+fn start_abort(st: &mut State, slot: u16, now: Instant) -> Result<(), String> {
+    let Some(Some(t)) = st.tasks.get(usize::from(slot)) else {
+        return Ok(());
+    };
+    let (generation, lun, opcode, ref_cmd_sn) = (t.generation, t.lun, t.cdb[0], t.cmd_sn);
+    let itt = itt_of(slot, generation);
+    log::warn!(
+        "a SCSI command (operation code 0x{opcode:02x}, task 0x{itt:08x}) is overdue: ABORT TASK"
+    );
+    let tmf = queue_tmf(st, TmfFunction::AbortTask, lun, itt, ref_cmd_sn)
+        .ok_or_else(|| "no task slot free for ABORT TASK".to_string())?;
+    st.escalation = Some(escalate::Pending::Abort {
+        slot,
+        generation,
+        lun,
+        opcode,
+        tmf,
+        since: now,
+    });
+    Ok(())
+}
+
+/// Queue LOGICAL UNIT RESET for `lun`.
+fn start_reset(st: &mut State, lun: [u8; 8], opcode: u8, now: Instant) -> Result<(), String> {
+    let tmf = queue_tmf(st, TmfFunction::LogicalUnitReset, lun, RESERVED_TAG, 0)
+        .ok_or_else(|| "no task slot free for LOGICAL UNIT RESET".to_string())?;
+    st.escalation = Some(escalate::Pending::Reset {
+        lun,
+        opcode,
+        tmf,
+        since: now,
+    });
+    Ok(())
+}
+
+/// Queue a task management request the session sends on its own (its
+/// answer goes to [`tmf_answered`]); `None` when no task slot is free.
+fn queue_tmf(
+    st: &mut State,
+    function: TmfFunction,
+    lun: [u8; 8],
+    ref_task_tag: u32,
+    ref_cmd_sn: u32,
+) -> Option<u16> {
+    let slot = alloc_slot(st)?;
+    let generation = next_generation(st);
+    st.tasks[usize::from(slot)] = Some(Task::control(generation, TaskKind::Tmf, None));
+    let pdu = Pdu::TaskMgmtRequest(TaskMgmtRequest {
+        function,
+        lun,
+        itt: itt_of(slot, generation),
+        ref_task_tag,
+        cmd_sn: st.sn.cmd_sn,
+        exp_stat_sn: st.sn.exp_stat_sn,
+        ref_cmd_sn,
+        exp_data_sn: 0,
+    });
+    st.ctl_queue.push_back(Ctl::Immediate { slot, pdu });
+    Some(slot)
+}
+
+/// The target answered the session's own TMF: retry what it ended, or
+/// take the next step.
+fn tmf_answered(
+    st: &mut State,
+    pending: escalate::Pending,
+    response: u8,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let fail = |opcode, tried| SessionError::CommandTimeout {
+        opcode,
+        after: timeout,
+        tried,
+    };
+    match escalate::answered(&pending, response) {
+        escalate::Answer::Retry { slot, generation } => {
+            if matches!(st.tasks.get(usize::from(slot)), Some(Some(t)) if t.generation == generation)
+            {
+                log::warn!("the overdue command was aborted: sending it again");
+                retry_task(st, slot)?;
+            }
+        }
+        escalate::Answer::RetryLun { lun } => {
+            let on_wire: Vec<u16> = (0..st.tasks.len() as u16)
+                .filter(|&i| {
+                    matches!(&st.tasks[usize::from(i)],
+                        Some(t) if matches!(t.kind, TaskKind::Scsi) && t.lun == lun && t.sent.is_some())
+                })
+                .collect();
+            log::warn!(
+                "the LU was reset: sending its {} commands in flight again",
+                on_wire.len()
+            );
+            for slot in on_wire {
+                retry_task(st, slot)?;
+            }
+        }
+        escalate::Answer::Reset { lun, opcode } => {
+            start_reset(st, lun, opcode, Instant::now()).map_err(|m| fail(opcode, m))?;
+        }
+        escalate::Answer::Fail { opcode, tried } => return Err(fail(opcode, tried)),
+    }
+    Ok(())
+}
+
+/// Send the command in `slot` again after the target ended it (abort or
+/// reset): a new ITT (a late PDU for the old one is caught as unknown) and
+/// CmdSN, first in line; its data from the start.
+fn retry_task(st: &mut State, slot: u16) -> Result<(), SessionError> {
+    let generation = next_generation(st);
+    let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) else {
+        return Ok(());
+    };
+    if t.buf.is_none() {
+        // The writer is sending its data right now: let recovery retry it.
+        return Err(SessionError::ConnectionLost(format!(
+            "the target ended an overdue command (operation code 0x{:02x}) while its data was being sent: logging in again to retry it",
+            t.cdb[0]
+        )));
+    }
+    t.generation = generation;
+    t.next_data_sn = 0;
+    t.data_in = 0;
+    t.r2ts = 0;
+    t.unsolicited = 0;
+    t.sent = None;
+    t.parked = None;
+    t.retries = t.retries.saturating_add(1);
+    st.ctl_queue
+        .retain(|c| !matches!(c, Ctl::DataOut { slot: s, .. } if *s == slot));
+    st.cmd_queue.push_front(slot);
+    Ok(())
 }
 
 /// Check the liveness ping: send one after `nop_interval` of silence, fail
@@ -1449,6 +1667,7 @@ fn reader_loop(shared: Arc<Shared>, mut r: PduReader<TcpStream>) {
             RxError::Conn(ConnError::Io(_)) if closing => SessionError::Closed,
             RxError::Conn(c) => SessionError::ConnectionLost(c.to_string()),
             RxError::Protocol(m) => SessionError::Protocol(m),
+            RxError::Session(e) => e,
         };
     };
     fail(&shared, err);
@@ -1460,6 +1679,8 @@ fn reader_loop(shared: Arc<Shared>, mut r: PduReader<TcpStream>) {
 enum RxError {
     Conn(ConnError),
     Protocol(String),
+    /// The session fails for a reason of its own (a command timeout).
+    Session(SessionError),
 }
 
 impl From<ConnError> for RxError {
@@ -1599,6 +1820,7 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                     resp.itt
                 )));
             }
+            check_exp_data_sn(resp.itt, resp.exp_data_sn, t.next_data_sn, t.r2ts).map_err(proto)?;
             let data_in = t.data_in;
             let read_len = match t.dir {
                 DataDir::Read(want) => Some(want),
@@ -1664,6 +1886,9 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
             let slot = slot_of(r2t.itt).0;
             check_outstanding_r2t(&st.ctl_queue, slot, shared.params.max_outstanding_r2t)
                 .map_err(|m| proto(format!("task 0x{:08x}: {m}", r2t.itt)))?;
+            if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
+                t.r2ts = t.r2ts.wrapping_add(1);
+            }
             st.ctl_queue.push_back(Ctl::DataOut {
                 slot,
                 ttt: r2t.ttt,
@@ -1716,6 +1941,12 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                 return Err(proto(format!("TMF response for task 0x{:08x}", tm.itt)));
             }
             let slot = slot_of(tm.itt).0;
+            if let Some(p) = st.escalation.filter(|p| p.tmf() == slot) {
+                st.escalation = None;
+                let timeout = shared.opts.cmd_timeout.unwrap_or(DEFAULT_CMD_TIMEOUT);
+                tmf_answered(&mut st, p, tm.response, timeout).map_err(RxError::Session)?;
+                shared.wake_writer.notify_one();
+            }
             finish(
                 shared,
                 st,
@@ -1745,6 +1976,9 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
         }
         Pdu::AsyncMessage(a) => {
             let events = st.events.clone();
+            let admitted = st
+                .event_tokens
+                .take(Instant::now(), "asynchronous messages");
             drop(st);
             idle_before(shared, r, segment_bytes(shared, h.data_len));
             let data = r.read_data_vec()?;
@@ -1767,24 +2001,31 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                     time2retain: a.param3,
                 },
                 4 => SessionEvent::NegotiationRequested,
+                _ if !admitted => return Ok(()),
                 other => {
                     log::info!("ignoring async event {other} from target");
                     return Ok(());
                 }
             };
+            if !admitted {
+                return Ok(());
+            }
             log::warn!("target async event: {ev:?}");
             if let Some(tx) = events {
                 let _ = tx.send(ev);
             }
         }
         Pdu::Reject(rj) => {
+            let admitted = st.event_tokens.take(Instant::now(), "Rejects");
             drop(st);
             idle_before(shared, r, segment_bytes(shared, h.data_len));
             let data = r.read_data_vec()?;
             // The data segment is the rejected PDU's header: find its ITT.
             let itt = Bhs::new_checked(&data[..]).map(|b| b.itt()).ok();
             let what = reject_reason_name(rj.reason);
-            log::error!("target rejected a PDU: {what} (reason 0x{:02x})", rj.reason);
+            if admitted {
+                log::error!("target rejected a PDU: {what} (reason 0x{:02x})", rj.reason);
+            }
             let mut st = lock(&shared.state);
             match itt {
                 Some(itt) if itt != RESERVED_TAG => {
@@ -1810,6 +2051,20 @@ fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> 
                 other.opcode().name()
             )));
         }
+    }
+    Ok(())
+}
+
+/// ExpDataSN of a SCSI Response (RFC 7143 §11.4.8): the number of Data-In
+/// and R2T PDUs the target sent for the command. Anything else means a PDU
+/// of the command was lost or invented. 0 is taken as "not counted":
+/// Linux's LIO and tgtd leave the field 0 in every response.
+fn check_exp_data_sn(itt: u32, exp: u32, data_ins: u32, r2ts: u32) -> Result<(), String> {
+    let sent = data_ins.wrapping_add(r2ts);
+    if exp != 0 && exp != sent {
+        return Err(format!(
+            "SCSI Response for task 0x{itt:08x} says ExpDataSN {exp}, but {data_ins} Data-In and {r2ts} R2T PDUs arrived"
+        ));
     }
     Ok(())
 }
@@ -1849,6 +2104,53 @@ fn residual(over: bool, under: bool, count: u32) -> Residual {
     }
 }
 
+/// A token bucket for what a target may send unasked (asynchronous
+/// messages, Rejects): [`EVENT_BURST`] at once, one more per second; the
+/// rest are read and dropped, with one warning per flood.
+#[derive(Debug, Clone, Copy)]
+struct Tokens {
+    left: u32,
+    burst: u32,
+    refilled: Instant,
+    dropped: u64,
+}
+
+impl Tokens {
+    fn new(burst: u32, now: Instant) -> Tokens {
+        Tokens {
+            left: burst,
+            burst,
+            refilled: now,
+            dropped: 0,
+        }
+    }
+
+    /// Take one token: `false` when the caller drops what it is for.
+    fn take(&mut self, now: Instant, what: &str) -> bool {
+        let secs = now.saturating_duration_since(self.refilled).as_secs();
+        if secs > 0 {
+            self.left = (u64::from(self.left) + secs).min(u64::from(self.burst)) as u32;
+            self.refilled = now;
+        }
+        if self.left == 0 {
+            self.dropped += 1;
+            if self.dropped == 1 {
+                log::warn!(
+                    "the target floods us with {what}: dropping them (at most {} at once, then one a second)",
+                    self.burst
+                );
+            }
+            return false;
+        }
+        if self.dropped > 0 {
+            log::warn!("dropped {} unasked PDUs from the target", self.dropped);
+            self.dropped = 0;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
 /// Receive target events without blocking the caller's threads.
 pub fn event_channel() -> (Sender<SessionEvent>, Receiver<SessionEvent>) {
     mpsc::channel()
@@ -1876,6 +2178,35 @@ mod tests {
         let e = check_outstanding_r2t(&q, 3, 1).unwrap_err();
         assert!(e.contains("MaxOutstandingR2T=1"), "{e}");
         assert!(check_outstanding_r2t(&q, 3, 2).is_ok());
+    }
+
+    #[test]
+    fn unasked_pdus_are_admitted_at_a_bounded_rate() {
+        let t0 = Instant::now();
+        let mut b = Tokens::new(3, t0);
+        assert!((0..3).all(|_| b.take(t0, "x")));
+        assert!(!b.take(t0, "x"));
+        assert!(!b.take(t0 + Duration::from_millis(900), "x"));
+        assert_eq!(b.dropped, 2);
+        assert!(b.take(t0 + Duration::from_secs(1), "x"));
+        assert!(!b.take(t0 + Duration::from_secs(1), "x"));
+        // A long quiet time refills to the burst, not beyond.
+        let later = t0 + Duration::from_secs(3600);
+        assert!((0..3).all(|_| b.take(later, "x")));
+        assert!(!b.take(later, "x"));
+    }
+
+    #[test]
+    fn exp_data_sn_counts_data_in_and_r2t() {
+        assert!(check_exp_data_sn(1, 0, 5, 0).is_ok(), "0: not counted");
+        assert!(check_exp_data_sn(1, 5, 5, 0).is_ok());
+        assert!(check_exp_data_sn(1, 2, 0, 2).is_ok());
+        let e = check_exp_data_sn(0x10, 4, 3, 0).unwrap_err();
+        assert!(e.contains("ExpDataSN 4") && e.contains("3 Data-In"), "{e}");
+        assert!(
+            check_exp_data_sn(1, 1, 0, 0).is_err(),
+            "no data, yet counted"
+        );
     }
 
     fn plugged() -> bool {

@@ -6,7 +6,13 @@
 //! pass or fail. Nothing is sent anywhere but between the two.
 //!
 //! Needs root and `ip netns`: without them every test fails with a message
-//! saying so (never a silent skip).
+//! saying so (never a silent skip). A kernel without 802.1Q (8021q, as on
+//! the microVM CI runs on) cannot create the VLAN `vlan_subinterface`
+//! checks: that test then checks sanroot's error for it on the host and runs
+//! itself again in a QEMU guest with Debian's 6.12 kernel
+//! (`qemu/net-guest`: needs `sudo qemu/install-deps`); a guest that does
+//! not boot is a failure. Where a VLAN check ran is printed with the
+//! kernel's release.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -269,9 +275,9 @@ fn vlan_subinterface() {
         vlan: 42,
         ..v4_config()
     };
-    // Does this kernel do 802.1Q at all? (Some minimal kernels, such as
-    // the microVM one CI may run on, have no 8021q.) Asked with iproute2,
-    // independently of the code under test.
+    // Does this kernel do 802.1Q at all? (The microVM kernel CI runs on
+    // has no 8021q.) Asked with iproute2, independently of the code under
+    // test.
     let probe = Command::new("ip")
         .args([
             "-n", &lab.host, "link", "add", "link", "eth0", "name", "probe.9", "type", "vlan",
@@ -279,24 +285,48 @@ fn vlan_subinterface() {
         ])
         .output()
         .expect("running ip");
-    if !probe.status.success() {
-        // Then the error path is what is checked: it must name the step,
-        // the interface and the kernel's reason.
-        let e = lab.apply(&cfg).expect_err("no 8021q: apply must fail");
-        eprintln!(
-            "NOTE: this kernel cannot create VLANs ({}): checked sanroot's error for it \
-             instead of the VLAN itself: {e}",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        );
-        assert_eq!(e.step, "creating VLAN 42 on eth0");
-        assert_eq!(e.ifname.as_deref(), Some("eth0.42"));
-        assert_eq!(e.errno, Some(nix::errno::Errno::EOPNOTSUPP), "{e}");
-        assert!(e.to_string().contains("8021q"), "{e}");
+    if probe.status.success() {
+        run(&["ip", "-n", &lab.host, "link", "del", "probe.9"]);
+        check_vlan(&lab, &cfg);
         return;
     }
-    run(&["ip", "-n", &lab.host, "link", "del", "probe.9"]);
+    let reason = String::from_utf8_lossy(&probe.stderr).trim().to_string();
+    assert!(
+        !in_guest(),
+        "the QEMU guest's kernel {} cannot create a VLAN either ({reason}): \
+         are 8021q and its dependencies in qemu/net-guest's initramfs?",
+        kernel_release()
+    );
+    // This kernel cannot: sanroot's error for it must name the step, the
+    // interface and the kernel's reason...
+    let e = lab.apply(&cfg).expect_err("no 8021q: apply must fail");
+    assert_eq!(e.step, "creating VLAN 42 on eth0");
+    assert_eq!(e.ifname.as_deref(), Some("eth0.42"));
+    assert_eq!(e.errno, Some(nix::errno::Errno::EOPNOTSUPP), "{e}");
+    assert!(e.to_string().contains("8021q"), "{e}");
+    drop(lab);
+    // ...and the VLAN itself is checked in a kernel that has 8021q: this
+    // test, run again in a QEMU guest. Never a pass without a VLAN made.
+    announce(&format!(
+        "vlan_subinterface: this host's kernel {} cannot create VLANs ({reason}); \
+         sanroot's error for it checked: {e}; now the VLAN itself in a QEMU guest",
+        kernel_release()
+    ));
+    let out = run_in_guest("vlan_subinterface");
+    assert!(
+        out.contains(&format!("{VLAN_DONE} {}", out.kernel)),
+        "the guest's test passed without saying it made the VLAN:\n{}",
+        out.section
+    );
+}
 
-    let a = lab.apply(&cfg).unwrap_or_else(|e| panic!("apply: {e}"));
+/// What `check_vlan` prints (with the kernel release) once the VLAN is
+/// made and checked.
+const VLAN_DONE: &str = "vlan_subinterface: VLAN 42 created and checked on kernel";
+
+/// The VLAN case proper, on a kernel that has 8021q.
+fn check_vlan(lab: &Lab, cfg: &NicConfig) {
+    let a = lab.apply(cfg).unwrap_or_else(|e| panic!("apply: {e}"));
     eprintln!("vlan apply:\n  {}", a.log.join("\n  "));
     assert_eq!(a.ifname, "eth0.42");
     assert_eq!(a.parent.as_deref(), Some("eth0"));
@@ -311,7 +341,7 @@ fn vlan_subinterface() {
     assert_eq!(route(&routes, "198.51.100.20")[0]["dev"], "eth0.42");
 
     // Again: the VLAN is reused, not duplicated.
-    let b = lab.apply(&cfg).unwrap_or_else(|e| panic!("re-apply: {e}"));
+    let b = lab.apply(cfg).unwrap_or_else(|e| panic!("re-apply: {e}"));
     assert_eq!((b.ifname.as_str(), b.ifindex), ("eth0.42", a.ifindex));
     assert!(
         b.log
@@ -326,6 +356,135 @@ fn vlan_subinterface() {
         .filter(|l| l["linkinfo"]["info_kind"] == "vlan")
         .count();
     assert_eq!(vlans, 1);
+    announce(&format!(
+        "{VLAN_DONE} {} ({})",
+        kernel_release(),
+        if in_guest() {
+            "QEMU guest"
+        } else {
+            "this host"
+        }
+    ));
+}
+
+// ---- tests the host's kernel cannot run: in a QEMU guest -------------------------
+
+/// Set by qemu/guest-init/net-init for the tests it runs in the guest.
+const IN_GUEST_ENV: &str = "SANROOT_NET_GUEST";
+
+fn in_guest() -> bool {
+    std::env::var_os(IN_GUEST_ENV).is_some()
+}
+
+/// The running kernel's release (`uname -r`).
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("(unknown: {e})"))
+}
+
+/// A line for the test log even when the test passes: straight to the
+/// process's stderr, past libtest's output capture (which only takes
+/// `print!`/`eprintln!`), so that CI's log says where a check really ran.
+fn announce(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// What one test printed in the guest.
+struct GuestRun {
+    /// The guest kernel's release.
+    kernel: String,
+    /// The test's output in the guest.
+    section: String,
+}
+
+impl GuestRun {
+    fn contains(&self, s: &str) -> bool {
+        self.section.contains(s)
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Text between "===SANROOT-BEGIN name===" and "===SANROOT-END name===".
+fn section<'a>(log: &'a str, name: &str) -> Option<&'a str> {
+    let begin = format!("===SANROOT-BEGIN {name}===\n");
+    let end = format!("===SANROOT-END {name}===");
+    let i = log.find(&begin)? + begin.len();
+    let j = log[i..].find(&end)? + i;
+    Some(&log[i..j])
+}
+
+/// Run `test` of this very binary in a QEMU guest with Debian's 6.12
+/// kernel and 8021q/veth (qemu/net-guest: one boot, a few seconds to a
+/// couple of minutes under TCG); panic unless it ran and passed there. A
+/// guest that cannot be booted is a failure, never a skip.
+fn run_in_guest(test: &str) -> GuestRun {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/net-guest");
+    let t = Instant::now();
+    let out = Command::new(&script)
+        .arg(&exe)
+        .arg(test)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    let took = t.elapsed();
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let dump = || {
+        format!(
+            "\n--- guest serial log, last lines ---\n{}\n--- qemu/net-guest stderr, last lines ---\n{}\n---\n\
+             (the guest needs qemu-system-x86, linux-image-6.12-amd64, busybox-static, cpio and \
+             xz-utils: `sudo qemu/install-deps`)",
+            tail(&log, 80),
+            tail(&err, 30)
+        )
+    };
+    assert!(
+        out.status.success(),
+        "{test}: the QEMU guest did not run to its end (qemu/net-guest {}, after {took:.0?}){}",
+        out.status,
+        dump()
+    );
+    let kernel = log
+        .lines()
+        .find_map(|l| l.strip_prefix("===NET-GUEST-KERNEL ")?.strip_suffix("==="))
+        .unwrap_or_else(|| panic!("{test}: no kernel line in the guest's log{}", dump()))
+        .to_string();
+    let rc_line = format!("===SANROOT-RC {test}=");
+    let rc = log
+        .lines()
+        .find_map(|l| l.strip_prefix(&rc_line)?.strip_suffix("==="));
+    let section_text = section(&log, test).unwrap_or("").to_string();
+    assert_eq!(
+        rc,
+        Some("0"),
+        "{test} failed in the QEMU guest (kernel {kernel}):\n{section_text}{}",
+        dump()
+    );
+    assert!(
+        section_text.contains("test result: ok. 1 passed;"),
+        "{test} did not run in the QEMU guest (kernel {kernel}):\n{section_text}{}",
+        dump()
+    );
+    let left = section(&log, "netns-left").unwrap_or("(missing)");
+    assert!(
+        left.trim().is_empty(),
+        "{test} left network namespaces behind in the guest: {left}"
+    );
+    announce(&format!(
+        "{test}: ran and passed in a QEMU guest, kernel {kernel}, guest run {took:.1?}; \
+         its output:\n  {}",
+        section_text.trim_end().replace('\n', "\n  ")
+    ));
+    GuestRun {
+        kernel,
+        section: section_text,
+    }
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod lun;
 pub mod net;
 pub mod netlink;
 pub mod nodes;
+pub mod pathset;
 pub mod scsi;
 pub mod secret;
 pub mod state;

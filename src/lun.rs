@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError};
+use crate::scsi::alua::TargetPortGroups;
 use crate::scsi::cdb::{self, Cdb};
 use crate::scsi::data::{
     BlockLimits, Capacity, DeviceId, Inquiry, LogicalBlockProvisioning, ModeSense, ReadCapacity10,
@@ -608,6 +609,37 @@ pub fn report_luns(session: &Session) -> Result<Vec<u64>, LunError> {
             crate::scsi::Context::ReportLuns,
             0,
             "LUN list keeps growing",
+        ),
+    })
+}
+
+/// REPORT TARGET PORT GROUPS for LU `lun` (ALUA: ask only when INQUIRY's
+/// TPGS field is non-zero): every group's access state and ports.
+pub fn report_target_port_groups(
+    session: &Session,
+    lun: u64,
+) -> Result<TargetPortGroups, LunError> {
+    let retry = RetryPolicy::default();
+    let mut alloc = 1024u32;
+    for _ in 0..3 {
+        let cdb = cdb::report_target_port_groups(alloc);
+        let v = fetch(session, lun, &cdb, alloc, &retry)?;
+        let t = TargetPortGroups::parse(&v).map_err(|error| LunError::Parse {
+            op: "REPORT TARGET PORT GROUPS",
+            error,
+        })?;
+        if t.truncated && t.alloc_len_needed() > alloc {
+            alloc = t.alloc_len_needed().min(1 << 16);
+            continue;
+        }
+        return Ok(t);
+    }
+    Err(LunError::Parse {
+        op: "REPORT TARGET PORT GROUPS",
+        error: ParseError::invalid(
+            crate::scsi::Context::ReportTargetPortGroups,
+            0,
+            "the group list keeps growing",
         ),
     })
 }

@@ -22,7 +22,8 @@ use sanroot::iscsi::pdu::{
 };
 use sanroot::iscsi::session::{Command, DataDir, SessionError, SessionEvent, event_channel};
 use sanroot::iscsi::text::{Portal as TextPortal, TextKeys};
-use sanroot::lun::{Lun, pad16};
+use sanroot::lun::{self, Lun, pad16};
+use sanroot::scsi::alua::{AccessState, PortGroup, TargetPortGroups};
 use sanroot::scsi::cdb;
 use sanroot::scsi::sense::{Sense, SenseKey};
 use support::fake_target::{
@@ -1265,6 +1266,67 @@ fn hostile_garbage() {
         // And keep the connection open: the initiator must not wait.
     });
     assert_mentions(&m, &["unknown PDU opcode 0x1d"]);
+}
+
+// ---------------------------------------------------------------- ALUA
+
+/// REPORT TARGET PORT GROUPS through the engine: a list longer than the
+/// first allocation length is fetched again at its full length.
+#[test]
+fn report_target_port_groups_fetches_the_whole_list() {
+    within(|| {
+        let groups = TargetPortGroups {
+            transition_time: Some(10),
+            groups: (0..200u16)
+                .map(|id| PortGroup {
+                    preferred: id == 1,
+                    state: if id == 1 {
+                        AccessState::ActiveOptimized
+                    } else {
+                        AccessState::Standby
+                    },
+                    supported: 0x0f,
+                    id,
+                    status: 0,
+                    vendor: 0,
+                    ports: vec![id, id + 1000],
+                })
+                .collect(),
+            data_len: 0,
+            truncated: false,
+        };
+        let mut bytes = Vec::new();
+        groups.emit(&mut bytes);
+        assert!(bytes.len() > 1024, "longer than the first allocation");
+        let f = FakeTarget::start(Behaviour::default().on_pdu(
+            move |ctx, seen| match seen.command() {
+                Some(c) if c.cdb[0] == 0xa3 && c.cdb[1] & 0x1f == 0x0a => {
+                    let n = bytes.len().min(c.expected_len as usize);
+                    ctx.data_in(c, &bytes[..n]);
+                    Step::Handled
+                }
+                _ => Step::Default,
+            },
+        ));
+        let c = connect(&f, &config());
+        let t = lun::report_target_port_groups(&c.session, 0).expect("RTPG");
+        assert!(!t.truncated);
+        assert_eq!(t.groups.len(), 200);
+        assert_eq!(t.transition_time, Some(10));
+        let g = t.group_of_port(1001).expect("port 1001");
+        assert_eq!(
+            (g.id, g.state, g.preferred),
+            (1, AccessState::ActiveOptimized, true)
+        );
+        let asks: Vec<u32> = f
+            .log()
+            .commands()
+            .filter(|(c, _)| c.cdb[0] == 0xa3)
+            .map(|(c, _)| c.expected_len)
+            .collect();
+        assert_eq!(asks, [1024, t.alloc_len_needed()]);
+        f.assert_clean();
+    })
 }
 
 // ---------------------------------------------------------------- 9 TMF

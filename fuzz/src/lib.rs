@@ -25,6 +25,7 @@ use sanroot::iscsi::text::{
     self, DiscoveredTarget, MAX_KEY_LEN, MAX_PAIRS, MAX_VALUE_LEN, TextError, TextKeys, encode_hex,
     parse_binary, parse_bool, parse_list, parse_number, parse_send_targets, parse_target_address,
 };
+use sanroot::scsi::alua::{AccessState, TargetPortGroups};
 use sanroot::scsi::data::{
     BlockLimits, DeviceId, Inquiry, LogicalBlockProvisioning, ModeSense, ReadCapacity10,
     ReadCapacity16, ReportLuns, SupportedPages, UnitSerial, lun_number, lun_to_bytes,
@@ -682,6 +683,19 @@ fn check_data(buf: &[u8]) {
         r.emit(&mut out);
         let back = ReportLuns::parse(&out).expect("emitted REPORT LUNS parses");
         assert_eq!(back.luns, r.luns);
+        assert!(!back.truncated);
+    }
+    if let Ok(t) = TargetPortGroups::parse(buf) {
+        assert!(t.alloc_len_needed() >= 4);
+        for g in &t.groups {
+            let _ = (g.state.name(), g.state.serves_io());
+            assert_eq!(AccessState::from_u8(g.state.to_u8()), g.state);
+        }
+        let mut out = Vec::new();
+        t.emit(&mut out);
+        let back = TargetPortGroups::parse(&out).expect("emitted RTPG data parses");
+        assert_eq!(back.groups, t.groups);
+        assert_eq!(back.transition_time, t.transition_time);
         assert!(!back.truncated);
     }
     let mode_norm = |m: &ModeSense| {

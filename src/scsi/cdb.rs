@@ -32,10 +32,17 @@ pub mod opcode {
     /// SERVICE ACTION IN(16); READ CAPACITY(16) is its service action 0x10.
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     pub const REPORT_LUNS: u8 = 0xa0;
+    /// MAINTENANCE IN; REPORT TARGET PORT GROUPS is its service action 0x0a.
+    pub const MAINTENANCE_IN: u8 = 0xa3;
 }
 
 /// Service action of READ CAPACITY(16) under SERVICE ACTION IN(16).
 pub const SA_READ_CAPACITY_16: u8 = 0x10;
+/// Service action of REPORT TARGET PORT GROUPS under MAINTENANCE IN.
+pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
+/// PARAMETER DATA FORMAT 001b in byte 1 of REPORT TARGET PORT GROUPS: the
+/// extended header (with the implicit transition time).
+const RTPG_EXTENDED: u8 = 0x20;
 
 /// FUA (force unit access) in byte 1 of READ/WRITE(10)/(16).
 const FUA: u8 = 0x08;
@@ -128,6 +135,10 @@ impl Cdb {
             }
             opcode::SERVICE_ACTION_IN_16 => "SERVICE ACTION IN(16)",
             opcode::REPORT_LUNS => "REPORT LUNS",
+            opcode::MAINTENANCE_IN if self.bytes[1] & 0x1f == SA_REPORT_TARGET_PORT_GROUPS => {
+                "REPORT TARGET PORT GROUPS"
+            }
+            opcode::MAINTENANCE_IN => "MAINTENANCE IN",
             _ => "unknown command",
         }
     }
@@ -149,7 +160,9 @@ impl Cdb {
             opcode::MODE_SENSE_10 => DataDirection::Read(u32::from(BigEndian::read_u16(&b[7..9]))),
             opcode::READ_CAPACITY_10 => DataDirection::Read(8),
             opcode::SERVICE_ACTION_IN_16 => DataDirection::Read(BigEndian::read_u32(&b[10..14])),
-            opcode::REPORT_LUNS => DataDirection::Read(BigEndian::read_u32(&b[6..10])),
+            opcode::REPORT_LUNS | opcode::MAINTENANCE_IN => {
+                DataDirection::Read(BigEndian::read_u32(&b[6..10]))
+            }
             opcode::READ_10 => {
                 DataDirection::Read(blocks(u32::from(BigEndian::read_u16(&b[7..9])))?)
             }
@@ -216,6 +229,17 @@ pub fn inquiry_vpd(page: u8, alloc_len: u16) -> Cdb {
 pub fn report_luns(alloc_len: u32) -> Cdb {
     let mut c = Cdb::new(opcode::REPORT_LUNS, 12);
     c.bytes[2] = 0x00;
+    BigEndian::write_u32(&mut c.bytes[6..10], alloc_len);
+    c
+}
+
+/// REPORT TARGET PORT GROUPS (SPC-5 6.36: MAINTENANCE IN, service action
+/// 0x0a), asking for the extended header format; a target that only has
+/// the length-only format answers with that (see
+/// [`super::alua::TargetPortGroups::parse`]).
+pub fn report_target_port_groups(alloc_len: u32) -> Cdb {
+    let mut c = Cdb::new(opcode::MAINTENANCE_IN, 12);
+    c.bytes[1] = RTPG_EXTENDED | SA_REPORT_TARGET_PORT_GROUPS;
     BigEndian::write_u32(&mut c.bytes[6..10], alloc_len);
     c
 }
@@ -594,6 +618,13 @@ mod tests {
             Some(DataDirection::Read(64))
         );
         assert_eq!(report_luns(16).direction(0), Some(DataDirection::Read(16)));
+        let rtpg = report_target_port_groups(1024);
+        assert_eq!(
+            rtpg.as_slice(),
+            [0xa3, 0x2a, 0, 0, 0, 0, 0, 0, 0x04, 0, 0, 0]
+        );
+        assert_eq!(rtpg.name(), "REPORT TARGET PORT GROUPS");
+        assert_eq!(rtpg.direction(512), Some(DataDirection::Read(1024)));
         assert_eq!(
             read_capacity_16().direction(0),
             Some(DataDirection::Read(32))

@@ -10,7 +10,9 @@
 //!   classification the engine's retry logic runs on;
 //! - [`data`]: parameter data a target returns (standard INQUIRY, VPD pages
 //!   0x00/0x80/0x83/0xB0/0xB2, READ CAPACITY, REPORT LUNS, MODE SENSE), as
-//!   plain values with `parse` and `emit`.
+//!   plain values with `parse` and `emit`;
+//! - [`alua`]: REPORT TARGET PORT GROUPS data, asymmetric access states
+//!   and the sense codes of their changes.
 //!
 //! What it is not: no I/O, no transport, no timers, no retry loop. It does
 //! not know about iSCSI (the engine strips the 2-byte SenseLength prefix
@@ -23,6 +25,7 @@
 
 use std::fmt;
 
+pub mod alua;
 pub mod cdb;
 pub mod data;
 pub mod sense;
@@ -58,6 +61,8 @@ pub enum Context {
     ModeSense10,
     /// One mode page inside MODE SENSE data: page code, subpage code.
     ModePage(u8, u8),
+    /// REPORT TARGET PORT GROUPS parameter data (SPC-5 6.36).
+    ReportTargetPortGroups,
 }
 
 impl fmt::Display for Context {
@@ -73,6 +78,7 @@ impl fmt::Display for Context {
             Context::ModeSense10 => f.write_str("MODE SENSE(10) data"),
             Context::ModePage(page, 0) => write!(f, "mode page 0x{page:02x}"),
             Context::ModePage(page, sub) => write!(f, "mode page 0x{page:02x}/0x{sub:02x}"),
+            Context::ReportTargetPortGroups => f.write_str("REPORT TARGET PORT GROUPS data"),
         }
     }
 }

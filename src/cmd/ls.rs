@@ -41,7 +41,9 @@ fn ls(args: &Args) -> Result<(), CmdError> {
     };
     let mut rows = Vec::new();
     for l in luns {
-        let inquiry = {
+        // A failed INQUIRY (a protocol error, the session lost) is this
+        // LUN's error, not an unknown device type.
+        let (inquiry, inquiry_error) = {
             let (r, b) = lun::run_command(
                 &session,
                 l,
@@ -51,8 +53,10 @@ fn ls(args: &Args) -> Result<(), CmdError> {
                 &RetryPolicy::default(),
                 |_| {},
             );
-            r.ok()
-                .and_then(|res| Inquiry::parse(&b[..res.data_in.min(b.len())]).ok())
+            match r {
+                Ok(res) => (Inquiry::parse(&b[..res.data_in.min(b.len())]).ok(), None),
+                Err(e) => (None, Some(format!("INQUIRY: {e}"))),
+            }
         };
         let is_disk = inquiry.as_ref().is_some_and(|i| i.peripheral.is_disk());
         let (info, error) = if is_disk {
@@ -61,7 +65,7 @@ fn ls(args: &Args) -> Result<(), CmdError> {
                 Err(e) => (None, Some(e.to_string())),
             }
         } else {
-            (None, None)
+            (None, inquiry_error)
         };
         rows.push(Row {
             lun: l,
@@ -121,6 +125,14 @@ fn ls(args: &Args) -> Result<(), CmdError> {
                 eprintln!("sanroot: LUN {}: {e}", r.lun);
             }
         }
+    }
+    // A listing with holes is no success: say so in the exit code.
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        return Err(CmdError::new(
+            exit::IO,
+            format!("{failed} of {} LUN(s) could not be read", rows.len()),
+        ));
     }
     Ok(())
 }

@@ -28,9 +28,18 @@
 //!
 //! Fault injection (drop, delay, corrupt a PDU) belongs in `on_pdu` /
 //! `Ctx`; the default handling stays a well-behaved RFC 7143 target.
+//! [`Behaviour::on_command`] with [`Ctx::send_data_in`] /
+//! [`Ctx::send_good`] scripts a hostile answer to one kind of command.
 //!
-//! Not here: CHAP, several connections per session, ErrorRecoveryLevel
-//! above 0, SNACK, AHS.
+//! CHAP ([`Behaviour::chap`], [`ChapTarget`]): the target demands
+//! `AuthMethod=CHAP`, challenges with `CHAP_A=5 CHAP_I CHAP_C`, checks
+//! `CHAP_N`/`CHAP_R` (MD5, RFC 1994) and refuses a wrong answer with
+//! 0x0201; with mutual CHAP it answers the initiator's `CHAP_I`/`CHAP_C`.
+//! [`ChapHostile`] makes it waive authentication, skip the mutual answer
+//! or answer it wrongly. What it did is in `Log::chap`.
+//!
+//! Not here: several connections per session, ErrorRecoveryLevel above 0,
+//! SNACK, AHS.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -41,6 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use sanroot::iscsi::chap::chap_response;
 use sanroot::iscsi::digest;
 use sanroot::iscsi::login::Portal;
 use sanroot::iscsi::pdu::{
@@ -48,13 +58,14 @@ use sanroot::iscsi::pdu::{
     NopIn, Pdu, R2t, RESERVED_TAG, ScsiCommand, ScsiResponse, Stage, TargetSn, TaskMgmtResponse,
     TextRequest, TextResponse, pad4,
 };
-use sanroot::iscsi::text::TextKeys;
+use sanroot::iscsi::text::{TextKeys, encode_hex, parse_binary, parse_number_in};
 use sanroot::scsi::data::{
     Association, BlockLimits, CodeSet, Designator, DesignatorType, DeviceId, Inquiry,
     LogicalBlockProvisioning, Lun, ModePage, ModeSense, Peripheral, ProvisioningType,
     ReadCapacity10, ReadCapacity16, ReportLuns, SupportedPages, UnitSerial, lun_number,
 };
 use sanroot::scsi::sense::{Sense, SenseKey};
+use sanroot::secret::Secret;
 
 /// The target name the fake answers to by default.
 pub const TARGET_IQN: &str = "iqn.2026-11.org.sanroot.test:fake";
@@ -122,6 +133,8 @@ pub struct Behaviour {
     /// The SendTargets answer, one chunk per Text Response; the initiator
     /// fetches the next with an empty Text Request carrying our TTT.
     pub send_targets: Vec<TextChunk>,
+    /// Demand CHAP in the security stage (`None`: no authentication).
+    pub chap: Option<ChapTarget>,
     pub on_login: Option<LoginHook>,
     pub on_ready: Option<ReadyHook>,
     pub on_pdu: Option<PduHook>,
@@ -141,6 +154,7 @@ impl Default for Behaviour {
             phase_collapse: true,
             tmf_response: 0,
             send_targets: Vec::new(),
+            chap: None,
             on_login: None,
             on_ready: None,
             on_pdu: None,
@@ -149,6 +163,25 @@ impl Default for Behaviour {
 }
 
 impl Behaviour {
+    pub fn chap(mut self, chap: ChapTarget) -> Self {
+        self.chap = Some(chap);
+        self
+    }
+    /// Answer every SCSI command `which` picks with `act`; the rest (and
+    /// every other PDU) get the default handling.
+    pub fn on_command(
+        self,
+        which: impl Fn(&ScsiCommand) -> bool + Send + Sync + 'static,
+        mut act: impl FnMut(&mut Ctx<'_>, &ScsiCommand) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_pdu(move |ctx, seen| match seen.command() {
+            Some(c) if which(c) => {
+                act(ctx, c);
+                Step::Handled
+            }
+            _ => Step::Default,
+        })
+    }
     pub fn on_login(mut self, f: impl FnMut(&mut LoginTurn<'_>) + Send + Sync + 'static) -> Self {
         self.on_login = Some(Box::new(f));
         self
@@ -188,11 +221,7 @@ pub struct LoginTurn<'a> {
 impl LoginTurn<'_> {
     /// Answer with a non-zero status (RFC 7143 §11.13.5) and no keys.
     pub fn refuse(&mut self, class: u8, detail: u8) {
-        self.reply.status_class = class;
-        self.reply.status_detail = detail;
-        self.reply.transit = false;
-        self.reply.tsih = 0;
-        self.reply_keys = TextKeys::new();
+        refuse_reply(&mut self.reply, &mut self.reply_keys, class, detail);
     }
 
     /// "Target moved temporarily" (0x0101) to `target_address`
@@ -245,6 +274,9 @@ pub struct Log {
     pub violations: Vec<String>,
     /// Connections that ended, and how.
     pub closed: Vec<(usize, String)>,
+    /// What the CHAP target did, in words ("initiator authenticated",
+    /// "refused: ...", "answered the mutual challenge", ...).
+    pub chap: Vec<String>,
 }
 
 impl Log {
@@ -743,6 +775,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// One Data-In for `cmd`, exactly as given: `last` makes it the final
+    /// one with status GOOD (phase collapse) and no residual, whatever was
+    /// sent before. The building block of hostile answers.
+    pub fn send_data_in(
+        &mut self,
+        cmd: &ScsiCommand,
+        data_sn: u32,
+        offset: u32,
+        data: &[u8],
+        last: bool,
+    ) {
+        let sn = if last { self.status_sn() } else { self.sn() };
+        self.send(&data_in_pdu(cmd, sn, data_sn, offset, last), data);
+    }
+
+    /// A SCSI Response with status GOOD, no residual and ExpDataSN 0.
+    pub fn send_good(&mut self, cmd: &ScsiCommand) {
+        let sn = self.status_sn();
+        self.send(&good_pdu(cmd.itt, sn), &[]);
+    }
+
     /// Answer a command with an [`Outcome`].
     pub fn reply(&mut self, cmd: &ScsiCommand, outcome: Outcome) {
         match outcome {
@@ -1058,6 +1111,47 @@ impl Ctx<'_> {
     }
 }
 
+/// A Data-In for `cmd` with no residual; `last` sets F and S (GOOD).
+pub fn data_in_pdu(cmd: &ScsiCommand, sn: TargetSn, data_sn: u32, offset: u32, last: bool) -> Pdu {
+    Pdu::DataIn(DataIn {
+        final_: last,
+        ack: false,
+        overflow: false,
+        underflow: false,
+        has_status: last,
+        status: 0,
+        lun: cmd.lun,
+        itt: cmd.itt,
+        ttt: RESERVED_TAG,
+        sn,
+        data_sn,
+        buffer_offset: offset,
+        residual: 0,
+    })
+}
+
+/// A SCSI Response GOOD for task `itt`, no residual, ExpDataSN 0.
+pub fn good_pdu(itt: u32, sn: TargetSn) -> Pdu {
+    Pdu::ScsiResponse(ScsiResponse {
+        bidi_overflow: false,
+        bidi_underflow: false,
+        overflow: false,
+        underflow: false,
+        response: 0,
+        status: 0,
+        itt,
+        sn,
+        exp_data_sn: 0,
+        bidi_residual: 0,
+        residual: 0,
+    })
+}
+
+/// READ(10) or READ(16).
+pub fn is_read(c: &ScsiCommand) -> bool {
+    matches!(c.cdb[0], 0x28 | 0x88)
+}
+
 // ---------------------------------------------------------------- SCSI
 
 fn be16(b: &[u8]) -> usize {
@@ -1227,6 +1321,229 @@ pub fn emulate(disk: &[u8], cdb: &[u8; 16]) -> Outcome {
     }
 }
 
+// ---------------------------------------------------------------- CHAP
+
+/// How a CHAP target breaks the rules on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChapHostile {
+    /// A well-behaved CHAP target.
+    #[default]
+    None,
+    /// Answer `AuthMethod=None` whatever the initiator offered: skip
+    /// authentication altogether.
+    WaiveAuth,
+    /// Check the initiator, then leave the security stage without
+    /// answering its mutual challenge (no `CHAP_N`/`CHAP_R`).
+    SkipMutualAnswer,
+    /// Answer the mutual challenge with a `CHAP_R` from another secret.
+    WrongMutualResponse,
+}
+
+/// The target side of CHAP (RFC 7143 §12.1.3, MD5 only).
+#[derive(Debug, Clone)]
+pub struct ChapTarget {
+    /// The `CHAP_N` the initiator must send, and its secret.
+    pub user: String,
+    pub secret: String,
+    /// Mutual CHAP: the name and secret this target answers the
+    /// initiator's challenge with. `None`: an initiator challenge is
+    /// refused with 0x0201.
+    pub mutual: Option<(String, String)>,
+    /// Send `CHAP_C` in base64 (`0b…`) instead of hex.
+    pub base64: bool,
+    pub hostile: ChapHostile,
+}
+
+impl ChapTarget {
+    pub fn new(user: &str, secret: &str) -> ChapTarget {
+        ChapTarget {
+            user: user.into(),
+            secret: secret.into(),
+            mutual: None,
+            base64: false,
+            hostile: ChapHostile::None,
+        }
+    }
+    pub fn mutual(mut self, name: &str, secret: &str) -> ChapTarget {
+        self.mutual = Some((name.into(), secret.into()));
+        self
+    }
+    pub fn hostile(mut self, h: ChapHostile) -> ChapTarget {
+        self.hostile = h;
+        self
+    }
+}
+
+/// One connection's CHAP exchange so far.
+#[derive(Default)]
+struct ChapState {
+    /// The identifier and challenge we sent.
+    challenge: Option<(u8, Vec<u8>)>,
+    /// The initiator proved itself (or the hostile target waived it).
+    done: bool,
+}
+
+/// Turn a Login Response into a refusal with `class`/`detail` and no keys.
+fn refuse_reply(reply: &mut LoginResponse, keys: &mut TextKeys, class: u8, detail: u8) {
+    reply.status_class = class;
+    reply.status_detail = detail;
+    reply.transit = false;
+    reply.tsih = 0;
+    *keys = TextKeys::new();
+}
+
+/// 16 bytes no two connections share (not secret: a test target).
+fn fresh_challenge() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    (0..2)
+        .flat_map(|i: u64| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(i);
+            h.finish().to_be_bytes()
+        })
+        .collect()
+}
+
+fn encode_base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::from("0b");
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// The CHAP part of one Login Response in the security stage: edits
+/// `reply`/`rk` (the default answer) and returns what happened, for the
+/// log. A wrong answer from the initiator is refused with 0x0201.
+fn chap_turn(
+    c: &ChapTarget,
+    st: &mut ChapState,
+    req: &LoginRequest,
+    keys: &TextKeys,
+    reply: &mut LoginResponse,
+    rk: &mut TextKeys,
+) -> Vec<String> {
+    if reply.status_class != 0 || req.csg != Stage::Security {
+        return Vec::new();
+    }
+    let mut said = Vec::new();
+    if let Err(why) = chap_step(c, st, keys, rk, &mut said) {
+        refuse_reply(reply, rk, 2, 1);
+        said.push(format!("refused: {why}"));
+        return said;
+    }
+    if req.transit && !st.done {
+        refuse_reply(reply, rk, 2, 1);
+        said.push("refused: leaving the security stage before CHAP".into());
+    }
+    said
+}
+
+fn chap_step(
+    c: &ChapTarget,
+    st: &mut ChapState,
+    keys: &TextKeys,
+    rk: &mut TextKeys,
+    said: &mut Vec<String>,
+) -> Result<(), String> {
+    if keys.contains("AuthMethod") && c.hostile == ChapHostile::WaiveAuth {
+        rk.set("AuthMethod", "None");
+        st.done = true;
+        said.push("waived authentication (AuthMethod=None)".into());
+        return Ok(());
+    }
+    if let Some(a) = keys.get("CHAP_A") {
+        if !a.split(',').any(|x| x == "5") {
+            return Err(format!("CHAP_A={a} without MD5 (5)"));
+        }
+        let challenge = fresh_challenge();
+        let id = challenge[0];
+        rk.push("CHAP_A", "5");
+        rk.push("CHAP_I", id.to_string());
+        rk.push(
+            "CHAP_C",
+            if c.base64 {
+                encode_base64(&challenge)
+            } else {
+                encode_hex(&challenge)
+            },
+        );
+        st.challenge = Some((id, challenge));
+        said.push("challenged the initiator".into());
+    }
+    if let Some(name) = keys.get("CHAP_N") {
+        check_initiator(c, st, name, keys.get("CHAP_R"))?;
+        said.push(format!("initiator authenticated as {name}"));
+        st.done = true;
+        answer_mutual(c, keys, rk, said)?;
+    }
+    Ok(())
+}
+
+/// The initiator's CHAP_N/CHAP_R against our user, secret and challenge.
+fn check_initiator(
+    c: &ChapTarget,
+    st: &mut ChapState,
+    name: &str,
+    response: Option<&str>,
+) -> Result<(), String> {
+    let (id, challenge) = st.challenge.take().ok_or("CHAP_N before CHAP_A")?;
+    let got = response
+        .ok_or("CHAP_N without CHAP_R")
+        .and_then(|r| parse_binary("CHAP_R", r, 1024).map_err(|_| "CHAP_R does not decode"))?;
+    let want = chap_response(id, &Secret::from(c.secret.as_str()), &challenge);
+    if name != c.user || got != want {
+        return Err(format!("wrong CHAP_N ({name}) or CHAP_R"));
+    }
+    Ok(())
+}
+
+/// Mutual CHAP: answer the initiator's CHAP_I/CHAP_C (or, hostile, not,
+/// or wrongly).
+fn answer_mutual(
+    c: &ChapTarget,
+    keys: &TextKeys,
+    rk: &mut TextKeys,
+    said: &mut Vec<String>,
+) -> Result<(), String> {
+    let (id, challenge) = match (keys.get("CHAP_I"), keys.get("CHAP_C")) {
+        (None, None) => return Ok(()),
+        (Some(i), Some(ch)) => (i, ch),
+        _ => return Err("CHAP_I without CHAP_C, or the reverse".into()),
+    };
+    let Some((name, secret)) = &c.mutual else {
+        return Err("the initiator asks for mutual CHAP, not configured here".into());
+    };
+    let id = parse_number_in("CHAP_I", id, 0, 255).map_err(|e| e.to_string())? as u8;
+    let challenge = parse_binary("CHAP_C", challenge, 1024).map_err(|e| e.to_string())?;
+    let secret = match c.hostile {
+        ChapHostile::SkipMutualAnswer => {
+            said.push("skipped the answer to the mutual challenge".into());
+            return Ok(());
+        }
+        ChapHostile::WrongMutualResponse => format!("{secret}-not-it"),
+        _ => secret.clone(),
+    };
+    let r = chap_response(id, &Secret::from(secret.as_str()), &challenge);
+    rk.push("CHAP_N", name.as_str());
+    rk.push("CHAP_R", encode_hex(&r));
+    said.push("answered the mutual challenge".into());
+    Ok(())
+}
+
 // ---------------------------------------------------------------- login
 
 fn yes_no(b: bool) -> &'static str {
@@ -1258,6 +1575,16 @@ fn default_login_answer(
                 }
                 continue;
             }
+            "AuthMethod" if cfg.chap.is_some() => {
+                if v.split(',').any(|m| m == "CHAP") {
+                    "CHAP".into()
+                } else {
+                    status = (2, 1);
+                    continue;
+                }
+            }
+            // Handled by `chap_turn`.
+            "CHAP_A" | "CHAP_I" | "CHAP_C" | "CHAP_N" | "CHAP_R" if cfg.chap.is_some() => continue,
             "AuthMethod" => {
                 if v.split(',').any(|m| m == "None") {
                     "None".into()
@@ -1387,6 +1714,7 @@ fn login(shared: &Shared, reader: &mut Reader, conn: &mut Conn) -> Result<bool, 
     let mut agreed = TextKeys::new();
     let mut declared = TextKeys::new();
     let mut first = true;
+    let mut chap = ChapState::default();
     loop {
         let (pdu, data) = match reader.read_pdu() {
             Ok(Some(p)) => p,
@@ -1419,9 +1747,13 @@ fn login(shared: &Shared, reader: &mut Reader, conn: &mut Conn) -> Result<bool, 
         }
         conn.exp_cmd_sn = req.cmd_sn;
         let tsih = 0x1000 + conn.id as u16;
-        let (reply, reply_keys) =
+        let (mut reply, mut reply_keys) =
             default_login_answer(&shared.cfg, &req, &keys, conn.stat_sn, first, tsih);
         first = false;
+        if let Some(c) = &shared.cfg.chap {
+            let said = chap_turn(c, &mut chap, &req, &keys, &mut reply, &mut reply_keys);
+            lock(&shared.log).chap.extend(said);
+        }
         let mut turn = LoginTurn {
             conn: conn.id,
             local_port: shared.port,
@@ -1531,6 +1863,103 @@ fn full_feature(shared: &Shared, reader: &mut Reader, conn: &mut Conn) -> String
             Step::Default => ctx.default(&seen),
             Step::Handled => {}
             Step::HangUp => ctx.hang_up(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw portal
+
+/// A portal that hands each accepted connection to `handler` as is, no
+/// iSCSI spoken for it: for a target that never answers, or answers with
+/// bytes no codec would produce. Stops (closing every connection) when
+/// dropped; `handler` should return once [`RawConn::stopped`].
+pub struct RawPortal {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    accept: Option<JoinHandle<()>>,
+}
+
+/// One connection of a [`RawPortal`].
+pub struct RawConn {
+    pub stream: TcpStream,
+    stop: Arc<AtomicBool>,
+}
+
+impl RawConn {
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Say nothing until the portal is dropped.
+    pub fn hold(&self) {
+        while !self.stopped() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Read one PDU from the initiator (BHS and data segment, no
+    /// digests: the login phase); its header.
+    pub fn read_pdu(&mut self) -> std::io::Result<[u8; BHS_LEN]> {
+        let mut bhs = [0u8; BHS_LEN];
+        self.stream.read_exact(&mut bhs)?;
+        let view = Bhs::new_unchecked(&bhs[..]);
+        let rest = view.total_ahs_len() + pad4(view.data_segment_len());
+        std::io::copy(
+            &mut (&mut self.stream).take(rest as u64),
+            &mut std::io::sink(),
+        )?;
+        Ok(bhs)
+    }
+}
+
+impl RawPortal {
+    pub fn start(handler: impl Fn(RawConn) + Send + Sync + 'static) -> RawPortal {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let (s, st) = (Arc::clone(&stop), Arc::clone(&streams));
+        let handler = Arc::new(handler);
+        let accept = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                if let Ok(c) = stream.try_clone() {
+                    lock(&st).push(c);
+                }
+                let (h, stop) = (Arc::clone(&handler), Arc::clone(&s));
+                std::thread::spawn(move || h(RawConn { stream, stop }));
+            }
+        });
+        RawPortal {
+            port,
+            stop,
+            streams,
+            accept: Some(accept),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        lock(&self.streams).len()
+    }
+}
+
+impl Drop for RawPortal {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for s in lock(&self.streams).iter() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
         }
     }
 }

@@ -101,14 +101,29 @@ pub fn load_all(dir: &Path) -> Result<Vec<NodeRecord>, String> {
                 continue;
             }
             let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            match parse_record(&text) {
-                Some(r) => out.push(r),
+            match parse_record(&text).map(|r| check_record(&r).map(|()| r)) {
+                Some(Ok(r)) => out.push(r),
+                Some(Err(why)) => log::warn!("ignoring node record {}: {why}", path.display()),
                 None => log::warn!("ignoring unreadable node record {}", path.display()),
             }
         }
     }
     out.sort_by(|a, b| (&a.target, &a.host, a.port).cmp(&(&b.target, &b.host, b.port)));
     Ok(out)
+}
+
+/// A saved record is data someone could have planted: its target must be
+/// an iSCSI name and its hosts names or addresses before it is used or
+/// exported (an open-iscsi record is key = value lines).
+fn check_record(r: &NodeRecord) -> Result<(), String> {
+    crate::iscsi::text::check_iscsi_name(&r.target)
+        .map_err(|e| format!("target {:?} is not an iSCSI name: {e}", r.target))?;
+    for h in [&r.host, &r.discovery_host] {
+        if h.len() > 255 || !h.bytes().all(|b| b.is_ascii_graphic()) || h.contains('/') {
+            return Err(format!("host {h:?} is not a name or address"));
+        }
+    }
+    Ok(())
 }
 
 fn parse_record(text: &str) -> Option<NodeRecord> {

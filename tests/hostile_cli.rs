@@ -772,7 +772,15 @@ fn node_export_keeps_a_traversal_name_inside() {
     );
     assert_sane(&r);
     sb.assert_contained();
-    for (p, _) in files_with_text(&sb, "out") {
+    assert!(
+        r.stderr.contains("is not an iSCSI name"),
+        "the planted record is refused: {r}"
+    );
+    for (p, text) in files_with_text(&sb, "out") {
+        assert!(
+            !text.contains("escaped"),
+            "the planted record was exported: {p:?}"
+        );
         assert!(p.starts_with("db"), "{p:?} outside --dir: {r}");
         assert!(
             fs::canonicalize(sb.dir("out").join(&p))

@@ -171,6 +171,12 @@ pub fn no_core_dumps() {
     }
 }
 
+/// This process's PR_GET_DUMPABLE (None if the kernel will not say): what
+/// [`no_core_dumps`] achieved, as the kernel sees it.
+pub fn dumpable() -> Option<bool> {
+    nix::sys::prctl::get_dumpable().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,12 @@
 //! is clean, a write into a partition landed at the right offset, a thin LUN
 //! got its holes back after fstrim.
 //!
-//! One boot per bridge runs all six cases (fs, pattern, ro, 4k, trim,
-//! resize: the LUN grows on the host while attached)
-//! against different LUNs of one target; each #[test] judges one case of
-//! that boot. Needs root, qemu-system-x86, tgt, e2fsprogs, fdisk and
+//! One boot per bridge runs all seven cases (fs, pattern, ro, 4k, trim,
+//! resize: the LUN grows on the host while attached; secrets: mutual CHAP
+//! secrets given through the environment leave no trace in the guest's
+//! /proc and the daemon is not dumpable, issue 14)
+//! against different LUNs of one target (secrets: of a second target that
+//! requires mutual CHAP); each #[test] judges one case of that boot. Needs root, qemu-system-x86, tgt, e2fsprogs, fdisk and
 //! linux-image-6.12-amd64 (`sudo qemu/install-deps`); `tests/run` builds
 //! the static binary first and sets SANROOT_STATIC_BIN. The guest's serial
 //! log is kept as target/bridge-guest-BRIDGE.log.
@@ -580,6 +582,183 @@ fn resize(bridge: &'static str) {
     c.detached();
 }
 
+/// Mutual CHAP with both secrets given to `sanroot attach` through its
+/// environment only (the guest reads them from a 0600 file of its
+/// initramfs). While the device is attached no process in the guest holds
+/// either secret in /proc/PID/environ or /proc/PID/cmdline: the same scan
+/// must find two control processes that do (one in its environment, one in
+/// its argv), so a broken scan cannot pass. The daemon is not dumpable
+/// (its PR_GET_DUMPABLE, which it records; RLIMIT_CORE 0 in
+/// /proc/PID/limits), and no secret is in /run, the kernel log, any output
+/// or the serial log. The target really needs CHAP and sanroot really
+/// checks the target's answer (negative controls), the device reads the
+/// LUN, and detach is clean.
+fn secrets(bridge: &'static str) {
+    let c = Case::new("secrets", bridge);
+    c.eq(
+        "host_secret_in_append",
+        "0",
+        "a CHAP secret is on the guest's kernel command line",
+    );
+    c.eq(
+        "secrets_on_kernel_cmdline",
+        "0",
+        "a CHAP secret is in the guest's /proc/cmdline",
+    );
+    c.eq(
+        "secret_file_mode",
+        "600",
+        "the guest's credentials file is 0600",
+    );
+    c.ne(
+        "ls_no_auth_rc",
+        "0",
+        "`sanroot ls` without credentials must fail: the target requires CHAP",
+    );
+    c.ne(
+        "ls_wrong_target_rc",
+        "0",
+        "`sanroot ls` must refuse a target that answers mutual CHAP with another secret",
+    );
+    c.eq(
+        "ls_chap_rc",
+        "0",
+        "`sanroot ls` with the mutual CHAP credentials in its environment",
+    );
+    c.attached(16 * MIB);
+    c.eq(
+        "host_sessions_attached",
+        "1",
+        "sessions on the CHAP target while attached",
+    );
+    let want = c.get("expected_md5");
+    c.check(want.len() == 32, &format!("no expected md5: {want:?}"));
+    c.eq(
+        "read_md5",
+        want,
+        "the LUN's first MiB read through the device",
+    );
+
+    // The scan works: it finds both controls.
+    c.eq(
+        "control_environ_found",
+        "yes",
+        "the scan did not find the control process holding the secrets in its environ: the scan is broken",
+    );
+    c.eq(
+        "control_cmdline_found",
+        "yes",
+        "the scan did not find the control process holding the secrets in its argv: the scan is broken",
+    );
+    // The daemon got them through its environment, and holds them no more.
+    let pid = c.get("daemon_pid");
+    c.check(
+        !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()),
+        &format!("no daemon pid in `sanroot status --json`: {pid:?}"),
+    );
+    c.eq(
+        "sanroot_pids",
+        pid,
+        "the daemon is the only sanroot process left after attach",
+    );
+    c.eq("daemon_comm", "sanroot", "the recorded pid is the daemon");
+    let names = c.get("daemon_env_names");
+    for n in ["SANROOT_CHAP_SECRET", "SANROOT_TARGET_CHAP_SECRET"] {
+        c.check(
+            names.split_whitespace().any(|x| x == n),
+            &format!(
+                "{n} is not in the daemon's environment at all ({names:?}): the secrets did not reach attach through the environment"
+            ),
+        );
+    }
+    c.eq(
+        "daemon_env_secret_values",
+        "0",
+        "the daemon's SANROOT_*CHAP_SECRET variables still have values",
+    );
+    // The property (issue 14, "Done when").
+    c.eq(
+        "environ_leak_pids",
+        "none",
+        "processes holding a CHAP secret in /proc/PID/environ while attached (see the guest's \"holds a secret\" lines)",
+    );
+    c.eq(
+        "cmdline_leak_pids",
+        "none",
+        "processes holding a CHAP secret in /proc/PID/cmdline while attached (see the guest's \"holds a secret\" lines)",
+    );
+    c.eq(
+        "environ_leak_pids_rescan",
+        "none",
+        "processes holding a CHAP secret in /proc/PID/environ (second scan)",
+    );
+    c.eq(
+        "cmdline_leak_pids_rescan",
+        "none",
+        "processes holding a CHAP secret in /proc/PID/cmdline (second scan)",
+    );
+    c.eq(
+        "record_dumpable",
+        "false",
+        "the daemon's PR_GET_DUMPABLE (`dumpable` in `sanroot status --json`)",
+    );
+    c.eq(
+        "daemon_core_limit",
+        "0/0",
+        "the daemon's RLIMIT_CORE (soft/hard, /proc/PID/limits)",
+    );
+    c.eq(
+        "run_files_with_secret",
+        "none",
+        "files under /run holding a CHAP secret",
+    );
+    c.eq(
+        "kmsg_lines_with_secret",
+        "0",
+        "kernel log lines (the daemon logs there) holding a CHAP secret",
+    );
+    c.eq(
+        "output_lines_with_secret",
+        "0",
+        "lines printed by attach, ls or status holding a CHAP secret",
+    );
+    c.detached();
+    c.eq(
+        "host_sessions_detached",
+        "0",
+        "sessions on the CHAP target after detach",
+    );
+    c.eq(
+        "environ_leak_pids_after_detach",
+        "none",
+        "processes holding a CHAP secret in /proc/PID/environ after detach",
+    );
+    c.eq(
+        "cmdline_leak_pids_after_detach",
+        "none",
+        "processes holding a CHAP secret in /proc/PID/cmdline after detach",
+    );
+    c.eq(
+        "kmsg_lines_with_secret_after_detach",
+        "0",
+        "kernel log lines holding a CHAP secret after detach",
+    );
+    c.eq(
+        "host_log_lines_with_secret",
+        "0",
+        "lines of the guest's serial log holding a CHAP secret",
+    );
+    let s = c
+        .boot
+        .results
+        .get("boot.chap_sessions_after_detach_all")
+        .map(String::as_str);
+    c.check(
+        s == Some("0"),
+        &format!("sessions left on the CHAP target at the end: {s:?}"),
+    );
+}
+
 #[test]
 fn nbd_boot() {
     boot_ok("nbd");
@@ -607,6 +786,10 @@ fn nbd_trim() {
 #[test]
 fn nbd_resize() {
     resize("nbd");
+}
+#[test]
+fn nbd_secrets() {
+    secrets("nbd");
 }
 
 #[test]
@@ -636,4 +819,8 @@ fn ublk_trim() {
 #[test]
 fn ublk_resize() {
     resize("ublk");
+}
+#[test]
+fn ublk_secrets() {
+    secrets("ublk");
 }

@@ -533,6 +533,7 @@ fn serve_inner(
         size_bytes: dev_bytes,
         block_size: info.block_size(),
         read_only: info.write_protected,
+        dumpable: crate::secret::dumpable(),
     };
     let dev = Arc::new(dev);
     if let Err(e) = on_ready(&mut record, used) {

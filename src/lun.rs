@@ -613,6 +613,24 @@ pub fn report_luns(session: &Session) -> Result<Vec<u64>, LunError> {
     })
 }
 
+/// The relative target port and target port group (VPD 0x83) through
+/// which `session` reaches LU `lun`: where this path sits in ALUA's
+/// groups. `(None, None)` when the LU has no such designators.
+pub fn path_port(session: &Session, lun: u64) -> Result<(Option<u16>, Option<u16>), LunError> {
+    let v = fetch(
+        session,
+        lun,
+        &cdb::inquiry_vpd(0x83, 4096),
+        4096,
+        &RetryPolicy::default(),
+    )?;
+    let d = DeviceId::parse(&v).map_err(|error| LunError::Parse {
+        op: "INQUIRY VPD 0x83",
+        error,
+    })?;
+    Ok(d.port())
+}
+
 /// REPORT TARGET PORT GROUPS for LU `lun` (ALUA: ask only when INQUIRY's
 /// TPGS field is non-zero): every group's access state and ports.
 pub fn report_target_port_groups(
@@ -631,6 +649,17 @@ pub fn report_target_port_groups(
         if t.truncated && t.alloc_len_needed() > alloc {
             alloc = t.alloc_len_needed().min(1 << 16);
             continue;
+        }
+        if t.truncated {
+            // Room enough was given: the target sent less than it said.
+            return Err(LunError::Parse {
+                op: "REPORT TARGET PORT GROUPS",
+                error: ParseError::invalid(
+                    crate::scsi::Context::ReportTargetPortGroups,
+                    v.len(),
+                    "the data ends before its RETURN DATA LENGTH",
+                ),
+            });
         }
         return Ok(t);
     }

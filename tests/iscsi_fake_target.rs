@@ -1329,6 +1329,34 @@ fn report_target_port_groups_fetches_the_whole_list() {
     })
 }
 
+/// A target that sends less than the RETURN DATA LENGTH it announces,
+/// with room enough given (Linux 6.12's LIO does so in the extended
+/// format, 4 bytes short): an error naming it, not a list missing a port.
+#[test]
+fn report_target_port_groups_cut_short_is_an_error() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default().on_pdu(|ctx, seen| {
+            match seen.command() {
+                Some(c) if c.cdb[0] == 0xa3 => {
+                    // Extended header, one group of one port, cut 4 bytes short.
+                    let data = [0, 0, 0, 12, 0x10, 0, 0, 0, 0, 0xcf, 0, 0, 0, 0, 0, 1];
+                    ctx.data_in(c, &data);
+                    Step::Handled
+                }
+                _ => Step::Default,
+            }
+        }));
+        let c = connect(&f, &config());
+        let e = lun::report_target_port_groups(&c.session, 0).expect_err("cut short");
+        assert_mentions(
+            &e.to_string(),
+            &["REPORT TARGET PORT GROUPS", "RETURN DATA LENGTH"],
+        );
+        assert!(c.session.failure().is_none());
+        f.assert_clean();
+    })
+}
+
 // ---------------------------------------------------------------- 9 TMF
 
 #[test]

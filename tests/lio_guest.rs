@@ -4,7 +4,10 @@
 //! that `qemu/lio-guest` boots (see qemu/guest-init/lio-init for what the
 //! guest sets up). Discovery, REPORT LUNS, INQUIRY/capacity, write/read
 //! round trips of 4 KiB to 8 MiB checked against the md5 of the guest's
-//! backing files, CRC32C digests, logout; then a second guest with CHAP and
+//! backing files, CRC32C digests, logout; ALUA (TPGS, this path's port and
+//! group from VPD 0x83, REPORT TARGET PORT GROUPS as configfs moves the
+//! port's group through standby, non-optimized and unavailable, and the
+//! standby path's NOT READY 04/0B); then a second guest with CHAP and
 //! mutual CHAP. Needs root, qemu-system-x86, linux-image-6.12-amd64,
 //! busybox-static and cpio (`sudo qemu/install-deps`). Never skips: a guest
 //! that does not come up fails the test with the tail of its serial log.
@@ -24,10 +27,11 @@ use sanroot::iscsi::chap::{AuthConfig, MutualConfig};
 use sanroot::iscsi::initiator::{self, InitiatorConfig};
 use sanroot::iscsi::login::{LoginError, Portal};
 use sanroot::iscsi::negotiate::DigestOffer;
-use sanroot::iscsi::session::{DataDir, Session};
-use sanroot::lun::{Lun, LunError, report_luns};
+use sanroot::iscsi::session::{Command as ScsiCommand, DataDir, Session};
+use sanroot::lun::{self, Lun, LunError, pad16, report_luns};
+use sanroot::scsi::alua::{AccessState, AluaSense};
 use sanroot::scsi::cdb;
-use sanroot::scsi::sense::SenseKey;
+use sanroot::scsi::sense::{Sense, SenseKey};
 use sanroot::secret::Secret;
 
 const IQN: &str = "iqn.2026-11.org.sanroot.test:lio";
@@ -599,6 +603,84 @@ fn plain(g: &Guest) {
     g.wait_sessions((0, 0));
 }
 
+/// ALUA against LIO's own implementation: INQUIRY's TPGS, this path's
+/// port and group from VPD 0x83, REPORT TARGET PORT GROUPS as the group's
+/// state is changed through configfs, and the NOT READY sense a standby
+/// path answers a READ with.
+fn alua(g: &Guest) {
+    let c = initiator::connect(&g.portal(), IQN, &InitiatorConfig::new(INITIATOR), None)
+        .unwrap_or_else(|e| panic!("login for the ALUA checks: {e}"));
+    let session = Arc::new(c.session);
+    let lun = Lun::open(Arc::clone(&session), 0).expect("LUN 0");
+    assert_ne!(lun.info.inquiry.tpgs, 0, "LIO reports ALUA support (TPGS)");
+    drop(lun);
+    let (port, group) = lun::path_port(&session, 0).expect("VPD 0x83");
+    let port = port.expect("a relative target port designator");
+    let t = lun::report_target_port_groups(&session, 0).expect("RTPG");
+    eprintln!("alua: port {port}, group {group:?}, groups {:?}", t.groups);
+    let ours = t.group_of_port(port).expect("this path's port in a group");
+    assert_eq!(Some(ours.id), group, "VPD 0x83 and RTPG agree on the group");
+    assert_eq!(
+        ours.state,
+        AccessState::ActiveOptimized,
+        "LIO's default group"
+    );
+    for (v, want) in [
+        (2, AccessState::Standby),
+        (1, AccessState::ActiveNonOptimized),
+        (3, AccessState::Unavailable),
+        (0, AccessState::ActiveOptimized),
+    ] {
+        eprintln!("alua: {}", g.ctl(&format!("alua {v}")));
+        let t = lun::report_target_port_groups(&session, 0).expect("RTPG");
+        let ours = t.group_of_port(port).expect("this path's port in a group");
+        assert_eq!((ours.id, ours.state), (7, want), "{:?}", t.groups);
+        assert_eq!(lun::path_port(&session, 0).expect("VPD 0x83").1, Some(7));
+        if want == AccessState::Standby {
+            assert_eq!(read_sense(&session), Some(AluaSense::Standby));
+        }
+        if want == AccessState::ActiveNonOptimized {
+            assert_eq!(
+                read_sense(&session),
+                None,
+                "a non-optimized path serves I/O"
+            );
+        }
+    }
+    logout(session);
+    g.wait_sessions((0, 0));
+}
+
+/// A 4 KiB READ of LUN 0 on `session`: the ALUA meaning of its sense, if
+/// it failed. A unit attention (the state change itself) is read past.
+fn read_sense(session: &Session) -> Option<AluaSense> {
+    for _ in 0..4 {
+        let cmd = ScsiCommand {
+            lun: 0,
+            cdb: pad16(&cdb::read(0, 8, false)),
+            dir: DataDir::Read(4096),
+            attr: 1,
+        };
+        let (r, _) = session.execute(cmd, vec![0u8; 4096]);
+        let res = r.unwrap_or_else(|e| panic!("READ: {e}"));
+        if res.status == 0 {
+            return None;
+        }
+        let sense = res
+            .sense
+            .as_deref()
+            .and_then(|s| Sense::parse(s).ok())
+            .unwrap_or_else(|| panic!("status {} without sense", res.status));
+        if sense.key == SenseKey::UnitAttention
+            && AluaSense::of(&sense) != Some(AluaSense::TransitionFailed)
+        {
+            continue;
+        }
+        return Some(AluaSense::of(&sense).unwrap_or_else(|| panic!("READ failed: {sense}")));
+    }
+    panic!("unit attentions without end")
+}
+
 fn chap(g: &Guest) {
     let good = chap_cfg(
         "alice",
@@ -701,7 +783,10 @@ fn chap(g: &Guest) {
 fn lio_in_a_guest_round_trips() {
     watchdog();
     let t0 = Instant::now();
-    with_guest("plain", &[], plain);
+    with_guest("plain", &[], |g| {
+        plain(g);
+        alua(g);
+    });
     with_guest(
         "chap",
         &[

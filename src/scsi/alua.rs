@@ -108,7 +108,8 @@ pub struct TargetPortGroups {
     /// IMPLICIT TRANSITION TIME in seconds (extended format only).
     pub transition_time: Option<u8>,
     pub groups: Vec<PortGroup>,
-    /// RETURN DATA LENGTH as sent: more than the buffer held when the
+    /// RETURN DATA LENGTH as sent: the bytes of the descriptor list (after
+    /// the 4- or 8-byte header); more than the buffer held when the
     /// allocation length was too small (see [`Self::alloc_len_needed`]).
     pub data_len: u32,
     /// The buffer ended before the data did.
@@ -130,16 +131,19 @@ impl TargetPortGroups {
         const CTX: Context = Context::ReportTargetPortGroups;
         ParseError::need(CTX, buf, 4)?;
         let data_len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let (header, transition_time) = match buf.get(4) {
+        let (header, transition_time): (usize, _) = match buf.get(4) {
             Some(b) if b & 0x70 == EXTENDED => {
                 ParseError::need(CTX, buf, 8)?;
                 (8, Some(buf[5]))
             }
             _ => (4, None),
         };
-        // RETURN DATA LENGTH counts the bytes after the 4-byte length.
-        let end = (4usize.saturating_add(data_len as usize)).min(buf.len());
-        let truncated = end < 4 + data_len as usize;
+        // RETURN DATA LENGTH counts the descriptor list only, in both
+        // formats (SPC-5 6.36.1; LIO's target_core_alua.c does so too): in
+        // the extended format the list starts 4 bytes later.
+        let full = header.saturating_add(data_len as usize);
+        let end = full.min(buf.len());
+        let truncated = end < full;
         let mut groups = Vec::new();
         let mut at = header;
         while at < end {
@@ -193,7 +197,8 @@ impl TargetPortGroups {
 
     /// The allocation length that fetches all of it.
     pub fn alloc_len_needed(&self) -> u32 {
-        self.data_len.saturating_add(4)
+        let header = if self.transition_time.is_some() { 8 } else { 4 };
+        self.data_len.saturating_add(header)
     }
 
     /// Emit the data (extended format when `transition_time` is set).
@@ -203,6 +208,7 @@ impl TargetPortGroups {
         if let Some(t) = self.transition_time {
             out.extend_from_slice(&[EXTENDED, t, 0, 0]);
         }
+        let list = out.len();
         for g in &self.groups {
             let count = g.ports.len().min(255);
             out.extend_from_slice(&[
@@ -216,7 +222,7 @@ impl TargetPortGroups {
                 out.extend_from_slice(&p.to_be_bytes());
             }
         }
-        let len = (out.len() - start - 4) as u32;
+        let len = (out.len() - list) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
@@ -328,13 +334,15 @@ mod tests {
         assert!(back.group(9).is_none());
     }
 
-    /// Two groups in the extended format, written out by hand from SPC-5's
-    /// tables (the preferred default group with port 1, group 7 in standby
-    /// after an implicit transition, with port 2).
+    /// Two groups in the extended format as LIO sends them (the preferred
+    /// default group with port 1, group 7 in standby after an implicit
+    /// transition, with port 2): RETURN DATA LENGTH counts the 24 bytes of
+    /// descriptors, not the extended header's 4. (A first version counted
+    /// them; LIO in tests/lio_guest.rs showed it wrong.)
     #[test]
-    fn two_groups_by_hand() {
+    fn two_groups_in_the_extended_format() {
         let buf = [
-            0, 0, 0, 28, 0x10, 0, 0, 0, // header
+            0, 0, 0, 24, 0x10, 0, 0, 0, // header
             0x80, 0x0f, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, // default_tg_pt_gp, port 1
             0x02, 0x0f, 0, 7, 0, 2, 0, 1, 0, 0, 0, 2, // group 7 standby, port 2
         ];

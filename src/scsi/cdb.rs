@@ -40,9 +40,6 @@ pub mod opcode {
 pub const SA_READ_CAPACITY_16: u8 = 0x10;
 /// Service action of REPORT TARGET PORT GROUPS under MAINTENANCE IN.
 pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
-/// PARAMETER DATA FORMAT 001b in byte 1 of REPORT TARGET PORT GROUPS: the
-/// extended header (with the implicit transition time).
-const RTPG_EXTENDED: u8 = 0x20;
 
 /// FUA (force unit access) in byte 1 of READ/WRITE(10)/(16).
 const FUA: u8 = 0x08;
@@ -234,12 +231,15 @@ pub fn report_luns(alloc_len: u32) -> Cdb {
 }
 
 /// REPORT TARGET PORT GROUPS (SPC-5 6.36: MAINTENANCE IN, service action
-/// 0x0a), asking for the extended header format; a target that only has
-/// the length-only format answers with that (see
-/// [`super::alua::TargetPortGroups::parse`]).
+/// 0x0a) in the length-only header format. Not the extended one: Linux
+/// 6.12's LIO announces the extended format's descriptor list correctly
+/// but transfers 4 bytes less than it (its length counts a 4-byte
+/// header), cutting off the last group's last port (seen in
+/// tests/lio_guest.rs). [`super::alua::TargetPortGroups::parse`] reads
+/// both formats.
 pub fn report_target_port_groups(alloc_len: u32) -> Cdb {
     let mut c = Cdb::new(opcode::MAINTENANCE_IN, 12);
-    c.bytes[1] = RTPG_EXTENDED | SA_REPORT_TARGET_PORT_GROUPS;
+    c.bytes[1] = SA_REPORT_TARGET_PORT_GROUPS;
     BigEndian::write_u32(&mut c.bytes[6..10], alloc_len);
     c
 }
@@ -621,7 +621,7 @@ mod tests {
         let rtpg = report_target_port_groups(1024);
         assert_eq!(
             rtpg.as_slice(),
-            [0xa3, 0x2a, 0, 0, 0, 0, 0, 0, 0x04, 0, 0, 0]
+            [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 0x04, 0, 0, 0]
         );
         assert_eq!(rtpg.name(), "REPORT TARGET PORT GROUPS");
         assert_eq!(rtpg.direction(512), Some(DataDirection::Read(1024)));

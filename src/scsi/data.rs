@@ -627,6 +627,22 @@ impl DeviceId {
             .filter(|d| d.association == Association::LogicalUnit)
     }
 
+    /// The port this page was read through: its relative target port
+    /// identifier and target port group (ALUA), from the designators
+    /// associated with the target port.
+    pub fn port(&self) -> (Option<u16>, Option<u16>) {
+        let find = |kind| {
+            self.designators
+                .iter()
+                .filter(|d| d.association == Association::TargetPort && d.kind == kind)
+                .find_map(Designator::port_or_group)
+        };
+        (
+            find(DesignatorType::RelativeTargetPort),
+            find(DesignatorType::TargetPortGroup),
+        )
+    }
+
     /// The best stable identifier of the LU, as text (see
     /// [`Designator::id_string`]). Preference: NAA (16-byte IEEE
     /// Registered Extended before 8-byte), then EUI-64 (longer first),
@@ -1632,6 +1648,13 @@ mod tests {
         );
         assert_eq!(d.designators[5].kind, DesignatorType::LuGroup);
         assert_eq!(d.lu_id().unwrap(), "naa.6001405abcdef0123456789abcdef012");
+        let group = d.designators[3].port_or_group();
+        assert_eq!(d.designators[3].kind, DesignatorType::TargetPortGroup);
+        assert_eq!(
+            d.port(),
+            (Some(1), group),
+            "this path's port and ALUA group"
+        );
         assert_eq!(
             d.designators[0].to_string(),
             "lu NAA naa.6001405abcdef0123456789abcdef012"

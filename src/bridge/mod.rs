@@ -13,6 +13,7 @@
 //! - [`ublk`]: the ublk driver through io_uring;
 
 pub mod nbd;
+pub mod pathset;
 pub mod recover;
 pub mod serve;
 pub mod ublk;

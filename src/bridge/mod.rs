@@ -16,6 +16,7 @@ pub mod nbd;
 pub mod pathset;
 pub mod recover;
 pub mod serve;
+pub mod sessionpath;
 pub mod ublk;
 
 use std::collections::BinaryHeap;

@@ -100,6 +100,8 @@ struct Inner {
     /// through a live path has ended them.
     fence_needed: bool,
     fencing: bool,
+    /// A thread is sending the held requests.
+    releasing: bool,
 }
 
 pub struct PathSet {
@@ -152,6 +154,7 @@ impl PathSet {
                 held: Vec::new(),
                 fence_needed: false,
                 fencing: false,
+                releasing: false,
             }),
             connector,
             backoff,
@@ -201,17 +204,45 @@ impl PathSet {
         self.release();
     }
 
-    /// Send what is held, unless a fence holds it.
+    /// Send what is held, unless a fence holds it: on a thread of its own,
+    /// never on the session thread that reported a failure (a submission
+    /// may wait for a free task slot of another session whose own thread
+    /// could be waiting the same way).
     fn release(&self) {
-        let held = {
+        {
             let mut g = self.lock();
-            if g.fence_needed || g.fencing {
+            if g.fence_needed || g.fencing || g.releasing || g.held.is_empty() {
                 return;
             }
-            std::mem::take(&mut g.held)
-        };
-        for (op, buf, done) in held {
-            self.submit(op, buf, done);
+            g.releasing = true;
+        }
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sanroot-resend".into())
+            .spawn(move || {
+                while let Some(set) = me.upgrade() {
+                    let held = {
+                        let mut g = set.lock();
+                        // Nowhere to go: what is held stays held until a
+                        // path comes back or changes state (no busy loop).
+                        if g.fence_needed
+                            || g.fencing
+                            || g.held.is_empty()
+                            || policy::usable(&views(&g.slots)).is_empty()
+                        {
+                            g.releasing = false;
+                            return;
+                        }
+                        std::mem::take(&mut g.held)
+                    };
+                    for (op, buf, done) in held {
+                        set.submit(op, buf, done);
+                    }
+                }
+            });
+        if spawned.is_err() {
+            self.lock().releasing = false;
+            log::error!("cannot start a thread to send held requests");
         }
     }
 

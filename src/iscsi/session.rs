@@ -753,10 +753,47 @@ impl Session {
         let _ = self.shared.socket.shutdown(Shutdown::Both);
         self.shared.wake_writer.notify_all();
         self.shared.slot_free.notify_all();
+        let me = std::thread::current().id();
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // The last owner may be a completion running on one of the
+            // session's own threads (a path set dropping a dead path):
+            // that thread ends by itself; joining it would deadlock.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
         fail_all(&self.shared, SessionError::Closed);
+    }
+
+    /// Drop the connection at once, without a logout: an abortive
+    /// disconnect (connect(2) with AF_UNSPEC: the kernel resets the
+    /// connection and purges its send queue), so a command we had queued
+    /// but the network had not carried yet never reaches the target, not
+    /// even by retransmission. Every command in flight fails with
+    /// `reason`. For a path given up on (see `bridge::pathset`).
+    pub fn abort(&self, reason: &str) {
+        use std::os::fd::AsRawFd;
+        let fd = self.shared.socket.as_raw_fd();
+        // SAFETY: a plain sockaddr of family AF_UNSPEC, valid for the
+        // call; `fd` stays open as long as `shared` lives.
+        let addr = nix::libc::sockaddr {
+            sa_family: nix::libc::AF_UNSPEC as nix::libc::sa_family_t,
+            sa_data: [0; 14],
+        };
+        let r = unsafe {
+            nix::libc::connect(
+                fd,
+                &addr,
+                std::mem::size_of::<nix::libc::sockaddr>() as nix::libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            log::debug!("abortive disconnect: {}", io::Error::last_os_error());
+        }
+        fail(
+            &self.shared,
+            SessionError::ConnectionLost(reason.to_string()),
+        );
     }
 
     /// Commands in flight now.

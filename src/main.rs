@@ -88,6 +88,9 @@ struct AttachArgs {
     portal: Vec<String>,
     #[command(flatten)]
     connect: ConnectOpts,
+    /// For the daemon's SendTargets (the target's other portals).
+    #[command(flatten)]
+    discovery: DiscoveryOpts,
 }
 
 #[derive(clap::Args, Debug)]
@@ -173,7 +176,51 @@ impl ConnectOpts {
             header_digest: self.header_digest,
             data_digest: self.data_digest,
             allow_no_auth: self.allow_no_auth,
+            discovery: None,
         }
+    }
+}
+
+/// CHAP for discovery sessions (SendTargets), when the target wants other
+/// credentials there than for a session. Without them, discovery uses the
+/// session's CHAP. Secrets only from files or the environment, never argv.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct DiscoveryOpts {
+    /// CHAP user name for discovery sessions (or
+    /// SANROOT_DISCOVERY_CHAP_USER). Default: the session's CHAP.
+    #[arg(long, value_name = "NAME")]
+    discovery_chap_user: Option<String>,
+    /// File (0600) holding the discovery CHAP secret (or
+    /// SANROOT_DISCOVERY_CHAP_SECRET_FILE / SANROOT_DISCOVERY_CHAP_SECRET).
+    #[arg(long, value_name = "PATH")]
+    discovery_chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP in discovery sessions: the name the target must answer
+    /// with (or SANROOT_DISCOVERY_TARGET_CHAP_USER).
+    #[arg(long, value_name = "NAME")]
+    discovery_target_chap_user: Option<String>,
+    /// Mutual CHAP in discovery sessions: file (0600) holding the target's
+    /// secret (or SANROOT_DISCOVERY_TARGET_CHAP_SECRET_FILE /
+    /// SANROOT_DISCOVERY_TARGET_CHAP_SECRET).
+    #[arg(long, value_name = "PATH")]
+    discovery_target_chap_secret_file: Option<PathBuf>,
+}
+
+impl DiscoveryOpts {
+    fn into_args(self) -> cmd::common::DiscoveryArgs {
+        cmd::common::DiscoveryArgs {
+            chap_user: self.discovery_chap_user,
+            chap_secret_file: self.discovery_chap_secret_file,
+            target_chap_user: self.discovery_target_chap_user,
+            target_chap_secret_file: self.discovery_target_chap_secret_file,
+        }
+    }
+}
+
+/// Session and discovery credentials together (`discover`, `attach`).
+fn with_discovery(c: ConnectOpts, d: DiscoveryOpts) -> cmd::common::ConnectArgs {
+    cmd::common::ConnectArgs {
+        discovery: Some(d.into_args()),
+        ..c.into_args()
     }
 }
 
@@ -189,6 +236,8 @@ struct DiscoverArgs {
     no_save: bool,
     #[command(flatten)]
     connect: ConnectOpts,
+    #[command(flatten)]
+    discovery: DiscoveryOpts,
 }
 
 #[derive(clap::Args, Debug)]
@@ -388,7 +437,7 @@ fn main() -> ExitCode {
             portal: a.portal,
             json: a.json,
             no_save: a.no_save,
-            connect: a.connect.into_args(),
+            connect: with_discovery(a.connect, a.discovery),
         }),
         Command::Ls(a) => cmd::ls::run(&cmd::ls::Args {
             target: a.target,
@@ -421,7 +470,7 @@ fn main() -> ExitCode {
             foreground: a.foreground,
             portals: a.portal,
             recover: a.recover,
-            connect: a.connect.into_args(),
+            connect: with_discovery(a.connect, a.discovery),
         }),
         Command::Boot(BootArgs {
             pre_pivot: Some(sysroot),

@@ -54,10 +54,12 @@ impl Drop for Secret {
 }
 
 /// The environment variables that may hold a CHAP secret.
-pub const SECRET_ENV: [&str; 3] = [
+pub const SECRET_ENV: [&str; 5] = [
     "SANROOT_CHAP_SECRET",
     "SANROOT_TARGET_CHAP_SECRET",
     "LIBISCSI_CHAP_PASSWORD",
+    "SANROOT_DISCOVERY_CHAP_SECRET",
+    "SANROOT_DISCOVERY_TARGET_CHAP_SECRET",
 ];
 
 /// Where, in a NUL-separated environment block, the values of `names`
@@ -187,6 +189,10 @@ mod tests {
         let r = env_value_ranges(area, &SECRET_ENV);
         let got: Vec<&[u8]> = r.iter().map(|r| &area[r.clone()]).collect();
         assert_eq!(got, [&b"s3cret-value"[..], b"pw"]);
+        let area = b"SANROOT_DISCOVERY_CHAP_SECRET=d1sc\0SANROOT_DISCOVERY_CHAP_SECRET_FILE=/f\0SANROOT_DISCOVERY_CHAP_USER=u\0SANROOT_DISCOVERY_TARGET_CHAP_SECRET=t4rg\0";
+        let r = env_value_ranges(area, &SECRET_ENV);
+        let got: Vec<&[u8]> = r.iter().map(|r| &area[r.clone()]).collect();
+        assert_eq!(got, [&b"d1sc"[..], b"t4rg"]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::{Backend, BlockDone, BlockError, BlockOp, IscsiBackend, UaHook};
 use crate::iscsi::chap::AuthConfig;
 use crate::iscsi::initiator::{self, InitiatorConfig};
-use crate::iscsi::login::Portal;
+use crate::iscsi::login::{LoginError, Portal};
 use crate::iscsi::session::SessionEvent;
 use crate::iscsi::text::DiscoveredTarget;
 use crate::lun::{Lun, LunInfo};
@@ -132,7 +132,8 @@ pub fn discovered_paths(
 
 /// Ask `via`'s portal (a discovery session, bounded by short timeouts) for
 /// the other portals of its target; see [`discovered_paths`]. Best effort:
-/// a target that refuses discovery just adds nothing. A target that waives
+/// a target that refuses discovery just adds nothing (see
+/// [`ask_other_portals`] for the note it leaves). A target that waives
 /// authentication for discovery is accepted here, since logins through
 /// what it lists still need the path's CHAP.
 pub fn discover_other_portals(
@@ -140,6 +141,37 @@ pub fn discover_other_portals(
     paths: &[PathSpec],
     base: &InitiatorConfig,
 ) -> Vec<PathSpec> {
+    let o = ask_other_portals(via, paths, base);
+    match &o.note {
+        Some(note) if o.refused => log::warn!("{note}"),
+        Some(note) => log::debug!("{note}"),
+        None => {}
+    }
+    o.paths
+}
+
+/// What a SendTargets for other portals brought.
+#[derive(Debug, Default)]
+pub struct OtherPortals {
+    /// New paths (none when the discovery failed).
+    pub paths: Vec<PathSpec>,
+    /// Why nothing was learnt from the portal, in one line naming it, when
+    /// the discovery failed; never an error that stops attach or boot.
+    pub note: Option<String>,
+    /// The portal refused the discovery login (wrong or missing
+    /// credentials, not authorized…), as opposed to being unreachable or
+    /// not speaking SendTargets: worth a warning, the fix is configuration.
+    pub refused: bool,
+}
+
+/// [`discover_other_portals`] without the logging. The discovery session
+/// logs in with `base.discovery_auth` when set (`--discovery-chap-*`),
+/// else with `via`'s own CHAP.
+pub fn ask_other_portals(
+    via: &PathSpec,
+    paths: &[PathSpec],
+    base: &InitiatorConfig,
+) -> OtherPortals {
     let mut cfg = via.config(base);
     cfg.isid = None;
     cfg.allow_no_auth = true;
@@ -157,16 +189,45 @@ pub fn discover_other_portals(
                         .join(", ")
                 );
             }
-            more
+            OtherPortals {
+                paths: more,
+                note: None,
+                refused: false,
+            }
         }
         Err(e) => {
-            log::debug!(
-                "SendTargets at {}: {e} (no other portals learnt)",
-                via.portal
-            );
-            Vec::new()
+            let refused = login_refused(&e);
+            let hint = if !refused {
+                ""
+            } else if cfg.discovery_auth.is_some() {
+                "; check the discovery credentials"
+            } else {
+                "; if its discovery needs other credentials than the session, give them (--discovery-chap-user, SANROOT_DISCOVERY_CHAP_*)"
+            };
+            OtherPortals {
+                paths: Vec::new(),
+                note: Some(format!(
+                    "SendTargets at {} skipped: {e} (no other portals learnt{hint})",
+                    via.portal
+                )),
+                refused,
+            }
         }
     }
+}
+
+/// The target said no to the login itself: a refusal status (class 2,
+/// 0x0201 for CHAP) or an authentication that did not come through.
+fn login_refused(e: &LoginError) -> bool {
+    use LoginError as L;
+    matches!(
+        e,
+        L::Status { class: 2, .. }
+            | L::Auth(_)
+            | L::AuthRequired
+            | L::AuthWaived
+            | L::MutualAuthWaived
+    )
 }
 
 /// Connect and login timeouts of the discovery above.

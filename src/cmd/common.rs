@@ -27,6 +27,22 @@ pub struct ConnectArgs {
     pub header_digest: Option<String>,
     pub data_digest: Option<String>,
     pub allow_no_auth: bool,
+    /// Credentials for discovery sessions (SendTargets), for the commands
+    /// that run them (`discover`, `attach`). `None`: this command runs no
+    /// discovery, and neither `--discovery-*` nor SANROOT_DISCOVERY_* is
+    /// read.
+    pub discovery: Option<DiscoveryArgs>,
+}
+
+/// CHAP for discovery sessions when it differs from the session's
+/// (Kubernetes' chapAuthDiscovery next to chapAuthSession, open-iscsi's
+/// `discovery.sendtargets.auth.*` next to `node.session.auth.*`).
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryArgs {
+    pub chap_user: Option<String>,
+    pub chap_secret_file: Option<PathBuf>,
+    pub target_chap_user: Option<String>,
+    pub target_chap_secret_file: Option<PathBuf>,
 }
 
 /// A failure a command reports and exits with.
@@ -119,6 +135,41 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, CmdError> {
     Ok(Secret::new(first.to_vec()))
 }
 
+/// Read a secret from a file that only its owner may read (mode 0600 or
+/// stricter): the first line, without its newline. A file that others can
+/// read is refused, its content unread.
+pub fn read_private_secret_file(path: &Path) -> Result<Secret, CmdError> {
+    use std::io::Read;
+    let err = |e: std::io::Error| {
+        CmdError::new(exit::USAGE, format!("secret file {}: {e}", path.display()))
+    };
+    let mut f = fs::File::open(path).map_err(err)?;
+    // The mode of the file opened, not of whatever the path names later.
+    let mode = f.metadata().map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(CmdError::usage(format!(
+            "secret file {} is readable by other users (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    let mut bytes = Vec::new();
+    let read = f.read_to_end(&mut bytes);
+    let first = bytes.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    let secret = Secret::new(first.to_vec());
+    // The rest of the file may hold secrets too: wipe the copy.
+    drop(Secret::new(bytes));
+    read.map_err(err)?;
+    if secret.is_empty() {
+        return Err(CmdError::usage(format!(
+            "secret file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(secret)
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -145,7 +196,24 @@ pub fn auth_config(
     args: &ConnectArgs,
     url: Option<&IscsiUrl>,
 ) -> Result<Option<AuthConfig>, CmdError> {
-    let r = read_auth_config(args, url);
+    auth_configs(args, url).map(|(session, _)| session)
+}
+
+/// The session's CHAP credentials ([`auth_config`]) and, when `args`
+/// asks for them, the discovery sessions' ([`discovery_auth_config`]):
+/// both read before the environment is wiped (a wiped variable reads as
+/// empty).
+pub fn auth_configs(
+    args: &ConnectArgs,
+    url: Option<&IscsiUrl>,
+) -> Result<(Option<AuthConfig>, Option<AuthConfig>), CmdError> {
+    let r = read_auth_config(args, url).and_then(|session| {
+        let discovery = match &args.discovery {
+            Some(d) => read_discovery_auth_config(d)?,
+            None => None,
+        };
+        Ok((session, discovery))
+    });
     match secret::wipe_from_proc() {
         Ok(0) => {}
         Ok(n) => log::debug!("wiped {n} secret(s) from /proc/self/environ and cmdline"),
@@ -153,40 +221,133 @@ pub fn auth_config(
             "cannot wipe secrets from /proc/self/environ and cmdline ({e}): pass them in a file (--chap-secret-file) instead"
         ),
     }
-    if matches!(r, Ok(Some(_))) {
+    if matches!(&r, Ok((s, d)) if s.is_some() || d.is_some()) {
         secret::no_core_dumps();
     }
     r
 }
 
+/// How one set of CHAP credentials is named on the command line and in
+/// the environment, for reading it and for the messages about it.
+struct AuthNames {
+    /// "CHAP" or "discovery CHAP".
+    label: &'static str,
+    user_env: &'static str,
+    secret_file_opt: &'static str,
+    secret_file_env: &'static str,
+    /// Tried in order; the first one is the one messages name.
+    secret_env: &'static [&'static str],
+    target_user_env: &'static str,
+    target_secret_file_opt: &'static str,
+    target_secret_file_env: &'static str,
+    target_secret_env: &'static str,
+    /// Refuse a secret file others can read (the session's only warns,
+    /// as it always has).
+    private_files: bool,
+    /// Before a configuration error (empty name, same secret both ways).
+    prefix: &'static str,
+}
+
+const SESSION_AUTH: AuthNames = AuthNames {
+    label: "CHAP",
+    user_env: "SANROOT_CHAP_USER",
+    secret_file_opt: "--chap-secret-file",
+    secret_file_env: "SANROOT_CHAP_SECRET_FILE",
+    secret_env: &["SANROOT_CHAP_SECRET", "LIBISCSI_CHAP_PASSWORD"],
+    target_user_env: "SANROOT_TARGET_CHAP_USER",
+    target_secret_file_opt: "--target-chap-secret-file",
+    target_secret_file_env: "SANROOT_TARGET_CHAP_SECRET_FILE",
+    target_secret_env: "SANROOT_TARGET_CHAP_SECRET",
+    private_files: false,
+    prefix: "",
+};
+
+const DISCOVERY_AUTH: AuthNames = AuthNames {
+    label: "discovery CHAP",
+    user_env: "SANROOT_DISCOVERY_CHAP_USER",
+    secret_file_opt: "--discovery-chap-secret-file",
+    secret_file_env: "SANROOT_DISCOVERY_CHAP_SECRET_FILE",
+    secret_env: &["SANROOT_DISCOVERY_CHAP_SECRET"],
+    target_user_env: "SANROOT_DISCOVERY_TARGET_CHAP_USER",
+    target_secret_file_opt: "--discovery-target-chap-secret-file",
+    target_secret_file_env: "SANROOT_DISCOVERY_TARGET_CHAP_SECRET_FILE",
+    target_secret_env: "SANROOT_DISCOVERY_TARGET_CHAP_SECRET",
+    private_files: true,
+    prefix: "discovery credentials: ",
+};
+
 fn read_auth_config(
     args: &ConnectArgs,
     url: Option<&IscsiUrl>,
 ) -> Result<Option<AuthConfig>, CmdError> {
-    let user = url
-        .and_then(|u| u.user.clone())
-        .or_else(|| args.chap_user.clone())
-        .or_else(|| env("SANROOT_CHAP_USER"));
-    let secret = match url.and_then(|u| u.password.clone()) {
+    read_auth(
+        &SESSION_AUTH,
+        url.and_then(|u| u.user.clone()),
+        url.and_then(|u| u.password.clone()),
+        args.chap_user.as_deref(),
+        args.chap_secret_file.as_deref(),
+        args.target_chap_user.as_deref(),
+        args.target_chap_secret_file.as_deref(),
+    )
+}
+
+/// CHAP credentials for discovery sessions, from (first found wins) the
+/// command line (`--discovery-chap-user`, `--discovery-chap-secret-file`)
+/// and the environment (SANROOT_DISCOVERY_CHAP_USER /
+/// SANROOT_DISCOVERY_CHAP_SECRET_FILE / SANROOT_DISCOVERY_CHAP_SECRET);
+/// mutual CHAP likewise with `--discovery-target-chap-*` and
+/// SANROOT_DISCOVERY_TARGET_CHAP_*. A secret file must be 0600. `None`
+/// when none is given: discovery then uses the session's credentials.
+/// The caller wipes the environment ([`auth_configs`] does).
+fn read_discovery_auth_config(d: &DiscoveryArgs) -> Result<Option<AuthConfig>, CmdError> {
+    read_auth(
+        &DISCOVERY_AUTH,
+        None,
+        None,
+        d.chap_user.as_deref(),
+        d.chap_secret_file.as_deref(),
+        d.target_chap_user.as_deref(),
+        d.target_chap_secret_file.as_deref(),
+    )
+}
+
+fn read_auth(
+    n: &AuthNames,
+    url_user: Option<String>,
+    url_secret: Option<Secret>,
+    user: Option<&str>,
+    secret_file: Option<&Path>,
+    target_user: Option<&str>,
+    target_secret_file: Option<&Path>,
+) -> Result<Option<AuthConfig>, CmdError> {
+    let read_file = |p: &Path| {
+        if n.private_files {
+            read_private_secret_file(p)
+        } else {
+            read_secret_file(p)
+        }
+    };
+    let user = url_user
+        .or_else(|| user.map(str::to_string))
+        .or_else(|| env(n.user_env));
+    let secret = match url_secret {
         Some(s) => Some(s),
-        None => match &args.chap_secret_file {
-            Some(p) => Some(read_secret_file(p)?),
-            None => match env("SANROOT_CHAP_SECRET_FILE") {
-                Some(p) => Some(read_secret_file(Path::new(&p))?),
-                None => env_secret("SANROOT_CHAP_SECRET")
-                    .or_else(|| env_secret("LIBISCSI_CHAP_PASSWORD")),
+        None => match secret_file {
+            Some(p) => Some(read_file(p)?),
+            None => match env(n.secret_file_env) {
+                Some(p) => Some(read_file(Path::new(&p))?),
+                None => n.secret_env.iter().find_map(|name| env_secret(name)),
             },
         },
     };
-    let t_user = args
-        .target_chap_user
-        .clone()
-        .or_else(|| env("SANROOT_TARGET_CHAP_USER"));
-    let t_secret = match &args.target_chap_secret_file {
-        Some(p) => Some(read_secret_file(p)?),
-        None => match env("SANROOT_TARGET_CHAP_SECRET_FILE") {
-            Some(p) => Some(read_secret_file(Path::new(&p))?),
-            None => env_secret("SANROOT_TARGET_CHAP_SECRET"),
+    let t_user = target_user
+        .map(str::to_string)
+        .or_else(|| env(n.target_user_env));
+    let t_secret = match target_secret_file {
+        Some(p) => Some(read_file(p)?),
+        None => match env(n.target_secret_file_env) {
+            Some(p) => Some(read_file(Path::new(&p))?),
+            None => env_secret(n.target_secret_env),
         },
     };
     let mutual = match (t_user, t_secret) {
@@ -195,9 +356,10 @@ fn read_auth_config(
             secret,
         }),
         (Some(_), None) => {
-            return Err(CmdError::usage(
-                "a target CHAP user was given without its secret (--target-chap-secret-file or SANROOT_TARGET_CHAP_SECRET)",
-            ));
+            return Err(CmdError::usage(format!(
+                "a target {} user was given without its secret ({} or {})",
+                n.label, n.target_secret_file_opt, n.target_secret_env
+            )));
         }
         (None, None) => None,
     };
@@ -208,18 +370,22 @@ fn read_auth_config(
                 secret,
                 mutual,
             };
-            a.validate().map_err(|e| CmdError::usage(e.to_string()))?;
+            a.validate()
+                .map_err(|e| CmdError::usage(format!("{}{e}", n.prefix)))?;
             Ok(Some(a))
         }
         (Some(u), None) => Err(CmdError::usage(format!(
-            "CHAP user \"{u}\" given without a secret: use --chap-secret-file, SANROOT_CHAP_SECRET_FILE or SANROOT_CHAP_SECRET"
+            "{} user \"{u}\" given without a secret: use {}, {} or {}",
+            n.label, n.secret_file_opt, n.secret_file_env, n.secret_env[0]
         ))),
-        (None, Some(_)) => Err(CmdError::usage(
-            "a CHAP secret was given without a user name",
-        )),
-        (None, None) if mutual.is_some() => Err(CmdError::usage(
-            "mutual CHAP needs the initiator's CHAP user and secret too",
-        )),
+        (None, Some(_)) => Err(CmdError::usage(format!(
+            "a {} secret was given without a user name",
+            n.label
+        ))),
+        (None, None) if mutual.is_some() => Err(CmdError::usage(format!(
+            "mutual {} needs the initiator's {} user and secret too",
+            n.label, n.label
+        ))),
         (None, None) => Ok(None),
     }
 }
@@ -235,13 +401,15 @@ fn digest(v: Option<&str>, which: &str) -> Result<DigestOffer, CmdError> {
     }
 }
 
-/// The initiator configuration for these arguments.
+/// The initiator configuration for these arguments. Discovery sessions
+/// use the discovery credentials when `args.discovery` gives any, else the
+/// session's (see [`InitiatorConfig::discovery_auth`]).
 pub fn initiator_config(
     args: &ConnectArgs,
     url: Option<&IscsiUrl>,
 ) -> Result<InitiatorConfig, CmdError> {
     let mut c = InitiatorConfig::new(initiator_name(args.initiator_name.as_deref()));
-    c.auth = auth_config(args, url)?;
+    (c.auth, c.discovery_auth) = auth_configs(args, url)?;
     c.allow_no_auth = args.allow_no_auth;
     c.header_digest = digest(args.header_digest.as_deref(), "header-digest")?;
     c.data_digest = digest(args.data_digest.as_deref(), "data-digest")?;

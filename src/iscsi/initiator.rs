@@ -22,6 +22,10 @@ use std::sync::mpsc::Sender;
 pub struct InitiatorConfig {
     pub initiator_name: String,
     pub auth: Option<AuthConfig>,
+    /// CHAP for discovery sessions (SendTargets) when they need other
+    /// credentials than `auth` (Kubernetes' chapAuthDiscovery, open-iscsi's
+    /// `discovery.sendtargets.auth.*`). `None`: discovery uses `auth`.
+    pub discovery_auth: Option<AuthConfig>,
     pub allow_no_auth: bool,
     pub header_digest: DigestOffer,
     pub data_digest: DigestOffer,
@@ -40,6 +44,7 @@ impl InitiatorConfig {
         InitiatorConfig {
             initiator_name: initiator_name.into(),
             auth: None,
+            discovery_auth: None,
             allow_no_auth: false,
             header_digest: DigestOffer::None,
             data_digest: DigestOffer::None,
@@ -68,7 +73,10 @@ impl InitiatorConfig {
             session_type,
             self.isid.unwrap_or_else(login::random_isid),
         );
-        c.auth = self.auth.clone();
+        c.auth = match (session_type, &self.discovery_auth) {
+            (SessionType::Discovery, Some(d)) => Some(d.clone()),
+            _ => self.auth.clone(),
+        };
         c.allow_no_auth = self.allow_no_auth;
         c.connect_timeout = self.connect_timeout;
         c.io_timeout = self.login_timeout;
@@ -114,7 +122,8 @@ pub fn connect(
 }
 
 /// Ask a portal which targets it offers (SendTargets=All, RFC 7143
-/// Appendix C), then log out.
+/// Appendix C), then log out. The discovery session logs in with
+/// `cfg.discovery_auth` when set, else with `cfg.auth`.
 pub fn discover(
     portal: &Portal,
     cfg: &InitiatorConfig,

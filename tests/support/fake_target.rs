@@ -37,6 +37,8 @@
 //! 0x0201; with mutual CHAP it answers the initiator's `CHAP_I`/`CHAP_C`.
 //! [`ChapHostile`] makes it waive authentication, skip the mutual answer
 //! or answer it wrongly. What it did is in `Log::chap`.
+//! [`Behaviour::discovery_chap`] gives discovery sessions
+//! (`SessionType=Discovery`) other credentials than normal ones.
 //!
 //! Not here: several connections per session, ErrorRecoveryLevel above 0,
 //! SNACK, AHS.
@@ -135,6 +137,10 @@ pub struct Behaviour {
     pub send_targets: Vec<TextChunk>,
     /// Demand CHAP in the security stage (`None`: no authentication).
     pub chap: Option<ChapTarget>,
+    /// Discovery sessions (`SessionType=Discovery` in the first Login
+    /// Request) demand this CHAP instead of `chap`; `None`: the same as
+    /// normal sessions.
+    pub discovery_chap: Option<ChapTarget>,
     pub on_login: Option<LoginHook>,
     pub on_ready: Option<ReadyHook>,
     pub on_pdu: Option<PduHook>,
@@ -155,6 +161,7 @@ impl Default for Behaviour {
             tmf_response: 0,
             send_targets: Vec::new(),
             chap: None,
+            discovery_chap: None,
             on_login: None,
             on_ready: None,
             on_pdu: None,
@@ -166,6 +173,29 @@ impl Behaviour {
     pub fn chap(mut self, chap: ChapTarget) -> Self {
         self.chap = Some(chap);
         self
+    }
+    /// Discovery sessions demand `chap` (normal sessions keep `self.chap`).
+    pub fn discovery_chap(mut self, chap: ChapTarget) -> Self {
+        self.discovery_chap = Some(chap);
+        self
+    }
+    /// Answer SendTargets with `lines` (`key=value`, each ended by a NUL)
+    /// in one Text Response.
+    pub fn answer_send_targets(mut self, lines: &[&str]) -> Self {
+        let mut data = Vec::new();
+        for l in lines {
+            data.extend_from_slice(l.as_bytes());
+            data.push(0);
+        }
+        self.send_targets = vec![TextChunk { data, cont: false }];
+        self
+    }
+    /// The CHAP a session of this type must pass.
+    fn chap_for(&self, discovery: bool) -> Option<&ChapTarget> {
+        match &self.discovery_chap {
+            Some(d) if discovery => Some(d),
+            _ => self.chap.as_ref(),
+        }
     }
     /// Answer every SCSI command `which` picks with `act`; the rest (and
     /// every other PDU) get the default handling.
@@ -1557,6 +1587,7 @@ fn number(v: &str) -> u64 {
 /// The answer a sensible target gives to each key of a Login Request.
 fn default_login_answer(
     cfg: &Behaviour,
+    chap: Option<&ChapTarget>,
     req: &LoginRequest,
     keys: &TextKeys,
     stat_sn: u32,
@@ -1575,7 +1606,7 @@ fn default_login_answer(
                 }
                 continue;
             }
-            "AuthMethod" if cfg.chap.is_some() => {
+            "AuthMethod" if chap.is_some() => {
                 if v.split(',').any(|m| m == "CHAP") {
                     "CHAP".into()
                 } else {
@@ -1584,7 +1615,7 @@ fn default_login_answer(
                 }
             }
             // Handled by `chap_turn`.
-            "CHAP_A" | "CHAP_I" | "CHAP_C" | "CHAP_N" | "CHAP_R" if cfg.chap.is_some() => continue,
+            "CHAP_A" | "CHAP_I" | "CHAP_C" | "CHAP_N" | "CHAP_R" if chap.is_some() => continue,
             "AuthMethod" => {
                 if v.split(',').any(|m| m == "None") {
                     "None".into()
@@ -1715,6 +1746,8 @@ fn login(shared: &Shared, reader: &mut Reader, conn: &mut Conn) -> Result<bool, 
     let mut declared = TextKeys::new();
     let mut first = true;
     let mut chap = ChapState::default();
+    // The session type is declared in the first Login Request.
+    let mut discovery = false;
     loop {
         let (pdu, data) = match reader.read_pdu() {
             Ok(Some(p)) => p,
@@ -1747,10 +1780,21 @@ fn login(shared: &Shared, reader: &mut Reader, conn: &mut Conn) -> Result<bool, 
         }
         conn.exp_cmd_sn = req.cmd_sn;
         let tsih = 0x1000 + conn.id as u16;
-        let (mut reply, mut reply_keys) =
-            default_login_answer(&shared.cfg, &req, &keys, conn.stat_sn, first, tsih);
+        if first {
+            discovery = keys.get("SessionType") == Some("Discovery");
+        }
+        let chap_cfg = shared.cfg.chap_for(discovery);
+        let (mut reply, mut reply_keys) = default_login_answer(
+            &shared.cfg,
+            chap_cfg,
+            &req,
+            &keys,
+            conn.stat_sn,
+            first,
+            tsih,
+        );
         first = false;
-        if let Some(c) = &shared.cfg.chap {
+        if let Some(c) = chap_cfg {
             let said = chap_turn(c, &mut chap, &req, &keys, &mut reply, &mut reply_keys);
             lock(&shared.log).chap.extend(said);
         }

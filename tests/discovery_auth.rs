@@ -15,7 +15,7 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use sanroot::cmd::common::{self, ConnectArgs, DiscoveryArgs};
 use sanroot::iscsi::chap::AuthConfig;
 use sanroot::iscsi::initiator::InitiatorConfig;
 use sanroot::secret::Secret;
+use support::cli::{self, LIMIT, Run, Sandbox};
 use support::fake_target::{Behaviour, ChapTarget, FakeTarget, TARGET_IQN};
 
 const INITIATOR: &str = "iqn.2026-11.org.sanroot.test:discovery";
@@ -38,8 +39,6 @@ const DT_USER: &str = "iqn.2026-11.org.sanroot.test:fake-discovery";
 const DT_SECRET: &str = "discovery-target-56";
 const WRONG_SECRET: &str = "wrong-discovery-78";
 const SECRETS: [&str; 4] = [S_SECRET, D_SECRET, DT_SECRET, WRONG_SECRET];
-/// A child still running by then hangs.
-const LIMIT: Duration = Duration::from_secs(60);
 
 /// A target whose normal sessions want S and discovery sessions want
 /// `discovery`, listing itself and one more portal of its target.
@@ -59,95 +58,10 @@ fn target(discovery: ChapTarget) -> FakeTarget {
 
 // ---------------------------------------------------------------- child
 
-struct Sandbox {
-    root: PathBuf,
-}
-
-impl Sandbox {
-    fn new(name: &str) -> Sandbox {
-        let root = std::env::temp_dir().join(format!(
-            "sanroot-discovery-auth-{name}-{}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&root);
-        for d in ["state", "home", "cwd", "secrets"] {
-            fs::create_dir_all(root.join(d)).expect("sandbox dir");
-        }
-        Sandbox { root }
-    }
-
-    fn dir(&self, sub: &str) -> PathBuf {
-        self.root.join(sub)
-    }
-
-    /// A secret file holding `secret` and a newline, with `mode`.
-    fn secret_file(&self, name: &str, secret: &str, mode: u32) -> PathBuf {
-        let p = self.dir("secrets").join(name);
-        fs::write(&p, format!("{secret}\n")).expect("secret file");
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
-        p
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-struct Run {
-    what: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}`: exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.what, self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// `sanroot ARGS` in `sb` with only `env` (and PATH, HOME,
-/// SANROOT_STATE_DIR) in its environment. No secret may show in its
-/// output, whatever the outcome.
+/// `sanroot ARGS` in `sb` (see `support::cli::run`). No panic, and no
+/// secret may show in its output, whatever the outcome.
 fn run(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sanroot"))
-        .args(args)
-        .current_dir(sb.dir("cwd"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", sb.dir("home"))
-        .env("SANROOT_STATE_DIR", sb.dir("state"))
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sanroot");
-    let deadline = Instant::now() + LIMIT;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("output");
-    let r = Run {
-        what: format!("sanroot {}", args.join(" ")),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        Instant::now() <= deadline,
-        "still running after {LIMIT:?}: {r}"
-    );
+    let r = cli::run(sb, args, env);
     assert!(!r.stderr.contains("panicked"), "a panic: {r}");
     for s in SECRETS {
         assert!(
@@ -214,7 +128,7 @@ fn failed_authentication(r: &Run) {
 /// environment too: discovery logs in with D.
 #[test]
 fn discover_with_discovery_credentials_from_the_environment() {
-    let sb = Sandbox::new("env");
+    let sb = Sandbox::new("discovery-auth", "env");
     let f = target(ChapTarget::new(D_USER, D_SECRET));
     let mut env = session_env().to_vec();
     env.push(("SANROOT_DISCOVERY_CHAP_SECRET", D_SECRET));
@@ -234,7 +148,7 @@ fn discover_with_discovery_credentials_from_the_environment() {
 /// (1) The same with a 0600 secret file and the user from the environment.
 #[test]
 fn discover_with_a_discovery_secret_file() {
-    let sb = Sandbox::new("file");
+    let sb = Sandbox::new("discovery-auth", "file");
     let f = target(ChapTarget::new(D_USER, D_SECRET));
     let file = sb.secret_file("discovery", D_SECRET, 0o600);
     let mut env = session_env().to_vec();
@@ -257,7 +171,7 @@ fn discover_with_a_discovery_secret_file() {
 /// Mutual CHAP in discovery: the target must prove itself with DT.
 #[test]
 fn discover_with_mutual_discovery_chap() {
-    let sb = Sandbox::new("mutual");
+    let sb = Sandbox::new("discovery-auth", "mutual");
     let f = target(ChapTarget::new(D_USER, D_SECRET).mutual(DT_USER, DT_SECRET));
     let mut env = session_env().to_vec();
     env.extend([
@@ -289,7 +203,7 @@ fn discover_with_mutual_discovery_chap() {
 /// wants others.
 #[test]
 fn without_discovery_credentials_the_session_ones_are_used() {
-    let sb = Sandbox::new("fallback");
+    let sb = Sandbox::new("discovery-auth", "fallback");
     let same = target(ChapTarget::new(S_USER, S_SECRET));
     let r = discover(&sb, same.port, &["--no-save"], &session_env());
     listed(&r);
@@ -303,7 +217,7 @@ fn without_discovery_credentials_the_session_ones_are_used() {
 /// (2) Only wrong discovery credentials: an authentication failure, exit 5.
 #[test]
 fn wrong_discovery_credentials_fail_authentication() {
-    let sb = Sandbox::new("wrong");
+    let sb = Sandbox::new("discovery-auth", "wrong");
     let f = target(ChapTarget::new(D_USER, D_SECRET));
     let r = discover(
         &sb,
@@ -330,7 +244,7 @@ fn wrong_discovery_credentials_fail_authentication() {
 /// connection, by option or by environment, and its content not shown.
 #[test]
 fn a_discovery_secret_file_readable_by_others_is_refused() {
-    let sb = Sandbox::new("mode");
+    let sb = Sandbox::new("discovery-auth", "mode");
     let f = target(ChapTarget::new(D_USER, D_SECRET));
     for mode in [0o644, 0o640, 0o604] {
         let file = sb.secret_file("discovery", D_SECRET, mode);
@@ -367,7 +281,7 @@ fn a_discovery_secret_file_readable_by_others_is_refused() {
 /// Half a configuration is a usage error naming what is missing.
 #[test]
 fn half_a_discovery_configuration_is_a_usage_error() {
-    let sb = Sandbox::new("half");
+    let sb = Sandbox::new("discovery-auth", "half");
     let f = target(ChapTarget::new(D_USER, D_SECRET));
     let r = discover(&sb, f.port, &["--discovery-chap-user", D_USER], &[]);
     assert_eq!(r.code, Some(2), "{r}");
@@ -504,7 +418,7 @@ fn daemon_discovery_refused_adds_nothing_and_leaves_a_note() {
 /// path: the other portal is learnt, with the path's session CHAP.
 #[test]
 fn daemon_discovery_uses_the_discovery_credentials() {
-    let sb = Sandbox::new("daemon");
+    let sb = Sandbox::new("discovery-auth", "daemon");
     let f = target(ChapTarget::new(D_USER, D_SECRET));
     let args = ConnectArgs {
         initiator_name: Some(INITIATOR.into()),
@@ -548,7 +462,7 @@ fn daemon_discovery_uses_the_discovery_credentials() {
 /// first line only; 0644 is refused without reading it.
 #[test]
 fn private_secret_file_is_read_once_private() {
-    let sb = Sandbox::new("private");
+    let sb = Sandbox::new("discovery-auth", "private");
     let p = sb.secret_file("s", "first-line-secret", 0o600);
     fs::write(&p, "first-line-secret\r\nsecond\n").expect("write");
     let s = common::read_private_secret_file(&p).expect("0600");

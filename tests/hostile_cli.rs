@@ -5,7 +5,7 @@
 //!
 //! Every child runs in a [`Sandbox`] (its own SANROOT_STATE_DIR, HOME and
 //! working directory, a clean environment) under a hard wall-clock bound
-//! ([`LIMIT`], a hang bound, not a speed claim); [`refused`] checks the
+//! (`support::cli::LIMIT`, a hang bound, not a speed claim); [`refused`] checks the
 //! outcome a hostile target must get: a documented non-zero exit code, no
 //! panic, the problem named in words on stderr, a bounded peak RSS, and
 //! nothing written outside the state directory. For `cp`, the destination
@@ -16,13 +16,12 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use sanroot::iscsi::pdu::{LoginResponse, Pdu, ScsiCommand, Stage, TargetSn, TextResponse};
 use sanroot::iscsi::text::TextKeys;
+use support::cli::{Run, Sandbox, run};
 use support::fake_target::{
     BLOCK, Behaviour, ChapHostile, ChapTarget, Ctx, FakeTarget, RawConn, RawPortal, TARGET_IQN,
     TextChunk, data_in_pdu, is_read,
@@ -30,7 +29,6 @@ use support::fake_target::{
 
 /// A child that has not exited by then hangs: it is killed and the test
 /// fails. Generous: the slowest case waits out a 30 s SendTargets deadline.
-const LIMIT: Duration = Duration::from_secs(60);
 /// Peak resident set of a child, KiB (a hostile target must not make us
 /// allocate what it claims).
 const MAX_RSS_KIB: i64 = 64 * 1024;
@@ -39,164 +37,6 @@ const INITIATOR: &str = "iqn.2026-11.org.sanroot.test:cli";
 const MARKER: u8 = 0xee;
 /// What hostile Data-In carries.
 const HOSTILE: u8 = 0x5a;
-
-// ---------------------------------------------------------------- sandbox
-
-/// A scratch world for one test: `state/` (SANROOT_STATE_DIR), `home/`
-/// (HOME), `cwd/` (the working directory), `out/` (what a test asks the
-/// command to write). Removed when dropped.
-struct Sandbox {
-    root: PathBuf,
-}
-
-impl Sandbox {
-    fn new(name: &str) -> Sandbox {
-        let root =
-            std::env::temp_dir().join(format!("sanroot-hostile-cli-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        for d in ["state", "home", "cwd", "out"] {
-            fs::create_dir_all(root.join(d)).expect("sandbox dir");
-        }
-        Sandbox { root }
-    }
-
-    fn dir(&self, sub: &str) -> PathBuf {
-        self.root.join(sub)
-    }
-
-    /// Every file and directory under `sub`, relative to it.
-    fn tree(&self, sub: &str) -> Vec<PathBuf> {
-        fn walk(base: &Path, d: &Path, out: &mut Vec<PathBuf>) {
-            for e in fs::read_dir(d).into_iter().flatten().flatten() {
-                let p = e.path();
-                out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(base, &p, out);
-                }
-            }
-        }
-        let base = self.dir(sub);
-        let mut out = Vec::new();
-        walk(&base, &base, &mut out);
-        out.sort();
-        out
-    }
-
-    /// Nothing appeared in HOME, the working directory or next to the
-    /// sandbox's own directories.
-    fn assert_contained(&self) {
-        for sub in ["home", "cwd"] {
-            assert_eq!(self.tree(sub), Vec::<PathBuf>::new(), "written into {sub}/");
-        }
-        let mut top: Vec<_> = fs::read_dir(&self.root)
-            .expect("sandbox")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        top.sort();
-        assert_eq!(top, ["cwd", "home", "out", "state"], "sandbox top level");
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-// ---------------------------------------------------------------- child
-
-/// How a child ended.
-struct Run {
-    what: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    /// Peak resident set, KiB (wait4's ru_maxrss).
-    max_rss_kib: i64,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}`: exit {:?}, peak RSS {} KiB\n--- stdout\n{}--- stderr\n{}",
-            self.what, self.code, self.max_rss_kib, self.stdout, self.stderr
-        )
-    }
-}
-
-fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            let _ = r.read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Reap `pid`, killing it at `deadline`: (wait status, ru_maxrss in
-/// KiB, killed).
-///
-/// ru_maxrss is an upper bound of the child's peak resident set: Linux
-/// takes the larger of the child's own peak and the high-water mark of
-/// the memory it replaced at exec (the test process's, at spawn). So a
-/// bound on it never lets a greedy child pass; the test process itself
-/// stays well below [`MAX_RSS_KIB`] (the fake disks are mostly untouched).
-fn wait_bounded(pid: i32, deadline: Instant) -> (i32, i64, bool) {
-    use nix::libc;
-    let mut killed = false;
-    loop {
-        let mut status = 0;
-        // SAFETY: plain C structs owned here; all-zero is a valid rusage.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `status` and `ru` outlive the call; `pid` is our child.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        if r == pid {
-            return (status, ru.ru_maxrss, killed);
-        }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
-        if !killed && Instant::now() >= deadline {
-            // SAFETY: signalling our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            killed = true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Run `sanroot ARGS` in `sb` with only `env` (and PATH, HOME,
-/// SANROOT_STATE_DIR) in its environment; fail the test if it outlives
-/// [`LIMIT`].
-#[expect(clippy::zombie_processes, reason = "reaped by wait4 in wait_bounded")]
-fn run(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sanroot"))
-        .args(args)
-        .current_dir(sb.dir("cwd"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", sb.dir("home"))
-        .env("SANROOT_STATE_DIR", sb.dir("state"))
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sanroot");
-    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
-    let pid = i32::try_from(child.id()).expect("pid");
-    let (status, max_rss_kib, killed) = wait_bounded(pid, Instant::now() + LIMIT);
-    let r = Run {
-        what: format!("sanroot {}", args.join(" ")),
-        code: nix::libc::WIFEXITED(status).then(|| nix::libc::WEXITSTATUS(status)),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        max_rss_kib,
-    };
-    assert!(!killed, "still running after {LIMIT:?}, killed: {r}");
-    r
-}
 
 /// The end every hostile case must get: a documented failure exit code
 /// (not a panic's 101, not a signal), no panic message, stderr naming
@@ -266,7 +106,7 @@ fn cp_hostile(
     name: &str,
     act: impl FnMut(&mut Ctx<'_>, &ScsiCommand) + Send + Sync + 'static,
 ) -> (Run, Vec<u8>) {
-    let sb = Sandbox::new(name);
+    let sb = Sandbox::new("hostile-cli", name);
     let f = FakeTarget::start(
         Behaviour::default().on_command(|c| is_read(c) && read_lba(c) == HOSTILE_LBA, act),
     );
@@ -392,7 +232,7 @@ fn ls_hostile(
     name: &str,
     act: impl FnMut(&mut Ctx<'_>, &ScsiCommand) + Send + Sync + 'static,
 ) -> Run {
-    let sb = Sandbox::new(name);
+    let sb = Sandbox::new("hostile-cli", name);
     let f = FakeTarget::start(Behaviour::default().on_command(|c| c.cdb[0] == 0xa0, act));
     let r = ls(&sb, f.port, None, &[]);
     sb.assert_contained();
@@ -449,7 +289,7 @@ fn ls_oversized_data_segment() {
 /// `ls URL/0` sends no REPORT LUNS: INQUIRY is the first data it reads.
 #[test]
 fn ls_one_lun_hostile_inquiry() {
-    let sb = Sandbox::new("ls-inquiry");
+    let sb = Sandbox::new("hostile-cli", "ls-inquiry");
     let f = FakeTarget::start(Behaviour::default().on_command(
         |c| c.cdb[0] == 0x12,
         |ctx, c| {
@@ -484,7 +324,7 @@ fn every_command(name: &str, port: u16) -> Vec<Run> {
             .iter()
             .map(|(cmd, args)| {
                 s.spawn(move || {
-                    let sb = Sandbox::new(&format!("{name}-{cmd}"));
+                    let sb = Sandbox::new("hostile-cli", &format!("{name}-{cmd}"));
                     let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
                     a.extend(["--initiator-name", INITIATOR]);
                     let r = run(&sb, &a, &[]);
@@ -565,7 +405,7 @@ fn login_response_oversized_segment() {
 
 #[test]
 fn discover_endless_send_targets_continuation() {
-    let sb = Sandbox::new("st-cont");
+    let sb = Sandbox::new("hostile-cli", "st-cont");
     let empty = TextChunk {
         data: Vec::new(),
         cont: true,
@@ -583,7 +423,7 @@ fn discover_endless_send_targets_continuation() {
 
 #[test]
 fn discover_oversized_text_segment() {
-    let sb = Sandbox::new("st-oversized");
+    let sb = Sandbox::new("hostile-cli", "st-oversized");
     let f = FakeTarget::start(Behaviour::default().on_pdu(|ctx, seen| {
         let Pdu::TextRequest(t) = &seen.pdu else {
             return support::fake_target::Step::Default;
@@ -659,7 +499,7 @@ fn files_with_text(sb: &Sandbox, sub: &str) -> Vec<(PathBuf, String)> {
 /// under a traversal path, only the good target saved.
 #[test]
 fn discover_refuses_names_that_are_not_names() {
-    let sb = Sandbox::new("names");
+    let sb = Sandbox::new("hostile-cli", "names");
     let f = FakeTarget::start(Behaviour {
         send_targets: hostile_send_targets(),
         ..Behaviour::default()
@@ -693,7 +533,7 @@ fn discover_refuses_names_that_are_not_names() {
 /// a whole: nothing printed, nothing saved.
 #[test]
 fn discover_refuses_an_address_with_a_newline() {
-    let sb = Sandbox::new("address");
+    let sb = Sandbox::new("hostile-cli", "address");
     let mut keys = TextKeys::new();
     keys.push("TargetName", GOOD);
     keys.push(
@@ -719,7 +559,7 @@ fn discover_refuses_an_address_with_a_newline() {
 /// open-iscsi's layout under --dir, every key once, nothing else.
 #[test]
 fn node_export_after_a_hostile_discovery() {
-    let sb = Sandbox::new("export");
+    let sb = Sandbox::new("hostile-cli", "export");
     let f = FakeTarget::start(Behaviour {
         send_targets: hostile_send_targets(),
         ..Behaviour::default()
@@ -757,7 +597,7 @@ fn node_export_after_a_hostile_discovery() {
 /// older sanroot saved it): the export stays under --dir.
 #[test]
 fn node_export_keeps_a_traversal_name_inside() {
-    let sb = Sandbox::new("export-traversal");
+    let sb = Sandbox::new("hostile-cli", "export-traversal");
     let rec = sb.dir("state").join("nodes/x/10.0.0.1,3260,1");
     fs::create_dir_all(rec.parent().expect("parent")).expect("state dir");
     let text = "target = ../../../../escaped\nhost = ../../../up\nport = 3260\ntpgt = 1\n\
@@ -818,7 +658,7 @@ fn ls_chap(
     env: &[(&str, &str)],
     extra: &[&str],
 ) -> (Run, Vec<String>) {
-    let sb = Sandbox::new(name);
+    let sb = Sandbox::new("hostile-cli", name);
     let f = FakeTarget::start(Behaviour::default().chap(chap));
     let u = url(f.port, Some(0));
     let r = run(

@@ -1,2 +1,3 @@
+pub mod cli;
 pub mod fake_target;
 pub mod tgtd;

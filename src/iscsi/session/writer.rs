@@ -1,0 +1,338 @@
+//! The writer: sends commands in CmdSN order while the target's window
+//! is open, Data-Out for R2Ts and unsolicited data, NOP-Out answers,
+//! pings and task management, batched into one vectored write.
+
+use super::*;
+
+// ---------------------------------------------------------------- writer
+
+/// One PDU being assembled by the writer, owning what its data refers to.
+pub(super) struct Out {
+    bhs: [u8; BHS_LEN],
+    /// (slot, range of the task's buffer) when the data is a command's.
+    data: OutData,
+}
+
+pub(super) enum OutData {
+    None,
+    Owned(Vec<u8>),
+    Task { slot: u16, start: usize, end: usize },
+}
+
+pub(super) fn writer_loop(shared: Arc<Shared>) {
+    // This thread may carry the I/O of the filesystem the machine runs on.
+    crate::daemon::io_thread();
+    loop {
+        {
+            let mut st = lock(&shared.state);
+            loop {
+                if st.failed.is_some() {
+                    return;
+                }
+                if has_work(&st) {
+                    break;
+                }
+                let timeout = match timers_due(&mut st, &shared) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        drop(st);
+                        fail(&shared, e);
+                        return;
+                    }
+                };
+                if has_work(&st) {
+                    break;
+                }
+                st = match timeout {
+                    Some(t) => shared
+                        .wake_writer
+                        .wait_timeout(st, t)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0),
+                    None => shared
+                        .wake_writer
+                        .wait(st)
+                        .unwrap_or_else(|e| e.into_inner()),
+                };
+            }
+        }
+        let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = flush(&shared, &mut w) {
+            drop(w);
+            fail(&shared, e);
+            return;
+        }
+    }
+}
+
+/// Something can be sent now: control PDUs, or commands within the window.
+pub(super) fn has_work(st: &State) -> bool {
+    !st.ctl_queue.is_empty() || (!st.cmd_queue.is_empty() && sn_le(st.sn.cmd_sn, st.sn.max_cmd_sn))
+}
+
+/// Send everything that can be sent now, in as few writes as possible.
+/// The caller holds the transmit lock, which keeps CmdSN order equal to
+/// wire order.
+pub(super) fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionError> {
+    let p = shared.params;
+    let max_seg = p.max_send_data_segment.max(512) as usize;
+    loop {
+        let mut outs: Vec<Out> = Vec::new();
+        // Buffers lent out for this batch, by slot.
+        let mut lent: Vec<(u16, Vec<u8>)> = Vec::new();
+        {
+            let mut st = lock(&shared.state);
+            if st.failed.is_some() || !has_work(&st) {
+                return Ok(());
+            }
+            // Control first: NOP answers, Data-Out bursts, immediate tasks.
+            while let Some(c) = st.ctl_queue.pop_front() {
+                match c {
+                    Ctl::NopReply { ttt, lun, data } => {
+                        let pdu = Pdu::NopOut(NopOut {
+                            lun,
+                            itt: RESERVED_TAG,
+                            ttt,
+                            cmd_sn: st.sn.cmd_sn,
+                            exp_stat_sn: st.sn.exp_stat_sn,
+                        });
+                        outs.push(out(&pdu, OutData::Owned(data)));
+                    }
+                    Ctl::Immediate { slot, mut pdu } => {
+                        // Immediate PDUs carry the current CmdSN without
+                        // advancing it (RFC 7143 §3.2.2.1); refresh it now.
+                        let (cs, es) = (st.sn.cmd_sn, st.sn.exp_stat_sn);
+                        match &mut pdu {
+                            Pdu::NopOut(n) => {
+                                n.cmd_sn = cs;
+                                n.exp_stat_sn = es;
+                            }
+                            Pdu::TaskMgmtRequest(t) => {
+                                t.cmd_sn = cs;
+                                t.exp_stat_sn = es;
+                            }
+                            Pdu::LogoutRequest(l) => {
+                                l.cmd_sn = cs;
+                                l.exp_stat_sn = es;
+                            }
+                            _ => {}
+                        }
+                        if matches!(pdu, Pdu::NopOut(_)) {
+                            st.ping_out = Some((slot, Instant::now()));
+                        }
+                        outs.push(out(&pdu, OutData::None));
+                    }
+                    Ctl::DataOut {
+                        slot,
+                        ttt,
+                        offset,
+                        len,
+                    } => {
+                        let exp_stat_sn = st.sn.exp_stat_sn;
+                        let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) else {
+                            continue;
+                        };
+                        if t.buf.is_none() && !lent.iter().any(|(s, _)| *s == slot) {
+                            continue;
+                        }
+                        if let Some(b) = t.buf.take() {
+                            lent.push((slot, b));
+                        }
+                        data_out_pdus(
+                            &mut outs,
+                            t.lun,
+                            itt_of(slot, t.generation),
+                            ttt,
+                            exp_stat_sn,
+                            offset,
+                            len,
+                            max_seg,
+                            slot,
+                        );
+                    }
+                }
+            }
+            // Commands while the window is open, in order.
+            while sn_le(st.sn.cmd_sn, st.sn.max_cmd_sn) {
+                let Some(slot) = st.cmd_queue.pop_front() else {
+                    break;
+                };
+                let cmd_sn = st.sn.cmd_sn;
+                st.sn.cmd_sn = cmd_sn.wrapping_add(1);
+                let exp_stat_sn = st.sn.exp_stat_sn;
+                let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) else {
+                    continue;
+                };
+                t.cmd_sn = cmd_sn;
+                t.sent = Some(Instant::now());
+                let itt = itt_of(slot, t.generation);
+                let (read, write, len) = match t.dir {
+                    DataDir::None => (false, false, 0),
+                    DataDir::Read(n) => (true, false, n),
+                    DataDir::Write(n) => (false, true, n),
+                };
+                // Immediate data (ImmediateData=Yes): up to FirstBurstLength
+                // and the target's segment limit, in the command PDU itself.
+                let immediate = if write && p.immediate_data {
+                    len.min(p.first_burst).min(max_seg as u32)
+                } else {
+                    0
+                };
+                // Unsolicited Data-Out (InitialR2T=No): the rest of the
+                // first burst, without waiting for an R2T.
+                let unsolicited_end = if write && !p.initial_r2t {
+                    len.min(p.first_burst)
+                } else {
+                    immediate
+                };
+                t.unsolicited = unsolicited_end;
+                let pdu = Pdu::ScsiCommand(ScsiCommand {
+                    immediate: false,
+                    final_: unsolicited_end == immediate,
+                    read,
+                    write,
+                    attr: t.attr,
+                    lun: t.lun,
+                    itt,
+                    expected_len: len,
+                    cmd_sn,
+                    exp_stat_sn,
+                    cdb: t.cdb,
+                });
+                let lun = t.lun;
+                if write && unsolicited_end > 0 {
+                    if let Some(b) = t.buf.take() {
+                        lent.push((slot, b));
+                    }
+                    outs.push(out(
+                        &pdu,
+                        OutData::Task {
+                            slot,
+                            start: 0,
+                            end: immediate as usize,
+                        },
+                    ));
+                    if unsolicited_end > immediate {
+                        data_out_pdus(
+                            &mut outs,
+                            lun,
+                            itt,
+                            RESERVED_TAG,
+                            exp_stat_sn,
+                            immediate,
+                            unsolicited_end - immediate,
+                            max_seg,
+                            slot,
+                        );
+                    }
+                } else {
+                    outs.push(out(&pdu, OutData::None));
+                }
+                if outs.len() >= 256 {
+                    break;
+                }
+            }
+        }
+
+        // Send the batch without holding the state lock.
+        let result = send_outs(w, &outs, &lent);
+
+        // Return the buffers; complete tasks answered meanwhile.
+        let mut st = lock(&shared.state);
+        let mut to_finish = Vec::new();
+        for (slot, b) in lent {
+            if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
+                t.buf = Some(b);
+                if let Some(r) = t.parked.take() {
+                    to_finish.push((slot, r));
+                }
+            }
+        }
+        drop(st);
+        for (slot, r) in to_finish {
+            finish(shared, lock(&shared.state), slot, r);
+        }
+        result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))?;
+    }
+}
+
+pub(super) fn out(pdu: &Pdu, data: OutData) -> Out {
+    Out {
+        bhs: pdu.to_bytes(0),
+        data,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn data_out_pdus(
+    outs: &mut Vec<Out>,
+    lun: [u8; 8],
+    itt: u32,
+    ttt: u32,
+    exp_stat_sn: u32,
+    offset: u32,
+    len: u32,
+    max_seg: usize,
+    slot: u16,
+) {
+    let mut data_sn = 0u32;
+    let mut at = offset as usize;
+    let end = offset as usize + len as usize;
+    while at < end {
+        let n = (end - at).min(max_seg);
+        let pdu = Pdu::DataOut(DataOut {
+            final_: at + n == end,
+            lun,
+            itt,
+            ttt,
+            exp_stat_sn,
+            data_sn,
+            buffer_offset: at as u32,
+        });
+        outs.push(out(
+            &pdu,
+            OutData::Task {
+                slot,
+                start: at,
+                end: at + n,
+            },
+        ));
+        data_sn += 1;
+        at += n;
+    }
+}
+
+pub(super) fn send_outs(
+    w: &mut PduWriter<TcpStream>,
+    outs: &[Out],
+    lent: &[(u16, Vec<u8>)],
+) -> io::Result<()> {
+    // Resolve each PDU's data to a slice; fix up the BHS data length.
+    let mut slices: Vec<[&[u8]; 1]> = Vec::with_capacity(outs.len());
+    let mut bhss: Vec<[u8; BHS_LEN]> = Vec::with_capacity(outs.len());
+    for o in outs {
+        let data: &[u8] = match &o.data {
+            OutData::None => &[],
+            OutData::Owned(v) => v,
+            OutData::Task { slot, start, end } => lent
+                .iter()
+                .find(|(s, _)| s == slot)
+                .and_then(|(_, b)| b.get(*start..*end))
+                .unwrap_or(&[]),
+        };
+        let mut bhs = o.bhs;
+        let mut v = Bhs::new_unchecked(&mut bhs[..]);
+        v.set_data_segment_len(data.len());
+        bhss.push(bhs);
+        slices.push([data]);
+    }
+    let tx: Vec<TxPdu<'_>> = bhss
+        .iter()
+        .zip(slices.iter())
+        .map(|(b, d)| TxPdu {
+            bhs: *b,
+            data: if d[0].is_empty() { &[] } else { &d[..] },
+        })
+        .collect();
+    w.send_batch(&tx)
+}

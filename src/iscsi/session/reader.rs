@@ -98,318 +98,393 @@ pub(super) fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<()
     // A window that opened is used by the reader's next flush.
     update_sn(&mut st, &h.pdu);
     match h.pdu {
-        Pdu::DataIn(d) => {
-            let len = h.data_len;
-            let t = lookup(&mut st, d.itt, "Data-In")?;
-            let DataDir::Read(want) = t.dir else {
-                return Err(proto(format!(
-                    "Data-In for task 0x{:08x}, which reads nothing",
-                    d.itt
-                )));
+        Pdu::DataIn(d) => on_data_in(shared, r, st, d, h.data_len),
+        Pdu::ScsiResponse(resp) => on_scsi_response(shared, r, st, resp, h.data_len),
+        Pdu::R2t(r2t) => on_r2t(shared, st, r2t),
+        Pdu::NopIn(n) => on_nop_in(shared, r, st, n, h.data_len),
+        Pdu::TaskMgmtResponse(tm) => on_tmf_response(shared, st, tm),
+        Pdu::LogoutResponse(lr) => on_logout_response(shared, st, lr),
+        Pdu::AsyncMessage(a) => on_async_message(shared, r, st, a, h.data_len),
+        Pdu::Reject(rj) => on_reject(shared, r, st, rj, h.data_len),
+        other => Err(proto(format!(
+            "unexpected {} in the full-feature phase",
+            other.opcode().name()
+        ))),
+    }
+}
+
+/// Data-In: checked against its task (direction, DataSN, offset and
+/// length: contiguous and ascending), read straight into the task's
+/// buffer; with status, the read ends (exactly its bytes, less a reported
+/// underflow). The reader's lock is held on entry.
+fn on_data_in(
+    shared: &Shared,
+    r: &mut PduReader<TcpStream>,
+    mut st: MutexGuard<'_, State>,
+    d: DataIn,
+    data_len: usize,
+) -> Result<(), RxError> {
+    let len = data_len;
+    let t = lookup(&mut st, d.itt, "Data-In")?;
+    let DataDir::Read(want) = t.dir else {
+        return Err(proto(format!(
+            "Data-In for task 0x{:08x}, which reads nothing",
+            d.itt
+        )));
+    };
+    if d.data_sn != t.next_data_sn {
+        return Err(proto(format!(
+            "Data-In DataSN {} for task 0x{:08x}, expected {} (ERL 0 cannot recover)",
+            d.data_sn, d.itt, t.next_data_sn
+        )));
+    }
+    let off = d.buffer_offset as usize;
+    if off.checked_add(len).is_none_or(|end| end > want as usize) {
+        return Err(proto(format!(
+            "Data-In for task 0x{:08x} at offset {off}+{len} beyond the {want}-byte transfer",
+            d.itt
+        )));
+    }
+    // DataPDUInOrder=Yes and DataSequenceInOrder=Yes (we offer Yes,
+    // and both results are OR functions): the data comes in one
+    // contiguous ascending run, so `data_in` is exactly the bytes
+    // of the buffer the target wrote. An overlap or a hole would
+    // leave bytes of an earlier request in the buffer.
+    if off != t.data_in {
+        return Err(proto(format!(
+            "Data-In for task 0x{:08x} at offset {off}, expected {} (DataPDUInOrder=Yes: contiguous and ascending; an overlap or a hole)",
+            d.itt, t.data_in
+        )));
+    }
+    t.next_data_sn = t.next_data_sn.wrapping_add(1);
+    let mut buf = t.buf.take().unwrap_or_default();
+    drop(st);
+    idle_before(shared, r, segment_bytes(shared, len));
+    // The payload goes straight into the command's buffer.
+    let rd = match buf.get_mut(off..off + len) {
+        Some(dst) => r.read_data(dst),
+        None => Err(ConnError::LengthMismatch {
+            opcode: Opcode::DataIn,
+            len,
+            buffer: buf.len(),
+        }),
+    };
+    let mut st = lock(&shared.state);
+    let slot = slot_of(d.itt).0;
+    if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
+        t.buf = Some(buf);
+        t.data_in += len;
+    }
+    rd?;
+    if d.has_status {
+        let data_in = match st.tasks.get(usize::from(slot)) {
+            Some(Some(t)) => t.data_in,
+            _ => 0,
+        };
+        let residual = residual(d.overflow, d.underflow, d.residual);
+        check_read_length(d.itt, want, data_in, residual).map_err(proto)?;
+        finish(
+            shared,
+            st,
+            slot,
+            Ok(ScsiResult {
+                status: d.status,
+                sense: None,
+                residual,
+                data_in,
+            }),
+        );
+    }
+    Ok(())
+}
+
+/// SCSI Response: ExpDataSN and, for a GOOD read, the bytes that arrived
+/// are checked; the task ends with its status and sense.
+fn on_scsi_response(
+    shared: &Shared,
+    r: &mut PduReader<TcpStream>,
+    mut st: MutexGuard<'_, State>,
+    resp: ScsiResponse,
+    data_len: usize,
+) -> Result<(), RxError> {
+    let t = lookup(&mut st, resp.itt, "SCSI Response")?;
+    if !matches!(t.kind, TaskKind::Scsi) {
+        return Err(proto(format!(
+            "SCSI Response for non-SCSI task 0x{:08x}",
+            resp.itt
+        )));
+    }
+    check_exp_data_sn(resp.itt, resp.exp_data_sn, t.next_data_sn, t.r2ts).map_err(proto)?;
+    let data_in = t.data_in;
+    let read_len = match t.dir {
+        DataDir::Read(want) => Some(want),
+        _ => None,
+    };
+    drop(st);
+    idle_before(shared, r, segment_bytes(shared, data_len));
+    let data = r.read_data_vec()?;
+    // Only a GOOD read promises its data; a CHECK CONDITION may
+    // come after part of it (and its buffer is not used).
+    if let Some(want) = read_len
+        && resp.response == 0
+        && resp.status == 0
+    {
+        let res = residual(resp.overflow, resp.underflow, resp.residual);
+        check_read_length(resp.itt, want, data_in, res).map_err(proto)?;
+    }
+    let st = lock(&shared.state);
+    let slot = slot_of(resp.itt).0;
+    let result = if resp.response != 0 {
+        Err(SessionError::TargetFailure(resp.response))
+    } else {
+        // Sense data: 2-byte SenseLength, then the sense bytes.
+        let sense = if data.len() >= 2 {
+            let n = usize::from(u16::from_be_bytes([data[0], data[1]]));
+            data.get(2..2 + n.min(data.len() - 2))
+                .map(|s| s.to_vec())
+                .filter(|s| !s.is_empty())
+        } else {
+            None
+        };
+        Ok(ScsiResult {
+            status: resp.status,
+            sense,
+            residual: residual(resp.overflow, resp.underflow, resp.residual),
+            data_in,
+        })
+    };
+    finish(shared, st, slot, result);
+    Ok(())
+}
+
+/// R2T: within the write and MaxBurstLength, and no more outstanding
+/// than MaxOutstandingR2T; queued for the writer.
+fn on_r2t(shared: &Shared, mut st: MutexGuard<'_, State>, r2t: R2t) -> Result<(), RxError> {
+    let max_burst = shared.params.max_burst;
+    let t = lookup(&mut st, r2t.itt, "R2T")?;
+    let DataDir::Write(total) = t.dir else {
+        return Err(proto(format!(
+            "R2T for task 0x{:08x}, which writes nothing",
+            r2t.itt
+        )));
+    };
+    let end = u64::from(r2t.buffer_offset) + u64::from(r2t.desired_len);
+    if end > u64::from(total) || r2t.desired_len == 0 {
+        return Err(proto(format!(
+            "R2T for task 0x{:08x} asks for {}+{} of a {total}-byte write",
+            r2t.itt, r2t.buffer_offset, r2t.desired_len
+        )));
+    }
+    if r2t.desired_len > max_burst {
+        return Err(proto(format!(
+            "R2T desired length {} above MaxBurstLength {max_burst}",
+            r2t.desired_len
+        )));
+    }
+    let slot = slot_of(r2t.itt).0;
+    check_outstanding_r2t(&st.ctl_queue, slot, shared.params.max_outstanding_r2t)
+        .map_err(|m| proto(format!("task 0x{:08x}: {m}", r2t.itt)))?;
+    if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
+        t.r2ts = t.r2ts.wrapping_add(1);
+    }
+    st.ctl_queue.push_back(Ctl::DataOut {
+        slot,
+        ttt: r2t.ttt,
+        offset: r2t.buffer_offset,
+        len: r2t.desired_len,
+    });
+    Ok(())
+}
+
+/// NOP-In: the answer to our ping, or the target's ping (answered, at
+/// most [`MAX_NOP_REPLIES`] waiting).
+fn on_nop_in(
+    shared: &Shared,
+    r: &mut PduReader<TcpStream>,
+    st: MutexGuard<'_, State>,
+    n: NopIn,
+    data_len: usize,
+) -> Result<(), RxError> {
+    drop(st);
+    idle_before(shared, r, segment_bytes(shared, data_len));
+    let data = r.read_data_vec()?;
+    let mut st = lock(&shared.state);
+    if n.itt != RESERVED_TAG {
+        let t = lookup(&mut st, n.itt, "NOP-In")?;
+        if !matches!(t.kind, TaskKind::Ping) {
+            return Err(proto(format!(
+                "NOP-In answering task 0x{:08x}, which is not a ping",
+                n.itt
+            )));
+        }
+        let slot = slot_of(n.itt).0;
+        if st.ping_out.is_some_and(|(s, _)| s == slot) {
+            st.ping_out = None;
+        }
+        finish(shared, st, slot, Ok(ScsiResult::default()));
+    } else if n.ttt != RESERVED_TAG {
+        // The target pings us: answer with its TTT and its data.
+        // A target that pings faster than we can answer is
+        // flooding us: the queue does not grow without bound.
+        let pending = st
+            .ctl_queue
+            .iter()
+            .filter(|c| matches!(c, Ctl::NopReply { .. }))
+            .count();
+        if pending >= MAX_NOP_REPLIES {
+            return Err(proto(format!(
+                "more than {MAX_NOP_REPLIES} NOP-In pings waiting for an answer: the target floods us"
+            )));
+        }
+        st.ctl_queue.push_back(Ctl::NopReply {
+            ttt: n.ttt,
+            lun: n.lun,
+            data,
+        });
+    }
+    Ok(())
+}
+
+/// Task Management Response: to a caller's TMF, or to the session's own
+/// step of the error-handling ladder ([`tmf_answered`]).
+fn on_tmf_response(
+    shared: &Shared,
+    mut st: MutexGuard<'_, State>,
+    tm: TaskMgmtResponse,
+) -> Result<(), RxError> {
+    let t = lookup(&mut st, tm.itt, "Task Management Response")?;
+    if !matches!(t.kind, TaskKind::Tmf) {
+        return Err(proto(format!("TMF response for task 0x{:08x}", tm.itt)));
+    }
+    let slot = slot_of(tm.itt).0;
+    if let Some(p) = st.escalation.filter(|p| p.tmf() == slot) {
+        st.escalation = None;
+        let timeout = shared.opts.cmd_timeout.unwrap_or(DEFAULT_CMD_TIMEOUT);
+        tmf_answered(&mut st, p, tm.response, timeout).map_err(RxError::Session)?;
+        shared.wake_writer.notify_one();
+    }
+    finish(
+        shared,
+        st,
+        slot,
+        Ok(ScsiResult {
+            status: tm.response,
+            ..Default::default()
+        }),
+    );
+    Ok(())
+}
+
+/// Logout Response: the session closes.
+fn on_logout_response(
+    shared: &Shared,
+    mut st: MutexGuard<'_, State>,
+    lr: LogoutResponse,
+) -> Result<(), RxError> {
+    let t = lookup(&mut st, lr.itt, "Logout Response")?;
+    if !matches!(t.kind, TaskKind::Logout) {
+        return Err(proto(format!("Logout Response for task 0x{:08x}", lr.itt)));
+    }
+    let slot = slot_of(lr.itt).0;
+    st.closing = true;
+    finish(
+        shared,
+        st,
+        slot,
+        Ok(ScsiResult {
+            status: lr.response,
+            ..Default::default()
+        }),
+    );
+    Ok(())
+}
+
+/// Asynchronous message: an event for the owner, within the token
+/// bucket.
+fn on_async_message(
+    shared: &Shared,
+    r: &mut PduReader<TcpStream>,
+    mut st: MutexGuard<'_, State>,
+    a: AsyncMessage,
+    data_len: usize,
+) -> Result<(), RxError> {
+    let events = st.events.clone();
+    let admitted = st
+        .event_tokens
+        .take(Instant::now(), "asynchronous messages");
+    drop(st);
+    idle_before(shared, r, segment_bytes(shared, data_len));
+    let data = r.read_data_vec()?;
+    let ev = match a.event {
+        0 => {
+            let sense = if data.len() >= 2 {
+                let n = usize::from(u16::from_be_bytes([data[0], data[1]]));
+                data.get(2..2 + n.min(data.len() - 2))
+                    .unwrap_or(&[])
+                    .to_vec()
+            } else {
+                Vec::new()
             };
-            if d.data_sn != t.next_data_sn {
-                return Err(proto(format!(
-                    "Data-In DataSN {} for task 0x{:08x}, expected {} (ERL 0 cannot recover)",
-                    d.data_sn, d.itt, t.next_data_sn
-                )));
-            }
-            let off = d.buffer_offset as usize;
-            if off.checked_add(len).is_none_or(|end| end > want as usize) {
-                return Err(proto(format!(
-                    "Data-In for task 0x{:08x} at offset {off}+{len} beyond the {want}-byte transfer",
-                    d.itt
-                )));
-            }
-            // DataPDUInOrder=Yes and DataSequenceInOrder=Yes (we offer Yes,
-            // and both results are OR functions): the data comes in one
-            // contiguous ascending run, so `data_in` is exactly the bytes
-            // of the buffer the target wrote. An overlap or a hole would
-            // leave bytes of an earlier request in the buffer.
-            if off != t.data_in {
-                return Err(proto(format!(
-                    "Data-In for task 0x{:08x} at offset {off}, expected {} (DataPDUInOrder=Yes: contiguous and ascending; an overlap or a hole)",
-                    d.itt, t.data_in
-                )));
-            }
-            t.next_data_sn = t.next_data_sn.wrapping_add(1);
-            let mut buf = t.buf.take().unwrap_or_default();
-            drop(st);
-            idle_before(shared, r, segment_bytes(shared, len));
-            // The payload goes straight into the command's buffer.
-            let rd = match buf.get_mut(off..off + len) {
-                Some(dst) => r.read_data(dst),
-                None => Err(ConnError::LengthMismatch {
-                    opcode: Opcode::DataIn,
-                    len,
-                    buffer: buf.len(),
-                }),
-            };
-            let mut st = lock(&shared.state);
-            let slot = slot_of(d.itt).0;
-            if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
-                t.buf = Some(buf);
-                t.data_in += len;
-            }
-            rd?;
-            if d.has_status {
-                let data_in = match st.tasks.get(usize::from(slot)) {
-                    Some(Some(t)) => t.data_in,
-                    _ => 0,
-                };
-                let residual = residual(d.overflow, d.underflow, d.residual);
-                check_read_length(d.itt, want, data_in, residual).map_err(proto)?;
+            SessionEvent::ScsiEvent { lun: a.lun, sense }
+        }
+        1 => SessionEvent::LogoutRequested { within: a.param3 },
+        2 | 3 => SessionEvent::Dropping {
+            event: a.event,
+            time2wait: a.param2,
+            time2retain: a.param3,
+        },
+        4 => SessionEvent::NegotiationRequested,
+        _ if !admitted => return Ok(()),
+        other => {
+            log::info!("ignoring async event {other} from target");
+            return Ok(());
+        }
+    };
+    if !admitted {
+        return Ok(());
+    }
+    log::warn!("target async event: {ev:?}");
+    if let Some(tx) = events {
+        let _ = tx.send(ev);
+    }
+    Ok(())
+}
+
+/// Reject: the task it names fails; logged within the token bucket.
+fn on_reject(
+    shared: &Shared,
+    r: &mut PduReader<TcpStream>,
+    mut st: MutexGuard<'_, State>,
+    rj: Reject,
+    data_len: usize,
+) -> Result<(), RxError> {
+    let admitted = st.event_tokens.take(Instant::now(), "Rejects");
+    drop(st);
+    idle_before(shared, r, segment_bytes(shared, data_len));
+    let data = r.read_data_vec()?;
+    // The data segment is the rejected PDU's header: find its ITT.
+    let itt = Bhs::new_checked(&data[..]).map(|b| b.itt()).ok();
+    let what = reject_reason_name(rj.reason);
+    if admitted {
+        log::error!("target rejected a PDU: {what} (reason 0x{:02x})", rj.reason);
+    }
+    let mut st = lock(&shared.state);
+    match itt {
+        Some(itt) if itt != RESERVED_TAG => {
+            let slot = slot_of(itt).0;
+            if lookup(&mut st, itt, "Reject").is_ok() {
                 finish(
                     shared,
                     st,
                     slot,
-                    Ok(ScsiResult {
-                        status: d.status,
-                        sense: None,
-                        residual,
-                        data_in,
+                    Err(SessionError::Rejected {
+                        reason: rj.reason,
+                        what,
                     }),
                 );
             }
         }
-        Pdu::ScsiResponse(resp) => {
-            let t = lookup(&mut st, resp.itt, "SCSI Response")?;
-            if !matches!(t.kind, TaskKind::Scsi) {
-                return Err(proto(format!(
-                    "SCSI Response for non-SCSI task 0x{:08x}",
-                    resp.itt
-                )));
-            }
-            check_exp_data_sn(resp.itt, resp.exp_data_sn, t.next_data_sn, t.r2ts).map_err(proto)?;
-            let data_in = t.data_in;
-            let read_len = match t.dir {
-                DataDir::Read(want) => Some(want),
-                _ => None,
-            };
-            drop(st);
-            idle_before(shared, r, segment_bytes(shared, h.data_len));
-            let data = r.read_data_vec()?;
-            // Only a GOOD read promises its data; a CHECK CONDITION may
-            // come after part of it (and its buffer is not used).
-            if let Some(want) = read_len
-                && resp.response == 0
-                && resp.status == 0
-            {
-                let res = residual(resp.overflow, resp.underflow, resp.residual);
-                check_read_length(resp.itt, want, data_in, res).map_err(proto)?;
-            }
-            let st = lock(&shared.state);
-            let slot = slot_of(resp.itt).0;
-            let result = if resp.response != 0 {
-                Err(SessionError::TargetFailure(resp.response))
-            } else {
-                // Sense data: 2-byte SenseLength, then the sense bytes.
-                let sense = if data.len() >= 2 {
-                    let n = usize::from(u16::from_be_bytes([data[0], data[1]]));
-                    data.get(2..2 + n.min(data.len() - 2))
-                        .map(|s| s.to_vec())
-                        .filter(|s| !s.is_empty())
-                } else {
-                    None
-                };
-                Ok(ScsiResult {
-                    status: resp.status,
-                    sense,
-                    residual: residual(resp.overflow, resp.underflow, resp.residual),
-                    data_in,
-                })
-            };
-            finish(shared, st, slot, result);
-        }
-        Pdu::R2t(r2t) => {
-            let max_burst = shared.params.max_burst;
-            let t = lookup(&mut st, r2t.itt, "R2T")?;
-            let DataDir::Write(total) = t.dir else {
-                return Err(proto(format!(
-                    "R2T for task 0x{:08x}, which writes nothing",
-                    r2t.itt
-                )));
-            };
-            let end = u64::from(r2t.buffer_offset) + u64::from(r2t.desired_len);
-            if end > u64::from(total) || r2t.desired_len == 0 {
-                return Err(proto(format!(
-                    "R2T for task 0x{:08x} asks for {}+{} of a {total}-byte write",
-                    r2t.itt, r2t.buffer_offset, r2t.desired_len
-                )));
-            }
-            if r2t.desired_len > max_burst {
-                return Err(proto(format!(
-                    "R2T desired length {} above MaxBurstLength {max_burst}",
-                    r2t.desired_len
-                )));
-            }
-            let slot = slot_of(r2t.itt).0;
-            check_outstanding_r2t(&st.ctl_queue, slot, shared.params.max_outstanding_r2t)
-                .map_err(|m| proto(format!("task 0x{:08x}: {m}", r2t.itt)))?;
-            if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
-                t.r2ts = t.r2ts.wrapping_add(1);
-            }
-            st.ctl_queue.push_back(Ctl::DataOut {
-                slot,
-                ttt: r2t.ttt,
-                offset: r2t.buffer_offset,
-                len: r2t.desired_len,
-            });
-        }
-        Pdu::NopIn(n) => {
-            drop(st);
-            idle_before(shared, r, segment_bytes(shared, h.data_len));
-            let data = r.read_data_vec()?;
-            let mut st = lock(&shared.state);
-            if n.itt != RESERVED_TAG {
-                let t = lookup(&mut st, n.itt, "NOP-In")?;
-                if !matches!(t.kind, TaskKind::Ping) {
-                    return Err(proto(format!(
-                        "NOP-In answering task 0x{:08x}, which is not a ping",
-                        n.itt
-                    )));
-                }
-                let slot = slot_of(n.itt).0;
-                if st.ping_out.is_some_and(|(s, _)| s == slot) {
-                    st.ping_out = None;
-                }
-                finish(shared, st, slot, Ok(ScsiResult::default()));
-            } else if n.ttt != RESERVED_TAG {
-                // The target pings us: answer with its TTT and its data.
-                // A target that pings faster than we can answer is
-                // flooding us: the queue does not grow without bound.
-                let pending = st
-                    .ctl_queue
-                    .iter()
-                    .filter(|c| matches!(c, Ctl::NopReply { .. }))
-                    .count();
-                if pending >= MAX_NOP_REPLIES {
-                    return Err(proto(format!(
-                        "more than {MAX_NOP_REPLIES} NOP-In pings waiting for an answer: the target floods us"
-                    )));
-                }
-                st.ctl_queue.push_back(Ctl::NopReply {
-                    ttt: n.ttt,
-                    lun: n.lun,
-                    data,
-                });
-            }
-        }
-        Pdu::TaskMgmtResponse(tm) => {
-            let t = lookup(&mut st, tm.itt, "Task Management Response")?;
-            if !matches!(t.kind, TaskKind::Tmf) {
-                return Err(proto(format!("TMF response for task 0x{:08x}", tm.itt)));
-            }
-            let slot = slot_of(tm.itt).0;
-            if let Some(p) = st.escalation.filter(|p| p.tmf() == slot) {
-                st.escalation = None;
-                let timeout = shared.opts.cmd_timeout.unwrap_or(DEFAULT_CMD_TIMEOUT);
-                tmf_answered(&mut st, p, tm.response, timeout).map_err(RxError::Session)?;
-                shared.wake_writer.notify_one();
-            }
-            finish(
-                shared,
-                st,
-                slot,
-                Ok(ScsiResult {
-                    status: tm.response,
-                    ..Default::default()
-                }),
-            );
-        }
-        Pdu::LogoutResponse(lr) => {
-            let t = lookup(&mut st, lr.itt, "Logout Response")?;
-            if !matches!(t.kind, TaskKind::Logout) {
-                return Err(proto(format!("Logout Response for task 0x{:08x}", lr.itt)));
-            }
-            let slot = slot_of(lr.itt).0;
-            st.closing = true;
-            finish(
-                shared,
-                st,
-                slot,
-                Ok(ScsiResult {
-                    status: lr.response,
-                    ..Default::default()
-                }),
-            );
-        }
-        Pdu::AsyncMessage(a) => {
-            let events = st.events.clone();
-            let admitted = st
-                .event_tokens
-                .take(Instant::now(), "asynchronous messages");
-            drop(st);
-            idle_before(shared, r, segment_bytes(shared, h.data_len));
-            let data = r.read_data_vec()?;
-            let ev = match a.event {
-                0 => {
-                    let sense = if data.len() >= 2 {
-                        let n = usize::from(u16::from_be_bytes([data[0], data[1]]));
-                        data.get(2..2 + n.min(data.len() - 2))
-                            .unwrap_or(&[])
-                            .to_vec()
-                    } else {
-                        Vec::new()
-                    };
-                    SessionEvent::ScsiEvent { lun: a.lun, sense }
-                }
-                1 => SessionEvent::LogoutRequested { within: a.param3 },
-                2 | 3 => SessionEvent::Dropping {
-                    event: a.event,
-                    time2wait: a.param2,
-                    time2retain: a.param3,
-                },
-                4 => SessionEvent::NegotiationRequested,
-                _ if !admitted => return Ok(()),
-                other => {
-                    log::info!("ignoring async event {other} from target");
-                    return Ok(());
-                }
-            };
-            if !admitted {
-                return Ok(());
-            }
-            log::warn!("target async event: {ev:?}");
-            if let Some(tx) = events {
-                let _ = tx.send(ev);
-            }
-        }
-        Pdu::Reject(rj) => {
-            let admitted = st.event_tokens.take(Instant::now(), "Rejects");
-            drop(st);
-            idle_before(shared, r, segment_bytes(shared, h.data_len));
-            let data = r.read_data_vec()?;
-            // The data segment is the rejected PDU's header: find its ITT.
-            let itt = Bhs::new_checked(&data[..]).map(|b| b.itt()).ok();
-            let what = reject_reason_name(rj.reason);
-            if admitted {
-                log::error!("target rejected a PDU: {what} (reason 0x{:02x})", rj.reason);
-            }
-            let mut st = lock(&shared.state);
-            match itt {
-                Some(itt) if itt != RESERVED_TAG => {
-                    let slot = slot_of(itt).0;
-                    if lookup(&mut st, itt, "Reject").is_ok() {
-                        finish(
-                            shared,
-                            st,
-                            slot,
-                            Err(SessionError::Rejected {
-                                reason: rj.reason,
-                                what,
-                            }),
-                        );
-                    }
-                }
-                _ => {}
-            }
-        }
-        other => {
-            return Err(proto(format!(
-                "unexpected {} in the full-feature phase",
-                other.opcode().name()
-            )));
-        }
+        _ => {}
     }
     Ok(())
 }

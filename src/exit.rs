@@ -17,3 +17,39 @@ pub const LOGIN: i32 = 5;
 pub const IO: i32 = 6;
 /// `cp --verify` found the copy differs from the source.
 pub const VERIFY: i32 = 7;
+
+/// A failure a command reports and exits with.
+#[derive(Debug)]
+pub struct CmdError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CmdError {
+    pub fn new(code: i32, message: impl Into<String>) -> CmdError {
+        CmdError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn usage(message: impl Into<String>) -> CmdError {
+        CmdError::new(USAGE, message)
+    }
+}
+
+impl std::fmt::Display for CmdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Print the error and return its code.
+pub fn report(r: Result<(), CmdError>) -> i32 {
+    match r {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("sanroot: {}", e.message);
+            e.code
+        }
+    }
+}

@@ -18,7 +18,6 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crate::boot::handoff;
 use crate::url::format_portal;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,16 +269,17 @@ pub fn ibft_targets(host_root: &Path) -> Vec<String> {
 }
 
 /// The targets this machine boots from: each of `given` (`--boot-target`),
-/// the one in `host_root`/run/sanroot/boot.json (this boot is sanroot's),
-/// and the iBFT's (`host_root`/sys/firmware/ibft). One entry per name
-/// (compared case-insensitively), with every place it was found.
-pub fn boot_targets(given: &[String], host_root: &Path) -> Vec<BootTarget> {
+/// `handoff` (the target of `host_root`/run/sanroot/boot.json, when this
+/// boot is sanroot's: the caller reads it), and the iBFT's
+/// (`host_root`/sys/firmware/ibft). One entry per name (compared
+/// case-insensitively), with every place it was found.
+pub fn boot_targets(given: &[String], handoff: Option<&str>, host_root: &Path) -> Vec<BootTarget> {
     let mut found: Vec<(String, &'static str)> = given
         .iter()
         .map(|g| (g.trim().to_string(), FROM_OPTION))
         .collect();
-    if let Some(rec) = handoff::read(host_root) {
-        found.push((rec.target.trim().to_string(), FROM_HANDOFF));
+    if let Some(target) = handoff {
+        found.push((target.trim().to_string(), FROM_HANDOFF));
     }
     found.extend(ibft_targets(host_root).into_iter().map(|t| (t, FROM_IBFT)));
     let mut out: Vec<BootTarget> = Vec::new();
@@ -648,7 +648,7 @@ mod tests {
     #[test]
     fn boot_targets_from_the_option_the_handoff_and_the_ibft() {
         let host = tmp("boot-targets");
-        assert!(boot_targets(&[], &host).is_empty());
+        assert!(boot_targets(&[], None, &host).is_empty());
         fs::create_dir_all(host.join("run/sanroot")).unwrap();
         let rec = serde_json::json!({
             "version": 1, "source": "ibft", "target": "iqn.2026-11.org.example:Root",
@@ -676,12 +676,14 @@ mod tests {
                 "iqn.2026-11.org.example:root".to_string()
             ]
         );
+        let handoff = crate::boot::handoff::read(&host).map(|r| r.target);
         let got = boot_targets(
             &[
                 "IQN.2026-11.ORG.EXAMPLE:ROOT".into(),
                 "iqn.2026-11.org.example:x".into(),
                 " ".into(),
             ],
+            handoff.as_deref(),
             &host,
         );
         assert_eq!(

@@ -20,7 +20,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{BootNic, BootPath, NicOrigin};
-use crate::cmd::attach::BridgeKind;
+use crate::bridge::serve::BridgeKind;
 use crate::iscsi::chap::{AuthConfig, MutualConfig};
 use crate::kcmdline::is_space;
 pub use crate::kcmdline::split_args;

@@ -14,11 +14,12 @@ use super::parts;
 use super::{BootNic, BootPath, BootSpec, NicOrigin};
 use crate::bridge::recover::PathSpec;
 use crate::bridge::serve::{self, BridgeKind, ServeSpec};
-use crate::cmd::common::{self, CmdError};
+use crate::exit::{CmdError, report};
 use crate::ibft::model::{ChapType, Ibft, Origin, format_mac};
 use crate::ibft::{self, FindError, FindOptions, SourceKind};
 use crate::iscsi::chap::{AuthConfig, MutualConfig};
 use crate::iscsi::initiator::InitiatorConfig;
+use crate::iscsi::initiator::initiator_name;
 use crate::iscsi::login::Portal;
 use crate::net::{self, NicConfig, RtnlSocket};
 use crate::state::DeviceRecord;
@@ -65,7 +66,7 @@ pub fn run(opts: &BootOptions) -> i32 {
             log::warn!("rd.sanroot=0: not booting from iSCSI");
             return exit::OK;
         }
-        Err(e) => return common::report(Err(e)),
+        Err(e) => return report(Err(e)),
     };
     log::info!(
         "boot: {} path(s) from {}: {}",
@@ -74,19 +75,19 @@ pub fn run(opts: &BootOptions) -> i32 {
         describe_paths(&r.spec.paths)
     );
     if opts.dry_run {
-        return common::report(dry_run(&r));
+        return report(dry_run(&r));
     }
     let cfg = match initiator_config(&r.spec, opts) {
         Ok(c) => c,
-        Err(e) => return common::report(Err(e)),
+        Err(e) => return report(Err(e)),
     };
     let Some(lun) = r.spec.paths.first().map(|p| p.lun) else {
-        return common::report(Err(CmdError::new(exit::NO_IBFT, "nothing to boot from")));
+        return report(Err(CmdError::new(exit::NO_IBFT, "nothing to boot from")));
     };
     let take_over = if opts.recover {
         match take_over_boot_disk(lun) {
             Ok(t) => Some(t),
-            Err(e) => return common::report(Err(e)),
+            Err(e) => return report(Err(e)),
         }
     } else {
         None
@@ -234,7 +235,7 @@ fn path_spec(p: &BootPath) -> PathSpec {
 fn initiator_config(spec: &BootSpec, opts: &BootOptions) -> Result<InitiatorConfig, CmdError> {
     let name = match &spec.initiator {
         Some(n) if !n.is_empty() => n.clone(),
-        _ => common::initiator_name(None),
+        _ => initiator_name(None),
     };
     let mut c = InitiatorConfig::new(name);
     c.allow_no_auth = opts.allow_no_auth;
@@ -630,7 +631,7 @@ fn dry_run(r: &Resolved) -> Result<(), CmdError> {
         r.spec
             .initiator
             .clone()
-            .unwrap_or_else(|| format!("{} (default)", common::initiator_name(None)))
+            .unwrap_or_else(|| format!("{} (default)", initiator_name(None)))
     ));
     let links = RtnlSocket::open().and_then(|mut s| s.links()).ok();
     for (i, p) in r.spec.paths.iter().enumerate() {

@@ -783,7 +783,7 @@ fn logout(limit: Duration) {
         let spawned = std::thread::Builder::new()
             .name("detach".into())
             .spawn(move || {
-                let _ = tx.send(crate::cmd::attach::detach_device(&d));
+                let _ = tx.send(crate::bridge::detach::detach_device(&d));
             });
         if let Err(e) = spawned {
             say(&format!("{dev}: cannot start the detach: {e}"));

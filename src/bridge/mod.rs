@@ -12,6 +12,7 @@
 //!   switch-root breaks);
 //! - [`ublk`]: the ublk driver through io_uring;
 
+pub mod detach;
 pub mod nbd;
 pub mod pathset;
 pub mod recover;

@@ -21,7 +21,7 @@ use super::nbd::{self, NbdDevice, NbdOptions};
 use super::recover::{PathSpec, Reconnect, RecoveringBackend, RecoveryEvent, RecoveryPolicy};
 use super::ublk::{self, UblkDevice, UblkOptions};
 use super::{Backend, BlockOp, IscsiBackend};
-use crate::cmd::common::{self, CmdError};
+use crate::exit::{CmdError, report};
 use crate::iscsi::initiator::{self, Connection, InitiatorConfig};
 use crate::iscsi::session::{Session, SessionEvent};
 use crate::lun::{Lun, LunInfo};
@@ -232,16 +232,16 @@ pub fn daemonize(
     body: impl FnOnce(Option<OwnedFd>) -> Result<(), CmdError>,
 ) -> i32 {
     if foreground {
-        return common::report(body(None));
+        return report(body(None));
     }
     let (rd, wr) = match nix::unistd::pipe() {
         Ok(p) => p,
-        Err(e) => return common::report(Err(CmdError::new(exit::FAILURE, format!("pipe: {e}")))),
+        Err(e) => return report(Err(CmdError::new(exit::FAILURE, format!("pipe: {e}")))),
     };
     // SAFETY: the caller guarantees no other thread exists yet, so the
     // child may run arbitrary code.
     match unsafe { nix::unistd::fork() } {
-        Err(e) => common::report(Err(CmdError::new(exit::FAILURE, format!("fork: {e}")))),
+        Err(e) => report(Err(CmdError::new(exit::FAILURE, format!("fork: {e}")))),
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
             drop(wr);
             let mut s = String::new();
@@ -266,7 +266,7 @@ pub fn daemonize(
             drop(rd);
             let _ = nix::unistd::setsid();
             let wr = Some(wr);
-            let code = common::report(body(wr));
+            let code = report(body(wr));
             std::process::exit(code);
         }
     }

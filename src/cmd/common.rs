@@ -7,8 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::exit;
+pub use crate::exit::{CmdError, report};
 use crate::iscsi::chap::{AuthConfig, MutualConfig};
 use crate::iscsi::initiator::InitiatorConfig;
+pub use crate::iscsi::initiator::{INITIATORNAME_FILE, initiator_name};
 use crate::iscsi::login::Portal;
 use crate::iscsi::negotiate::DigestOffer;
 use crate::nodes;
@@ -43,72 +45,6 @@ pub struct DiscoveryArgs {
     pub chap_secret_file: Option<PathBuf>,
     pub target_chap_user: Option<String>,
     pub target_chap_secret_file: Option<PathBuf>,
-}
-
-/// A failure a command reports and exits with.
-#[derive(Debug)]
-pub struct CmdError {
-    pub code: i32,
-    pub message: String,
-}
-
-impl CmdError {
-    pub fn new(code: i32, message: impl Into<String>) -> CmdError {
-        CmdError {
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn usage(message: impl Into<String>) -> CmdError {
-        CmdError::new(exit::USAGE, message)
-    }
-}
-
-impl std::fmt::Display for CmdError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Print the error and return its code.
-pub fn report(r: Result<(), CmdError>) -> i32 {
-    match r {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            eprintln!("sanroot: {}", e.message);
-            e.code
-        }
-    }
-}
-
-pub const INITIATORNAME_FILE: &str = "/etc/iscsi/initiatorname.iscsi";
-
-/// The initiator name: `--initiator-name`, else /etc/iscsi/initiatorname.iscsi,
-/// else one generated from /etc/machine-id (stable per machine), else random.
-pub fn initiator_name(flag: Option<&str>) -> String {
-    if let Some(n) = flag {
-        return n.to_string();
-    }
-    if let Ok(text) = fs::read_to_string(INITIATORNAME_FILE) {
-        for line in text.lines() {
-            if let Some(v) = line.trim().strip_prefix("InitiatorName=") {
-                let v = v.trim();
-                if !v.is_empty() {
-                    return v.to_string();
-                }
-            }
-        }
-    }
-    let suffix = fs::read_to_string("/etc/machine-id")
-        .ok()
-        .map(|m| m.trim().chars().take(12).collect::<String>())
-        .filter(|m| m.len() == 12 && m.chars().all(|c| c.is_ascii_hexdigit()))
-        .unwrap_or_else(|| {
-            let mut r = [0u8; 6];
-            crate::nonblocking_random(&mut r);
-            r.iter().map(|b| format!("{b:02x}")).collect()
-        });
-    format!("iqn.2026-11.org.sanroot:{suffix}")
 }
 
 /// Read a secret from a file: the first line, without its newline. Warns

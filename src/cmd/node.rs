@@ -99,7 +99,8 @@ fn node(args: &Args) -> Result<(), CmdError> {
                     db.dir
                 }
             };
-            let boot = nodes::boot_targets(boot_targets, host_root);
+            let handoff = crate::boot::handoff::read(host_root).map(|r| r.target);
+            let boot = nodes::boot_targets(boot_targets, handoff.as_deref(), host_root);
             let written = nodes::export(&out, &chosen, *startup, &boot).map_err(|e| {
                 CmdError::new(
                     exit::FAILURE,

@@ -242,3 +242,34 @@ fn send_targets(l: LoggedIn) -> Result<Vec<DiscoveredTarget>, String> {
     }
     Ok(targets)
 }
+
+/// Where open-iscsi keeps this machine's initiator name.
+pub const INITIATORNAME_FILE: &str = "/etc/iscsi/initiatorname.iscsi";
+
+/// The initiator name: `--initiator-name`, else /etc/iscsi/initiatorname.iscsi,
+/// else one generated from /etc/machine-id (stable per machine), else random.
+pub fn initiator_name(flag: Option<&str>) -> String {
+    if let Some(n) = flag {
+        return n.to_string();
+    }
+    if let Ok(text) = std::fs::read_to_string(INITIATORNAME_FILE) {
+        for line in text.lines() {
+            if let Some(v) = line.trim().strip_prefix("InitiatorName=") {
+                let v = v.trim();
+                if !v.is_empty() {
+                    return v.to_string();
+                }
+            }
+        }
+    }
+    let suffix = std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|m| m.trim().chars().take(12).collect::<String>())
+        .filter(|m| m.len() == 12 && m.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| {
+            let mut r = [0u8; 6];
+            crate::nonblocking_random(&mut r);
+            r.iter().map(|b| format!("{b:02x}")).collect()
+        });
+    format!("iqn.2026-11.org.sanroot:{suffix}")
+}

@@ -418,34 +418,8 @@ fn serve_inner(
         .map_err(|e| CmdError::new(exit::IO, format!("{} LUN {}: {e}", path.target, spec.lun)))?;
     let info = lun.info.clone();
     drop(lun);
-    if let Some(t) = &spec.take_over
-        && !t.lu_id.is_empty()
-        && t.lu_id != info.identity()
-    {
-        return Err(CmdError::new(
-            exit::FAILURE,
-            format!(
-                "{} LUN {} is now {}, not {} as when the device was made: refusing to serve another disk under it",
-                path.target,
-                spec.lun,
-                info.identity(),
-                t.lu_id
-            ),
-        ));
-    }
-    // Reconnects start with the path that worked, then the others.
-    let mut paths = vec![path.clone()];
-    paths.extend(
-        spec.paths
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != used)
-            .map(|(_, p)| p.clone()),
-    );
-    // And the target's other portals (multipath targets list them all),
-    // for when every configured path is down.
-    let more = super::recover::discover_other_portals(path, &paths, &cfg);
-    paths.extend(more);
+    same_disk_as_taken_over(spec, &path.target, &info)?;
+    let paths = reconnect_paths(spec, used, &cfg);
     let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
     // LU-changed unit attentions seen by I/O: the LU is read again by the
     // serving loop, never on the session's threads.
@@ -493,7 +467,7 @@ fn serve_inner(
     let lu_bytes = info.capacity.bytes().unwrap_or(0);
     // The device's size in the kernel: a device taken back keeps the one
     // it was made (or last grown) with.
-    let mut dev_bytes = match &spec.take_over {
+    let dev_bytes = match &spec.take_over {
         Some(t) if t.size_bytes > 0 => t.size_bytes,
         _ => lu_bytes,
     };
@@ -507,34 +481,16 @@ fn serve_inner(
             )
         );
     }
-    let mut record = DeviceRecord {
-        device: dev_path.clone(),
-        bridge: dev.kind().into(),
-        index: dev.index(),
-        target: path.target.clone(),
-        portal: portal_s,
-        // Every path, no secret: `attach --recover` rebuilds them all.
-        portals: spec
-            .paths
-            .iter()
-            .map(|p| state::PathRecord {
-                portal: p.portal.to_string(),
-                target: p.target.clone(),
-            })
-            .collect(),
-        lun: spec.lun,
-        initiator: cfg.initiator_name.clone(),
-        isid: state::hex(&isid),
-        tsih,
-        pid: std::process::id(),
-        pid_start: state::start_time(std::process::id()).unwrap_or(0),
-        state: "running".into(),
-        lu_id: info.identity(),
-        size_bytes: dev_bytes,
-        block_size: info.block_size(),
-        read_only: info.write_protected,
-        dumpable: crate::secret::dumpable(),
-    };
+    let mut record = device_record(
+        spec,
+        &dev,
+        &path.target,
+        portal_s,
+        &cfg,
+        (&isid, tsih),
+        &info,
+        dev_bytes,
+    );
     let dev = Arc::new(dev);
     if let Err(e) = on_ready(&mut record, used) {
         log::error!("{dev_path}: {e}: removing the device");
@@ -574,7 +530,6 @@ fn serve_inner(
     forward(&ev_tx, sess_rx, Event::Session);
     forward(&ev_tx, rec_rx, Event::Recovery);
     let probe_tx = ev_tx.clone();
-    let mut rescans = Rescans::default();
     if lu_bytes > dev_bytes {
         // The LU grew while no daemon served it.
         let _ = probe_tx.send(Event::Rescan(UnitAttentionReason::CapacityChanged));
@@ -588,109 +543,33 @@ fn serve_inner(
         })
     };
     drop(ev_tx);
+    let mut serving = Serving {
+        spec,
+        dev_path: &dev_path,
+        dev: &dev,
+        recovering: &recovering,
+        info: &info,
+        ident: &ident,
+        run: &run,
+        record,
+        dev_bytes,
+        rescans: Rescans::default(),
+        probe_tx,
+    };
     loop {
         match ev_rx.recv() {
-            Ok(Event::Signal(s)) if spec.keep_while_in_use && in_use(&dev_path) => {
-                log::warn!(
-                    "{dev_path}: {s:?} ignored: the device is in use (a mounted filesystem); it is served until it is released"
-                );
-            }
-            Ok(Event::Signal(s)) => {
-                log::info!("{dev_path}: {s:?}: detaching");
-                if let Err(e) = dev.shut_down() {
-                    log::error!("{dev_path}: {e}");
+            Ok(ev) => match serving.handle(ev) {
+                Flow::Serve => {}
+                Flow::Detach => {
+                    let _ = waiter.join();
+                    break;
                 }
-                let _ = waiter.join();
-                break;
-            }
-            Ok(Event::DeviceGone) | Err(_) => {
+                Flow::Gone => break,
+            },
+            Err(_) => {
                 log::info!("{dev_path}: disconnected by the kernel");
                 break;
             }
-            Ok(Event::Session(SessionEvent::Failed(m))) => {
-                // The recovering backend takes it from here.
-                log::error!("{dev_path}: the iSCSI session failed: {m}");
-            }
-            Ok(Event::Recovery(e)) => {
-                record.state = match &e {
-                    RecoveryEvent::Lost { .. } | RecoveryEvent::Retrying { .. } => {
-                        "reconnecting".into()
-                    }
-                    RecoveryEvent::Recovered { tsih, portal, .. } => {
-                        record.tsih = *tsih;
-                        record.portal = portal.clone();
-                        "running".into()
-                    }
-                    RecoveryEvent::Failed(_) => "failed".into(),
-                };
-                let _ = state::save(&run, &record);
-            }
-            Ok(Event::Session(SessionEvent::LogoutRequested { within })) => {
-                // The target wants this session gone (maintenance, moving
-                // the portal): finish what is in flight, log out cleanly and
-                // log in again — the device stays.
-                log::warn!(
-                    "{dev_path}: the target asks us to log out within {within} s: renewing the session"
-                );
-                recovering.renew(
-                    "the target asked for a logout".into(),
-                    Duration::from_secs(u64::from(within)),
-                    Duration::from_secs(2),
-                );
-            }
-            Ok(Event::Session(SessionEvent::Dropping {
-                event, time2wait, ..
-            })) => {
-                log::warn!(
-                    "{dev_path}: the target is dropping the {} (async event {event}): logging in again after {time2wait} s",
-                    if event == 2 { "connection" } else { "session" }
-                );
-                recovering.renew(
-                    "the target is going away".into(),
-                    Duration::from_secs(2),
-                    Duration::from_secs(u64::from(time2wait)),
-                );
-            }
-            Ok(Event::Session(SessionEvent::ScsiEvent { sense, .. }))
-                if let Some(reason) = lu_changed(&sense) =>
-            {
-                log::info!(
-                    "{dev_path}: async event from the target ({reason:?}): reading the LU again"
-                );
-                rescans.request(|| probe(&recovering, spec.lun, &probe_tx));
-            }
-            Ok(Event::Rescan(reason)) => {
-                log::info!("{dev_path}: unit attention ({reason:?}): reading the LU again");
-                rescans.request(|| probe(&recovering, spec.lun, &probe_tx));
-            }
-            Ok(Event::Probed(session, r)) => {
-                match r {
-                    Err(e) => log::warn!(
-                        "{dev_path}: reading the LU again: {e}; the device keeps {dev_bytes} bytes (a reconnect reads it again)"
-                    ),
-                    Ok(now) => {
-                        if let Some(bytes) = lu_changed_size(
-                            &dev_path,
-                            &dev,
-                            &recovering,
-                            &session,
-                            &info,
-                            now,
-                            dev_bytes,
-                            &ident,
-                        ) {
-                            dev_bytes = bytes;
-                            record.size_bytes = bytes;
-                        }
-                        if recovering.failure().is_some() {
-                            record.state = "failed".into();
-                        }
-                        let _ = state::save(&run, &record);
-                    }
-                }
-                rescans.finished(|| probe(&recovering, spec.lun, &probe_tx));
-            }
-            Ok(Event::Session(e)) => log::warn!("{dev_path}: target event: {e:?}"),
         }
     }
     if let Ok(d) = Arc::try_unwrap(dev)
@@ -698,8 +577,93 @@ fn serve_inner(
     {
         log::warn!("{dev_path}: {e}");
     }
-    // Everything acknowledged is on the target; make the target's cache
-    // stable too, then log out.
+    flush_and_log_out(&backend, &recovering, &dev_path, &run);
+    Ok(())
+}
+/// The device's record in /run (what `status`, `detach` and
+/// `attach --recover` read). Every path, no secret.
+#[allow(clippy::too_many_arguments)]
+fn device_record(
+    spec: &ServeSpec,
+    dev: &Device,
+    target: &str,
+    portal: String,
+    cfg: &InitiatorConfig,
+    (isid, tsih): (&[u8; 6], u16),
+    info: &LunInfo,
+    size_bytes: u64,
+) -> DeviceRecord {
+    DeviceRecord {
+        device: dev.path(),
+        bridge: dev.kind().into(),
+        index: dev.index(),
+        target: target.to_string(),
+        portal,
+        portals: spec
+            .paths
+            .iter()
+            .map(|p| state::PathRecord {
+                portal: p.portal.to_string(),
+                target: p.target.clone(),
+            })
+            .collect(),
+        lun: spec.lun,
+        initiator: cfg.initiator_name.clone(),
+        isid: state::hex(isid),
+        tsih,
+        pid: std::process::id(),
+        pid_start: state::start_time(std::process::id()).unwrap_or(0),
+        state: "running".into(),
+        lu_id: info.identity(),
+        size_bytes,
+        block_size: info.block_size(),
+        read_only: info.write_protected,
+        dumpable: crate::secret::dumpable(),
+    }
+}
+
+/// A device taken back from a dead daemon must still be the disk it was.
+fn same_disk_as_taken_over(spec: &ServeSpec, target: &str, info: &LunInfo) -> Result<(), CmdError> {
+    match &spec.take_over {
+        Some(t) if !t.lu_id.is_empty() && t.lu_id != info.identity() => Err(CmdError::new(
+            exit::FAILURE,
+            format!(
+                "{target} LUN {} is now {}, not {} as when the device was made: refusing to serve another disk under it",
+                spec.lun,
+                info.identity(),
+                t.lu_id
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Where reconnects go: the path that worked first, then the others, then
+/// the target's other portals from SendTargets (multipath targets list
+/// them all), for when every configured path is down.
+fn reconnect_paths(spec: &ServeSpec, used: usize, cfg: &InitiatorConfig) -> Vec<PathSpec> {
+    let path = &spec.paths[used];
+    let mut paths = vec![path.clone()];
+    paths.extend(
+        spec.paths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != used)
+            .map(|(_, p)| p.clone()),
+    );
+    let more = super::recover::discover_other_portals(path, &paths, cfg);
+    paths.extend(more);
+    paths
+}
+
+/// Everything acknowledged is on the target; make the target's cache
+/// stable too, drop the device's record, then log out.
+fn flush_and_log_out(
+    backend: &Arc<dyn Backend>,
+    recovering: &RecoveringBackend,
+    dev_path: &str,
+    run: &std::path::Path,
+) {
     let (ftx, frx) = mpsc::channel();
     backend.submit(
         BlockOp::Flush,
@@ -713,7 +677,7 @@ fn serve_inner(
         Ok(Err(e)) => log::warn!("{dev_path}: final SYNCHRONIZE CACHE: {e}"),
         Err(_) => log::warn!("{dev_path}: final SYNCHRONIZE CACHE did not complete in 30 s"),
     }
-    state::remove(&run, &dev_path);
+    state::remove(run, dev_path);
     if let Err(e) = recovering
         .current()
         .session()
@@ -721,7 +685,163 @@ fn serve_inner(
     {
         log::warn!("{dev_path}: logout: {e}");
     }
-    Ok(())
+}
+
+/// What the serving loop does after an event.
+enum Flow {
+    Serve,
+    /// A signal: the device is shut down; wait for the kernel to let go.
+    Detach,
+    /// The kernel took the device away.
+    Gone,
+}
+
+/// The daemon's state while it serves the device: what each event
+/// changes (the record in /run, the device's size, the session).
+struct Serving<'a> {
+    spec: &'a ServeSpec,
+    dev_path: &'a str,
+    dev: &'a Arc<Device>,
+    recovering: &'a Arc<RecoveringBackend>,
+    /// The LU as first read (its identity is checked on every re-read).
+    info: &'a LunInfo,
+    ident: &'a str,
+    run: &'a std::path::Path,
+    record: DeviceRecord,
+    /// The device's size in the kernel now.
+    dev_bytes: u64,
+    rescans: Rescans,
+    probe_tx: mpsc::Sender<Event>,
+}
+
+impl Serving<'_> {
+    fn handle(&mut self, ev: Event) -> Flow {
+        let dev_path = self.dev_path;
+        match ev {
+            Event::Signal(s) if self.spec.keep_while_in_use && in_use(dev_path) => {
+                log::warn!(
+                    "{dev_path}: {s:?} ignored: the device is in use (a mounted filesystem); it is served until it is released"
+                );
+            }
+            Event::Signal(s) => {
+                log::info!("{dev_path}: {s:?}: detaching");
+                if let Err(e) = self.dev.shut_down() {
+                    log::error!("{dev_path}: {e}");
+                }
+                return Flow::Detach;
+            }
+            Event::DeviceGone => {
+                log::info!("{dev_path}: disconnected by the kernel");
+                return Flow::Gone;
+            }
+            Event::Recovery(e) => {
+                recovery_state(&mut self.record, &e);
+                let _ = state::save(self.run, &self.record);
+            }
+            Event::Session(e) => self.session_event(e),
+            Event::Rescan(reason) => {
+                log::info!("{dev_path}: unit attention ({reason:?}): reading the LU again");
+                self.rescan();
+            }
+            Event::Probed(session, r) => self.probed(&session, r),
+        }
+        Flow::Serve
+    }
+
+    fn rescan(&mut self) {
+        let (recovering, lun, tx) = (self.recovering, self.spec.lun, &self.probe_tx);
+        self.rescans.request(|| probe(recovering, lun, tx));
+    }
+
+    /// What the target said outside any command.
+    fn session_event(&mut self, e: SessionEvent) {
+        let dev_path = self.dev_path;
+        match e {
+            SessionEvent::Failed(m) => {
+                // The recovering backend takes it from here.
+                log::error!("{dev_path}: the iSCSI session failed: {m}");
+            }
+            SessionEvent::LogoutRequested { within } => {
+                // The target wants this session gone (maintenance, moving
+                // the portal): finish what is in flight, log out cleanly and
+                // log in again — the device stays.
+                log::warn!(
+                    "{dev_path}: the target asks us to log out within {within} s: renewing the session"
+                );
+                self.recovering.renew(
+                    "the target asked for a logout".into(),
+                    Duration::from_secs(u64::from(within)),
+                    Duration::from_secs(2),
+                );
+            }
+            SessionEvent::Dropping {
+                event, time2wait, ..
+            } => {
+                log::warn!(
+                    "{dev_path}: the target is dropping the {} (async event {event}): logging in again after {time2wait} s",
+                    if event == 2 { "connection" } else { "session" }
+                );
+                self.recovering.renew(
+                    "the target is going away".into(),
+                    Duration::from_secs(2),
+                    Duration::from_secs(u64::from(time2wait)),
+                );
+            }
+            SessionEvent::ScsiEvent { sense, .. } if let Some(reason) = lu_changed(&sense) => {
+                log::info!(
+                    "{dev_path}: async event from the target ({reason:?}): reading the LU again"
+                );
+                self.rescan();
+            }
+            e => log::warn!("{dev_path}: target event: {e:?}"),
+        }
+    }
+
+    /// The LU as read again: grow or shrink the device, or stop serving
+    /// another disk.
+    fn probed(&mut self, session: &Arc<Session>, r: Result<LunInfo, String>) {
+        let dev_path = self.dev_path;
+        match r {
+            Err(e) => log::warn!(
+                "{dev_path}: reading the LU again: {e}; the device keeps {} bytes (a reconnect reads it again)",
+                self.dev_bytes
+            ),
+            Ok(now) => {
+                if let Some(bytes) = lu_changed_size(
+                    dev_path,
+                    self.dev,
+                    self.recovering,
+                    session,
+                    self.info,
+                    now,
+                    self.dev_bytes,
+                    self.ident,
+                ) {
+                    self.dev_bytes = bytes;
+                    self.record.size_bytes = bytes;
+                }
+                if self.recovering.failure().is_some() {
+                    self.record.state = "failed".into();
+                }
+                let _ = state::save(self.run, &self.record);
+            }
+        }
+        let (recovering, lun, tx) = (self.recovering, self.spec.lun, &self.probe_tx);
+        self.rescans.finished(|| probe(recovering, lun, tx));
+    }
+}
+
+/// The record's `state` (and portal, TSIH) after a recovery event.
+fn recovery_state(record: &mut DeviceRecord, e: &RecoveryEvent) {
+    record.state = match e {
+        RecoveryEvent::Lost { .. } | RecoveryEvent::Retrying { .. } => "reconnecting".into(),
+        RecoveryEvent::Recovered { tsih, portal, .. } => {
+            record.tsih = *tsih;
+            record.portal = portal.clone();
+            "running".into()
+        }
+        RecoveryEvent::Failed(_) => "failed".into(),
+    };
 }
 
 /// The LU read again (`now`) on `session`: refuse another disk or block
@@ -972,5 +1092,39 @@ impl Device {
             Device::Nbd(..) | Device::NbdThread(..) => Ok(()),
             Device::Ublk(u) => u.stop().map_err(|e| e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_follows_recovery() {
+        let mut r: DeviceRecord = serde_json::from_str(
+            r#"{"device":"/dev/ublkb0","bridge":"ublk","index":0,"target":"t","portal":"10.0.2.2:3260",
+                "lun":0,"initiator":"i","isid":"00","tsih":1,"pid":1,"state":"running","lu_id":"naa.1",
+                "size_bytes":512,"block_size":512,"read_only":false}"#,
+        )
+        .unwrap();
+        let lost = RecoveryEvent::Lost {
+            reason: "reset".into(),
+            parked: 3,
+        };
+        recovery_state(&mut r, &lost);
+        assert_eq!(r.state, "reconnecting");
+        let back = RecoveryEvent::Recovered {
+            attempt: 2,
+            replayed: 3,
+            portal: "10.0.2.3:3260".into(),
+            tsih: 9,
+        };
+        recovery_state(&mut r, &back);
+        assert_eq!(
+            (r.state.as_str(), r.tsih, r.portal.as_str()),
+            ("running", 9, "10.0.2.3:3260")
+        );
+        recovery_state(&mut r, &RecoveryEvent::Failed("another disk".into()));
+        assert_eq!(r.state, "failed");
     }
 }

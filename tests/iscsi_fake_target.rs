@@ -17,8 +17,7 @@ use sanroot::iscsi::initiator::{self, Connection, InitiatorConfig};
 use sanroot::iscsi::login::LoginError;
 use sanroot::iscsi::negotiate::DigestOffer;
 use sanroot::iscsi::pdu::{
-    DataIn, Pdu, R2t, RESERVED_TAG, ScsiCommand, ScsiResponse, TargetSn, TaskMgmtResponse,
-    TmfFunction, lun_field,
+    Pdu, R2t, RESERVED_TAG, ScsiCommand, TaskMgmtResponse, TmfFunction, lun_field,
 };
 use sanroot::iscsi::session::{Command, DataDir, SessionError, SessionEvent, event_channel};
 use sanroot::iscsi::text::{Portal as TextPortal, TextKeys};
@@ -27,7 +26,8 @@ use sanroot::scsi::alua::{AccessState, PortGroup, TargetPortGroups};
 use sanroot::scsi::cdb;
 use sanroot::scsi::sense::{Sense, SenseKey};
 use support::fake_target::{
-    BLOCK, Behaviour, Corrupt, Ctx, FakeTarget, SERIAL, Step, TARGET_IQN, TextChunk,
+    BLOCK, Behaviour, Corrupt, Ctx, FakeTarget, SERIAL, Step, TARGET_IQN, TextChunk, data_in_pdu,
+    good_pdu, is_read,
 };
 
 const INITIATOR: &str = "iqn.2026-11.org.sanroot.test:initiator";
@@ -102,10 +102,6 @@ fn round_trip(fake: &FakeTarget, lun: &Lun, lba: u64, len: usize, seed: u8) {
     let (r, back) = lun.read(lba, vec![0u8; len]);
     r.unwrap_or_else(|e| panic!("read {len} bytes at {lba}: {e}"));
     assert!(back == data, "read back what was written");
-}
-
-fn is_read(c: &ScsiCommand) -> bool {
-    matches!(c.cdb[0], 0x28 | 0x88)
 }
 
 fn read_lba(c: &ScsiCommand) -> u32 {
@@ -927,40 +923,6 @@ fn unit_attention_busy_and_medium_error() {
 
 // ---------------------------------------------------------------- 8 hostile
 
-fn data_in(c: &ScsiCommand, sn: TargetSn, data_sn: u32, offset: u32, last: bool) -> Pdu {
-    Pdu::DataIn(DataIn {
-        final_: last,
-        ack: false,
-        overflow: false,
-        underflow: false,
-        has_status: last,
-        status: 0,
-        lun: c.lun,
-        itt: c.itt,
-        ttt: RESERVED_TAG,
-        sn,
-        data_sn,
-        buffer_offset: offset,
-        residual: 0,
-    })
-}
-
-fn good(itt: u32, sn: TargetSn) -> Pdu {
-    Pdu::ScsiResponse(ScsiResponse {
-        bidi_overflow: false,
-        bidi_underflow: false,
-        overflow: false,
-        underflow: false,
-        response: 0,
-        status: 0,
-        itt,
-        sn,
-        exp_data_sn: 0,
-        bidi_residual: 0,
-        residual: 0,
-    })
-}
-
 /// Open the LUN normally, then answer a 4 KiB READ with `act`. The read
 /// must fail, the session must drop the connection; returns the error text.
 fn hostile(
@@ -999,7 +961,7 @@ fn hostile(
 fn hostile_oversized_data_segment() {
     let m = hostile(config(), |ctx, c| {
         // A header claiming 16 MiB - 1 (the 24-bit maximum) of data.
-        let bhs = data_in(c, ctx.sn(), 0, 0, false).to_bytes(0xff_ffff);
+        let bhs = data_in_pdu(c, ctx.sn(), 0, 0, false).to_bytes(0xff_ffff);
         ctx.send_raw(&bhs);
     });
     assert_mentions(&m, &["16777215-byte", "above the 262144 bytes"]);
@@ -1009,7 +971,7 @@ fn hostile_oversized_data_segment() {
 fn hostile_response_for_unknown_task() {
     let m = hostile(config(), |ctx, _| {
         let sn = ctx.status_sn();
-        ctx.send(&good(0x7fff_7777, sn), &[]);
+        ctx.send(&good_pdu(0x7fff_7777, sn), &[]);
     });
     assert_mentions(&m, &["SCSI Response", "unknown task tag 0x7fff7777"]);
 }
@@ -1019,7 +981,7 @@ fn hostile_data_in_beyond_the_buffer() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.status_sn();
         let off = c.expected_len - 256;
-        ctx.send(&data_in(c, sn, 0, off, true), &[0xaa; 512]);
+        ctx.send(&data_in_pdu(c, sn, 0, off, true), &[0xaa; 512]);
     });
     assert_mentions(&m, &["Data-In", "beyond the 4096-byte transfer"]);
 }
@@ -1028,9 +990,9 @@ fn hostile_data_in_beyond_the_buffer() {
 fn hostile_data_sn_out_of_order() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.sn();
-        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 512]);
+        ctx.send(&data_in_pdu(c, sn, 0, 0, false), &[1; 512]);
         let sn = ctx.status_sn();
-        ctx.send(&data_in(c, sn, 2, 512, true), &[2; 512]);
+        ctx.send(&data_in_pdu(c, sn, 2, 512, true), &[2; 512]);
     });
     assert_mentions(&m, &["DataSN 2", "expected 1"]);
 }
@@ -1042,9 +1004,9 @@ fn hostile_data_sn_out_of_order() {
 fn hostile_data_in_overlap() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.sn();
-        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 2048]);
+        ctx.send(&data_in_pdu(c, sn, 0, 0, false), &[1; 2048]);
         let sn = ctx.status_sn();
-        ctx.send(&data_in(c, sn, 1, 1024, true), &[2; 3072]);
+        ctx.send(&data_in_pdu(c, sn, 1, 1024, true), &[2; 3072]);
     });
     assert_mentions(&m, &["Data-In", "offset 1024, expected 2048", "overlap"]);
 }
@@ -1053,9 +1015,9 @@ fn hostile_data_in_overlap() {
 fn hostile_data_in_gap() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.sn();
-        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 1024]);
+        ctx.send(&data_in_pdu(c, sn, 0, 0, false), &[1; 1024]);
         let sn = ctx.status_sn();
-        ctx.send(&data_in(c, sn, 1, 2048, true), &[2; 2048]);
+        ctx.send(&data_in_pdu(c, sn, 1, 2048, true), &[2; 2048]);
     });
     assert_mentions(&m, &["Data-In", "offset 2048, expected 1024", "hole"]);
 }
@@ -1066,14 +1028,14 @@ fn hostile_data_in_gap() {
 fn hostile_short_read_without_residual() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.status_sn();
-        ctx.send(&data_in(c, sn, 0, 0, true), &[1; 2048]);
+        ctx.send(&data_in_pdu(c, sn, 0, 0, true), &[1; 2048]);
     });
     assert_mentions(&m, &["2048 of 4096 bytes arrived", "short read"]);
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.sn();
-        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 2048]);
+        ctx.send(&data_in_pdu(c, sn, 0, 0, false), &[1; 2048]);
         let sn = ctx.status_sn();
-        ctx.send(&good(c.itt, sn), &[]);
+        ctx.send(&good_pdu(c.itt, sn), &[]);
     });
     assert_mentions(&m, &["2048 of 4096 bytes arrived", "short read"]);
 }
@@ -1084,9 +1046,9 @@ fn hostile_short_read_without_residual() {
 fn hostile_exp_data_sn_that_does_not_count_what_arrived() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.sn();
-        ctx.send(&data_in(c, sn, 0, 0, false), &[1; 4096]);
+        ctx.send(&data_in_pdu(c, sn, 0, 0, false), &[1; 4096]);
         let sn = ctx.status_sn();
-        let mut p = good(c.itt, sn);
+        let mut p = good_pdu(c.itt, sn);
         if let Pdu::ScsiResponse(r) = &mut p {
             r.exp_data_sn = 3;
         }
@@ -1100,7 +1062,7 @@ fn hostile_exp_data_sn_that_does_not_count_what_arrived() {
 fn hostile_underflow_residual_that_does_not_add_up() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.status_sn();
-        let mut p = data_in(c, sn, 0, 0, true);
+        let mut p = data_in_pdu(c, sn, 0, 0, true);
         if let Pdu::DataIn(d) = &mut p {
             d.underflow = true;
             d.residual = 1024;
@@ -1201,7 +1163,7 @@ fn hostile_r2t_for_a_read() {
 fn hostile_header_cut_short() {
     let m = hostile(config(), |ctx, c| {
         let sn = ctx.status_sn();
-        let bhs = good(c.itt, sn).to_bytes(0);
+        let bhs = good_pdu(c.itt, sn).to_bytes(0);
         ctx.send_raw(&bhs[..20]);
         ctx.hang_up();
     });
@@ -1212,7 +1174,7 @@ fn hostile_header_cut_short() {
 fn hostile_header_digest_error() {
     let m = hostile(digests(), |ctx, c| {
         let sn = ctx.status_sn();
-        ctx.send_corrupt(&good(c.itt, sn), &[], Corrupt::HeaderDigest);
+        ctx.send_corrupt(&good_pdu(c.itt, sn), &[], Corrupt::HeaderDigest);
     });
     assert_mentions(&m, &["header digest error"]);
 }
@@ -1222,7 +1184,7 @@ fn hostile_data_digest_error() {
     let m = hostile(digests(), |ctx, c| {
         let sn = ctx.status_sn();
         let data = pattern(4096, 1);
-        ctx.send_corrupt(&data_in(c, sn, 0, 0, true), &data, Corrupt::DataDigest);
+        ctx.send_corrupt(&data_in_pdu(c, sn, 0, 0, true), &data, Corrupt::DataDigest);
     });
     assert_mentions(&m, &["data digest error", "Data-In"]);
 }

@@ -549,23 +549,13 @@ impl Session {
         };
         let generation = next_generation(&mut st);
         st.tasks[usize::from(slot)] = Some(Task {
-            generation,
-            kind: TaskKind::Scsi,
             lun: lun_field(cmd.lun),
             cdb: cmd.cdb,
             dir: cmd.dir,
             attr: cmd.attr,
             buf: Some(buf),
             done: Some(done),
-            ctl_done: None,
-            cmd_sn: 0,
-            next_data_sn: 0,
-            data_in: 0,
-            parked: None,
-            unsolicited: 0,
-            sent: None,
-            r2ts: 0,
-            retries: 0,
+            ..Task::control(generation, TaskKind::Scsi, None)
         });
         st.cmd_queue.push_back(slot);
         drop(st);
@@ -646,16 +636,13 @@ impl Session {
         let r = self.control(
             TaskKind::Tmf,
             |itt, sn| {
-                Pdu::TaskMgmtRequest(TaskMgmtRequest {
-                    function: TmfFunction::LogicalUnitReset,
-                    lun: lun_field(lun),
+                tmf_pdu(
+                    TmfFunction::LogicalUnitReset,
+                    lun_field(lun),
                     itt,
-                    ref_task_tag: RESERVED_TAG,
-                    cmd_sn: sn.cmd_sn,
-                    exp_stat_sn: sn.exp_stat_sn,
-                    ref_cmd_sn: 0,
-                    exp_data_sn: 0,
-                })
+                    (RESERVED_TAG, 0),
+                    sn,
+                )
             },
             Duration::from_secs(30),
         )?;
@@ -671,16 +658,13 @@ impl Session {
         let r = self.control(
             TaskKind::Tmf,
             |t, sn| {
-                Pdu::TaskMgmtRequest(TaskMgmtRequest {
-                    function: TmfFunction::AbortTask,
-                    lun: lun_field(lun),
-                    itt: t,
-                    ref_task_tag: itt,
-                    cmd_sn: sn.cmd_sn,
-                    exp_stat_sn: sn.exp_stat_sn,
-                    ref_cmd_sn,
-                    exp_data_sn: 0,
-                })
+                tmf_pdu(
+                    TmfFunction::AbortTask,
+                    lun_field(lun),
+                    t,
+                    (itt, ref_cmd_sn),
+                    sn,
+                )
             },
             Duration::from_secs(30),
         )?;
@@ -869,6 +853,28 @@ impl Task {
             retries: 0,
         }
     }
+}
+
+/// A task management request (immediate: it carries the current CmdSN,
+/// refreshed by the writer) for `reference`: the referenced task's ITT
+/// and CmdSN (reserved tag and 0 for a function on the whole LU).
+fn tmf_pdu(
+    function: TmfFunction,
+    lun: [u8; 8],
+    itt: u32,
+    (ref_task_tag, ref_cmd_sn): (u32, u32),
+    sn: &SnState,
+) -> Pdu {
+    Pdu::TaskMgmtRequest(TaskMgmtRequest {
+        function,
+        lun,
+        itt,
+        ref_task_tag,
+        cmd_sn: sn.cmd_sn,
+        exp_stat_sn: sn.exp_stat_sn,
+        ref_cmd_sn,
+        exp_data_sn: 0,
+    })
 }
 
 fn ping_pdu(itt: u32, sn: &SnState) -> Pdu {

@@ -140,16 +140,13 @@ pub(super) fn queue_tmf(
     let slot = alloc_slot(st)?;
     let generation = next_generation(st);
     st.tasks[usize::from(slot)] = Some(Task::control(generation, TaskKind::Tmf, None));
-    let pdu = Pdu::TaskMgmtRequest(TaskMgmtRequest {
+    let pdu = tmf_pdu(
         function,
         lun,
-        itt: itt_of(slot, generation),
-        ref_task_tag,
-        cmd_sn: st.sn.cmd_sn,
-        exp_stat_sn: st.sn.exp_stat_sn,
-        ref_cmd_sn,
-        exp_data_sn: 0,
-    });
+        itt_of(slot, generation),
+        (ref_task_tag, ref_cmd_sn),
+        &st.sn,
+    );
     st.ctl_queue.push_back(Ctl::Immediate { slot, pdu });
     Some(slot)
 }

@@ -70,6 +70,29 @@ impl Log for Kmsg {
     fn flush(&self) {}
 }
 
+/// Whether log lines go to /dev/kmsg already.
+static TO_KMSG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A line for the kernel log whatever the logger (a path lost or back,
+/// I/O moved to other paths: what an admin reads in `dmesg`), and for the
+/// logger too when that is not the kernel log.
+pub fn kernel(level: Level, line: &str) {
+    log::log!(level, "{line}");
+    if TO_KMSG.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let prio = match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    };
+    if let Ok(mut f) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ =
+            f.write_all(format!("<{prio}>sanroot[{}]: {line}\n", std::process::id()).as_bytes());
+    }
+}
+
 /// Set up logging once, at start. `verbosity` counts `-v` flags.
 pub fn init(verbosity: u8) {
     init_with(verbosity, false)
@@ -103,6 +126,7 @@ fn init_with(verbosity: u8, force_kmsg: bool) {
             level: level.max(LevelFilter::Info),
         };
         if log::set_boxed_logger(Box::new(logger)).is_ok() {
+            TO_KMSG.store(true, std::sync::atomic::Ordering::Relaxed);
             log::set_max_level(level.max(LevelFilter::Info));
             return;
         }

@@ -65,6 +65,25 @@ enum BridgeArg {
     Nbd,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum PathPolicyArg {
+    /// Each command to the next usable path in turn.
+    RoundRobin,
+    /// Each command to the usable path with the fewest in flight.
+    QueueDepth,
+    /// One usable path at a time; another only when it stops being usable.
+    Failover,
+}
+
+fn path_policy(p: PathPolicyArg) -> sanroot::pathset::policy::PathPolicy {
+    use sanroot::pathset::policy::PathPolicy;
+    match p {
+        PathPolicyArg::RoundRobin => PathPolicy::RoundRobin,
+        PathPolicyArg::QueueDepth => PathPolicy::QueueDepth,
+        PathPolicyArg::Failover => PathPolicy::Failover,
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct AttachArgs {
     /// iscsi://[user@]host[:port]/target-iqn/LUN, or IQN/LUN of a discovered target.
@@ -82,10 +101,21 @@ struct AttachArgs {
     /// Serve in this process instead of a background daemon.
     #[arg(long)]
     foreground: bool,
-    /// Another portal (IP:PORT, [v6]:PORT) of the same target: the other
-    /// path, used when the session through the first is lost. Repeatable.
+    /// Another portal (IP:PORT, [v6]:PORT) of the same target: with one or
+    /// more, every portal gets a session at once (each its own ISID), all
+    /// must reach the same LU, and I/O follows ALUA and --path-policy;
+    /// a lost path's commands go to another. Repeatable.
     #[arg(long, value_name = "ADDR")]
     portal: Vec<String>,
+    /// How I/O is spread over the usable paths (ALUA's active/optimized
+    /// ones, or every path of a LU without ALUA).
+    #[arg(long, value_enum, default_value = "round-robin")]
+    path_policy: PathPolicyArg,
+    /// One session at a time even with several --portal: the next portal
+    /// only when the session is lost (for a target that refuses a second
+    /// session from the same initiator).
+    #[arg(long)]
+    single_session: bool,
     #[command(flatten)]
     connect: ConnectOpts,
     /// For the daemon's SendTargets (the target's other portals).
@@ -123,6 +153,10 @@ struct BootArgs {
     /// same device), credentials from the iBFT or command line again.
     #[arg(long)]
     recover: bool,
+    /// How I/O is spread over several paths to the root LU (the iBFT's
+    /// targets for the same IQN and LUN, every netroot=, SendTargets).
+    #[arg(long, value_enum, default_value = "round-robin")]
+    path_policy: PathPolicyArg,
     /// The real root is mounted at SYSROOT (dracut's pre-pivot hook; /init
     /// does this itself): hide the boot target's open-iscsi node records
     /// there so that nothing in the real root logs in to it again. Mounts
@@ -470,6 +504,8 @@ fn main() -> ExitCode {
             foreground: a.foreground,
             portals: a.portal,
             recover: a.recover,
+            policy: path_policy(a.path_policy),
+            single_session: a.single_session,
             connect: with_discovery(a.connect, a.discovery),
         }),
         Command::Boot(BootArgs {
@@ -489,6 +525,7 @@ fn main() -> ExitCode {
             foreground: a.foreground,
             allow_no_auth: a.allow_no_auth,
             recover: a.recover,
+            policy: path_policy(a.path_policy),
         }),
         Command::Detach { device } => cmd::attach::detach(&device),
         Command::Status { json } => cmd::attach::status(json),

@@ -51,6 +51,29 @@ pub struct DeviceRecord {
     /// `null` in records written before this field existed.
     #[serde(default)]
     pub dumpable: Option<bool>,
+    /// Every path as it is now (`sanroot status --json`'s `paths`): one
+    /// entry per portal, with a session on each at once when there are
+    /// several. Records written before this field existed have none.
+    #[serde(default)]
+    pub paths: Vec<PathState>,
+}
+
+/// One path of a device as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathState {
+    /// "IP:PORT" ("[v6]:PORT").
+    pub portal: String,
+    /// The target portal group tag the login reported; `null` before a
+    /// login (or when the target did not say).
+    pub tpgt: Option<u16>,
+    /// "active/optimized", "active/non-optimized", "standby",
+    /// "unavailable", "transitioning" (and SPC's other states); `null`
+    /// for a LU without ALUA or a path not logged in.
+    pub alua: Option<String>,
+    /// "up", "down" or "connecting".
+    pub state: String,
+    /// I/O goes to it now.
+    pub active: bool,
 }
 
 /// One path of a device: where and under which name to log in. Never a
@@ -60,6 +83,11 @@ pub struct PathRecord {
     /// "IP:PORT" ("[v6]:PORT").
     pub portal: String,
     pub target: String,
+    /// Hex ISID of this path's session when every path has one at once
+    /// (a daemon taking the device back logs in with it, so the target
+    /// replaces the dead daemon's session); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub isid: String,
 }
 
 pub fn run_dir() -> PathBuf {
@@ -236,10 +264,12 @@ mod tests {
                 PathRecord {
                     portal: "10.0.2.2:3260".into(),
                     target: "iqn.x:y".into(),
+                    isid: "80aabbccddee".into(),
                 },
                 PathRecord {
                     portal: "[fd00::2]:3261".into(),
                     target: "iqn.x:z".into(),
+                    isid: String::new(),
                 },
             ],
             lun: 1,
@@ -254,6 +284,13 @@ mod tests {
             block_size: 512,
             read_only: false,
             dumpable: Some(false),
+            paths: vec![PathState {
+                portal: "10.0.2.2:3260".into(),
+                tpgt: Some(1),
+                alua: Some("active/optimized".into()),
+                state: "up".into(),
+                active: true,
+            }],
         };
         save(&d, &r).unwrap();
         assert_eq!(load(&d, "/dev/nbd0"), Some(r.clone()));

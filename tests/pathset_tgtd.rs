@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use proxy::{CutKind, Proxy};
-use sanroot::bridge::pathset::{Connect, PathEvent, PathSet};
+use sanroot::bridge::pathset::{Connect, PathEvent, PathSet, Timing};
 use sanroot::bridge::recover::PathSpec;
 use sanroot::bridge::sessionpath::SessionConnector;
 use sanroot::bridge::{Backend, BlockError, BlockOp};
@@ -80,6 +80,7 @@ fn rig() -> Rig {
         cfg,
         first: first.clone(),
         on_ua: None,
+        events: None,
     });
     let joined = (0..2)
         .map(|i| Some(connector.connect(i).expect("both paths log in")))
@@ -90,7 +91,10 @@ fn rig() -> Rig {
         PathPolicy::RoundRobin,
         joined,
         connector,
-        (Duration::from_millis(200), Duration::from_secs(1)),
+        Timing {
+            backoff: (Duration::from_millis(200), Duration::from_secs(1)),
+            alua_poll: Duration::from_secs(1),
+        },
         Some(tx),
     );
     Rig {

@@ -42,6 +42,8 @@ pub struct BootOptions {
     pub allow_no_auth: bool,
     /// Take back the boot disk from a daemon that died.
     pub recover: bool,
+    /// How I/O is spread over several paths.
+    pub policy: crate::pathset::policy::PathPolicy,
 }
 
 /// How long the first login keeps trying through transient errors (the
@@ -101,6 +103,9 @@ pub fn run(opts: &BootOptions) -> i32 {
         print_path: opts.foreground,
         keep_while_in_use: true,
         take_over,
+        policy: opts.policy,
+        single_session: false,
+        boot_record: Some(super::handoff_root().join(super::handoff::RECORD)),
     };
     let spec = r.spec;
     let kind = r.kind;
@@ -142,6 +147,7 @@ pub fn run(opts: &BootOptions) -> i32 {
                 nic: nics.borrow().get(used).cloned().flatten(),
                 auth: auth_kind(path.and_then(|p| p.auth.as_ref())).into(),
                 hidden_node_records: Vec::new(),
+                paths: dev.paths.clone(),
             };
             let root = super::handoff_root();
             match handoff::write(&root, &rec) {

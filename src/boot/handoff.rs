@@ -107,6 +107,10 @@ pub struct BootRecord {
     /// ([`super::hide`]).
     #[serde(default)]
     pub hidden_node_records: Vec<String>,
+    /// Every path to the root LU as it is now (`sanroot status --json`'s
+    /// `paths`); the daemon keeps it current.
+    #[serde(default)]
+    pub paths: Vec<crate::state::PathState>,
 }
 
 /// The boot NIC as configured.
@@ -884,6 +888,7 @@ mod tests {
             nic,
             auth: auth_kind(Some(&auth())).into(),
             hidden_node_records: Vec::new(),
+            paths: Vec::new(),
         }
     }
 

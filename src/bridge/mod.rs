@@ -12,6 +12,7 @@
 //!   switch-root breaks);
 //! - [`ublk`]: the ublk driver through io_uring;
 
+pub mod carrier;
 pub mod detach;
 pub mod nbd;
 pub mod pathset;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError};
 use crate::lun::{LunInfo, RetryPolicy, backoff, pad16};
+use crate::scsi::alua::{AccessState, AluaSense};
 use crate::scsi::cdb::{self, Cdb};
 use crate::scsi::sense::{
     Disposition, Sense, Status, UnitAttentionReason, disposition, flush_not_needed,
@@ -54,6 +56,10 @@ pub enum BlockError {
     /// The session to the target failed (connection lost, ping timeout,
     /// protocol error): the command may be replayed on a new session.
     Transport(String),
+    /// This path's target port group cannot take the command now (ALUA
+    /// NOT READY 04/0B standby, 04/0C unavailable, or 04/0A transitioning
+    /// past its retries): it was not run; another path may take it.
+    PortState(AccessState, String),
     /// Anything else, with a readable reason.
     Io(String),
 }
@@ -65,7 +71,9 @@ impl BlockError {
             BlockError::ReadOnly => -(nix::errno::Errno::EROFS as i32),
             BlockError::OutOfRange => -(nix::errno::Errno::ENOSPC as i32),
             BlockError::NotSupported => -(nix::errno::Errno::EOPNOTSUPP as i32),
-            BlockError::Io(_) | BlockError::Transport(_) => -(nix::errno::Errno::EIO as i32),
+            BlockError::Io(_) | BlockError::Transport(_) | BlockError::PortState(..) => {
+                -(nix::errno::Errno::EIO as i32)
+            }
         }
     }
 }
@@ -78,6 +86,7 @@ impl fmt::Display for BlockError {
             BlockError::NotSupported => write!(f, "not supported by the LU"),
             BlockError::Io(m) => write!(f, "{m}"),
             BlockError::Transport(m) => write!(f, "{m}"),
+            BlockError::PortState(_, m) => write!(f, "{m}"),
         }
     }
 }
@@ -209,9 +218,25 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
     }
     let d = disposition(status, sense.as_ref());
     if let (Disposition::UnitAttention { reason }, Some(hook)) = (d, &p.on_ua)
-        && reason.lu_may_have_changed()
+        && (reason.lu_may_have_changed() || reason.access_states_changed())
     {
         hook(reason);
+    }
+    // This port's group cannot run it: another path may (the path set
+    // moves it and reads the groups' states again). Transitioning is
+    // retried here first, as below.
+    let port = match sense.as_ref().and_then(AluaSense::of) {
+        Some(AluaSense::Standby) => Some(AccessState::Standby),
+        Some(AluaSense::Unavailable) => Some(AccessState::Unavailable),
+        Some(AluaSense::Transitioning) if p.attempts >= p.retry.backoff_retries => {
+            Some(AccessState::Transitioning)
+        }
+        _ => None,
+    };
+    if let (Some(state), Some(s)) = (port, &sense) {
+        let what = format!("{} failed: {status}: {s}", p.cdb.name());
+        (p.done)(Err(BlockError::PortState(state, what)), buf);
+        return;
     }
     match d {
         Disposition::Done => {

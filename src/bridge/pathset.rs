@@ -27,11 +27,13 @@
 //! Unit-tested with scripted paths; the sessions behind a real [`Path`]
 //! and the connector are the bridge's.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use super::{Backend, BlockDone, BlockError, BlockOp};
+use crate::iscsi::session::Session;
 use crate::lun::LunInfo;
 use crate::pathset::policy::{self, Link, PathPolicy, PathView, Selector};
 use crate::scsi::alua::AccessState;
@@ -44,16 +46,62 @@ pub trait Path: Send + Sync {
     fn fence(&self) -> Result<(), String>;
     /// Close the connection at once, discarding what was not sent.
     fn cut(&self);
+    /// This path's ALUA state and its group's PREF bit, read now (REPORT
+    /// TARGET PORT GROUPS); `None` for a LU without ALUA.
+    fn access_state(&self) -> Result<Option<(AccessState, bool)>, String> {
+        Ok(None)
+    }
+    /// Log out, letting the commands in flight finish for up to `within`.
+    fn close(&self, within: Duration) -> Result<(), String> {
+        let _ = within;
+        Ok(())
+    }
+    /// The session under the path (to read the LU again on).
+    fn session(&self) -> Option<Arc<Session>> {
+        None
+    }
+    /// The LU was read again: requests are checked against `info` now.
+    fn resized(&self, info: &LunInfo) {
+        let _ = info;
+    }
 }
 
-/// A logged-in path and its ALUA state (`None`: the LU has no ALUA).
-pub type Joined = (Arc<dyn Path>, Option<AccessState>);
+/// A path logged in (again).
+pub struct Joined {
+    pub io: Arc<dyn Path>,
+    /// Its ALUA state (`None`: the LU has no ALUA).
+    pub alua: Option<AccessState>,
+    /// Its target port group's PREF bit.
+    pub preferred: bool,
+    /// The target portal group tag the login reported.
+    pub tpgt: Option<u16>,
+}
+
+impl Joined {
+    /// A path of a LU without ALUA.
+    pub fn plain(io: Arc<dyn Path>) -> Joined {
+        Joined {
+            io,
+            alua: None,
+            preferred: false,
+            tpgt: None,
+        }
+    }
+}
+
+/// Why a path could not be logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Try again later: no route, target down, login refused for now.
+    Retry(String),
+    /// Never use this path: it reaches another LU than the others.
+    Refused(String),
+}
 
 /// Logs a path in again.
 pub trait Connect: Send + Sync {
-    /// Log in on path `index` again and check it reaches the same LU;
-    /// its ALUA state, if the LU has ALUA.
-    fn connect(&self, index: usize) -> Result<Joined, String>;
+    /// Log in on path `index` and check it reaches the same LU.
+    fn connect(&self, index: usize) -> Result<Joined, ConnectError>;
 }
 
 /// What the path set tells its owner (for the kernel log and `status`).
@@ -66,6 +114,11 @@ pub enum PathEvent {
     Up {
         index: usize,
     },
+    /// The path reaches another LU: it is never used.
+    Refused {
+        index: usize,
+        reason: String,
+    },
     /// The fence before commands of a dead path were sent again.
     Fenced {
         via: usize,
@@ -75,6 +128,28 @@ pub enum PathEvent {
         via: usize,
         error: String,
     },
+    /// A path's ALUA state changed.
+    Alua {
+        index: usize,
+        state: Option<AccessState>,
+    },
+    /// The paths I/O goes to changed (empty: none, I/O is held).
+    Active {
+        paths: Vec<usize>,
+    },
+}
+
+/// A path as `sanroot status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStatus {
+    pub link: Link,
+    pub alua: Option<AccessState>,
+    pub preferred: bool,
+    pub tpgt: Option<u16>,
+    /// I/O goes to it now.
+    pub active: bool,
+    /// It reaches another LU and is never used.
+    pub refused: bool,
 }
 
 type Parked = (BlockOp, Vec<u8>, BlockDone);
@@ -83,6 +158,8 @@ struct Slot {
     link: Link,
     alua: Option<AccessState>,
     preferred: bool,
+    tpgt: Option<u16>,
+    refused: bool,
     in_flight: usize,
     writes: usize,
     io: Option<Arc<dyn Path>>,
@@ -102,16 +179,45 @@ struct Inner {
     fencing: bool,
     /// A thread is sending the held requests.
     releasing: bool,
+    /// A thread is reading the groups' states; `refresh_again`: once more
+    /// after it (a change came in while it read).
+    refreshing: bool,
+    refresh_again: bool,
+    /// The paths I/O went to, as last reported.
+    active: Vec<usize>,
+    /// Logged out for good: no path logs in again.
+    closed: bool,
+    /// Why every request fails now (the LU became another disk).
+    failed: Option<String>,
+}
+
+/// Timings of a path set.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Reconnect backoff: first, most.
+    pub backoff: (Duration, Duration),
+    /// How often the groups' states are read when the LU has ALUA.
+    pub alua_poll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            backoff: (Duration::from_millis(250), Duration::from_secs(10)),
+            alua_poll: Duration::from_secs(1),
+        }
+    }
 }
 
 pub struct PathSet {
     me: Weak<PathSet>,
     info: LunInfo,
+    /// The LU's size in blocks as last read.
+    blocks: AtomicU64,
     policy: PathPolicy,
     inner: Mutex<Inner>,
     connector: Arc<dyn Connect>,
-    /// Reconnect backoff: first, most.
-    backoff: (Duration, Duration),
+    timing: Timing,
     events: Option<Sender<PathEvent>>,
 }
 
@@ -128,7 +234,7 @@ impl PathSet {
         policy: PathPolicy,
         paths: Vec<Option<Joined>>,
         connector: Arc<dyn Connect>,
-        backoff: (Duration, Duration),
+        timing: Timing,
         events: Option<Sender<PathEvent>>,
     ) -> Arc<PathSet> {
         let down: Vec<usize> = (0..paths.len()).filter(|&i| paths[i].is_none()).collect();
@@ -136,16 +242,19 @@ impl PathSet {
             .into_iter()
             .map(|p| Slot {
                 link: if p.is_some() { Link::Up } else { Link::Down },
-                alua: p.as_ref().and_then(|(_, a)| *a),
-                preferred: false,
+                alua: p.as_ref().and_then(|j| j.alua),
+                preferred: p.as_ref().is_some_and(|j| j.preferred),
+                tpgt: p.as_ref().and_then(|j| j.tpgt),
+                refused: false,
                 in_flight: 0,
                 writes: 0,
-                io: p.map(|(io, _)| io),
+                io: p.map(|j| j.io),
                 generation: 1,
             })
             .collect();
         let set = Arc::new_cyclic(|me| PathSet {
             me: me.clone(),
+            blocks: AtomicU64::new(info.blocks()),
             info,
             policy,
             inner: Mutex::new(Inner {
@@ -155,13 +264,22 @@ impl PathSet {
                 fence_needed: false,
                 fencing: false,
                 releasing: false,
+                refreshing: false,
+                refresh_again: false,
+                active: Vec::new(),
+                closed: false,
+                failed: None,
             }),
             connector,
-            backoff,
+            timing,
             events,
         });
+        set.note_active();
         for i in down {
-            set.reconnect(i);
+            set.reconnect(i, Duration::ZERO);
+        }
+        if set.info.inquiry.tpgs != 0 {
+            set.watch();
         }
         set
     }
@@ -176,12 +294,20 @@ impl PathSet {
                 log::error!("path {index} lost ({reason}): its commands go to another path")
             }
             PathEvent::Up { index } => log::warn!("path {index} is back"),
+            PathEvent::Refused { index, reason } => {
+                log::error!("path {index} is not used: {reason}")
+            }
             PathEvent::Fenced { via, retried } => log::warn!(
                 "LU reset through path {via}: the dead path's writes are ended; {retried} command(s) sent again"
             ),
             PathEvent::FenceFailed { via, error } => log::error!(
                 "LU reset through path {via} failed ({error}): holding I/O, trying again"
             ),
+            PathEvent::Alua { index, state } => log::info!(
+                "path {index}: ALUA state {}",
+                state.map(AccessState::name).unwrap_or("none")
+            ),
+            PathEvent::Active { paths } => log::info!("I/O goes to path(s) {paths:?}"),
         }
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
@@ -194,14 +320,183 @@ impl PathSet {
         (views(&g.slots), g.sel.active())
     }
 
+    /// Every path as `sanroot status` shows it.
+    pub fn status(&self) -> Vec<PathStatus> {
+        let g = self.lock();
+        let active = policy::active(&views(&g.slots), self.policy, &g.sel);
+        g.slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PathStatus {
+                link: s.link,
+                alua: s.alua,
+                preferred: s.preferred,
+                tpgt: s.tpgt,
+                active: active.contains(&i),
+                refused: s.refused,
+            })
+            .collect()
+    }
+
+    /// A session of a path that is up (to read the LU again on).
+    pub fn session(&self) -> Option<Arc<Session>> {
+        let ios: Vec<Arc<dyn Path>> = self
+            .lock()
+            .slots
+            .iter()
+            .filter_map(|s| s.io.clone())
+            .collect();
+        ios.iter().find_map(|io| io.session())
+    }
+
+    /// The LU was read again (it grew or shrank): every path checks
+    /// requests against `info` from now on.
+    pub fn resized(&self, info: &LunInfo) {
+        self.blocks.store(info.blocks(), Ordering::SeqCst);
+        let ios: Vec<Arc<dyn Path>> = self
+            .lock()
+            .slots
+            .iter()
+            .filter_map(|s| s.io.clone())
+            .collect();
+        for io in ios {
+            io.resized(info);
+        }
+    }
+
+    /// The LU's size in blocks as last read.
+    pub fn blocks(&self) -> u64 {
+        self.blocks.load(Ordering::SeqCst)
+    }
+
+    /// Why every request fails, once [`Self::give_up`] was called.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// Refuse every request from now on, the held ones too (the LU became
+    /// another disk).
+    pub fn give_up(&self, m: String) {
+        let held = {
+            let mut g = self.lock();
+            g.failed = Some(m.clone());
+            std::mem::take(&mut g.held)
+        };
+        for (_, buf, done) in held {
+            done(Err(BlockError::Io(m.clone())), buf);
+        }
+    }
+
+    /// Report the paths I/O goes to when they changed.
+    fn note_active(&self) {
+        let now = {
+            let mut g = self.lock();
+            let now = policy::active(&views(&g.slots), self.policy, &g.sel);
+            if now == g.active {
+                return;
+            }
+            g.active = now.clone();
+            now
+        };
+        self.emit(PathEvent::Active { paths: now });
+    }
+
     /// A path's ALUA state changed (REPORT TARGET PORT GROUPS read again):
     /// held requests may have somewhere to go now.
     pub fn set_alua(&self, index: usize, state: Option<AccessState>, preferred: bool) {
-        if let Some(s) = self.lock().slots.get_mut(index) {
-            s.alua = state;
-            s.preferred = preferred;
+        let changed = match self.lock().slots.get_mut(index) {
+            Some(s) => {
+                let changed = s.alua != state;
+                s.alua = state;
+                s.preferred = preferred;
+                changed
+            }
+            None => return,
+        };
+        if changed {
+            self.emit(PathEvent::Alua { index, state });
         }
+        self.note_active();
         self.release();
+    }
+
+    /// Read every path's ALUA state again, off the I/O path: on a unit
+    /// attention that says they changed, on a path's NOT READY for its
+    /// state, when a path comes or goes, and now and then. One reading at
+    /// a time; a request meanwhile makes one more.
+    pub fn refresh_alua(&self) {
+        {
+            let mut g = self.lock();
+            if self.info.inquiry.tpgs == 0 || g.closed {
+                return;
+            }
+            if g.refreshing {
+                g.refresh_again = true;
+                return;
+            }
+            g.refreshing = true;
+        }
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sanroot-alua".into())
+            .spawn(move || {
+                while let Some(set) = me.upgrade() {
+                    set.read_states();
+                    let mut g = set.lock();
+                    if !std::mem::take(&mut g.refresh_again) {
+                        g.refreshing = false;
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            self.lock().refreshing = false;
+        }
+    }
+
+    fn read_states(&self) {
+        let up: Vec<(usize, u64, Arc<dyn Path>)> = self
+            .lock()
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.io.clone().map(|io| (i, s.generation, io)))
+            .collect();
+        for (i, generation, io) in up {
+            match io.access_state() {
+                Ok(Some((state, pref))) => {
+                    let current = self.lock().slots[i].generation == generation;
+                    if current {
+                        self.set_alua(i, Some(state), pref);
+                    }
+                }
+                Ok(None) => {}
+                // A path that does not answer is found dead by its
+                // session (ping timeout); nothing to decide here.
+                Err(e) => log::debug!("path {i}: REPORT TARGET PORT GROUPS: {e}"),
+            }
+        }
+    }
+
+    /// Read the groups' states every `alua_poll` for as long as the set
+    /// lives: standby and unavailable paths are watched this way, and a
+    /// change nobody reported (an idle path misses its unit attention)
+    /// moves I/O within one period.
+    fn watch(&self) {
+        let me = self.me.clone();
+        let every = self.timing.alua_poll;
+        let _ = std::thread::Builder::new()
+            .name("sanroot-alua-poll".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(set) = me.upgrade() else { return };
+                    if set.lock().closed {
+                        return;
+                    }
+                    set.refresh_alua();
+                }
+            });
     }
 
     /// Send what is held, unless a fence holds it: on a thread of its own,
@@ -263,27 +558,29 @@ impl PathSet {
             s.in_flight = s.in_flight.saturating_sub(1);
             s.writes = s.writes.saturating_sub(usize::from(is_write(&op)));
         }
-        let Err(BlockError::Transport(reason)) = r else {
-            drop(g);
-            return done(r, buf);
-        };
-        if current {
-            // The path died with `writes` writes on its wire (this one
-            // counted): cut it, fence if any, log it in again.
-            let s = &mut g.slots[index];
-            let io = s.io.take();
-            s.link = Link::Down;
-            s.generation += 1;
-            s.in_flight = 0;
-            s.writes = 0;
-            g.fence_needed |= writes > 0;
-            drop(g);
-            if let Some(io) = io {
-                io.cut();
+        match r {
+            Err(BlockError::Transport(reason)) => {
+                if current {
+                    drop(g);
+                    self.lost(index, writes, reason);
+                    g = self.lock();
+                }
             }
-            self.emit(PathEvent::Down { index, reason });
-            self.reconnect(index);
-            g = self.lock();
+            Err(BlockError::PortState(state, why)) => {
+                // Not run: this port's group cannot take it now. Another
+                // path may; the groups' states are read again.
+                drop(g);
+                log::info!("path {index}: {why}: sending it through another path");
+                if current {
+                    self.set_alua(index, Some(state), false);
+                }
+                self.refresh_alua();
+                g = self.lock();
+            }
+            r => {
+                drop(g);
+                return done(r, buf);
+            }
         }
         g.held.push((op, buf, done));
         let fence = g.fence_needed && !g.fencing;
@@ -292,6 +589,94 @@ impl PathSet {
             self.start_fence();
         } else {
             self.release();
+        }
+    }
+
+    /// Path `index` died with `writes` writes on its wire: cut it, fence
+    /// if any, log it in again.
+    fn lost(&self, index: usize, writes: usize, reason: String) {
+        let io = {
+            let mut g = self.lock();
+            let s = &mut g.slots[index];
+            let io = s.io.take();
+            s.link = Link::Down;
+            s.generation += 1;
+            s.in_flight = 0;
+            s.writes = 0;
+            g.fence_needed |= writes > 0;
+            io
+        };
+        if let Some(io) = io {
+            io.cut();
+        }
+        self.emit(PathEvent::Down { index, reason });
+        self.note_active();
+        self.reconnect(index, Duration::ZERO);
+        self.refresh_alua();
+    }
+
+    /// The target asked for path `index`'s session to end (a logout
+    /// request, or it is going away): no new I/O goes to it, the commands
+    /// in flight finish for up to `within`, it logs out, waits `pause`
+    /// (the target's Time2Wait) and logs in again. A command that did not
+    /// finish is sent again elsewhere: the logout ended it on the target,
+    /// so no fence is needed.
+    pub fn renew(&self, index: usize, within: Duration, pause: Duration) {
+        let io = {
+            let mut g = self.lock();
+            let Some(s) = g.slots.get_mut(index) else {
+                return;
+            };
+            let Some(io) = s.io.take() else { return };
+            s.link = Link::Connecting;
+            s.generation += 1;
+            s.in_flight = 0;
+            s.writes = 0;
+            io
+        };
+        self.note_active();
+        let me = self.me.clone();
+        let _ = std::thread::Builder::new()
+            .name("sanroot-renew".into())
+            .spawn(move || {
+                if let Err(e) = io.close(within.max(Duration::from_secs(1))) {
+                    log::warn!("path {index}: logout before logging in again: {e}");
+                }
+                drop(io);
+                if let Some(set) = me.upgrade() {
+                    set.reconnect(index, pause);
+                }
+            });
+    }
+
+    /// Log out of every path (after the final flush); no path logs in
+    /// again afterwards.
+    pub fn close(&self, within: Duration) {
+        let ios: Vec<(usize, Arc<dyn Path>)> = {
+            let mut g = self.lock();
+            g.closed = true;
+            g.slots
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    s.link = Link::Down;
+                    s.generation += 1;
+                    s.io.take().map(|io| (i, io))
+                })
+                .collect()
+        };
+        let waits: Vec<_> = ios
+            .into_iter()
+            .map(|(i, io)| {
+                std::thread::spawn(move || {
+                    if let Err(e) = io.close(within) {
+                        log::warn!("path {i}: logout: {e}");
+                    }
+                })
+            })
+            .collect();
+        for w in waits {
+            let _ = w.join();
         }
     }
 
@@ -334,32 +719,40 @@ impl PathSet {
             }
             Err(error) => {
                 self.emit(PathEvent::FenceFailed { via, error });
-                std::thread::sleep(self.backoff.0);
+                std::thread::sleep(self.timing.backoff.0);
                 self.lock().fencing = false;
                 self.start_fence();
             }
         }
     }
 
-    /// Log path `index` in again in the background, with backoff, for as
-    /// long as the set lives (a root disk waits for its paths for ever).
-    fn reconnect(&self, index: usize) {
+    /// Log path `index` in again in the background after `pause`, with
+    /// backoff, for as long as the set lives (a root disk waits for its
+    /// paths for ever), unless it reaches another LU.
+    fn reconnect(&self, index: usize, pause: Duration) {
         self.lock().slots[index].link = Link::Connecting;
         let me = self.me.clone();
-        let mut wait = self.backoff.0;
+        let (first, most) = self.timing.backoff;
         let _ = std::thread::Builder::new()
             .name("sanroot-path".into())
             .spawn(move || {
+                std::thread::sleep(pause);
+                let mut wait = first;
                 loop {
                     // Not kept alive by its own reconnect thread.
                     let Some(set) = me.upgrade() else {
                         return;
                     };
-                    match set.connector.connect(index) {
-                        Ok((io, alua)) => return set.path_up(index, io, alua),
-                        Err(e) => log::warn!("path {index}: logging in again: {e}"),
+                    if set.lock().closed {
+                        return;
                     }
-                    let most = set.backoff.1;
+                    match set.connector.connect(index) {
+                        Ok(j) => return set.path_up(index, j),
+                        Err(ConnectError::Refused(reason)) => return set.refused(index, reason),
+                        Err(ConnectError::Retry(e)) => {
+                            log::warn!("path {index}: logging in again: {e}")
+                        }
+                    }
                     drop(set);
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(most);
@@ -367,16 +760,39 @@ impl PathSet {
             });
     }
 
-    fn path_up(&self, index: usize, io: Arc<dyn Path>, alua: Option<AccessState>) {
+    fn refused(&self, index: usize, reason: String) {
         {
             let mut g = self.lock();
             let s = &mut g.slots[index];
-            s.io = Some(io);
-            s.alua = alua;
-            s.link = Link::Up;
-            s.generation += 1;
+            s.link = Link::Down;
+            s.refused = true;
+        }
+        self.emit(PathEvent::Refused { index, reason });
+    }
+
+    fn path_up(&self, index: usize, j: Joined) {
+        let stale = {
+            let mut g = self.lock();
+            if g.closed {
+                Some(j.io)
+            } else {
+                let s = &mut g.slots[index];
+                s.io = Some(j.io);
+                s.alua = j.alua;
+                s.preferred = j.preferred;
+                s.tpgt = j.tpgt.or(s.tpgt);
+                s.link = Link::Up;
+                s.generation += 1;
+                None
+            }
+        };
+        if let Some(io) = stale {
+            let _ = io.close(Duration::from_secs(5));
+            return;
         }
         self.emit(PathEvent::Up { index });
+        self.note_active();
+        self.refresh_alua();
         self.start_fence();
         self.release();
     }
@@ -401,6 +817,10 @@ impl Backend for PathSet {
 
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {
         let mut g = self.lock();
+        if let Some(m) = g.failed.clone() {
+            drop(g);
+            return done(Err(BlockError::Io(m)), buf);
+        }
         if g.fence_needed || g.fencing {
             g.held.push((op, buf, done));
             return;
@@ -513,11 +933,18 @@ mod tests {
     }
 
     impl Connect for Connector {
-        fn connect(&self, index: usize) -> Result<Joined, String> {
+        fn connect(&self, index: usize) -> Result<Joined, ConnectError> {
             if !self.allowed.load(Ordering::SeqCst) {
-                return Err("no route".into());
+                return Err(ConnectError::Retry("no route".into()));
             }
-            Ok((Scripted::new(index + 10, &self.trace), None))
+            Ok(Joined::plain(Scripted::new(index + 10, &self.trace)))
+        }
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            backoff: (Duration::from_millis(5), Duration::from_millis(20)),
+            alua_poll: Duration::from_millis(20),
         }
     }
 
@@ -562,10 +989,10 @@ mod tests {
             policy,
             paths
                 .iter()
-                .map(|p| Some((Arc::clone(p) as Arc<dyn Path>, None)))
+                .map(|p| Some(Joined::plain(Arc::clone(p) as Arc<dyn Path>)))
                 .collect(),
             Arc::clone(&connector) as Arc<dyn Connect>,
-            (Duration::from_millis(5), Duration::from_millis(20)),
+            timing(),
             Some(tx),
         );
         Rig {
@@ -752,9 +1179,9 @@ mod tests {
         let set = PathSet::new(
             info(),
             PathPolicy::RoundRobin,
-            vec![Some((Arc::new(Failing) as Arc<dyn Path>, None))],
+            vec![Some(Joined::plain(Arc::new(Failing) as Arc<dyn Path>))],
             Arc::clone(&r.connector) as Arc<dyn Connect>,
-            (Duration::from_millis(5), Duration::from_millis(20)),
+            timing(),
             None,
         );
         let rx = go(&set, read(0));

@@ -17,14 +17,18 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 
+use super::carrier::Carrier;
 use super::nbd::{self, NbdDevice, NbdOptions};
+use super::pathset::{Joined, PathEvent, PathSet, Timing};
 use super::recover::{PathSpec, Reconnect, RecoveringBackend, RecoveryEvent, RecoveryPolicy};
+use super::sessionpath::SessionConnector;
 use super::ublk::{self, UblkDevice, UblkOptions};
 use super::{Backend, BlockOp, IscsiBackend};
 use crate::exit::{CmdError, report};
 use crate::iscsi::initiator::{self, Connection, InitiatorConfig};
 use crate::iscsi::session::{Session, SessionEvent};
 use crate::lun::{Lun, LunInfo};
+use crate::pathset::policy::PathPolicy;
 use crate::scsi::sense::UnitAttentionReason;
 use crate::state::{self, DeviceRecord};
 use crate::{daemon, exit};
@@ -72,6 +76,15 @@ pub struct ServeSpec {
     pub keep_while_in_use: bool,
     /// Take back a device whose daemon died instead of making a new one.
     pub take_over: Option<TakeOver>,
+    /// How I/O is spread over several paths.
+    pub policy: PathPolicy,
+    /// One session at a time even with several paths: the next path only
+    /// when the session is lost (a target that refuses a second session
+    /// from one initiator).
+    pub single_session: bool,
+    /// The boot session's record (/run/sanroot/boot.json), whose `paths`
+    /// follow the paths' states.
+    pub boot_record: Option<std::path::PathBuf>,
 }
 
 /// A device left by a daemon that died (killed, crashed): the kernel holds
@@ -85,6 +98,8 @@ pub struct TakeOver {
     /// The dead daemon's ISID: logging in with it (TSIH 0) makes the
     /// target drop the dead session instead of keeping both.
     pub isid: [u8; 6],
+    /// Its ISID on each portal, when every path had a session.
+    pub isids: Vec<(String, [u8; 6])>,
     /// The LU's identity then: another disk is refused.
     pub lu_id: String,
     /// The device's size then (0: unknown, an old record).
@@ -104,16 +119,7 @@ impl TakeOver {
                 ));
             }
         };
-        let mut isid = [0u8; 6];
-        let ok = r.isid.len() == 12
-            && isid.iter_mut().enumerate().all(|(i, b)| {
-                r.isid
-                    .get(2 * i..2 * i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .map(|v| *b = v)
-                    .is_some()
-            });
-        if !ok {
+        let Some(isid) = parse_isid(&r.isid) else {
             return Err(CmdError::new(
                 exit::FAILURE,
                 format!(
@@ -121,7 +127,12 @@ impl TakeOver {
                     r.device, r.isid
                 ),
             ));
-        }
+        };
+        let isids = r
+            .portals
+            .iter()
+            .filter_map(|p| parse_isid(&p.isid).map(|i| (p.portal.clone(), i)))
+            .collect();
         if r.daemon_alive() {
             return Err(CmdError::usage(format!(
                 "{} is still served by pid {}: nothing to take over",
@@ -132,10 +143,24 @@ impl TakeOver {
             bridge,
             index: r.index,
             isid,
+            isids,
             lu_id: r.lu_id.clone(),
             size_bytes: r.size_bytes,
         })
     }
+}
+
+/// An ISID as a record writes it: 12 hex digits.
+fn parse_isid(hex: &str) -> Option<[u8; 6]> {
+    let mut isid = [0u8; 6];
+    let ok = hex.len() == 12
+        && isid.iter_mut().enumerate().all(|(i, b)| {
+            hex.get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .map(|v| *b = v)
+                .is_some()
+        });
+    ok.then_some(isid)
 }
 
 /// Whether something holds the device: a mounted filesystem (on it or a
@@ -165,11 +190,14 @@ enum Event {
     DeviceGone,
     Session(SessionEvent),
     Recovery(RecoveryEvent),
+    /// A session event of one path of a path set.
+    PathSession(usize, SessionEvent),
+    Path(PathEvent),
     /// The LU may have changed (a unit attention or an async event said
     /// so): read it again.
     Rescan(UnitAttentionReason),
     /// The LU as read again, on this session.
-    Probed(Arc<Session>, Result<LunInfo, String>),
+    Probed(Option<Arc<Session>>, Result<LunInfo, String>),
 }
 
 /// Whether an async event's sense data says the LU may have changed
@@ -206,10 +234,13 @@ impl Rescans {
     }
 }
 
-/// Read the LU again on the session in use, off the I/O path, and post
+/// Read the LU again on a session in use, off the I/O path, and post
 /// the result to the serving loop.
-fn probe(recovering: &Arc<RecoveringBackend>, lun: u64, tx: &mpsc::Sender<Event>) {
-    let session = Arc::clone(recovering.current().session());
+fn probe(carrier: &Carrier, lun: u64, tx: &mpsc::Sender<Event>) {
+    let Some(session) = carrier.session() else {
+        let _ = tx.send(Event::Probed(None, Err("no path is up".into())));
+        return;
+    };
     let tx = tx.clone();
     let spawned = std::thread::Builder::new()
         .name("sanroot-rescan".into())
@@ -217,7 +248,7 @@ fn probe(recovering: &Arc<RecoveringBackend>, lun: u64, tx: &mpsc::Sender<Event>
             let r = Lun::open(Arc::clone(&session), lun)
                 .map(|l| l.info)
                 .map_err(|e| e.to_string());
-            let _ = tx.send(Event::Probed(session, r));
+            let _ = tx.send(Event::Probed(Some(session), r));
         });
     if let Err(e) = spawned {
         log::error!("cannot start a thread to re-read the LU: {e}");
@@ -305,13 +336,16 @@ fn block_signals() -> SigSet {
 
 /// The first login: each path in turn, again and again while the errors
 /// are transient (no route yet, target still starting) and time is left.
-/// Returns the connection and the index of the path that carried it.
+/// Path `i` logs in with `isids[i]` when given (else `cfg`'s) and hands
+/// its session events to `events(i)`. Returns the connection and the
+/// index of the path that carried it.
 pub fn first_login(
     paths: &[PathSpec],
     cfg: &InitiatorConfig,
+    isids: &[[u8; 6]],
     wait: Duration,
     prepare: &mut PreparePath<'_>,
-    events: Option<mpsc::Sender<SessionEvent>>,
+    events: &dyn Fn(usize) -> Option<mpsc::Sender<SessionEvent>>,
 ) -> Result<(Connection, usize), CmdError> {
     if paths.is_empty() {
         return Err(CmdError::usage("no path to the target"));
@@ -330,7 +364,11 @@ pub fn first_login(
                 continue;
             }
             tried_login = true;
-            match initiator::connect(&p.portal, &p.target, &p.config(cfg), events.clone()) {
+            let mut c = p.config(cfg);
+            if let Some(isid) = isids.get(i) {
+                c.isid = Some(*isid);
+            }
+            match initiator::connect(&p.portal, &p.target, &c, events(i)) {
                 Ok(c) => {
                     if i > 0 {
                         log::warn!(
@@ -379,6 +417,168 @@ pub fn serve(
     r
 }
 
+/// The sessions of a path set ping a silent target after 1 s and give
+/// an unanswered ping 3 s: a path that went silent is found dead within
+/// about 4 s and its commands move (issue 15's budget: 5 s from the loss
+/// to the next completed write). One path alone keeps the gentler
+/// defaults: there is nowhere to move to.
+fn multipath_timeouts(o: &mut crate::iscsi::session::SessionOptions) {
+    o.nop_interval = Some(Duration::from_secs(1));
+    o.nop_timeout = Duration::from_secs(3);
+}
+
+/// One ISID per path when each has a session of its own (a dead daemon's
+/// for the portals its record names, so the target replaces its sessions
+/// instead of keeping them), else the device's one ISID for every path.
+fn path_isids(spec: &ServeSpec, cfg: &InitiatorConfig, several: bool) -> Vec<[u8; 6]> {
+    let one = cfg.isid.unwrap_or_else(crate::iscsi::login::random_isid);
+    if !several {
+        return vec![one; spec.paths.len()];
+    }
+    spec.paths
+        .iter()
+        .map(|p| {
+            let portal = p.portal.to_string();
+            spec.take_over
+                .as_ref()
+                .and_then(|t| t.isids.iter().find(|(q, _)| *q == portal))
+                .map(|(_, isid)| *isid)
+                .unwrap_or_else(crate::iscsi::login::random_isid)
+        })
+        .collect()
+}
+
+/// LU-changed and ALUA unit attentions seen by I/O: handled by the
+/// serving loop, never on the session's threads.
+fn ua_hook(ev_tx: &mpsc::Sender<Event>) -> super::UaHook {
+    let tx = std::sync::Mutex::new(ev_tx.clone());
+    Arc::new(move |reason| {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Event::Rescan(reason));
+    })
+}
+
+/// What the first login brought, for building the carrier.
+struct FirstLogin {
+    session: Arc<Session>,
+    tpgt: Option<u16>,
+    used: usize,
+    info: LunInfo,
+}
+
+/// The carrier of the device's requests: a path set when there are
+/// several paths (given, or learnt from SendTargets), else one recovering
+/// session. Its events are forwarded to `ev_tx`.
+#[allow(clippy::too_many_arguments)]
+fn carrier(
+    spec: &ServeSpec,
+    cfg: &InitiatorConfig,
+    first: FirstLogin,
+    mut isids: Vec<[u8; 6]>,
+    prepare: &mut PreparePath<'_>,
+    ev_tx: &mpsc::Sender<Event>,
+    sess_tx: mpsc::Sender<SessionEvent>,
+    path_sessions: mpsc::Sender<(usize, SessionEvent)>,
+) -> (Carrier, Vec<PathSpec>, Vec<[u8; 6]>) {
+    let FirstLogin {
+        session,
+        tpgt,
+        used,
+        info,
+    } = first;
+    let path = &spec.paths[used];
+    // The path that worked first, then the others, then the target's other
+    // portals from SendTargets (multipath targets list them all).
+    let mut all = spec.paths.clone();
+    all.extend(super::recover::discover_other_portals(
+        path,
+        &spec.paths,
+        cfg,
+    ));
+    let on_ua = ua_hook(ev_tx);
+    if all.len() == 1 || spec.single_session {
+        let mut order = vec![all[used].clone()];
+        order.extend(
+            all.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != used)
+                .map(|(_, p)| p.clone()),
+        );
+        all = order;
+        let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
+        forward(ev_tx, rec_rx, Event::Recovery);
+        let alua = super::sessionpath::alua_state(&session, &info);
+        let backend = RecoveringBackend::new(
+            IscsiBackend::new(session, info).with_ua_hook(Some(Arc::clone(&on_ua))),
+            Reconnect {
+                paths: all.clone(),
+                lun: spec.lun,
+                cfg: cfg.clone(),
+                session_events: Some(sess_tx),
+                on_ua: Some(on_ua),
+            },
+            RecoveryPolicy::default(),
+            Some(rec_tx),
+        );
+        return (
+            Carrier::One {
+                backend,
+                alua,
+                tpgt,
+            },
+            all,
+            isids,
+        );
+    }
+    while isids.len() < all.len() {
+        isids.push(crate::iscsi::login::random_isid());
+    }
+    let mut pcfg = cfg.clone();
+    multipath_timeouts(&mut pcfg.session);
+    let connector = Arc::new(SessionConnector {
+        paths: all.clone(),
+        isids: isids.clone(),
+        lun: spec.lun,
+        cfg: pcfg,
+        first: info.clone(),
+        on_ua: Some(on_ua),
+        events: Some(path_sessions),
+    });
+    let mut joined: Vec<Option<Joined>> = (0..all.len()).map(|_| None).collect();
+    joined[used] = Some(connector.join(session, tpgt, info.clone()));
+    // The other paths' NICs (boot) come up before they log in.
+    for i in (0..spec.paths.len()).filter(|&i| i != used) {
+        if let Err(m) = prepare(i) {
+            log::warn!("path {} ({}): {m}", i + 1, spec.paths[i].portal);
+        }
+    }
+    let (pe_tx, pe_rx) = mpsc::channel::<PathEvent>();
+    forward(ev_tx, pe_rx, Event::Path);
+    let set = PathSet::new(
+        info,
+        spec.policy,
+        joined,
+        connector,
+        Timing::default(),
+        Some(pe_tx),
+    );
+    log::info!(
+        "{} LUN {}: a session on each of {} paths ({}), policy {}",
+        path.target,
+        spec.lun,
+        all.len(),
+        all.iter()
+            .map(|p| p.portal.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        spec.policy.name()
+    );
+    let portals = all.iter().map(|p| p.portal.to_string()).collect();
+    (Carrier::Set { set, portals }, all, isids)
+}
+
 fn serve_inner(
     spec: &ServeSpec,
     pipe: &mut Option<OwnedFd>,
@@ -393,58 +593,67 @@ fn serve_inner(
         // The dead daemon's ISID: the target replaces its session.
         cfg.isid = Some(t.isid);
     }
-    // One ISID for the life of the device: a reconnect with it (and TSIH 0)
-    // reinstates the session on the target instead of leaking the old one.
+    // One ISID for the life of the device (per path, with several): a
+    // reconnect with it (and TSIH 0) reinstates the session on the target
+    // instead of leaking the old one.
     cfg.isid
         .get_or_insert_with(crate::iscsi::login::random_isid);
+    let several = spec.paths.len() > 1 && !spec.single_session;
+    if several {
+        multipath_timeouts(&mut cfg.session);
+    }
+    let isids = path_isids(spec, &cfg, several);
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
     let (sess_tx, sess_rx) = mpsc::channel::<SessionEvent>();
+    let (psess_tx, psess_rx) = mpsc::channel::<(usize, SessionEvent)>();
+    let mut prepared: Vec<Option<Result<(), String>>> = vec![None; spec.paths.len()];
+    let mut prep = |i: usize| prepared[i].get_or_insert_with(|| prepare(i)).clone();
+    let events_for = |i: usize| {
+        if several {
+            super::sessionpath::tagged(&psess_tx, i)
+        } else {
+            Some(sess_tx.clone())
+        }
+    };
     let (conn, used) = first_login(
         &spec.paths,
         &cfg,
+        &isids,
         spec.login_wait,
-        prepare,
-        Some(sess_tx.clone()),
+        &mut prep,
+        &events_for,
     )?;
     let path = &spec.paths[used];
-    let (isid, tsih, portal_s) = (conn.isid, conn.tsih, conn.portal.to_string());
+    let (tsih, portal_s) = (conn.tsih, conn.portal.to_string());
     log::info!(
         "logged in to {} at {portal_s} (ISID {}, TSIH {tsih})",
         path.target,
-        state::hex(&isid)
+        state::hex(&conn.isid)
     );
+    let isid = conn.isid;
+    let tpgt = conn.tpgt;
     let session = Arc::new(conn.session);
     let lun = Lun::open(Arc::clone(&session), spec.lun)
         .map_err(|e| CmdError::new(exit::IO, format!("{} LUN {}: {e}", path.target, spec.lun)))?;
     let info = lun.info.clone();
     drop(lun);
     same_disk_as_taken_over(spec, &path.target, &info)?;
-    let paths = reconnect_paths(spec, used, &cfg);
-    let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
-    // LU-changed unit attentions seen by I/O: the LU is read again by the
-    // serving loop, never on the session's threads.
-    let on_ua: super::UaHook = {
-        let tx = std::sync::Mutex::new(ev_tx.clone());
-        Arc::new(move |reason| {
-            let _ = tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(Event::Rescan(reason));
-        })
-    };
-    let recovering = RecoveringBackend::new(
-        IscsiBackend::new(session, info.clone()).with_ua_hook(Some(Arc::clone(&on_ua))),
-        Reconnect {
-            paths,
-            lun: spec.lun,
-            cfg: cfg.clone(),
-            session_events: Some(sess_tx),
-            on_ua: Some(on_ua),
+    let (carrier, all_paths, isids) = carrier(
+        spec,
+        &cfg,
+        FirstLogin {
+            session,
+            tpgt,
+            used,
+            info: info.clone(),
         },
-        RecoveryPolicy::default(),
-        Some(rec_tx),
+        isids,
+        &mut prep,
+        &ev_tx,
+        sess_tx,
+        psess_tx,
     );
-    let backend: Arc<dyn Backend> = recovering.clone();
+    let backend = carrier.backend();
     let kind = match &spec.take_over {
         Some(t) => t.bridge,
         None => spec.bridge.resolve(),
@@ -482,7 +691,6 @@ fn serve_inner(
         );
     }
     let mut record = device_record(
-        spec,
         &dev,
         &path.target,
         portal_s,
@@ -491,6 +699,8 @@ fn serve_inner(
         &info,
         dev_bytes,
     );
+    record.portals = path_records(&all_paths, &isids, matches!(carrier, Carrier::Set { .. }));
+    record.paths = carrier.paths(&record);
     let dev = Arc::new(dev);
     if let Err(e) = on_ready(&mut record, used) {
         log::error!("{dev_path}: {e}: removing the device");
@@ -498,7 +708,7 @@ fn serve_inner(
         if let Ok(d) = Arc::try_unwrap(dev) {
             let _ = d.finish();
         }
-        let _ = recovering.current().session().close(Duration::from_secs(5));
+        let _ = carrier.close(Duration::from_secs(5));
         return Err(e);
     }
     let run = state::run_dir();
@@ -528,7 +738,7 @@ fn serve_inner(
         });
     }
     forward(&ev_tx, sess_rx, Event::Session);
-    forward(&ev_tx, rec_rx, Event::Recovery);
+    forward(&ev_tx, psess_rx, |(i, e)| Event::PathSession(i, e));
     let probe_tx = ev_tx.clone();
     if lu_bytes > dev_bytes {
         // The LU grew while no daemon served it.
@@ -547,7 +757,8 @@ fn serve_inner(
         spec,
         dev_path: &dev_path,
         dev: &dev,
-        recovering: &recovering,
+        carrier: &carrier,
+        first_path: used,
         info: &info,
         ident: &ident,
         run: &run,
@@ -577,14 +788,31 @@ fn serve_inner(
     {
         log::warn!("{dev_path}: {e}");
     }
-    flush_and_log_out(&backend, &recovering, &dev_path, &run);
+    flush_and_log_out(&backend, &carrier, &dev_path, &run);
     Ok(())
 }
+
+/// The record's paths: where to log in again, with each path's ISID
+/// when each has a session of its own.
+fn path_records(paths: &[PathSpec], isids: &[[u8; 6]], own: bool) -> Vec<state::PathRecord> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| state::PathRecord {
+            portal: p.portal.to_string(),
+            target: p.target.clone(),
+            isid: isids
+                .get(i)
+                .filter(|_| own)
+                .map(|id| state::hex(id))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// The device's record in /run (what `status`, `detach` and
-/// `attach --recover` read). Every path, no secret.
-#[allow(clippy::too_many_arguments)]
+/// `attach --recover` read). No secret.
 fn device_record(
-    spec: &ServeSpec,
     dev: &Device,
     target: &str,
     portal: String,
@@ -599,15 +827,8 @@ fn device_record(
         index: dev.index(),
         target: target.to_string(),
         portal,
-        portals: spec
-            .paths
-            .iter()
-            .map(|p| state::PathRecord {
-                portal: p.portal.to_string(),
-                target: p.target.clone(),
-            })
-            .collect(),
-        lun: spec.lun,
+        portals: Vec::new(),
+        lun: info.lun,
         initiator: cfg.initiator_name.clone(),
         isid: state::hex(isid),
         tsih,
@@ -619,6 +840,7 @@ fn device_record(
         block_size: info.block_size(),
         read_only: info.write_protected,
         dumpable: crate::secret::dumpable(),
+        paths: Vec::new(),
     }
 }
 
@@ -638,29 +860,11 @@ fn same_disk_as_taken_over(spec: &ServeSpec, target: &str, info: &LunInfo) -> Re
     }
 }
 
-/// Where reconnects go: the path that worked first, then the others, then
-/// the target's other portals from SendTargets (multipath targets list
-/// them all), for when every configured path is down.
-fn reconnect_paths(spec: &ServeSpec, used: usize, cfg: &InitiatorConfig) -> Vec<PathSpec> {
-    let path = &spec.paths[used];
-    let mut paths = vec![path.clone()];
-    paths.extend(
-        spec.paths
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != used)
-            .map(|(_, p)| p.clone()),
-    );
-    let more = super::recover::discover_other_portals(path, &paths, cfg);
-    paths.extend(more);
-    paths
-}
-
 /// Everything acknowledged is on the target; make the target's cache
-/// stable too, drop the device's record, then log out.
+/// stable too, drop the device's record, then log out of every path.
 fn flush_and_log_out(
     backend: &Arc<dyn Backend>,
-    recovering: &RecoveringBackend,
+    carrier: &Carrier,
     dev_path: &str,
     run: &std::path::Path,
 ) {
@@ -678,11 +882,7 @@ fn flush_and_log_out(
         Err(_) => log::warn!("{dev_path}: final SYNCHRONIZE CACHE did not complete in 30 s"),
     }
     state::remove(run, dev_path);
-    if let Err(e) = recovering
-        .current()
-        .session()
-        .close(Duration::from_secs(10))
-    {
+    if let Err(e) = carrier.close(Duration::from_secs(10)) {
         log::warn!("{dev_path}: logout: {e}");
     }
 }
@@ -702,7 +902,9 @@ struct Serving<'a> {
     spec: &'a ServeSpec,
     dev_path: &'a str,
     dev: &'a Arc<Device>,
-    recovering: &'a Arc<RecoveringBackend>,
+    carrier: &'a Carrier,
+    /// The path of the first login (its session events come untagged).
+    first_path: usize,
     /// The LU as first read (its identity is checked on every re-read).
     info: &'a LunInfo,
     ident: &'a str,
@@ -736,25 +938,100 @@ impl Serving<'_> {
             }
             Event::Recovery(e) => {
                 recovery_state(&mut self.record, &e);
-                let _ = state::save(self.run, &self.record);
+                self.paths_changed();
             }
-            Event::Session(e) => self.session_event(e),
+            Event::Session(e) => self.session_event(self.first_path, e),
+            Event::PathSession(i, e) => self.session_event(i, e),
+            Event::Path(e) => {
+                self.path_event(&e);
+                self.paths_changed();
+            }
+            Event::Rescan(reason) if reason.access_states_changed() => {
+                if let Carrier::Set { set, .. } = self.carrier {
+                    log::info!(
+                        "{dev_path}: unit attention ({reason:?}): reading the paths' ALUA states again"
+                    );
+                    set.refresh_alua();
+                }
+            }
             Event::Rescan(reason) => {
                 log::info!("{dev_path}: unit attention ({reason:?}): reading the LU again");
                 self.rescan();
             }
-            Event::Probed(session, r) => self.probed(&session, r),
+            Event::Probed(session, r) => self.probed(session.as_ref(), r),
         }
         Flow::Serve
     }
 
     fn rescan(&mut self) {
-        let (recovering, lun, tx) = (self.recovering, self.spec.lun, &self.probe_tx);
-        self.rescans.request(|| probe(recovering, lun, tx));
+        let (carrier, lun, tx) = (self.carrier, self.spec.lun, &self.probe_tx);
+        self.rescans.request(|| probe(carrier, lun, tx));
     }
 
-    /// What the target said outside any command.
-    fn session_event(&mut self, e: SessionEvent) {
+    /// The paths' states changed: the record (and the boot record) say so.
+    fn paths_changed(&mut self) {
+        self.record.paths = self.carrier.paths(&self.record);
+        if let Carrier::Set { .. } = self.carrier {
+            let up = self.record.paths.iter().any(|p| p.state == "up");
+            if self.record.state != "failed" {
+                self.record.state = if up { "running" } else { "reconnecting" }.into();
+            }
+        }
+        let _ = state::save(self.run, &self.record);
+        if let Some(b) = &self.spec.boot_record
+            && let Err(e) = update_boot_paths(b, &self.record.paths)
+        {
+            log::debug!("{}: {e}", b.display());
+        }
+    }
+
+    /// A path of a path set was lost, came back, or I/O moved: said in the
+    /// kernel log too.
+    fn path_event(&self, e: &PathEvent) {
+        let dev = self.dev_path;
+        let Carrier::Set { set, portals } = self.carrier else {
+            return;
+        };
+        let name = |i: &usize| portals.get(*i).cloned().unwrap_or_else(|| format!("#{i}"));
+        match e {
+            PathEvent::Down { index, reason } => crate::logging::kernel(
+                log::Level::Error,
+                &format!("{dev}: path {} lost: {reason}", name(index)),
+            ),
+            PathEvent::Up { index } => crate::logging::kernel(
+                log::Level::Warn,
+                &format!("{dev}: path {} rejoined", name(index)),
+            ),
+            PathEvent::Refused { index, reason } => crate::logging::kernel(
+                log::Level::Error,
+                &format!("{dev}: path {} refused, never used: {reason}", name(index)),
+            ),
+            PathEvent::Active { paths } if paths.is_empty() => crate::logging::kernel(
+                log::Level::Error,
+                &format!("{dev}: no usable path: I/O is held until one returns"),
+            ),
+            PathEvent::Active { paths } => {
+                let st = set.status();
+                let state = paths
+                    .first()
+                    .and_then(|i| st.get(*i))
+                    .and_then(|s| s.alua)
+                    .map(|a| a.name())
+                    .unwrap_or("no ALUA");
+                crate::logging::kernel(
+                    log::Level::Warn,
+                    &format!(
+                        "{dev}: I/O now goes to {} ({state})",
+                        paths.iter().map(name).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// What the target said outside any command, on path `path`.
+    fn session_event(&mut self, path: usize, e: SessionEvent) {
         let dev_path = self.dev_path;
         match e {
             SessionEvent::Failed(m) => {
@@ -768,7 +1045,8 @@ impl Serving<'_> {
                 log::warn!(
                     "{dev_path}: the target asks us to log out within {within} s: renewing the session"
                 );
-                self.recovering.renew(
+                self.carrier.renew(
+                    Some(path),
                     "the target asked for a logout".into(),
                     Duration::from_secs(u64::from(within)),
                     Duration::from_secs(2),
@@ -781,7 +1059,8 @@ impl Serving<'_> {
                     "{dev_path}: the target is dropping the {} (async event {event}): logging in again after {time2wait} s",
                     if event == 2 { "connection" } else { "session" }
                 );
-                self.recovering.renew(
+                self.carrier.renew(
+                    Some(path),
                     "the target is going away".into(),
                     Duration::from_secs(2),
                     Duration::from_secs(u64::from(time2wait)),
@@ -799,18 +1078,14 @@ impl Serving<'_> {
 
     /// The LU as read again: grow or shrink the device, or stop serving
     /// another disk.
-    fn probed(&mut self, session: &Arc<Session>, r: Result<LunInfo, String>) {
+    fn probed(&mut self, session: Option<&Arc<Session>>, r: Result<LunInfo, String>) {
         let dev_path = self.dev_path;
-        match r {
-            Err(e) => log::warn!(
-                "{dev_path}: reading the LU again: {e}; the device keeps {} bytes (a reconnect reads it again)",
-                self.dev_bytes
-            ),
-            Ok(now) => {
+        match (session, r) {
+            (Some(session), Ok(now)) => {
                 if let Some(bytes) = lu_changed_size(
                     dev_path,
                     self.dev,
-                    self.recovering,
+                    self.carrier,
                     session,
                     self.info,
                     now,
@@ -820,15 +1095,33 @@ impl Serving<'_> {
                     self.dev_bytes = bytes;
                     self.record.size_bytes = bytes;
                 }
-                if self.recovering.failure().is_some() {
+                if self.carrier.failure().is_some() {
                     self.record.state = "failed".into();
                 }
                 let _ = state::save(self.run, &self.record);
             }
+            (_, r) => log::warn!(
+                "{dev_path}: reading the LU again: {}; the device keeps {} bytes (a reconnect reads it again)",
+                r.err().unwrap_or_default(),
+                self.dev_bytes
+            ),
         }
-        let (recovering, lun, tx) = (self.recovering, self.spec.lun, &self.probe_tx);
-        self.rescans.finished(|| probe(recovering, lun, tx));
+        let (carrier, lun, tx) = (self.carrier, self.spec.lun, &self.probe_tx);
+        self.rescans.finished(|| probe(carrier, lun, tx));
     }
+}
+
+/// The boot record's `paths` as they are now (its other keys kept).
+fn update_boot_paths(file: &std::path::Path, paths: &[state::PathState]) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(file)?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+    v["paths"] = serde_json::to_value(paths).map_err(std::io::Error::other)?;
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, file)
 }
 
 /// The record's `state` (and portal, TSIH) after a recovery event.
@@ -851,7 +1144,7 @@ fn recovery_state(record: &mut DeviceRecord, e: &RecoveryEvent) {
 fn lu_changed_size(
     dev_path: &str,
     dev: &Device,
-    recovering: &RecoveringBackend,
+    carrier: &Carrier,
     session: &Arc<Session>,
     first: &LunInfo,
     now: LunInfo,
@@ -860,11 +1153,11 @@ fn lu_changed_size(
 ) -> Option<u64> {
     if let Err(m) = super::recover::same_disk(first, &now) {
         log::error!("{dev_path}: {m}");
-        recovering.give_up(m);
+        carrier.give_up(m);
         return None;
     }
     let bs = first.block_size();
-    let was = recovering.blocks();
+    let was = carrier.blocks();
     let blocks = now.blocks();
     let Some(lu_bytes) = now.capacity.bytes() else {
         log::error!(
@@ -872,7 +1165,7 @@ fn lu_changed_size(
         );
         return None;
     };
-    if !recovering.resized(session, now) {
+    if !carrier.resized(session, now) {
         log::info!(
             "{dev_path}: the session changed while the LU was read again; the reconnect read it itself"
         );

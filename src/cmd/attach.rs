@@ -23,6 +23,10 @@ pub struct AttachArgs {
     pub portals: Vec<String>,
     /// Take back this device, whose daemon died, instead of making one.
     pub recover: Option<String>,
+    /// How I/O is spread over several paths.
+    pub policy: crate::pathset::policy::PathPolicy,
+    /// One session at a time, the next portal only when it is lost.
+    pub single_session: bool,
     pub connect: ConnectArgs,
 }
 
@@ -102,6 +106,9 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
         print_path: args.foreground,
         keep_while_in_use: false,
         take_over,
+        policy: args.policy,
+        single_session: args.single_session,
+        boot_record: None,
     })
 }
 
@@ -208,6 +215,19 @@ pub fn status(json_out: bool) -> i32 {
                 format!("{}/{}", r.isid.chars().take(12).collect::<String>(), r.tsih),
                 r.target
             );
+            // Several paths: one line each under the device.
+            if r.paths.len() > 1 {
+                for p in &r.paths {
+                    crate::outln!(
+                        "  path {:<22} tpgt {:<5} {:<10} {:<20} {}",
+                        p.portal,
+                        p.tpgt.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                        p.state,
+                        p.alua.as_deref().unwrap_or("no ALUA"),
+                        if p.active { "active" } else { "" }
+                    );
+                }
+            }
         }
         if let Some(b) = &boot {
             let nic = b

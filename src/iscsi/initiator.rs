@@ -91,6 +91,8 @@ pub struct Connection {
     pub tsih: u16,
     pub isid: [u8; 6],
     pub negotiated: String,
+    /// The target portal group tag the target declared, if it did.
+    pub tpgt: Option<u16>,
 }
 
 /// Log in to `target` at `portal` and start the full-feature phase.
@@ -104,6 +106,7 @@ pub fn connect(
     let l = login::login(portal, &lc)?;
     let params = l.ffp_params();
     let negotiated = l.negotiated.to_string();
+    let tpgt = l.negotiated.target_portal_group_tag;
     let (tsih, portal) = (l.tsih, l.portal.clone());
     let session =
         Session::start(l.socket, l.reader, params, l.sn, cfg.session, events).map_err(|error| {
@@ -118,6 +121,7 @@ pub fn connect(
         tsih,
         isid: lc.isid,
         negotiated,
+        tpgt,
     })
 }
 

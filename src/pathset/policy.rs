@@ -28,6 +28,17 @@ pub enum PathPolicy {
     Failover,
 }
 
+impl PathPolicy {
+    /// Its `--path-policy` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathPolicy::RoundRobin => "round-robin",
+            PathPolicy::QueueDepth => "queue-depth",
+            PathPolicy::Failover => "failover",
+        }
+    }
+}
+
 /// A path's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -134,6 +145,24 @@ pub fn choose(paths: &[PathView], policy: PathPolicy, sel: &mut Selector) -> Opt
     Some(pick)
 }
 
+/// The paths I/O goes to now (`sanroot status`'s `active`): the best
+/// tier's, or under failover the one path kept (the one the next command
+/// would take when none is kept yet).
+pub fn active(paths: &[PathView], policy: PathPolicy, sel: &Selector) -> Vec<usize> {
+    let ok = usable(paths);
+    if policy != PathPolicy::Failover {
+        return ok;
+    }
+    let kept = sel.active.filter(|a| ok.contains(a));
+    let pick = kept.or_else(|| {
+        ok.iter()
+            .copied()
+            .find(|&i| paths[i].preferred)
+            .or(ok.first().copied())
+    });
+    pick.into_iter().collect()
+}
+
 /// The first of `ok` (ascending) after `last`, wrapping around.
 fn next_after(ok: &[usize], last: Option<usize>) -> usize {
     match last {
@@ -183,6 +212,22 @@ mod tests {
 
     fn up(alua: AccessState) -> PathView {
         p(Link::Up, Some(alua))
+    }
+
+    #[test]
+    fn active_is_the_tier_or_the_one_failover_keeps() {
+        let paths = [
+            up(ActiveNonOptimized),
+            up(ActiveOptimized),
+            up(ActiveOptimized),
+        ];
+        let mut sel = Selector::default();
+        assert_eq!(active(&paths, PathPolicy::RoundRobin, &sel), [1, 2]);
+        assert_eq!(active(&paths, PathPolicy::Failover, &sel), [1]);
+        sel.active = Some(2);
+        assert_eq!(active(&paths, PathPolicy::Failover, &sel), [2]);
+        let none = [up(Standby), p(Link::Down, None)];
+        assert!(active(&none, PathPolicy::Failover, &sel).is_empty());
     }
 
     #[test]

@@ -654,7 +654,11 @@ pub enum UnitAttentionReason {
     /// 29/xx power on, reset, I_T nexus loss: state the initiator set up
     /// on the LU (reservations, mode pages) may be gone.
     Reset,
-    /// Anything else (mode parameters changed, ALUA state changed, ...).
+    /// 2A/06 ASYMMETRIC ACCESS STATE CHANGED, 2A/07 IMPLICIT ASYMMETRIC
+    /// ACCESS STATE TRANSITION FAILED: read the target port groups' states
+    /// again (REPORT TARGET PORT GROUPS).
+    AccessStateChanged,
+    /// Anything else (mode parameters changed, ...).
     Other { asc: u8, ascq: u8 },
 }
 
@@ -666,6 +670,7 @@ impl UnitAttentionReason {
             (0x3f, 0x03) => UnitAttentionReason::InquiryChanged,
             (0x3f, 0x0e) => UnitAttentionReason::ReportedLunsChanged,
             (0x29, _) => UnitAttentionReason::Reset,
+            (0x2a, 0x06 | 0x07) => UnitAttentionReason::AccessStateChanged,
             _ => UnitAttentionReason::Other { asc, ascq },
         }
     }
@@ -679,6 +684,11 @@ impl UnitAttentionReason {
                 | UnitAttentionReason::InquiryChanged
                 | UnitAttentionReason::ReportedLunsChanged
         )
+    }
+
+    /// Whether the paths' ALUA states may have changed.
+    pub fn access_states_changed(self) -> bool {
+        self == UnitAttentionReason::AccessStateChanged
     }
 }
 

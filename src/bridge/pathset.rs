@@ -1163,6 +1163,176 @@ mod tests {
         assert!(v[1].preferred);
     }
 
+    /// A path whose ALUA state is scripted and whose commands fail with
+    /// that state's NOT READY while it is not active.
+    struct AluaPath {
+        name: usize,
+        trace: Trace,
+        state: Mutex<AccessState>,
+    }
+
+    impl Path for AluaPath {
+        fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {
+            let st = *self.state.lock().unwrap();
+            if let BlockOp::Read { lba, .. } = op {
+                self.trace
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} read {lba}", self.name));
+            }
+            match st {
+                AccessState::ActiveOptimized | AccessState::ActiveNonOptimized => done(Ok(()), buf),
+                other => done(Err(BlockError::PortState(other, "NOT READY".into())), buf),
+            }
+        }
+        fn fence(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn cut(&self) {}
+        fn access_state(&self) -> Result<Option<(AccessState, bool)>, String> {
+            Ok(Some((*self.state.lock().unwrap(), false)))
+        }
+    }
+
+    fn alua_info() -> LunInfo {
+        let mut i = info();
+        let mut inq = vec![0u8; 36];
+        inq[4] = 31;
+        inq[5] = 0x10; // TPGS: implicit ALUA
+        i.inquiry = crate::scsi::Inquiry::parse(&inq).unwrap();
+        i
+    }
+
+    fn alua_rig(states: [AccessState; 2]) -> (Arc<PathSet>, Vec<Arc<AluaPath>>, Rig) {
+        let r = rig(1, PathPolicy::RoundRobin);
+        let paths: Vec<Arc<AluaPath>> = states
+            .iter()
+            .enumerate()
+            .map(|(name, st)| {
+                Arc::new(AluaPath {
+                    name,
+                    trace: Arc::clone(&r.trace),
+                    state: Mutex::new(*st),
+                })
+            })
+            .collect();
+        let (tx, events) = mpsc::channel();
+        let set = PathSet::new(
+            alua_info(),
+            PathPolicy::RoundRobin,
+            paths
+                .iter()
+                .zip(states)
+                .map(|(p, st)| {
+                    Some(Joined {
+                        io: Arc::clone(p) as Arc<dyn Path>,
+                        alua: Some(st),
+                        preferred: false,
+                        tpgt: Some(p.name as u16 + 1),
+                    })
+                })
+                .collect(),
+            Arc::clone(&r.connector) as Arc<dyn Connect>,
+            timing(),
+            Some(tx),
+        );
+        let r = Rig { events, ..r };
+        (set, paths, r)
+    }
+
+    #[test]
+    fn a_standby_refusal_moves_the_command_and_the_path_leaves_the_tier() {
+        // Path 0 was optimized at login and went to standby since: its
+        // NOT READY 04/0B sends the read to path 1, and the polling agrees.
+        let (set, paths, r) =
+            alua_rig([AccessState::ActiveOptimized, AccessState::ActiveOptimized]);
+        *paths[0].state.lock().unwrap() = AccessState::Standby;
+        ok(go(&set, read(1)));
+        assert_eq!(trace(&r), ["0 read 1", "1 read 1"]);
+        let st = set.status();
+        assert_eq!(st[0].alua, Some(AccessState::Standby));
+        assert!(!st[0].active && st[1].active, "{st:?}");
+        assert_eq!((st[0].tpgt, st[1].tpgt), (Some(1), Some(2)));
+        wait_event(&r, |e| *e == PathEvent::Active { paths: vec![1] });
+    }
+
+    #[test]
+    fn a_state_change_found_by_polling_moves_io() {
+        let (set, paths, r) = alua_rig([AccessState::ActiveOptimized, AccessState::Standby]);
+        ok(go(&set, read(1)));
+        // The groups swap on the target; nobody tells us but the poll.
+        *paths[0].state.lock().unwrap() = AccessState::ActiveNonOptimized;
+        *paths[1].state.lock().unwrap() = AccessState::ActiveOptimized;
+        wait_event(&r, |e| *e == PathEvent::Active { paths: vec![1] });
+        ok(go(&set, read(2)));
+        ok(go(&set, read(3)));
+        assert_eq!(trace(&r), ["0 read 1", "1 read 2", "1 read 3"]);
+    }
+
+    #[test]
+    fn a_path_to_another_lu_is_refused_for_good() {
+        struct Other;
+        impl Connect for Other {
+            fn connect(&self, _: usize) -> Result<Joined, ConnectError> {
+                Err(ConnectError::Refused("another disk".into()))
+            }
+        }
+        let trace: Trace = Arc::default();
+        let (tx, events) = mpsc::channel();
+        let set = PathSet::new(
+            info(),
+            PathPolicy::RoundRobin,
+            vec![Some(Joined::plain(Scripted::new(0, &trace))), None],
+            Arc::new(Other),
+            timing(),
+            Some(tx),
+        );
+        let e = loop {
+            match events
+                .recv_timeout(Duration::from_secs(5))
+                .expect("an event")
+            {
+                e @ PathEvent::Refused { .. } => break e,
+                _ => continue,
+            }
+        };
+        assert_eq!(
+            e,
+            PathEvent::Refused {
+                index: 1,
+                reason: "another disk".into()
+            }
+        );
+        let st = set.status();
+        assert!(st[1].refused && st[1].link == Link::Down && !st[1].active);
+        ok(go(&set, read(0)));
+        ok(go(&set, read(1)));
+        assert_eq!(*trace.lock().unwrap(), ["0 read 0", "0 read 1"]);
+    }
+
+    #[test]
+    fn close_logs_out_every_path_and_none_logs_in_again() {
+        let r = rig(2, PathPolicy::RoundRobin);
+        r.connector.allowed.store(true, Ordering::SeqCst);
+        r.set.close(Duration::from_secs(1));
+        assert!(r.set.status().iter().all(|s| s.link == Link::Down));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(r.set.status().iter().all(|s| s.link == Link::Down));
+    }
+
+    #[test]
+    fn a_renewed_path_takes_no_io_until_it_is_back() {
+        let r = rig(2, PathPolicy::RoundRobin);
+        r.set
+            .renew(0, Duration::from_secs(1), Duration::from_millis(30));
+        ok(go(&r.set, read(1)));
+        ok(go(&r.set, read(2)));
+        assert_eq!(trace(&r), ["1 read 1", "1 read 2"]);
+        r.connector.allowed.store(true, Ordering::SeqCst);
+        wait_event(&r, |e| *e == PathEvent::Up { index: 0 });
+        assert_eq!(r.set.status()[0].link, Link::Up);
+    }
+
     #[test]
     fn an_io_error_is_not_a_path_failure() {
         struct Failing;

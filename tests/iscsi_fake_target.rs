@@ -1119,6 +1119,98 @@ fn a_refused_flush_succeeds_only_for_illegal_request() {
     assert_mentions(&e, &["SYNCHRONIZE CACHE"]);
 }
 
+/// ALUA on the backend the bridges share: NOT READY 04/0B (standby) and
+/// 04/0C (unavailable) fail a read at once as this port's state (the path
+/// set sends it through another path), 04/0A (transitioning) is retried
+/// with backoff first, and the unit attention ASYMMETRIC ACCESS STATE
+/// CHANGED reaches the owner's hook (it reads the groups' states again)
+/// and the command is retried.
+#[test]
+fn alua_sense_is_the_ports_state_and_state_changes_reach_the_hook() {
+    use sanroot::bridge::{Backend, BlockError, BlockOp, IscsiBackend};
+    use sanroot::scsi::alua::AccessState;
+    use sanroot::scsi::sense::UnitAttentionReason;
+    within(|| {
+        let mut ua_sent = false;
+        let f = FakeTarget::start(Behaviour::default().on_pdu(
+            move |ctx, seen| match seen.command() {
+                Some(c) if is_read(c) && read_lba(c) == 1 => {
+                    ctx.check_condition(c, SenseKey::NotReady, 0x04, 0x0b);
+                    Step::Handled
+                }
+                Some(c) if is_read(c) && read_lba(c) == 2 => {
+                    ctx.check_condition(c, SenseKey::NotReady, 0x04, 0x0c);
+                    Step::Handled
+                }
+                Some(c) if is_read(c) && read_lba(c) == 3 => {
+                    ctx.check_condition(c, SenseKey::NotReady, 0x04, 0x0a);
+                    Step::Handled
+                }
+                Some(c) if is_read(c) && read_lba(c) == 4 && !ua_sent => {
+                    ua_sent = true;
+                    ctx.check_condition(c, SenseKey::UnitAttention, 0x2a, 0x06);
+                    Step::Handled
+                }
+                _ => Step::Default,
+            },
+        ));
+        let c = connect(&f, &config());
+        let s = Arc::new(c.session);
+        let lun = Lun::open(Arc::clone(&s), 0).expect("open LUN 0");
+        let (htx, hrx) = mpsc::channel();
+        let htx = std::sync::Mutex::new(htx);
+        let hook: sanroot::bridge::UaHook = Arc::new(move |r| {
+            let _ = htx.lock().unwrap().send(r);
+        });
+        let b = IscsiBackend::new(s, lun.info.clone()).with_ua_hook(Some(hook));
+        let read = |lba: u64| {
+            let (tx, rx) = mpsc::channel();
+            b.submit(
+                BlockOp::Read { lba, blocks: 1 },
+                vec![0u8; BLOCK],
+                Box::new(move |r, _| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the read completes")
+        };
+        let port = |r: Result<(), BlockError>| match r {
+            Err(BlockError::PortState(st, why)) => {
+                assert_mentions(&why, &["NOT READY"]);
+                st
+            }
+            other => panic!("expected the port's state, got {other:?}"),
+        };
+        assert_eq!(port(read(1)), AccessState::Standby);
+        assert_eq!(port(read(2)), AccessState::Unavailable);
+        assert_eq!(port(read(3)), AccessState::Transitioning);
+        assert_eq!(read(4), Ok(()));
+        assert_eq!(
+            hrx.recv_timeout(Duration::from_secs(5)),
+            Ok(UnitAttentionReason::AccessStateChanged)
+        );
+        let log = f.log();
+        let reads_at = |lba| {
+            log.commands()
+                .filter(|(c, _)| is_read(c) && read_lba(c) == lba)
+                .count()
+        };
+        assert_eq!(
+            (reads_at(1), reads_at(2)),
+            (1, 1),
+            "standby is not retried here"
+        );
+        assert!(
+            reads_at(3) > 1,
+            "transitioning is retried with backoff first"
+        );
+        assert_eq!(reads_at(4), 2, "the unit attention is retried");
+        drop(log);
+        f.assert_clean();
+    })
+}
+
 /// A properly reported underflow (U bit, residual 2048, 2048 bytes sent):
 /// no protocol error, the session stays, but the read fails as a short
 /// read: its last 2048 bytes are not the LU's data.

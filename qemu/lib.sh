@@ -761,7 +761,9 @@ sr_sanboot_ipxe_script() {
 #   initiators_after_exit               a sample once QEMU has exited
 #   shutdown_problem                     console lines that say the root was
 #                                       not unmounted or logged out cleanly
-# When the guest says READY it answers "GO token=TOKEN". It prints the
+# When the guest says READY it answers "GO token=TOKEN" (with
+# SR_SANBOOT_HOLD_GO=PATH in the environment: once PATH exists, so that the
+# host can act on the running machine first; event.go.t says when). It prints the
 # milestones on stderr as they happen, and stops QEMU (PIDFILE) 20 s after a
 # fatal console line (panic, emergency shell).
 sr_sanboot_controller() {
@@ -846,6 +848,8 @@ fatal_at, eof = None, False
 next_sample = 0.0
 qemu_pid = None
 last_alive = None
+go_pending = False
+hold_go = os.environ.get("SR_SANBOOT_HOLD_GO", "")
 
 def qemu_alive():
     global qemu_pid
@@ -979,13 +983,19 @@ while True:
             emit("initiators_at_check", ",".join(i2))
             emit("event.check_ready.t", f"{now:.1f}")
             say(f"the guest reported (multi-user, NetworkManager, iscsid up): target {tid} has {n2} session(s)")
-            conn.setblocking(True)
-            conn.sendall(f"GO token={token}\n".encode())
-            conn.setblocking(False)
+            go_pending = True
+            if hold_go:
+                say(f"the go waits for {hold_go}")
         elif line == "DONE":
             emit("guest_done", 1)
             emit("event.check_done.t", f"{now:.1f}")
             say("the guest wrote its token to the root and powers off")
+    if go_pending and (not hold_go or os.path.exists(hold_go)):
+        go_pending = False
+        emit("event.go.t", f"{now:.1f}")
+        conn.setblocking(True)
+        conn.sendall(f"GO token={token}\n".encode())
+        conn.setblocking(False)
     if eof:
         break
     if fatal_at is not None and now - fatal_at > 20:

@@ -131,12 +131,18 @@ struct Boot {
 }
 
 fn run(name: &str, args: &[&str]) -> Boot {
+    run_env(name, args, &[])
+}
+
+/// One run of qemu/sanboot with more environment (e.g. its time limits).
+fn run_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Boot {
     let log = repo().join(format!("target/sanboot-{name}.log"));
     let _ = std::fs::remove_file(&log);
     let out = Command::new(repo().join("qemu/sanboot"))
         .args(args)
         .env("SANROOT_BIN", static_bin())
         .env("SR_SANBOOT_LOG", &log)
+        .envs(env.iter().copied())
         .output()
         .expect("run qemu/sanboot (install the tools with `sudo qemu/install-deps`)");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

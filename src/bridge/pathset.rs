@@ -561,8 +561,11 @@ impl PathSet {
         match r {
             Err(BlockError::Transport(reason)) => {
                 if current {
+                    // Marked dead under the same lock that saw it current:
+                    // the path's other failing commands see it old.
+                    let io = mark_lost(&mut g, index, writes);
                     drop(g);
-                    self.lost(index, writes, reason);
+                    self.lost(index, io, reason);
                     g = self.lock();
                 }
             }
@@ -592,20 +595,9 @@ impl PathSet {
         }
     }
 
-    /// Path `index` died with `writes` writes on its wire: cut it, fence
-    /// if any, log it in again.
-    fn lost(&self, index: usize, writes: usize, reason: String) {
-        let io = {
-            let mut g = self.lock();
-            let s = &mut g.slots[index];
-            let io = s.io.take();
-            s.link = Link::Down;
-            s.generation += 1;
-            s.in_flight = 0;
-            s.writes = 0;
-            g.fence_needed |= writes > 0;
-            io
-        };
+    /// Path `index` died (marked so by [`mark_lost`]): cut it, log it in
+    /// again.
+    fn lost(&self, index: usize, io: Option<Arc<dyn Path>>, reason: String) {
         if let Some(io) = io {
             io.cut();
         }
@@ -796,6 +788,20 @@ impl PathSet {
         self.start_fence();
         self.release();
     }
+}
+
+/// Path `index` died with `writes` writes on its wire: no more I/O to
+/// it, a fence before its commands go elsewhere if any was a write.
+/// Returns its connection, to cut.
+fn mark_lost(g: &mut Inner, index: usize, writes: usize) -> Option<Arc<dyn Path>> {
+    let s = &mut g.slots[index];
+    let io = s.io.take();
+    s.link = Link::Down;
+    s.generation += 1;
+    s.in_flight = 0;
+    s.writes = 0;
+    g.fence_needed |= writes > 0;
+    io
 }
 
 fn views(slots: &[Slot]) -> Vec<PathView> {

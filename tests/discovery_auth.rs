@@ -523,3 +523,43 @@ fn discovery_secrets_are_wiped_from_environ() {
     assert!(has("SANROOT_DISCOVERY_CHAP_SECRET="));
     assert!(has(&format!("SANROOT_DISCOVERY_CHAP_USER={D_USER}")));
 }
+
+/// The session's secret files are held to the same rule as discovery's:
+/// a file others can read is refused (exit 2) before any connection, its
+/// content never read, whether named by option or by environment.
+#[test]
+fn a_session_secret_file_others_can_read_is_refused() {
+    let sb = Sandbox::new("discovery-auth", "session-file");
+    let file = sb.secret_file("session", S_SECRET, 0o644);
+    let file_s = file.to_string_lossy().into_owned();
+    // Port 9 on loopback: nothing is ever asked of it.
+    let url = "iscsi://127.0.0.1:9/iqn.2026-12.org.sanroot.test:t/0";
+    for (args, env) in [
+        (
+            vec![
+                "ls",
+                url,
+                "--chap-user",
+                S_USER,
+                "--chap-secret-file",
+                &file_s,
+            ],
+            vec![],
+        ),
+        (
+            vec!["ls", url, "--chap-user", S_USER],
+            vec![("SANROOT_CHAP_SECRET_FILE", file_s.as_str())],
+        ),
+    ] {
+        let r = run(&sb, &args, &env);
+        assert_eq!(r.code, Some(2), "{r}");
+        assert!(
+            r.stderr.contains("readable by other users (mode 644)"),
+            "{r}"
+        );
+        assert!(
+            !r.stderr.contains(S_SECRET) && !r.stdout.contains(S_SECRET),
+            "{r}"
+        );
+    }
+}

@@ -47,30 +47,6 @@ pub struct DiscoveryArgs {
     pub target_chap_secret_file: Option<PathBuf>,
 }
 
-/// Read a secret from a file: the first line, without its newline. Warns
-/// when others can read the file.
-pub fn read_secret_file(path: &Path) -> Result<Secret, CmdError> {
-    let meta = fs::metadata(path)
-        .map_err(|e| CmdError::new(exit::USAGE, format!("secret file {}: {e}", path.display())))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        log::warn!(
-            "secret file {} is readable by other users; chmod 600 it",
-            path.display()
-        );
-    }
-    let bytes = fs::read(path)
-        .map_err(|e| CmdError::new(exit::USAGE, format!("secret file {}: {e}", path.display())))?;
-    let first = bytes.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    let first = first.strip_suffix(b"\r").unwrap_or(first);
-    if first.is_empty() {
-        return Err(CmdError::usage(format!(
-            "secret file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Secret::new(first.to_vec()))
-}
-
 /// Read a secret from a file that only its owner may read (mode 0600 or
 /// stricter): the first line, without its newline. A file that others can
 /// read is refused, its content unread.
@@ -177,9 +153,6 @@ struct AuthNames {
     target_secret_file_opt: &'static str,
     target_secret_file_env: &'static str,
     target_secret_env: &'static str,
-    /// Refuse a secret file others can read (the session's only warns,
-    /// as it always has).
-    private_files: bool,
     /// Before a configuration error (empty name, same secret both ways).
     prefix: &'static str,
 }
@@ -194,7 +167,6 @@ const SESSION_AUTH: AuthNames = AuthNames {
     target_secret_file_opt: "--target-chap-secret-file",
     target_secret_file_env: "SANROOT_TARGET_CHAP_SECRET_FILE",
     target_secret_env: "SANROOT_TARGET_CHAP_SECRET",
-    private_files: false,
     prefix: "",
 };
 
@@ -208,7 +180,6 @@ const DISCOVERY_AUTH: AuthNames = AuthNames {
     target_secret_file_opt: "--discovery-target-chap-secret-file",
     target_secret_file_env: "SANROOT_DISCOVERY_TARGET_CHAP_SECRET_FILE",
     target_secret_env: "SANROOT_DISCOVERY_TARGET_CHAP_SECRET",
-    private_files: true,
     prefix: "discovery credentials: ",
 };
 
@@ -256,13 +227,8 @@ fn read_auth(
     target_user: Option<&str>,
     target_secret_file: Option<&Path>,
 ) -> Result<Option<AuthConfig>, CmdError> {
-    let read_file = |p: &Path| {
-        if n.private_files {
-            read_private_secret_file(p)
-        } else {
-            read_secret_file(p)
-        }
-    };
+    // A secret file others can read is refused, its content unread.
+    let read_file = read_private_secret_file;
     let user = url_user
         .or_else(|| user.map(str::to_string))
         .or_else(|| env(n.user_env));

@@ -1443,6 +1443,62 @@ fn lun_reset_answers() {
     })
 }
 
+/// A caller's LOGICAL UNIT RESET (the path set's fence) ends this
+/// session's own commands to the LU too, and the target sends no answer
+/// for them: they are sent again as soon as the reset is done, not after
+/// the command timeout.
+#[test]
+fn a_callers_lun_reset_sends_the_sessions_own_commands_again() {
+    within(|| {
+        let mut first = true;
+        let f = FakeTarget::start(Behaviour::default().on_pdu(
+            move |_, seen| match seen.command() {
+                // The first READ is ended by the reset, unanswered.
+                Some(c) if is_read(c) && read_lba(c) == 7 && first => {
+                    first = false;
+                    Step::Handled
+                }
+                _ => Step::Default,
+            },
+        ));
+        let lun = Arc::new(open(connect(&f, &config())));
+        let l = Arc::clone(&lun);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(l.read(7, vec![0u8; BLOCK]).0);
+        });
+        // The READ is on the wire before the reset.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f
+            .log()
+            .commands()
+            .filter(|(c, _)| is_read(c) && read_lba(c) == 7)
+            .count()
+            == 0
+        {
+            assert!(Instant::now() < deadline, "the READ was never sent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lun.session().lun_reset(0).expect("function complete");
+        // Well before the 30 s command timeout.
+        let r = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the READ is answered");
+        r.expect("the READ sent again succeeds");
+        let log = f.log();
+        assert_eq!(
+            log.commands()
+                .filter(|(c, _)| is_read(c) && read_lba(c) == 7)
+                .count(),
+            2,
+            "sent once, then again after the reset"
+        );
+        drop(log);
+        assert!(lun.session().failure().is_none());
+        f.assert_clean();
+    })
+}
+
 // ---------------------------------------------------------------- 10 discovery
 
 const SEND_TARGETS: &[u8] = b"TargetName=iqn.2026-11.org.sanroot.test:one\0\

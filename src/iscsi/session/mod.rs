@@ -605,6 +605,18 @@ impl Session {
         make: impl FnOnce(u32, &SnState) -> Pdu,
         wait: Duration,
     ) -> Result<u8, SessionError> {
+        self.control_on(kind, None, make, wait)
+    }
+
+    /// [`Self::control`] for a task management function `tmf`: (its LUN
+    /// field, its function code), kept with the task for its answer.
+    fn control_on(
+        &self,
+        kind: TaskKind,
+        tmf: Option<([u8; 8], TmfFunction)>,
+        make: impl FnOnce(u32, &SnState) -> Pdu,
+        wait: Duration,
+    ) -> Result<u8, SessionError> {
         let (tx, rx) = mpsc::channel();
         {
             let mut st = lock(&self.shared.state);
@@ -619,7 +631,12 @@ impl Session {
             let generation = next_generation(&mut st);
             let itt = itt_of(slot, generation);
             let pdu = make(itt, &st.sn);
-            st.tasks[usize::from(slot)] = Some(Task::control(generation, kind, Some(tx)));
+            let mut task = Task::control(generation, kind, Some(tx));
+            if let Some((lun, function)) = tmf {
+                task.lun = lun;
+                task.cdb[0] = function as u8;
+            }
+            st.tasks[usize::from(slot)] = Some(task);
             st.ctl_queue.push_back(Ctl::Immediate { slot, pdu });
         }
         self.kick();
@@ -631,10 +648,13 @@ impl Session {
         }
     }
 
-    /// LOGICAL UNIT RESET (RFC 7143 §11.5.1 function 5).
+    /// LOGICAL UNIT RESET (RFC 7143 §11.5.1 function 5). The reset ends
+    /// this session's own commands to the LU too: once it is done they
+    /// are sent again, as after the session's own reset.
     pub fn lun_reset(&self, lun: u64) -> Result<(), SessionError> {
-        let r = self.control(
+        let r = self.control_on(
             TaskKind::Tmf,
+            Some((lun_field(lun), TmfFunction::LogicalUnitReset)),
             |itt, sn| {
                 tmf_pdu(
                     TmfFunction::LogicalUnitReset,

@@ -356,11 +356,17 @@ fn on_tmf_response(
     if !matches!(t.kind, TaskKind::Tmf) {
         return Err(proto(format!("TMF response for task 0x{:08x}", tm.itt)));
     }
+    let (lun, function) = (t.lun, t.cdb[0]);
     let slot = slot_of(tm.itt).0;
     if let Some(p) = st.escalation.filter(|p| p.tmf() == slot) {
         st.escalation = None;
         let timeout = shared.opts.cmd_timeout.unwrap_or(DEFAULT_CMD_TIMEOUT);
         tmf_answered(&mut st, p, tm.response, timeout).map_err(RxError::Session)?;
+        shared.wake_writer.notify_one();
+    } else if function == TmfFunction::LogicalUnitReset as u8 && tm.response == 0 {
+        // A caller's reset (the path set's fence) ended our own commands
+        // to the LU as well.
+        retry_lun(&mut st, lun).map_err(RxError::Session)?;
         shared.wake_writer.notify_one();
     }
     finish(

@@ -172,25 +172,35 @@ pub(super) fn tmf_answered(
                 retry_task(st, slot)?;
             }
         }
-        escalate::Answer::RetryLun { lun } => {
-            let on_wire: Vec<u16> = (0..st.tasks.len() as u16)
-                .filter(|&i| {
-                    matches!(&st.tasks[usize::from(i)],
-                        Some(t) if matches!(t.kind, TaskKind::Scsi) && t.lun == lun && t.sent.is_some())
-                })
-                .collect();
-            log::warn!(
-                "the LU was reset: sending its {} commands in flight again",
-                on_wire.len()
-            );
-            for slot in on_wire {
-                retry_task(st, slot)?;
-            }
-        }
+        escalate::Answer::RetryLun { lun } => retry_lun(st, lun)?,
         escalate::Answer::Reset { lun, opcode } => {
             start_reset(st, lun, opcode, Instant::now()).map_err(|m| fail(opcode, m))?;
         }
         escalate::Answer::Fail { opcode, tried } => return Err(fail(opcode, tried)),
+    }
+    Ok(())
+}
+
+/// The LU `lun` was reset (by the session's own ladder or a caller's
+/// LOGICAL UNIT RESET): the reset ended this session's commands to it
+/// that were on the wire, and their answers came before the reset's (the
+/// target answers in order on the connection), so each still here is
+/// sent again.
+pub(super) fn retry_lun(st: &mut State, lun: [u8; 8]) -> Result<(), SessionError> {
+    let on_wire: Vec<u16> = (0..st.tasks.len() as u16)
+        .filter(|&i| {
+            matches!(&st.tasks[usize::from(i)],
+                Some(t) if matches!(t.kind, TaskKind::Scsi) && t.lun == lun && t.sent.is_some())
+        })
+        .collect();
+    if !on_wire.is_empty() {
+        log::warn!(
+            "the LU was reset: sending its {} commands in flight again",
+            on_wire.len()
+        );
+    }
+    for slot in on_wire {
+        retry_task(st, slot)?;
     }
     Ok(())
 }

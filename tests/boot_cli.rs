@@ -139,9 +139,13 @@ fn dry_run_orders_the_boot_target_then_the_second_path() {
     assert!(o.status.success(), "{out}{err}");
     let p1 = out.find("path 1 (boot):").expect("path 1");
     let p2 = out
-        .find("path 2 (used if the ones before fail):")
+        .find("path 2 (a session of its own too; it must reach the same LU):")
         .expect("path 2");
     assert!(p1 < p2);
+    assert!(
+        out.contains("paths: a session on each of the 2 at once, one device"),
+        "{out}"
+    );
     assert!(
         out.contains("login: iqn.2026-11.org.sanroot:disk0 at 192.168.0.2:3260 (auth chap)"),
         "{out}"

@@ -77,7 +77,7 @@ pub fn run(opts: &BootOptions) -> i32 {
         describe_paths(&r.spec.paths)
     );
     if opts.dry_run {
-        return report(dry_run(&r));
+        return report(dry_run(&r, opts.policy));
     }
     let cfg = match initiator_config(&r.spec, opts) {
         Ok(c) => c,
@@ -629,7 +629,7 @@ fn rescan(device: &str) {
 }
 
 /// `--dry-run`: every step, nothing done.
-fn dry_run(r: &Resolved) -> Result<(), CmdError> {
+fn dry_run(r: &Resolved, policy: crate::pathset::policy::PathPolicy) -> Result<(), CmdError> {
     let out = |s: String| crate::outln!("{s}");
     out(format!("source: {}", r.spec.source));
     out(format!(
@@ -647,7 +647,7 @@ fn dry_run(r: &Resolved) -> Result<(), CmdError> {
             if i == 0 {
                 " (boot)"
             } else {
-                " (used if the ones before fail)"
+                " (a session of its own too; it must reach the same LU)"
             }
         ));
         match &p.nic {
@@ -702,6 +702,13 @@ fn dry_run(r: &Resolved) -> Result<(), CmdError> {
             auth_kind(p.auth.as_ref())
         ));
         out(format!("  LUN: {}", p.lun));
+    }
+    if r.spec.paths.len() > 1 {
+        out(format!(
+            "paths: a session on each of the {} at once, one device; the first that logs in serves the root, the others join as they log in (policy {})",
+            r.spec.paths.len(),
+            policy.name()
+        ));
     }
     let bridge = r.bridge.resolve();
     out(format!(

@@ -131,6 +131,15 @@ pub fn run(opts: &BootOptions) -> i32 {
         let mut on_ready = |dev: &mut DeviceRecord, used: usize| -> Result<(), CmdError> {
             let partitions = wait_partitions(&dev.device, dev.block_size)?;
             let path = spec.paths.get(used);
+            // Every path was prepared before this: the NIC of the path
+            // that logged in, then every other path's, each interface
+            // once, so the hand-off keeps the real root off all of them.
+            let (nic, boot_nics) = {
+                let all = nics.borrow();
+                let first = all.get(used).cloned().flatten();
+                let every = handoff::unique_nics(first.iter().chain(all.iter().flatten()));
+                (first, every)
+            };
             let rec = BootRecord {
                 version: 1,
                 source: format!("{kind}: {}", spec.source),
@@ -144,7 +153,8 @@ pub fn run(opts: &BootOptions) -> i32 {
                 partitions: partitions.clone(),
                 bridge: dev.bridge.clone(),
                 pid: std::process::id(),
-                nic: nics.borrow().get(used).cloned().flatten(),
+                nic,
+                nics: boot_nics,
                 auth: auth_kind(path.and_then(|p| p.auth.as_ref())).into(),
                 hidden_node_records: Vec::new(),
                 paths: dev.paths.clone(),

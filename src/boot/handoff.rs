@@ -14,13 +14,19 @@
 //! | `run/systemd/system/{iscsi,open-iscsi}.service.d/50-sanroot.conf` | open-iscsi must not log in to the boot target again |
 //! | `run/udev/rules.d/61-sanroot-ublk.rules` | by-uuid/by-label names for ublk disks (systemd < 254 has none) |
 //! | `run/udev/rules.d/62-sanroot-second-login.rules` | a disk of a second login to the boot target is logged and kept from the root's names |
-//! | `run/NetworkManager/conf.d/90-sanroot.conf` | NetworkManager leaves the boot NIC unmanaged |
-//! | `run/systemd/network/05-sanroot-<if>.network` | systemd-networkd leaves it unmanaged |
-//! | `run/systemd/system/networking.service.d/50-sanroot.conf`, `run/sanroot/ifupdown.env` | ifupdown's `ifup -a`/`ifdown -a` skip it (`EXCLUDE_INTERFACES`) |
-//! | `run/systemd/system/ifup@<if>.service.d/50-sanroot.conf` | ifupdown's hotplug unit for it does not start |
+//! | `run/NetworkManager/conf.d/90-sanroot.conf` | NetworkManager leaves every boot NIC unmanaged |
+//! | `run/systemd/network/05-sanroot-<if>.network` | systemd-networkd leaves each unmanaged |
+//! | `run/systemd/system/networking.service.d/50-sanroot.conf`, `run/sanroot/ifupdown.env` | ifupdown's `ifup -a`/`ifdown -a` skip them (`EXCLUDE_INTERFACES`) |
+//! | `run/systemd/system/ifup@<if>.service.d/50-sanroot.conf` | ifupdown's hotplug unit for each does not start |
 //! | `run/net-<if>.conf`, `run/net6-<if>.conf` | Debian's initramfs convention (klibc ipconfig's format), read by open-iscsi's interface handler and cloud-init |
-//! | `run/initramfs/open-iscsi.interface` | Debian's open-iscsi keeps ifupdown off that interface |
-//! | `run/sanroot/boot.json` | the session: target, portal, device, daemon pid, NIC |
+//! | `run/initramfs/open-iscsi.interface` | Debian's open-iscsi keeps ifupdown off that interface (the first boot NIC's) |
+//! | `run/sanroot/boot.json` | the session: target, portal, device, daemon pid, NICs |
+//!
+//! The boot NICs are [`BootRecord::nic`] and [`BootRecord::nics`] (every
+//! path's NIC: a dual-fabric SAN reaches its portals through two), each
+//! interface once, with a VLAN's parent. Unmanaged, each keeps the
+//! addresses and routes the boot gave it (its gateway, the host route to
+//! its portal), so every path stays up in the real root.
 //!
 //! No file holds a secret: the record says which kind of CHAP was used
 //! ([`auth_kind`]), never a name's secret.
@@ -99,7 +105,15 @@ pub struct BootRecord {
     pub bridge: String,
     /// The daemon serving the device.
     pub pid: u32,
+    /// The NIC of the path that logged in first.
     pub nic: Option<NicRecord>,
+    /// Every NIC the boot brought up, one per interface: the first path's
+    /// (`nic`) first, then the other paths' in path order. A dual-fabric
+    /// SAN has one per fabric, and the hand-off keeps the real root's
+    /// network managers off each. Empty in a record from before this
+    /// field: then `nic` is the only one.
+    #[serde(default)]
+    pub nics: Vec<NicRecord>,
     /// "none", "chap" or "mutual-chap" ([`auth_kind`]): the kind only.
     pub auth: String,
     /// The boot target's open-iscsi node record directories hidden for
@@ -268,29 +282,112 @@ fn plan(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
         "run/sendsigs.omit.d/sanroot".to_string(),
         format!("{}\n", rec.pid),
     ));
-    if let Some(nic) = &rec.nic {
-        let n = Nic::check(nic)?;
+    let nics = checked_nics(rec)?;
+    if let Some(first) = nics.first() {
         out.push((
             "run/NetworkManager/conf.d/90-sanroot.conf".to_string(),
-            networkmanager_conf(rec, &n),
+            networkmanager_conf(rec, &nics),
         ));
-        for (name, content) in networkd_files(rec, &n) {
+        for (name, content) in networkd_files(rec, &nics) {
             out.push((format!("run/systemd/network/{name}"), content));
         }
-        out.extend(ifupdown_files(rec, &n));
-        for (name, content) in klibc_files(rec, &n) {
-            out.push((format!("run/{name}"), content));
+        out.extend(ifupdown_files(rec, &nics));
+        for (i, n) in nics.iter().enumerate() {
+            for (name, content) in klibc_files(rec, n, &root_server(rec, n, i == 0)) {
+                out.push((format!("run/{name}"), content));
+            }
         }
-        // Only the name: Debian's net-interface-handler reads the first
-        // line with `read`, so this file cannot start with a comment.
+        // Only the first NIC's name: Debian's net-interface-handler reads
+        // the first line with `read`, so this file cannot start with a
+        // comment nor list several.
         out.push((
             "run/initramfs/open-iscsi.interface".to_string(),
-            format!("{}\n", n.ifname),
+            format!("{}\n", first.ifname),
         ));
     }
     let json = serde_json::to_string_pretty(rec).map_err(|e| format!("the record: {e}"))?;
     out.push((RECORD.to_string(), json + "\n"));
     Ok(out)
+}
+
+/// `nics` in order, each interface once (the first record of a name is
+/// kept): what [`BootRecord::nics`] holds.
+pub fn unique_nics<'a>(nics: impl IntoIterator<Item = &'a NicRecord>) -> Vec<NicRecord> {
+    let mut out: Vec<NicRecord> = Vec::new();
+    for n in nics {
+        if !out.iter().any(|o| o.ifname == n.ifname) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
+/// The boot NICs of `rec`, every record checked: `nic` first, then
+/// `nics` (which normally starts with the same NIC), each interface once.
+/// Just `nic` in a record without `nics`.
+fn checked_nics(rec: &BootRecord) -> Result<Vec<Nic<'_>>, String> {
+    let labelled = rec.nic.iter().map(|n| ("nic".to_string(), n)).chain(
+        rec.nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("nics[{i}]"), n)),
+    );
+    let mut out: Vec<Nic<'_>> = Vec::new();
+    for (field, r) in labelled {
+        let n = Nic::check(&field, r)?;
+        if !out.iter().any(|o| o.ifname == n.ifname) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Every link the network managers must leave alone, each once, in
+/// order: a NIC's interface (with its MAC, unless it is a VLAN, which
+/// shares its parent's), then its VLAN parent (with the MAC). Two VLANs
+/// on one parent, or a VLAN beside its untagged parent, name it once.
+fn all_links<'a>(nics: &[Nic<'a>]) -> Vec<(&'a str, Option<[u8; 6]>)> {
+    let mut out: Vec<(&'a str, Option<[u8; 6]>)> = Vec::new();
+    for n in nics {
+        let vlan = n.parent.is_some();
+        let own = (n.ifname, if vlan { None } else { n.mac });
+        for (name, mac) in std::iter::once(own).chain(n.parent.map(|p| (p, n.mac))) {
+            if !out.iter().any(|(o, _)| *o == name) {
+                out.push((name, mac));
+            }
+        }
+    }
+    out
+}
+
+/// klibc's `ROOTSERVER` for `n`: the boot portal for the first NIC (as
+/// for a single one); for another, the first portal of the boot (the
+/// record's, then its paths') on one of that NIC's IPv4 subnets, else
+/// the boot portal. IPv4 only, empty otherwise.
+fn root_server(rec: &BootRecord, n: &Nic<'_>, first: bool) -> String {
+    let v4 = |s: &str| match host_ip(s).map(|a| a.to_canonical()) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    let boot = v4(&rec.portal);
+    let on_link = |t: Ipv4Addr| {
+        n.addrs.iter().any(|(a, p)| match a {
+            IpAddr::V4(a) => {
+                let m = u32::from(prefix_to_mask(*p));
+                u32::from(*a) & m == u32::from(t) & m
+            }
+            IpAddr::V6(_) => false,
+        })
+    };
+    let local = if first {
+        None
+    } else {
+        std::iter::once(rec.portal.as_str())
+            .chain(rec.paths.iter().map(|p| p.portal.as_str()))
+            .filter_map(v4)
+            .find(|t| on_link(*t))
+    };
+    local.or(boot).map(|a| a.to_string()).unwrap_or_default()
 }
 
 /// A [`NicRecord`] checked for use in config files.
@@ -314,16 +411,20 @@ impl<'a> Nic<'a> {
         std::iter::once(self.ifname).chain(self.parent)
     }
 
-    fn check(r: &'a NicRecord) -> Result<Nic<'a>, String> {
-        check_ifname("nic.ifname", &r.ifname)?;
+    /// `field` names the record in errors: "nic", "nics[1]".
+    fn check(field: &str, r: &'a NicRecord) -> Result<Nic<'a>, String> {
+        check_ifname(&format!("{field}.ifname"), &r.ifname)?;
         if let Some(p) = &r.parent {
-            check_ifname("nic.parent", p)?;
+            check_ifname(&format!("{field}.parent"), p)?;
         }
         let mac = if r.mac.is_empty() {
             None
         } else {
             let m = parse_mac(&r.mac).ok_or_else(|| {
-                format!("nic.mac \"{}\" is not a MAC address", r.mac.escape_debug())
+                format!(
+                    "{field}.mac \"{}\" is not a MAC address",
+                    r.mac.escape_debug()
+                )
             })?;
             (m != [0; 6]).then_some(m)
         };
@@ -336,30 +437,30 @@ impl<'a> Nic<'a> {
             });
             addrs.push(parsed.ok_or_else(|| {
                 format!(
-                    "nic.addresses: \"{}\" is not <address>/<prefix length>",
+                    "{field}.addresses: \"{}\" is not <address>/<prefix length>",
                     a.escape_debug()
                 )
             })?);
         }
-        let ip = |field: &str, s: &str| {
-            s.parse::<IpAddr>()
-                .map_err(|_| format!("{field} \"{}\" is not an IP address", s.escape_debug()))
+        let ip = |what: &str, s: &str| {
+            s.parse::<IpAddr>().map_err(|_| {
+                format!(
+                    "{field}.{what} \"{}\" is not an IP address",
+                    s.escape_debug()
+                )
+            })
         };
-        let gateway = r
-            .gateway
-            .as_deref()
-            .map(|g| ip("nic.gateway", g))
-            .transpose()?;
+        let gateway = r.gateway.as_deref().map(|g| ip("gateway", g)).transpose()?;
         let dns = r
             .dns
             .iter()
-            .map(|d| ip("nic.dns", d))
+            .map(|d| ip("dns", d))
             .collect::<Result<Vec<_>, _>>()?;
-        for (field, v) in [("nic.hostname", &r.hostname), ("nic.domain", &r.domain)] {
+        for (what, v) in [("hostname", &r.hostname), ("domain", &r.domain)] {
             if let Some(v) = v
                 && v.chars().any(char::is_control)
             {
-                return Err(format!("{field} holds a control character"));
+                return Err(format!("{field}.{what} holds a control character"));
             }
         }
         Ok(Nic {
@@ -520,16 +621,28 @@ fn second_login_rules(rec: &BootRecord) -> Option<String> {
     Some(s)
 }
 
-/// `match-device` for the NIC (and its VLAN parent).
-fn nm_match(n: &Nic<'_>) -> String {
-    let mut specs: Vec<String> = n.links().map(|l| format!("interface-name:={l}")).collect();
-    if let Some(m) = n.mac {
-        specs.push(format!("mac:{}", format_mac(&m)));
+/// `match-device` for every boot NIC (and VLAN parent): per NIC its
+/// interface names, then its MAC; each spec once. NetworkManager's device
+/// specs are a list that matches when any entry does, so one section
+/// covers them all.
+fn nm_match(nics: &[Nic<'_>]) -> String {
+    let mut specs: Vec<String> = Vec::new();
+    for n in nics {
+        let macs = n.mac.map(|m| format!("mac:{}", format_mac(&m)));
+        for spec in n
+            .links()
+            .map(|l| format!("interface-name:={l}"))
+            .chain(macs)
+        {
+            if !specs.contains(&spec) {
+                specs.push(spec);
+            }
+        }
     }
     specs.join(",")
 }
 
-fn networkmanager_conf(rec: &BootRecord, n: &Nic<'_>) -> String {
+fn networkmanager_conf(rec: &BootRecord, nics: &[Nic<'_>]) -> String {
     let mut s = header(
         rec,
         "#",
@@ -546,13 +659,13 @@ fn networkmanager_conf(rec: &BootRecord, n: &Nic<'_>) -> String {
     let _ = write!(
         s,
         "[device-sanroot-boot]\nmatch-device={}\nmanaged=0\n",
-        nm_match(n)
+        nm_match(nics)
     );
     s
 }
 
-/// `05-sanroot-<if>.network` for the interface and, for a VLAN, its
-/// parent.
+/// `05-sanroot-<if>.network` for each boot NIC's interface and, for a
+/// VLAN, its parent ([`all_links`]).
 ///
 /// `[Link] Unmanaged=yes` rather than `[Network] KeepConfiguration=yes`
 /// (systemd.network(5), v252): unmanaged, networkd does not bring the
@@ -566,28 +679,25 @@ fn networkmanager_conf(rec: &BootRecord, n: &Nic<'_>) -> String {
 /// link. The "05-" prefix sorts before netplan's and cloud-init's
 /// "10-netplan-*"/"10-cloud-init-*" and systemd-network-generator's
 /// "70-*": networkd applies the first matching file.
-fn networkd_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
+fn networkd_files(rec: &BootRecord, nics: &[Nic<'_>]) -> Vec<(String, String)> {
     let why = [
         "systemd-networkd must not configure the NIC carrying it (Unmanaged=yes:",
         "no up/down, no address or route flush, no reaction to carrier loss).",
     ];
-    let mut out = Vec::new();
-    let vlan = n.parent.is_some();
-    let mut one = |name: &str, mac: Option<[u8; 6]>| {
-        let mut s = header(rec, "#", &why);
-        let _ = writeln!(s, "[Match]\nName={name}");
-        if let Some(m) = mac {
-            let _ = writeln!(s, "MACAddress={}", format_mac(&m));
-        }
-        s.push_str("\n[Link]\nUnmanaged=yes\n");
-        out.push((format!("05-sanroot-{name}.network"), s));
-    };
-    // A VLAN interface shares its parent's MAC: match it by name only.
-    one(n.ifname, if vlan { None } else { n.mac });
-    if let Some(p) = n.parent {
-        one(p, n.mac);
-    }
-    out
+    // A VLAN interface shares its parent's MAC: it is matched by name
+    // only (all_links gives it no MAC).
+    all_links(nics)
+        .into_iter()
+        .map(|(name, mac)| {
+            let mut s = header(rec, "#", &why);
+            let _ = writeln!(s, "[Match]\nName={name}");
+            if let Some(m) = mac {
+                let _ = writeln!(s, "MACAddress={}", format_mac(&m));
+            }
+            s.push_str("\n[Link]\nUnmanaged=yes\n");
+            (format!("05-sanroot-{name}.network"), s)
+        })
+        .collect()
 }
 
 /// Where [`ifupdown_files`] puts `EXCLUDE_INTERFACES` for networking.service.
@@ -607,11 +717,14 @@ pub const IFUPDOWN_ENV: &str = "run/sanroot/ifupdown.env";
 ///   condition keeps the boot NIC's instance from starting while the boot
 ///   record exists, so it never runs and never stops.
 ///
-/// Both also cover the VLAN's parent. An interface that ifupdown never
-/// brought up is not in its state, so `ifdown` leaves it alone.
+/// Both cover every boot NIC and VLAN parent ([`all_links`]): the env
+/// file is one `EXCLUDE_INTERFACES` line naming them all, space separated
+/// as ifupdown reads it; one hotplug drop-in per interface. An interface
+/// that ifupdown never brought up is not in its state, so `ifdown` leaves
+/// it alone.
 /// sysvinit's `/etc/init.d/networking` reads only `/etc/default/networking`.
-fn ifupdown_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
-    let names: Vec<&str> = n.links().collect();
+fn ifupdown_files(rec: &BootRecord, nics: &[Nic<'_>]) -> Vec<(String, String)> {
+    let names: Vec<&str> = all_links(nics).into_iter().map(|(l, _)| l).collect();
     let why = [
         "ifupdown must not configure the NIC carrying it: no DHCP client on it at",
         "boot, and no ifdown at shutdown while the root is still mounted.",
@@ -690,8 +803,9 @@ fn kq(s: &str) -> String {
 /// cloud-init turns both into its network config (it accepts only
 /// none/dhcp/dhcp6 as the protocol). A static NIC is "none"; one whose
 /// address came from DHCP (the firmware's lease, or someone else's) is
-/// "dhcp"/"dhcp6", as Debian's open-iscsi writes for a DHCP iBFT.
-fn klibc_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
+/// "dhcp"/"dhcp6", as Debian's open-iscsi writes for a DHCP iBFT. One
+/// NIC's files, with its own gateway; `root_server` is [`root_server`]'s.
+fn klibc_files(rec: &BootRecord, n: &Nic<'_>, root_server: &str) -> Vec<(String, String)> {
     let dynamic = n.origin != "static";
     let v4 = n.addrs.iter().find(|(a, _)| a.is_ipv4()).copied();
     let v6 = n.addrs.iter().find(|(a, _)| a.is_ipv6()).copied();
@@ -724,11 +838,6 @@ fn klibc_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
             .map(|g| g.to_string())
             .unwrap_or_default();
         let d = dns(true);
-        let root_server = host_ip(&rec.portal)
-            .map(|a| a.to_canonical())
-            .filter(IpAddr::is_ipv4)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
         let mut s = header(rec, "#", &why);
         for (k, v) in [
             ("DEVICE", n.ifname),
@@ -742,7 +851,7 @@ fn klibc_files(rec: &BootRecord, n: &Nic<'_>) -> Vec<(String, String)> {
             ("HOSTNAME", host),
             ("DNSDOMAIN", domain),
             ("NISDOMAIN", ""),
-            ("ROOTSERVER", &root_server),
+            ("ROOTSERVER", root_server),
             ("ROOTPATH", ""),
             ("filename", ""),
             ("UPTIME", "0"),
@@ -886,6 +995,7 @@ mod tests {
             bridge: "ublk".into(),
             pid: 4242,
             nic,
+            nics: Vec::new(),
             auth: auth_kind(Some(&auth())).into(),
             hidden_node_records: Vec::new(),
             paths: Vec::new(),
@@ -1148,6 +1258,307 @@ mod tests {
         assert_eq!(
             read(&t.0).unwrap().nic.unwrap().parent.as_deref(),
             Some("eth0")
+        );
+    }
+
+    /// The second fabric's NIC: a VLAN on ens4, its own subnet and gateway.
+    fn fabric_b_nic() -> NicRecord {
+        let mut c = NicConfig::new([0x52, 0x54, 0, 0xab, 0xcd, 0x02]);
+        c.vlan = 200;
+        c.addr = Some(("192.168.20.15".parse().unwrap(), 24));
+        c.gateway = Some("192.168.20.1".parse().unwrap());
+        let nic = BootNic {
+            config: c,
+            ifname: None,
+            origin: NicOrigin::FirmwareDhcp,
+            hostname: None,
+            domain: None,
+            mtu: None,
+        };
+        NicRecord::from_boot_nic(&nic, "ens4.200", Some("ens4"))
+    }
+
+    fn path_state(portal: &str) -> crate::state::PathState {
+        crate::state::PathState {
+            portal: portal.into(),
+            tpgt: Some(1),
+            alua: None,
+            state: "up".into(),
+            active: true,
+        }
+    }
+
+    /// A dual-fabric SAN: target 0 through eth0, target 1 through a VLAN
+    /// on ens4. Both NICs (and the VLAN's parent) are left alone, each
+    /// with its own gateway.
+    #[test]
+    fn every_boot_nic_is_handed_off() {
+        let t = TempDir::new("two-nics");
+        let a = static_nic();
+        let b = fabric_b_nic();
+        let mut rec = record(Some(a.clone()));
+        rec.nics = vec![a.clone(), b.clone()];
+        rec.paths = vec![path_state("10.0.2.2:3260"), path_state("192.168.20.2:3260")];
+        let paths = write(&t.0, &rec).unwrap();
+        assert_eq!(
+            rel(&t.0, &paths),
+            [
+                "run/systemd/system/iscsi.service.d/50-sanroot.conf",
+                "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
+                "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/udev/rules.d/62-sanroot-second-login.rules",
+                "run/sendsigs.omit.d/sanroot",
+                "run/NetworkManager/conf.d/90-sanroot.conf",
+                "run/systemd/network/05-sanroot-eth0.network",
+                "run/systemd/network/05-sanroot-ens4.200.network",
+                "run/systemd/network/05-sanroot-ens4.network",
+                "run/systemd/system/networking.service.d/50-sanroot.conf",
+                "run/sanroot/ifupdown.env",
+                "run/systemd/system/ifup@eth0.service.d/50-sanroot.conf",
+                "run/systemd/system/ifup@ens4.200.service.d/50-sanroot.conf",
+                "run/systemd/system/ifup@ens4.service.d/50-sanroot.conf",
+                "run/net-eth0.conf",
+                "run/net-ens4.200.conf",
+                "run/initramfs/open-iscsi.interface",
+                "run/sanroot/boot.json",
+            ]
+        );
+        check_tree(&t.0);
+        let get = |r: &str| fs::read_to_string(t.0.join(r)).unwrap();
+
+        // One NetworkManager section lists every interface and MAC.
+        let nm = get("run/NetworkManager/conf.d/90-sanroot.conf");
+        assert!(
+            nm.ends_with(
+                "[device-sanroot-boot]\n\
+                 match-device=interface-name:=eth0,mac:52:54:00:12:34:56,\
+                 interface-name:=ens4.200,interface-name:=ens4,mac:52:54:00:ab:cd:02\n\
+                 managed=0\n"
+            ),
+            "{nm}"
+        );
+        assert_eq!(
+            nm.lines().filter(|l| l.starts_with("[device-")).count(),
+            1,
+            "{nm}"
+        );
+
+        // networkd: the VLAN by name, its parent and eth0 by name and MAC.
+        let v = get("run/systemd/network/05-sanroot-ens4.200.network");
+        assert!(
+            v.contains("[Match]\nName=ens4.200\n\n[Link]\nUnmanaged=yes\n"),
+            "{v}"
+        );
+        let p = get("run/systemd/network/05-sanroot-ens4.network");
+        assert!(
+            p.contains("Name=ens4\nMACAddress=52:54:00:ab:cd:02\n\n[Link]\nUnmanaged=yes\n"),
+            "{p}"
+        );
+        let e = get("run/systemd/network/05-sanroot-eth0.network");
+        assert!(
+            e.contains("Name=eth0\nMACAddress=52:54:00:12:34:56\n"),
+            "{e}"
+        );
+
+        // ifupdown: one variable naming all three, as ifupdown splits it.
+        let env = get("run/sanroot/ifupdown.env");
+        assert!(
+            env.ends_with("EXCLUDE_INTERFACES=\"eth0 ens4.200 ens4\"\n"),
+            "{env}"
+        );
+        assert_eq!(env.matches("EXCLUDE_INTERFACES=").count(), 1, "{env}");
+
+        // klibc: each NIC with its own gateway (its routes) and its own
+        // fabric's portal as the root server.
+        let k0 = get("run/net-eth0.conf");
+        for want in [
+            "DEVICE='eth0'\n",
+            "IPV4ADDR='10.0.2.15'\n",
+            "IPV4GATEWAY='10.0.2.2'\n",
+            "ROOTSERVER='10.0.2.2'\n",
+        ] {
+            assert!(k0.contains(want), "{want} not in {k0}");
+        }
+        let k1 = get("run/net-ens4.200.conf");
+        for want in [
+            "DEVICE='ens4.200'\n",
+            "PROTO='dhcp'\n",
+            "IPV4ADDR='192.168.20.15'\n",
+            "IPV4NETMASK='255.255.255.0'\n",
+            "IPV4GATEWAY='192.168.20.1'\n",
+            "ROOTSERVER='192.168.20.2'\n",
+        ] {
+            assert!(k1.contains(want), "{want} not in {k1}");
+        }
+        // Debian's reader takes one line: the first NIC's.
+        assert_eq!(get("run/initramfs/open-iscsi.interface"), "eth0\n");
+
+        // The record carries every NIC and reads back whole.
+        let json = get(RECORD);
+        assert!(json.contains("\"nics\": ["), "{json}");
+        assert!(json.contains("\"ifname\": \"ens4.200\""), "{json}");
+        let back = read(&t.0).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.nics, [a, b]);
+    }
+
+    /// A NIC of another fabric whose portal is on no subnet of it (routed
+    /// through its gateway) names the boot portal, as a single NIC does.
+    #[test]
+    fn root_server_falls_back_to_the_boot_portal() {
+        let mut rec = record(Some(static_nic()));
+        let b = fabric_b_nic();
+        rec.nics = vec![static_nic(), b.clone()];
+        let n = Nic::check("nics[1]", &b).unwrap();
+        assert_eq!(root_server(&rec, &n, false), "10.0.2.2");
+        rec.paths = vec![
+            path_state("[fd00::2]:3260"),
+            path_state("192.168.20.9:3260"),
+        ];
+        assert_eq!(root_server(&rec, &n, false), "192.168.20.9");
+        // The first NIC always names the boot portal.
+        assert_eq!(root_server(&rec, &n, true), "10.0.2.2");
+        rec.portal = "[fd00::2]:3260".into();
+        assert_eq!(root_server(&rec, &n, true), "");
+    }
+
+    /// Each interface once: the first path's NIC repeated in `nics`, two
+    /// VLANs on one parent, a VLAN beside its untagged parent.
+    #[test]
+    fn every_interface_once() {
+        let t = TempDir::new("dedupe");
+        let a = static_nic();
+        let mut v1 = a.clone();
+        v1.ifname = "eth0.100".into();
+        v1.vlan = 100;
+        v1.parent = Some("eth0".into());
+        v1.addresses = vec!["10.0.100.15/24".into()];
+        let mut v2 = v1.clone();
+        v2.ifname = "eth0.200".into();
+        v2.vlan = 200;
+        v2.addresses = vec!["10.0.200.15/24".into()];
+        assert_eq!(
+            unique_nics([&a, &v1, &a, &v2, &v1])
+                .iter()
+                .map(|n| n.ifname.as_str())
+                .collect::<Vec<_>>(),
+            ["eth0", "eth0.100", "eth0.200"]
+        );
+        let mut rec = record(Some(a.clone()));
+        rec.nics = vec![a.clone(), v1, a, v2];
+        let paths = write(&t.0, &rec).unwrap();
+        let names = rel(&t.0, &paths);
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "{names:?}");
+        for f in [
+            "run/systemd/network/05-sanroot-eth0.network",
+            "run/systemd/network/05-sanroot-eth0.100.network",
+            "run/systemd/network/05-sanroot-eth0.200.network",
+            "run/net-eth0.conf",
+            "run/net-eth0.100.conf",
+            "run/net-eth0.200.conf",
+        ] {
+            assert!(names.contains(&f.to_string()), "{f} not in {names:?}");
+        }
+        let get = |r: &str| fs::read_to_string(t.0.join(r)).unwrap();
+        assert!(
+            get("run/sanroot/ifupdown.env")
+                .ends_with("EXCLUDE_INTERFACES=\"eth0 eth0.100 eth0.200\"\n")
+        );
+        let nm = get("run/NetworkManager/conf.d/90-sanroot.conf");
+        assert!(
+            nm.contains(
+                "match-device=interface-name:=eth0,mac:52:54:00:12:34:56,\
+                 interface-name:=eth0.100,interface-name:=eth0.200\n"
+            ),
+            "{nm}"
+        );
+        // The parent keeps its MAC match although a VLAN named it first
+        // elsewhere; the VLANs match by name only.
+        assert!(get("run/systemd/network/05-sanroot-eth0.network").contains("MACAddress="));
+        assert!(!get("run/systemd/network/05-sanroot-eth0.100.network").contains("MACAddress="));
+    }
+
+    /// A record written before `nics` existed reads back (with `nics`
+    /// empty) and plans exactly as a one-NIC record does; `nics` holding
+    /// just that NIC changes nothing but the record itself.
+    #[test]
+    fn a_record_without_nics_plans_as_before() {
+        let rec = record(Some(static_nic()));
+        let mut old = serde_json::to_value(&rec).unwrap();
+        assert!(old.as_object_mut().unwrap().remove("nics").is_some());
+        let old: BootRecord = serde_json::from_value(old).unwrap();
+        assert!(old.nics.is_empty());
+        assert_eq!(old, rec);
+        let before = plan(&old).unwrap();
+        assert_eq!(
+            before.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            [
+                "run/systemd/system/iscsi.service.d/50-sanroot.conf",
+                "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
+                "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/udev/rules.d/62-sanroot-second-login.rules",
+                "run/sendsigs.omit.d/sanroot",
+                "run/NetworkManager/conf.d/90-sanroot.conf",
+                "run/systemd/network/05-sanroot-eth0.network",
+                "run/systemd/system/networking.service.d/50-sanroot.conf",
+                "run/sanroot/ifupdown.env",
+                "run/systemd/system/ifup@eth0.service.d/50-sanroot.conf",
+                "run/net-eth0.conf",
+                "run/initramfs/open-iscsi.interface",
+                "run/sanroot/boot.json",
+            ]
+        );
+        let mut new = rec.clone();
+        new.nics = vec![static_nic()];
+        let after = plan(&new).unwrap();
+        let n = before.len();
+        assert_eq!(after.len(), n);
+        assert_eq!(after[..n - 1], before[..n - 1]);
+        assert!(after[n - 1].1.contains("\"nics\": ["));
+        // The same, read from the JSON of an old record as text.
+        let text = r#"{"version": 1, "source": "ibft", "target": "iqn.2026-11.org.example:root",
+            "portal": "10.0.2.2:3260", "lun": 1, "initiator": "iqn.x:y", "isid": "80aabbccddee",
+            "tsih": 7, "device": "/dev/ublkb0", "partitions": [], "bridge": "ublk", "pid": 1,
+            "nic": {"ifname": "eth0", "mac": "52:54:00:12:34:56", "vlan": 0,
+                    "addresses": ["10.0.2.15/24"], "gateway": "10.0.2.2", "dns": [],
+                    "origin": "static", "hostname": null, "domain": null, "parent": null},
+            "auth": "none"}"#;
+        let old: BootRecord = serde_json::from_str(text).unwrap();
+        assert!(old.nics.is_empty() && old.paths.is_empty());
+        let files = plan(&old).unwrap();
+        assert!(files.iter().any(|(p, _)| p == "run/net-eth0.conf"));
+        assert_eq!(
+            files
+                .iter()
+                .find(|(p, _)| p == "run/initramfs/open-iscsi.interface")
+                .map(|(_, c)| c.as_str()),
+            Some("eth0\n")
+        );
+    }
+
+    #[test]
+    fn a_bad_nic_in_nics_is_refused_before_writing() {
+        let t = TempDir::new("unsafe-nics");
+        let mut bad = fabric_b_nic();
+        bad.gateway = Some("gw\nExecStart=/bin/evil".into());
+        let mut rec = record(Some(static_nic()));
+        rec.nics = vec![static_nic(), bad];
+        let e = write(&t.0, &rec).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("nics[1].gateway"), "{e}");
+        let mut rec = record(None);
+        let mut bad = fabric_b_nic();
+        bad.parent = Some("../x".into());
+        rec.nics = vec![bad];
+        let e = write(&t.0, &rec).unwrap_err();
+        assert!(e.to_string().contains("nics[0].parent"), "{e}");
+        assert_eq!(
+            fs::read_dir(&t.0).unwrap().count(),
+            0,
+            "something was written"
         );
     }
 

@@ -1499,6 +1499,73 @@ fn a_callers_lun_reset_sends_the_sessions_own_commands_again() {
     })
 }
 
+/// As LIO does: the reset's answer comes first, then the answer to a
+/// command the reset did not stop. The command was already sent again:
+/// the late answer is read and dropped (its bytes never reach the read's
+/// buffer), the session lives on, and the retry's answer is the one used.
+#[test]
+fn a_late_answer_after_a_lun_reset_is_dropped() {
+    within(|| {
+        let mut held: Option<ScsiCommand> = None;
+        let mut first = true;
+        let f = FakeTarget::start(
+            Behaviour::default().on_pdu(move |ctx, seen| match &seen.pdu {
+                Pdu::ScsiCommand(c) if is_read(c) && read_lba(c) == 7 && first => {
+                    first = false;
+                    held = Some(c.clone());
+                    Step::Handled
+                }
+                Pdu::TaskMgmtRequest(t) if t.function == TmfFunction::LogicalUnitReset => {
+                    let sn = ctx.status_sn();
+                    ctx.send(
+                        &Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                            response: 0,
+                            itt: t.itt,
+                            sn,
+                        }),
+                        &[],
+                    );
+                    if let Some(c) = held.take() {
+                        ctx.data_in(&c, &[0xee; BLOCK]);
+                    }
+                    Step::Handled
+                }
+                _ => Step::Default,
+            }),
+        );
+        f.disk()[7 * BLOCK..8 * BLOCK].copy_from_slice(&[0x5a; BLOCK]);
+        let lun = Arc::new(open(connect(&f, &config())));
+        let l = Arc::clone(&lun);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(l.read(7, vec![0u8; BLOCK]));
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f
+            .log()
+            .commands()
+            .filter(|(c, _)| is_read(c) && read_lba(c) == 7)
+            .count()
+            == 0
+        {
+            assert!(Instant::now() < deadline, "the READ was never sent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lun.session().lun_reset(0).expect("function complete");
+        let (r, data) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the READ is answered");
+        r.expect("the READ sent again succeeds");
+        assert!(
+            data == [0x5a; BLOCK],
+            "only the retry's bytes are in the buffer"
+        );
+        assert!(lun.session().failure().is_none(), "the session lives on");
+        let (r, _) = lun.read(0, vec![0u8; BLOCK]);
+        r.expect("and keeps working");
+    })
+}
+
 // ---------------------------------------------------------------- 10 discovery
 
 const SEND_TARGETS: &[u8] = b"TargetName=iqn.2026-11.org.sanroot.test:one\0\

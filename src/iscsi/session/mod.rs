@@ -382,6 +382,43 @@ struct State {
     /// Threads waiting on `slot_free` (a notify is a system call even with
     /// nobody waiting: skip it then).
     slot_waiters: usize,
+    /// Task tags of commands sent again after the target ended them (an
+    /// abort, a LU reset), with when: a late answer for one is read and
+    /// dropped instead of failing the session. LIO answers a command that
+    /// a LU reset could not stop after the reset's own answer (its task
+    /// management answers overtake its command answers). At most
+    /// [`RETIRED_MAX`], each for [`RETIRED_FOR`].
+    retired: VecDeque<(u32, Instant)>,
+}
+
+/// How many retired task tags are remembered, and for how long.
+const RETIRED_MAX: usize = 256;
+const RETIRED_FOR: Duration = Duration::from_secs(60);
+
+/// Remember `itt` as retired (see [`State::retired`]).
+fn retire(st: &mut State, itt: u32) {
+    let now = Instant::now();
+    while st
+        .retired
+        .front()
+        .is_some_and(|(_, t)| now.saturating_duration_since(*t) > RETIRED_FOR)
+        || st.retired.len() >= RETIRED_MAX
+    {
+        st.retired.pop_front();
+    }
+    st.retired.push_back((itt, now));
+}
+
+/// Whether a PDU for `itt` is a late answer for a retired command: no live
+/// task has that tag, and it was retired recently.
+fn is_retired(st: &State, itt: u32) -> bool {
+    let (slot, generation) = slot_of(itt);
+    let live = matches!(st.tasks.get(usize::from(slot)), Some(Some(t)) if t.generation == generation);
+    !live
+        && st
+            .retired
+            .iter()
+            .any(|(r, t)| *r == itt && t.elapsed() <= RETIRED_FOR)
 }
 
 struct Shared {
@@ -459,6 +496,7 @@ impl Session {
                 events,
                 event_tokens: Tokens::new(EVENT_BURST, Instant::now()),
                 escalation: None,
+                retired: VecDeque::new(),
                 slot_waiters: 0,
             }),
             wake_writer: Condvar::new(),

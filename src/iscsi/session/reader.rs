@@ -97,6 +97,23 @@ pub(super) fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<()
     st.last_rx = Instant::now();
     // A window that opened is used by the reader's next flush.
     update_sn(&mut st, &h.pdu);
+    let itt = match &h.pdu {
+        Pdu::DataIn(d) => Some(d.itt),
+        Pdu::ScsiResponse(resp) => Some(resp.itt),
+        Pdu::R2t(r2t) => Some(r2t.itt),
+        _ => None,
+    };
+    if let Some(itt) = itt.filter(|&i| is_retired(&st, i)) {
+        // The answer to a command already sent again: nothing of it may
+        // reach the command's buffer now; read it and drop it.
+        drop(st);
+        log::info!(
+            "a late {} for task 0x{itt:08x}, already sent again: dropped",
+            h.pdu.opcode().name()
+        );
+        r.skip_data()?;
+        return Ok(());
+    }
     match h.pdu {
         Pdu::DataIn(d) => on_data_in(shared, r, st, d, h.data_len),
         Pdu::ScsiResponse(resp) => on_scsi_response(shared, r, st, resp, h.data_len),

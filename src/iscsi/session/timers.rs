@@ -213,6 +213,7 @@ pub(super) fn retry_task(st: &mut State, slot: u16) -> Result<(), SessionError> 
     let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) else {
         return Ok(());
     };
+    let old = itt_of(slot, t.generation);
     if t.buf.is_none() {
         // The writer is sending its data right now: let recovery retry it.
         return Err(SessionError::ConnectionLost(format!(
@@ -231,6 +232,7 @@ pub(super) fn retry_task(st: &mut State, slot: u16) -> Result<(), SessionError> 
     st.ctl_queue
         .retain(|c| !matches!(c, Ctl::DataOut { slot: s, .. } if *s == slot));
     st.cmd_queue.push_front(slot);
+    retire(st, old);
     Ok(())
 }
 

@@ -105,6 +105,37 @@ fn file_for(run: &Path, device: &str) -> PathBuf {
     devices_dir(run).join(format!("{name}.json"))
 }
 
+/// A directory held open for a daemon's life, named through
+/// `/proc/self/fd/N`: what is written there lands in that directory even
+/// after the mount holding it moved. At switch-root dracut moves the
+/// initramfs' /run into the real root while the boot daemon stays in the
+/// old root, where "/run" then names an empty directory: through the pin
+/// its records keep reaching the /run the real root sees.
+pub struct PinnedDir {
+    _dir: fs::File,
+    path: PathBuf,
+}
+
+impl PinnedDir {
+    /// Pin `dir` (made if missing). Without /proc the path is used as is.
+    pub fn open(dir: &Path) -> io::Result<PinnedDir> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::create_dir_all(dir)?;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY)
+            .open(dir)?;
+        let via = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        let path = if via.is_dir() { via } else { dir.to_path_buf() };
+        Ok(PinnedDir { _dir: f, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Write (or replace) a record atomically.
 pub fn save(run: &Path, r: &DeviceRecord) -> io::Result<()> {
     fs::create_dir_all(devices_dir(run))?;
@@ -249,6 +280,23 @@ mod tests {
         assert!(!alive(pid));
         let mut child = child;
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_pinned_directory_is_followed_when_it_moves() {
+        let base = std::env::temp_dir().join(format!("sanroot-pin-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let run = base.join("initramfs-run");
+        let pin = PinnedDir::open(&run).unwrap();
+        // switch-root: the directory goes elsewhere, an empty one takes
+        // its old name.
+        let moved = base.join("sysroot-run");
+        fs::rename(&run, &moved).unwrap();
+        fs::create_dir_all(&run).unwrap();
+        fs::write(pin.path().join("boot.json"), "{}").unwrap();
+        assert!(moved.join("boot.json").exists(), "written where it moved");
+        assert!(!run.join("boot.json").exists());
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]

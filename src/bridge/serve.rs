@@ -418,13 +418,14 @@ pub fn serve(
 }
 
 /// The sessions of a path set ping a silent target after 1 s and give
-/// an unanswered ping 3 s: a path that went silent is found dead within
-/// about 4 s and its commands move (issue 15's budget: 5 s from the loss
-/// to the next completed write). One path alone keeps the gentler
+/// an unanswered ping 2 s: a path that went silent is found dead within
+/// about 3 s and its commands move (issue 15's budget: 5 s from the loss
+/// to the next completed write; LIO and tgtd answer a ping in
+/// milliseconds even under load). One path alone keeps the gentler
 /// defaults: there is nowhere to move to.
 fn multipath_timeouts(o: &mut crate::iscsi::session::SessionOptions) {
     o.nop_interval = Some(Duration::from_secs(1));
-    o.nop_timeout = Duration::from_secs(3);
+    o.nop_timeout = Duration::from_secs(2);
 }
 
 /// One ISID per path when each has a session of its own (a dead daemon's
@@ -711,7 +712,22 @@ fn serve_inner(
         let _ = carrier.close(Duration::from_secs(5));
         return Err(e);
     }
-    let run = state::run_dir();
+    // The records' directories, held open: the boot daemon keeps
+    // updating them after switch-root moved /run away from under it.
+    let run_dir = state::run_dir();
+    let run_pin = state::PinnedDir::open(&run_dir)
+        .map_err(|e| log::warn!("cannot open {}: {e}", run_dir.display()))
+        .ok();
+    let run = run_pin
+        .as_ref()
+        .map(|p| p.path().to_path_buf())
+        .unwrap_or(run_dir);
+    let boot_pin = spec.boot_record.as_ref().and_then(|b| {
+        let dir = state::PinnedDir::open(b.parent()?).ok()?;
+        let name = b.file_name()?.to_owned();
+        Some((dir, name))
+    });
+    let boot_record = boot_pin.as_ref().map(|(d, name)| d.path().join(name));
     if let Err(e) = state::save(&run, &record) {
         log::warn!("cannot write {}: {e}", run.display());
     }
@@ -762,6 +778,7 @@ fn serve_inner(
         info: &info,
         ident: &ident,
         run: &run,
+        boot_record,
         record,
         dev_bytes,
         rescans: Rescans::default(),
@@ -909,6 +926,8 @@ struct Serving<'a> {
     info: &'a LunInfo,
     ident: &'a str,
     run: &'a std::path::Path,
+    /// boot.json (through its pinned directory), for a boot disk.
+    boot_record: Option<std::path::PathBuf>,
     record: DeviceRecord,
     /// The device's size in the kernel now.
     dev_bytes: u64,
@@ -978,10 +997,10 @@ impl Serving<'_> {
             }
         }
         let _ = state::save(self.run, &self.record);
-        if let Some(b) = &self.spec.boot_record
+        if let Some(b) = &self.boot_record
             && let Err(e) = update_boot_paths(b, &self.record.paths)
         {
-            log::debug!("{}: {e}", b.display());
+            log::warn!("{}: {e}", b.display());
         }
     }
 
@@ -1034,10 +1053,15 @@ impl Serving<'_> {
     fn session_event(&mut self, path: usize, e: SessionEvent) {
         let dev_path = self.dev_path;
         match e {
-            SessionEvent::Failed(m) => {
+            SessionEvent::Failed(m) => match self.carrier {
+                // The path set moves its commands and logs it in again.
+                Carrier::Set { portals, .. } => log::warn!(
+                    "{dev_path}: the session through {} failed: {m}",
+                    portals.get(path).map(String::as_str).unwrap_or("a path")
+                ),
                 // The recovering backend takes it from here.
-                log::error!("{dev_path}: the iSCSI session failed: {m}");
-            }
+                Carrier::One { .. } => log::error!("{dev_path}: the iSCSI session failed: {m}"),
+            },
             SessionEvent::LogoutRequested { within } => {
                 // The target wants this session gone (maintenance, moving
                 // the portal): finish what is in flight, log out cleanly and

@@ -289,25 +289,34 @@ impl PathSet {
     }
 
     fn emit(&self, e: PathEvent) {
+        // Paths are numbered from 1 in what people read, as `--portal`s
+        // and iBFT targets are listed; the owner names them by portal in
+        // the kernel log (path lost, back, refused; where I/O goes).
         match &e {
             PathEvent::Down { index, reason } => {
-                log::error!("path {index} lost ({reason}): its commands go to another path")
+                log::debug!("path {} lost ({reason})", index + 1)
             }
-            PathEvent::Up { index } => log::warn!("path {index} is back"),
+            PathEvent::Up { index } => log::debug!("path {} is back", index + 1),
             PathEvent::Refused { index, reason } => {
-                log::error!("path {index} is not used: {reason}")
+                log::debug!("path {} is not used: {reason}", index + 1)
             }
             PathEvent::Fenced { via, retried } => log::warn!(
-                "LU reset through path {via}: the dead path's writes are ended; {retried} command(s) sent again"
+                "LU reset through path {}: the dead path's writes are ended; {retried} command(s) sent again",
+                via + 1
             ),
             PathEvent::FenceFailed { via, error } => log::error!(
-                "LU reset through path {via} failed ({error}): holding I/O, trying again"
+                "LU reset through path {} failed ({error}): holding I/O, trying again",
+                via + 1
             ),
             PathEvent::Alua { index, state } => log::info!(
-                "path {index}: ALUA state {}",
+                "path {}: ALUA state {}",
+                index + 1,
                 state.map(AccessState::name).unwrap_or("none")
             ),
-            PathEvent::Active { paths } => log::info!("I/O goes to path(s) {paths:?}"),
+            PathEvent::Active { paths } => log::debug!(
+                "I/O goes to path(s) {:?}",
+                paths.iter().map(|i| i + 1).collect::<Vec<_>>()
+            ),
         }
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
@@ -473,7 +482,7 @@ impl PathSet {
                 Ok(None) => {}
                 // A path that does not answer is found dead by its
                 // session (ping timeout); nothing to decide here.
-                Err(e) => log::debug!("path {i}: REPORT TARGET PORT GROUPS: {e}"),
+                Err(e) => log::debug!("path {}: REPORT TARGET PORT GROUPS: {e}", i + 1),
             }
         }
     }
@@ -573,7 +582,7 @@ impl PathSet {
                 // Not run: this port's group cannot take it now. Another
                 // path may; the groups' states are read again.
                 drop(g);
-                log::info!("path {index}: {why}: sending it through another path");
+                log::info!("path {}: {why}: sending it through another path", index + 1);
                 if current {
                     self.set_alua(index, Some(state), false);
                 }
@@ -632,7 +641,7 @@ impl PathSet {
             .name("sanroot-renew".into())
             .spawn(move || {
                 if let Err(e) = io.close(within.max(Duration::from_secs(1))) {
-                    log::warn!("path {index}: logout before logging in again: {e}");
+                    log::warn!("path {}: logout before logging in again: {e}", index + 1);
                 }
                 drop(io);
                 if let Some(set) = me.upgrade() {
@@ -662,7 +671,7 @@ impl PathSet {
             .map(|(i, io)| {
                 std::thread::spawn(move || {
                     if let Err(e) = io.close(within) {
-                        log::warn!("path {i}: logout: {e}");
+                        log::warn!("path {}: logout: {e}", i + 1);
                     }
                 })
             })
@@ -730,7 +739,9 @@ impl PathSet {
             .spawn(move || {
                 std::thread::sleep(pause);
                 let mut wait = first;
+                let mut attempt = 0u32;
                 loop {
+                    attempt = attempt.saturating_add(1);
                     // Not kept alive by its own reconnect thread.
                     let Some(set) = me.upgrade() else {
                         return;
@@ -741,8 +752,22 @@ impl PathSet {
                     match set.connector.connect(index) {
                         Ok(j) => return set.path_up(index, j),
                         Err(ConnectError::Refused(reason)) => return set.refused(index, reason),
+                        // The first failures, then one in 30 (about every
+                        // 5 min at the longest backoff): a path down for
+                        // days does not fill the kernel log.
+                        Err(ConnectError::Retry(e))
+                            if attempt <= 3 || attempt.is_multiple_of(30) =>
+                        {
+                            log::warn!(
+                                "path {}: logging in again (attempt {attempt}): {e}",
+                                index + 1
+                            )
+                        }
                         Err(ConnectError::Retry(e)) => {
-                            log::warn!("path {index}: logging in again: {e}")
+                            log::debug!(
+                                "path {}: logging in again (attempt {attempt}): {e}",
+                                index + 1
+                            )
                         }
                     }
                     drop(set);

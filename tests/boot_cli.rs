@@ -307,3 +307,28 @@ fn dry_run_from_dracut_netroot() {
     );
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
 }
+
+/// iPXE writes CHAP only into the entry of a path that logged in: a path
+/// that was down at boot has none. It borrows the CHAP of the entry for
+/// the same target name (else it could never log in again).
+#[test]
+fn a_path_without_chap_borrows_it_from_the_same_target() {
+    let dir = tmpdir("borrow-chap");
+    let first = with_chap(target(0), false);
+    let mut second = target(1);
+    second.name = first.name.clone();
+    second.port = 3261;
+    let mut t = table(vec![nic(0), nic(1)], vec![first, second]);
+    t.assign_boot_roles();
+    let f = dir.join("ibft.bin");
+    fs::write(&f, bytes(&t)).expect("table");
+    let o = boot(
+        &["--dry-run", "--ibft-file", f.to_str().expect("utf8")],
+        "",
+        &dir,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(out.matches("(auth chap)").count(), 2, "{out}");
+    assert!(!out.contains("(auth none)"), "{out}");
+}

@@ -417,6 +417,7 @@ pub fn spec_from_ibft(t: &Ibft) -> Result<BootSpec, CmdError> {
     for s in &skipped {
         log::warn!("iBFT: {s}");
     }
+    lend_chap(&mut paths);
     if paths.is_empty() {
         return Err(CmdError::new(
             exit::INVALID_IBFT,
@@ -435,6 +436,32 @@ pub fn spec_from_ibft(t: &Ibft) -> Result<BootSpec, CmdError> {
         initiator: t.initiator_name().map(str::to_string),
         paths,
     })
+}
+
+/// iPXE writes CHAP into a target's entry only when that path asked for it
+/// at its login: a path that was down at boot has none, and would never
+/// log in to a target that wants CHAP. An entry without CHAP borrows the
+/// credentials of another entry for the same target name.
+fn lend_chap(paths: &mut [BootPath]) {
+    for i in 0..paths.len() {
+        if paths[i].auth.is_some() {
+            continue;
+        }
+        let lender = paths
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.auth.is_some() && p.target.eq_ignore_ascii_case(&paths[i].target));
+        if let Some((j, p)) = lender {
+            let auth = p.auth.clone();
+            log::info!(
+                "iBFT: target {} of {} has no CHAP; using the CHAP of target {} for the same name",
+                i,
+                paths[i].target,
+                j
+            );
+            paths[i].auth = auth;
+        }
+    }
 }
 
 fn ibft_auth(

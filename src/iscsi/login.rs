@@ -143,6 +143,8 @@ pub enum LoginError {
         detail: u8,
         target: String,
         initiator: String,
+        /// We offered CHAP credentials (for the message of 0x0201).
+        chap: bool,
     },
     Auth(ChapError),
     /// We have credentials and the target waived authentication.
@@ -189,10 +191,21 @@ impl fmt::Display for LoginError {
             LoginError::Conn { portal, error } => write!(f, "login to {portal} failed: {error}"),
             LoginError::Status {
                 portal,
+                class: 2,
+                detail: 1,
+                chap: false,
+                ..
+            } => write!(
+                f,
+                "login to {portal} refused: authentication failed: the target wants credentials and none were given for this path (status 0x0201)"
+            ),
+            LoginError::Status {
+                portal,
                 class,
                 detail,
                 target,
                 initiator,
+                ..
             } => {
                 write!(
                     f,
@@ -299,6 +312,8 @@ struct Dialogue {
     first: bool,
     target: String,
     initiator: String,
+    /// CHAP credentials were configured.
+    chap: bool,
     /// The whole login's deadline and PDU cap.
     budget: Budget,
 }
@@ -486,6 +501,7 @@ impl Dialogue {
                 detail: r.status_detail,
                 target: self.target.clone(),
                 initiator: self.initiator.clone(),
+                chap: self.chap,
             }),
         }
     }
@@ -531,6 +547,7 @@ fn login_once(portal: &Portal, cfg: &LoginConfig) -> Result<Outcome, LoginError>
             .clone()
             .unwrap_or_else(|| "(discovery)".into()),
         initiator: cfg.params.initiator_name.clone(),
+        chap: cfg.auth.is_some(),
         budget: Budget::new("login", cfg.io_timeout, MAX_LOGIN_PDUS),
     };
     let mut neg = cfg

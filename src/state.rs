@@ -101,39 +101,141 @@ fn devices_dir(run: &Path) -> PathBuf {
 }
 
 fn file_for(run: &Path, device: &str) -> PathBuf {
-    let name = device.trim_start_matches("/dev/").replace('/', "_");
-    devices_dir(run).join(format!("{name}.json"))
+    devices_dir(run).join(record_name(device))
 }
 
-/// A directory held open for a daemon's life, named through
-/// `/proc/self/fd/N`: what is written there lands in that directory even
-/// after the mount holding it moved. At switch-root dracut moves the
-/// initramfs' /run into the real root while the boot daemon stays in the
-/// old root, where "/run" then names an empty directory: through the pin
-/// its records keep reaching the /run the real root sees.
+/// A directory a daemon holds open for its life and writes in through the
+/// descriptor (openat, renameat), so its files keep landing there after
+/// the mount holding it moved. At switch-root the initramfs' /run (and
+/// /proc) move into the real root while the boot daemon stays behind in
+/// the old root, where "/run/sanroot" then names nothing: through the
+/// descriptor its records still reach the /run that `sanroot status` and
+/// boot.json readers see. Without a descriptor (it could not be opened)
+/// the path is used.
 pub struct PinnedDir {
-    _dir: fs::File,
     path: PathBuf,
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl PinnedDir {
-    /// Pin `dir` (made if missing). Without /proc the path is used as is.
-    pub fn open(dir: &Path) -> io::Result<PinnedDir> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
-        fs::create_dir_all(dir)?;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY)
-            .open(dir)?;
-        let via = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-        let path = if via.is_dir() { via } else { dir.to_path_buf() };
-        Ok(PinnedDir { _dir: f, path })
+    /// Pin `path` (made if missing).
+    pub fn open(path: &Path) -> PinnedDir {
+        use nix::fcntl::{OFlag, open};
+        use nix::sys::stat::Mode;
+        let _ = fs::create_dir_all(path);
+        let fd = open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| log::warn!("cannot hold {} open: {e}", path.display()))
+        .ok();
+        PinnedDir {
+            path: path.to_path_buf(),
+            fd,
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Replace `dir/name` with `bytes` (mode 0644) atomically, making
+    /// `dir` (one level, under the pinned directory) if needed.
+    pub fn write(&self, dir: Option<&str>, name: &str, bytes: &[u8]) -> io::Result<()> {
+        use nix::fcntl::{OFlag, openat, renameat};
+        use nix::sys::stat::{Mode, mkdirat};
+        use std::io::Write;
+        let Some(fd) = &self.fd else {
+            let d = match dir {
+                Some(d) => self.path.join(d),
+                None => self.path.clone(),
+            };
+            fs::create_dir_all(&d)?;
+            let tmp = d.join(format!("{name}.tmp"));
+            fs::write(&tmp, bytes)?;
+            return fs::rename(tmp, d.join(name));
+        };
+        let rel = |n: &str| match dir {
+            Some(d) => format!("{d}/{n}"),
+            None => n.to_string(),
+        };
+        if let Some(d) = dir {
+            match mkdirat(fd, d, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let tmp = rel(&format!("{name}.tmp"));
+        let f = openat(
+            fd,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )?;
+        fs::File::from(f).write_all(bytes)?;
+        renameat(fd, tmp.as_str(), fd, rel(name).as_str())?;
+        Ok(())
+    }
+
+    /// The content of `dir/name`.
+    pub fn read(&self, dir: Option<&str>, name: &str) -> io::Result<Vec<u8>> {
+        use nix::fcntl::{OFlag, openat};
+        use nix::sys::stat::Mode;
+        use std::io::Read;
+        let rel = match dir {
+            Some(d) => format!("{d}/{name}"),
+            None => name.to_string(),
+        };
+        let Some(fd) = &self.fd else {
+            return fs::read(self.path.join(rel));
+        };
+        let f = openat(
+            fd,
+            rel.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut v = Vec::new();
+        fs::File::from(f).read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    /// Remove `dir/name` (nothing if it is not there).
+    pub fn remove(&self, dir: Option<&str>, name: &str) {
+        use nix::unistd::{UnlinkatFlags, unlinkat};
+        let rel = match dir {
+            Some(d) => format!("{d}/{name}"),
+            None => name.to_string(),
+        };
+        match &self.fd {
+            Some(fd) => {
+                let _ = unlinkat(fd, rel.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            None => {
+                let _ = fs::remove_file(self.path.join(rel));
+            }
+        }
+    }
+}
+
+/// The file name of `device`'s record under `devices/`.
+fn record_name(device: &str) -> String {
+    format!(
+        "{}.json",
+        device.trim_start_matches("/dev/").replace('/', "_")
+    )
+}
+
+/// [`save`] through a pinned run directory.
+pub fn save_pinned(run: &PinnedDir, r: &DeviceRecord) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(r).map_err(io::Error::other)?;
+    run.write(Some("devices"), &record_name(&r.device), text.as_bytes())
+}
+
+/// [`remove`] through a pinned run directory.
+pub fn remove_pinned(run: &PinnedDir, device: &str) {
+    run.remove(Some("devices"), &record_name(device));
 }
 
 /// Write (or replace) a record atomically.
@@ -287,15 +389,28 @@ mod tests {
         let base = std::env::temp_dir().join(format!("sanroot-pin-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         let run = base.join("initramfs-run");
-        let pin = PinnedDir::open(&run).unwrap();
+        let pin = PinnedDir::open(&run);
         // switch-root: the directory goes elsewhere, an empty one takes
         // its old name.
         let moved = base.join("sysroot-run");
         fs::rename(&run, &moved).unwrap();
         fs::create_dir_all(&run).unwrap();
-        fs::write(pin.path().join("boot.json"), "{}").unwrap();
-        assert!(moved.join("boot.json").exists(), "written where it moved");
-        assert!(!run.join("boot.json").exists());
+        pin.write(None, "boot.json", b"{}").unwrap();
+        pin.write(Some("devices"), "ublkb0.json", b"{\"a\":1}")
+            .unwrap();
+        assert_eq!(fs::read(moved.join("boot.json")).unwrap(), b"{}");
+        assert_eq!(
+            pin.read(Some("devices"), "ublkb0.json").unwrap(),
+            b"{\"a\":1}"
+        );
+        assert!(
+            moved.join("devices/ublkb0.json").exists(),
+            "written where it moved"
+        );
+        assert!(!run.join("boot.json").exists() && !run.join("devices").exists());
+        pin.remove(Some("devices"), "ublkb0.json");
+        assert!(!moved.join("devices/ublkb0.json").exists());
+        assert!(!moved.join("devices/ublkb0.json.tmp").exists());
         let _ = fs::remove_dir_all(&base);
     }
 

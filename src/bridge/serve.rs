@@ -714,22 +714,13 @@ fn serve_inner(
     }
     // The records' directories, held open: the boot daemon keeps
     // updating them after switch-root moved /run away from under it.
-    let run_dir = state::run_dir();
-    let run_pin = state::PinnedDir::open(&run_dir)
-        .map_err(|e| log::warn!("cannot open {}: {e}", run_dir.display()))
-        .ok();
-    let run = run_pin
-        .as_ref()
-        .map(|p| p.path().to_path_buf())
-        .unwrap_or(run_dir);
-    let boot_pin = spec.boot_record.as_ref().and_then(|b| {
-        let dir = state::PinnedDir::open(b.parent()?).ok()?;
-        let name = b.file_name()?.to_owned();
-        Some((dir, name))
+    let run = state::PinnedDir::open(&state::run_dir());
+    let boot_record = spec.boot_record.as_ref().and_then(|b| {
+        let name = b.file_name()?.to_string_lossy().into_owned();
+        Some((state::PinnedDir::open(b.parent()?), name))
     });
-    let boot_record = boot_pin.as_ref().map(|(d, name)| d.path().join(name));
-    if let Err(e) = state::save(&run, &record) {
-        log::warn!("cannot write {}: {e}", run.display());
+    if let Err(e) = state::save_pinned(&run, &record) {
+        log::warn!("cannot write {}: {e}", run.path().display());
     }
     log::info!(
         "{dev_path}: serving {} LUN {} ({})",
@@ -883,7 +874,7 @@ fn flush_and_log_out(
     backend: &Arc<dyn Backend>,
     carrier: &Carrier,
     dev_path: &str,
-    run: &std::path::Path,
+    run: &state::PinnedDir,
 ) {
     let (ftx, frx) = mpsc::channel();
     backend.submit(
@@ -898,7 +889,7 @@ fn flush_and_log_out(
         Ok(Err(e)) => log::warn!("{dev_path}: final SYNCHRONIZE CACHE: {e}"),
         Err(_) => log::warn!("{dev_path}: final SYNCHRONIZE CACHE did not complete in 30 s"),
     }
-    state::remove(run, dev_path);
+    state::remove_pinned(run, dev_path);
     if let Err(e) = carrier.close(Duration::from_secs(10)) {
         log::warn!("{dev_path}: logout: {e}");
     }
@@ -925,9 +916,9 @@ struct Serving<'a> {
     /// The LU as first read (its identity is checked on every re-read).
     info: &'a LunInfo,
     ident: &'a str,
-    run: &'a std::path::Path,
-    /// boot.json (through its pinned directory), for a boot disk.
-    boot_record: Option<std::path::PathBuf>,
+    run: &'a state::PinnedDir,
+    /// boot.json's directory (held open) and name, for a boot disk.
+    boot_record: Option<(state::PinnedDir, String)>,
     record: DeviceRecord,
     /// The device's size in the kernel now.
     dev_bytes: u64,
@@ -996,11 +987,11 @@ impl Serving<'_> {
                 self.record.state = if up { "running" } else { "reconnecting" }.into();
             }
         }
-        let _ = state::save(self.run, &self.record);
-        if let Some(b) = &self.boot_record
-            && let Err(e) = update_boot_paths(b, &self.record.paths)
+        let _ = state::save_pinned(self.run, &self.record);
+        if let Some((dir, name)) = &self.boot_record
+            && let Err(e) = update_boot_paths(dir, name, &self.record.paths)
         {
-            log::warn!("{}: {e}", b.display());
+            log::warn!("{}/{name}: {e}", dir.path().display());
         }
     }
 
@@ -1122,7 +1113,7 @@ impl Serving<'_> {
                 if self.carrier.failure().is_some() {
                     self.record.state = "failed".into();
                 }
-                let _ = state::save(self.run, &self.record);
+                let _ = state::save_pinned(self.run, &self.record);
             }
             (_, r) => log::warn!(
                 "{dev_path}: reading the LU again: {}; the device keeps {} bytes (a reconnect reads it again)",
@@ -1136,16 +1127,16 @@ impl Serving<'_> {
 }
 
 /// The boot record's `paths` as they are now (its other keys kept).
-fn update_boot_paths(file: &std::path::Path, paths: &[state::PathState]) -> std::io::Result<()> {
-    let text = std::fs::read_to_string(file)?;
-    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+fn update_boot_paths(
+    dir: &state::PinnedDir,
+    name: &str,
+    paths: &[state::PathState],
+) -> std::io::Result<()> {
+    let text = dir.read(None, name)?;
+    let mut v: serde_json::Value = serde_json::from_slice(&text).map_err(std::io::Error::other)?;
     v["paths"] = serde_json::to_value(paths).map_err(std::io::Error::other)?;
-    let tmp = file.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(tmp, file)
+    let out = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)? + "\n";
+    dir.write(None, name, out.as_bytes())
 }
 
 /// The record's `state` (and portal, TSIH) after a recovery event.

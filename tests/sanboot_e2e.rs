@@ -47,6 +47,13 @@
 //! and dracut's `netroot=iscsi:USER:SECRET@…`, `ip=` and
 //! `rd.iscsi.initiator=` describe the root (issue 6).
 //!
+//! One boot has two paths to the root (issue 15): iPXE `sanboot` with two
+//! URIs for the same LUN puts two targets in the iBFT; one portal is dead
+//! at boot and comes up later, the other is cut once the first has
+//! rejoined, while the guest keeps writing to the root (qemu/sanboot
+//! --two-paths; `bios_sanboot_two_paths_one_dead_one_cut` says what is
+//! checked).
+//!
 //! Two boots use the sanroot-only initramfs (initramfs/sanroot-mkinitramfs,
 //! sanroot as /init): a BIOS sanboot through GRUB, and a direct boot from
 //! netroot=. They also check /init's and its shutdown program's console
@@ -1215,5 +1222,387 @@ fn direct_netroot_sanroot_init_mutual_nbd() {
             nic_name: Some("ens3"),
             ifupdown: false,
         },
+    );
+}
+
+/// Issue 15: one LU behind two portals, as iPXE describes it when `sanboot`
+/// is given two URIs for it (qemu/sanboot --two-paths): the iBFT has two
+/// targets with the same IQN and LUN, 10.0.2.2:PORT_A and :PORT_B, both
+/// forwarded to the one tgtd by qemu/tcp-proxy. Path A is dead at boot (its
+/// port does not listen), so iPXE and then sanroot come up through B, and
+/// sanroot keeps trying A. Once the real root is up the host brings A up
+/// and waits for sanroot's `path 10.0.2.2:PORT_A rejoined`, then resets B's
+/// connections and stops it listening, and waits for `path
+/// 10.0.2.2:PORT_B lost`. All along the guest writes and fsyncs files on
+/// the root; it writes once more after the cut. No write may fail, the
+/// files must be on the target, the root must be clean, `sanroot status
+/// --json` and boot.json must show both portals with the right states
+/// before (B up, A not) and after (A up, B not), and power-off must log
+/// out through A.
+#[test]
+fn bios_sanboot_two_paths_one_dead_one_cut() {
+    let b = run_env(
+        "bios-two-paths",
+        &["--firmware", "bios", "--boot", "sanboot", "--two-paths"],
+        // A hang fails the test instead of holding CI: the whole QEMU run,
+        // and each of the host's two waits.
+        &[
+            ("SR_QEMU_TIMEOUT", "600"),
+            ("SR_PATHS_REJOIN_MAX", "90"),
+            ("SR_PATHS_LOST_MAX", "30"),
+        ],
+    );
+    assert_two_paths(&b);
+}
+
+/// The `paths` list of a status or boot record: (portal, state, active,
+/// tpgt) of each.
+fn path_list(b: &Boot, v: &Value, what: &str) -> Vec<(String, String, bool, Value)> {
+    let Some(paths) = v["paths"].as_array() else {
+        b.fail(&format!("{what} has no \"paths\" list: {v}"))
+    };
+    paths
+        .iter()
+        .map(|p| {
+            (
+                p["portal"].as_str().unwrap_or("").to_string(),
+                p["state"].as_str().unwrap_or("").to_string(),
+                p["active"].as_bool().unwrap_or(false),
+                p["tpgt"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Path `up` is up and carries I/O, path `other` is not (down or
+/// connecting, not active); nothing else is listed.
+fn assert_paths_state(b: &Boot, v: &Value, what: &str, up: &str, other: &str) {
+    let paths = path_list(b, v, what);
+    let find = |portal: &str| paths.iter().find(|p| p.0 == portal);
+    b.check(
+        paths.len() == 2,
+        &format!("{what}: two paths, {up} and {other}: {paths:?}"),
+    );
+    match find(up) {
+        Some((_, state, active, tpgt)) => b.check(
+            state == "up" && *active && tpgt.is_u64(),
+            &format!("{what}: path {up} is up and active, with its TPGT: {paths:?}"),
+        ),
+        None => b.fail(&format!("{what}: no path {up}: {paths:?}")),
+    }
+    match find(other) {
+        Some((_, state, active, _)) => b.check(
+            (state == "down" || state == "connecting") && !*active,
+            &format!("{what}: path {other} is down or connecting and not active: {paths:?}"),
+        ),
+        None => b.fail(&format!("{what}: no path {other}: {paths:?}")),
+    }
+}
+
+/// The kernel log time of a console line "[  12.345678] …".
+fn kmsg_time(line: &str) -> Option<f64> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    rest.split(']').next()?.trim().parse().ok()
+}
+
+fn assert_two_paths(b: &Boot) {
+    // The boot ran to its end by itself.
+    if b.r.get("guest_done").map(String::as_str) != Some("1") {
+        let why =
+            b.r.get("fatal")
+                .map(|f| format!("fatal console line: {f}"))
+                .unwrap_or_else(|| "it did not finish".into());
+        b.fail(&format!(
+            "the guest's check service did not run to its end ({why})"
+        ));
+    }
+    b.check(
+        b.r.contains_key("event.poweroff.t"),
+        "no 'reboot: Power down' on the console",
+    );
+    b.eq(
+        "boot.qemu_rc",
+        "0",
+        "QEMU exits by itself after the power-off",
+    );
+    b.check(
+        b.r.contains_key("event.grub.t"),
+        "GRUB was read from the LUN (through path B)",
+    );
+    let target = b.get("boot.target").to_string();
+    let a = b.get("paths.a").to_string();
+    let bb = b.get("paths.b").to_string();
+    let port = |p: &str| p.rsplit(':').next().unwrap_or("").to_string();
+
+    // The firmware's table: two targets, the same IQN and LUN, the two
+    // portals; iPXE lists its URIs' paths in order (A, then B).
+    let sysfs = b.get("guest.paths_sysfs_ibft").to_string();
+    let targets: Vec<BTreeMap<String, String>> = sysfs
+        .split(';')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            t.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect();
+    b.check(
+        targets.len() == 2,
+        &format!("/sys/firmware/ibft has two targets: {sysfs}"),
+    );
+    for (i, (t, p)) in targets.iter().zip([&a, &bb]).enumerate() {
+        let get = |k: &str| t.get(k).map(String::as_str).unwrap_or("");
+        b.check(
+            get("target-name") == target
+                && get("ip-addr") == "10.0.2.2"
+                && get("port") == port(p)
+                && get("lun") == targets[0].get("lun").map(String::as_str).unwrap_or("?"),
+            &format!(
+                "/sys/firmware/ibft/target{i} is {target} LUN {} at {p}: {sysfs}",
+                get("lun")
+            ),
+        );
+    }
+    b.eq("guest.ibft_rc", "0", "sanroot ibft --json in the real root");
+    let ibft = b.json("guest.ibft");
+    let portals: Vec<String> = ibft["targets"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| t["name"] == target.as_str() && t["lun"] == 1)
+                .map(|t| format!("{}:{}", t["ip"].as_str().unwrap_or(""), t["port"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    b.check(
+        portals == [a.clone(), bb.clone()],
+        &format!(
+            "sanroot ibft: LUN 1 of {target} at {a} and {bb}: {portals:?} ({})",
+            ibft["targets"]
+        ),
+    );
+
+    // Path A never listened before the guest was up; sanroot came up
+    // through B.
+    let proxy = |k: &str| b.json(k);
+    let ready = proxy("paths.ready_proxy");
+    b.check(
+        ready["portals"]["a"]["accepted"] == 0 && ready["portals"]["a"]["listening"] == false,
+        &format!("path A took no connection before the host brought it up: {ready}"),
+    );
+    b.check(
+        b.r.contains_key("event.sanroot_ready.t"),
+        "no 'sanroot[PID]: root disk … is ready' line on the console",
+    );
+    let dev = b.get("ready_dev").to_string();
+    b.check(
+        dev.starts_with("/dev/ublkb"),
+        &format!("sanroot's device: {dev}"),
+    );
+    b.check(
+        b.get("ready_line").contains(&bb),
+        &format!(
+            "sanroot's ready line names path B {bb}: {}",
+            b.get("ready_line")
+        ),
+    );
+    let status_of = |k: &str| -> Value {
+        b.eq(&format!("{k}_rc"), "0", "sanroot status --json");
+        let st = b.json(k);
+        st.as_array()
+            .and_then(|d| d.iter().find(|d| d["device"] == dev.as_str()))
+            .cloned()
+            .unwrap_or_else(|| b.fail(&format!("{k}: no device {dev}: {st}")))
+    };
+    assert_paths_state(
+        b,
+        &status_of("guest.status_json"),
+        "sanroot status --json at multi-user",
+        &bb,
+        &a,
+    );
+    assert_paths_state(
+        b,
+        &b.json("guest.boot_json"),
+        "/run/sanroot/boot.json at multi-user",
+        &bb,
+        &a,
+    );
+
+    // A came up and sanroot took it back; then B was cut and sanroot let
+    // it go.
+    if let Some(t) = b.r.get("paths.rejoin_timeout") {
+        b.fail(&format!(
+            "no 'path {a} rejoined' on the console within {t} s of path A listening"
+        ));
+    }
+    let rejoin = b.get("paths.rejoin_line").to_string();
+    let rejoined = b.json("paths.rejoin_proxy");
+    b.check(
+        rejoined["portals"]["a"]["live"].as_u64().unwrap_or(0) >= 1,
+        &format!("path A has a connection once sanroot says it rejoined: {rejoined}"),
+    );
+    if let Some(t) = b.r.get("paths.lost_timeout") {
+        b.fail(&format!(
+            "no 'path {bb} lost' on the console within {t} s of path B's reset"
+        ));
+    }
+    let lost = b.get("paths.lost_line").to_string();
+    b.check(
+        b.get("paths.b_cut_reply").contains("\"reset\": 1"),
+        &format!(
+            "the host reset path B's connection: {}",
+            b.get("paths.b_cut_reply")
+        ),
+    );
+    b.eq(
+        "paths.after_cut_sessions",
+        "1",
+        "one session on the target once B is cut: sanroot's through A",
+    );
+
+    // The root kept working: every write before, during and after the cut
+    // went through, and is on the target.
+    b.eq(
+        "guest.paths_write_errors",
+        "0",
+        "failed writes on the root while the paths changed",
+    );
+    b.eq("guest.paths_dd_errors", "", "dd's error output");
+    b.eq(
+        "guest.paths_after_cut_rc",
+        "0",
+        "a 4 MiB fsync'ed write after B was cut",
+    );
+    b.eq("guest.paths_sync_rc", "0", "sync after the cut");
+    let writes: Vec<(f64, String, f64)> = b
+        .get("guest.paths_writes_log")
+        .split(',')
+        .filter_map(|w| {
+            let mut f = w.split(':');
+            Some((
+                f.next()?.parse().ok()?,
+                f.next()?.to_string(),
+                f.next()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let lost_at = kmsg_time(&lost).unwrap_or_else(|| b.fail(&format!("no time in {lost:?}")));
+    let rejoin_at = kmsg_time(&rejoin).unwrap_or_else(|| b.fail(&format!("no time in {rejoin:?}")));
+    let lost_after: f64 = b.get("paths.lost_seconds").parse().unwrap_or(0.0);
+    // On the guest's clock the cut came about lost_after before the lost line.
+    let cut_at = lost_at - lost_after;
+    let after_cut = writes.iter().filter(|w| w.0 > lost_at).count();
+    let stall = writes
+        .iter()
+        .filter(|w| w.0 + w.2 >= cut_at - 0.5 && w.0 <= lost_at + 1.0)
+        .map(|w| w.2)
+        .fold(0.0, f64::max);
+    let longest = writes.iter().map(|w| w.2).fold(0.0, f64::max);
+    b.check(
+        writes.len() >= 10 && writes.iter().all(|w| w.1 == "0"),
+        &format!("the writer's log: {} writes, all ok", writes.len()),
+    );
+    b.check(
+        writes.iter().any(|w| w.0 < rejoin_at) && after_cut >= 3,
+        &format!(
+            "writes before A rejoined and after B was lost (at {lost_at} s): {after_cut} after"
+        ),
+    );
+    b.check(
+        stall < 30.0,
+        &format!("the writes across B's cut took at most {stall:.2} s (I/O held for too long)"),
+    );
+    let files: usize = b.get("host.paths_files").parse().unwrap_or(0);
+    b.check(
+        files >= 17 && b.get("host.paths_files_ok") == files.to_string(),
+        &format!(
+            "the files the guest wrote are on the target (debugfs of the backing file): {} of {files}, bad: {}",
+            b.get("host.paths_files_ok"),
+            b.get("host.paths_files_bad")
+        ),
+    );
+    b.eq(
+        "guest.kmsg_errors",
+        "0",
+        "I/O / ext4 errors in the kernel log at multi-user",
+    );
+    b.eq(
+        "guest.kmsg_errors_end",
+        "0",
+        "I/O / ext4 errors in the kernel log after the cut",
+    );
+    b.eq(
+        "host.console_io_errors",
+        "0",
+        "I/O / ext4 errors on the console (whole boot and shutdown)",
+    );
+    b.eq(
+        "guest.root_source",
+        &format!("{dev}p1"),
+        "findmnt /: partition 1 of sanroot's device",
+    );
+
+    // Power-off logged out through A; the file system is clean.
+    if let Some(p) = b.r.get("shutdown_problem") {
+        b.fail(&format!("the shutdown did not go cleanly: {p}"));
+    }
+    b.check(
+        b.r.contains_key("event.sanroot_logout.t"),
+        "no 'sanroot-shutdown: DEV: cache flushed, logged out' line on the console at power-off",
+    );
+    b.eq(
+        "logout_dev",
+        &dev,
+        "the device logged out at power-off is the root disk",
+    );
+    b.check(
+        b.ids("nexus_last_alive").is_empty(),
+        &format!(
+            "no session left on the target at power-off, QEMU still running: {}",
+            b.get("nexus_last_alive")
+        ),
+    );
+    b.eq(
+        "host.token_found",
+        b.get("host.token_expected"),
+        "the per-boot token, read from the target's backing file after power-off",
+    );
+    b.eq(
+        "host.fsck_rc",
+        "0",
+        "e2fsck -fn of the root partition in the backing file after power-off",
+    );
+    b.eq("host.fs_state", "clean", "the superblock says clean");
+
+    eprintln!(
+        "two paths: sanroot ready at {} s, multi-user reported at {} s (QEMU {} s in all); \
+         A up at {} s, rejoined {} s later; B cut at {} s, lost {} s later; \
+         {} writes ({after_cut} after the loss), the longest {longest:.2} s, across the cut {stall:.2} s",
+        b.get("event.sanroot_ready.t"),
+        b.get("event.check_ready.t"),
+        b.get("boot.seconds"),
+        b.get("paths.a_up.t"),
+        b.get("paths.rejoin_seconds"),
+        b.get("paths.b_cut.t"),
+        b.get("paths.lost_seconds"),
+        writes.len(),
+    );
+
+    // What sanroot says now: A up and carrying I/O, B not.
+    assert_paths_state(
+        b,
+        &status_of("guest.paths_status_json"),
+        "sanroot status --json after the cut",
+        &a,
+        &bb,
+    );
+    assert_paths_state(
+        b,
+        &b.json("guest.paths_boot_json"),
+        "/run/sanroot/boot.json after the cut",
+        &a,
+        &bb,
     );
 }

@@ -413,7 +413,8 @@ fn retire(st: &mut State, itt: u32) {
 /// task has that tag, and it was retired recently.
 fn is_retired(st: &State, itt: u32) -> bool {
     let (slot, generation) = slot_of(itt);
-    let live = matches!(st.tasks.get(usize::from(slot)), Some(Some(t)) if t.generation == generation);
+    let live =
+        matches!(st.tasks.get(usize::from(slot)), Some(Some(t)) if t.generation == generation);
     !live
         && st
             .retired

@@ -227,25 +227,15 @@ fn record_name(device: &str) -> String {
     )
 }
 
-/// [`save`] through a pinned run directory.
+/// Write (or replace) a record atomically, in a pinned run directory.
 pub fn save_pinned(run: &PinnedDir, r: &DeviceRecord) -> io::Result<()> {
     let text = serde_json::to_string_pretty(r).map_err(io::Error::other)?;
     run.write(Some("devices"), &record_name(&r.device), text.as_bytes())
 }
 
-/// [`remove`] through a pinned run directory.
+/// [`remove`] in a pinned run directory.
 pub fn remove_pinned(run: &PinnedDir, device: &str) {
     run.remove(Some("devices"), &record_name(device));
-}
-
-/// Write (or replace) a record atomically.
-pub fn save(run: &Path, r: &DeviceRecord) -> io::Result<()> {
-    fs::create_dir_all(devices_dir(run))?;
-    let p = file_for(run, &r.device);
-    let tmp = p.with_extension("tmp");
-    let text = serde_json::to_string_pretty(r).map_err(io::Error::other)?;
-    fs::write(&tmp, text)?;
-    fs::rename(tmp, p)
 }
 
 pub fn remove(run: &Path, device: &str) {
@@ -455,7 +445,7 @@ mod tests {
                 active: true,
             }],
         };
-        save(&d, &r).unwrap();
+        save_pinned(&PinnedDir::open(&d), &r).unwrap();
         assert_eq!(load(&d, "/dev/nbd0"), Some(r.clone()));
         assert_eq!(load_all(&d), vec![r]);
         remove(&d, "/dev/nbd0");

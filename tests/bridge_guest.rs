@@ -17,28 +17,16 @@
 //! log is kept as target/bridge-guest-BRIDGE.log.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
 const MIB: u64 = 1 << 20;
 const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn static_bin() -> PathBuf {
-    let p = std::env::var_os("SANROOT_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
-    assert!(
-        p.exists(),
-        "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",
-        p.display()
-    );
-    p
-}
+#[path = "support/guest.rs"]
+mod guest;
+use guest::{repo, static_bin};
 
 /// One run of qemu/bridge-guest.
 struct Boot {

@@ -1443,6 +1443,34 @@ fn lun_reset_answers() {
     })
 }
 
+/// Read block 7 while a caller's LOGICAL UNIT RESET goes out (once the
+/// READ is on the wire); the READ must succeed well before the 30 s
+/// command timeout. Its bytes.
+fn read_across_a_lun_reset(f: &FakeTarget, lun: &Arc<Lun>) -> Vec<u8> {
+    let l = Arc::clone(lun);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(l.read(7, vec![0u8; BLOCK]));
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f
+        .log()
+        .commands()
+        .filter(|(c, _)| is_read(c) && read_lba(c) == 7)
+        .count()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the READ was never sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lun.session().lun_reset(0).expect("function complete");
+    let (r, data) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the READ is answered");
+    r.expect("the READ sent again succeeds");
+    data
+}
+
 /// A caller's LOGICAL UNIT RESET (the path set's fence) ends this
 /// session's own commands to the LU too, and the target sends no answer
 /// for them: they are sent again as soon as the reset is done, not after
@@ -1462,29 +1490,7 @@ fn a_callers_lun_reset_sends_the_sessions_own_commands_again() {
             },
         ));
         let lun = Arc::new(open(connect(&f, &config())));
-        let l = Arc::clone(&lun);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(l.read(7, vec![0u8; BLOCK]).0);
-        });
-        // The READ is on the wire before the reset.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while f
-            .log()
-            .commands()
-            .filter(|(c, _)| is_read(c) && read_lba(c) == 7)
-            .count()
-            == 0
-        {
-            assert!(Instant::now() < deadline, "the READ was never sent");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        lun.session().lun_reset(0).expect("function complete");
-        // Well before the 30 s command timeout.
-        let r = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the READ is answered");
-        r.expect("the READ sent again succeeds");
+        read_across_a_lun_reset(&f, &lun);
         let log = f.log();
         assert_eq!(
             log.commands()
@@ -1535,27 +1541,7 @@ fn a_late_answer_after_a_lun_reset_is_dropped() {
         );
         f.disk()[7 * BLOCK..8 * BLOCK].copy_from_slice(&[0x5a; BLOCK]);
         let lun = Arc::new(open(connect(&f, &config())));
-        let l = Arc::clone(&lun);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(l.read(7, vec![0u8; BLOCK]));
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while f
-            .log()
-            .commands()
-            .filter(|(c, _)| is_read(c) && read_lba(c) == 7)
-            .count()
-            == 0
-        {
-            assert!(Instant::now() < deadline, "the READ was never sent");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        lun.session().lun_reset(0).expect("function complete");
-        let (r, data) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the READ is answered");
-        r.expect("the READ sent again succeeds");
+        let data = read_across_a_lun_reset(&f, &lun);
         assert!(
             data == [0x5a; BLOCK],
             "only the retry's bytes are in the buffer"

@@ -32,7 +32,7 @@
 //! with the NBD bridge instead of ublk.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -47,21 +47,9 @@ const SILENT_BUDGET_MS: i64 = 5000;
 /// How soon I/O must follow an ALUA state change (the 2 s).
 const MOVE_BUDGET_MS: i64 = 2000;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn static_bin() -> PathBuf {
-    let p = std::env::var_os("SANROOT_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
-    assert!(
-        p.exists(),
-        "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",
-        p.display()
-    );
-    p
-}
+#[path = "support/guest.rs"]
+mod guest;
+use guest::{repo, static_bin};
 
 /// The one run of qemu/mpath-guest.
 struct Boot {

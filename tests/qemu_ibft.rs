@@ -5,24 +5,11 @@
 //! builds the static binary first and sets SANROOT_STATIC_BIN.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn static_bin() -> PathBuf {
-    let p = std::env::var_os("SANROOT_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
-    assert!(
-        p.exists(),
-        "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",
-        p.display()
-    );
-    p
-}
+#[path = "support/guest.rs"]
+mod guest;
+use guest::{repo, static_bin};
 
 /// Run the guest test; returns the JSON and the #meta lines.
 fn guest(mode: &str) -> (serde_json::Value, BTreeMap<String, String>) {

@@ -71,26 +71,14 @@
 //! results of each boot are kept as target/sanboot-NAME.log and .results.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn static_bin() -> PathBuf {
-    let p = std::env::var_os("SANROOT_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
-    assert!(
-        p.exists(),
-        "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",
-        p.display()
-    );
-    p
-}
+#[path = "support/guest.rs"]
+mod guest;
+use guest::{repo, static_bin};
 
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

@@ -24,6 +24,7 @@ pub mod pathset;
 pub mod scsi;
 pub mod secret;
 pub mod state;
+pub mod threads;
 pub mod url;
 
 /// Bytes that are unpredictable enough for identifiers and jitter (ISIDs,

@@ -313,6 +313,42 @@ impl DeviceRecord {
     }
 }
 
+/// A daemon's memory as the kernel counts it (`/proc/PID/status`), for
+/// `sanroot status`: what it holds now, the most it ever held, and how
+/// much of it is locked (all of it, for a hardened daemon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryUse {
+    /// VmRSS.
+    pub resident_bytes: u64,
+    /// VmHWM: the peak resident size since the daemon started.
+    pub resident_peak_bytes: u64,
+    /// VmLck.
+    pub locked_bytes: u64,
+}
+
+impl MemoryUse {
+    /// Read from the text of `/proc/PID/status`; None when a field is
+    /// missing (kernel threads, or not a status file).
+    pub fn parse(status: &str) -> Option<MemoryUse> {
+        let kib = |key: &str| {
+            status.lines().find_map(|l| {
+                let v = l.strip_prefix(key)?.strip_prefix(':')?.trim();
+                let n: u64 = v.strip_suffix("kB")?.trim().parse().ok()?;
+                n.checked_mul(1024)
+            })
+        };
+        Some(MemoryUse {
+            resident_bytes: kib("VmRSS")?,
+            resident_peak_bytes: kib("VmHWM")?,
+            locked_bytes: kib("VmLck")?,
+        })
+    }
+
+    pub fn of(pid: u32) -> Option<MemoryUse> {
+        MemoryUse::parse(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    }
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -475,5 +511,29 @@ mod tests {
         assert_eq!(v["portals"], serde_json::json!([]));
         assert_eq!(v["dumpable"], serde_json::Value::Null);
         let _ = fs::remove_dir_all(&d);
+    }
+    #[test]
+    fn memory_use_reads_proc_status() {
+        let st = "Name:\tsanroot\nVmHWM:\t   11200 kB\nVmRSS:\t   10240 kB\nVmLck:\t   10236 kB\nThreads:\t9\n";
+        assert_eq!(
+            MemoryUse::parse(st),
+            Some(MemoryUse {
+                resident_bytes: 10240 * 1024,
+                resident_peak_bytes: 11200 * 1024,
+                locked_bytes: 10236 * 1024,
+            })
+        );
+        // A kernel thread has no Vm lines; garbage is no number.
+        assert_eq!(MemoryUse::parse("Name:\tkworker\nThreads:\t1\n"), None);
+        assert_eq!(
+            MemoryUse::parse("VmRSS: x kB\nVmHWM: 1 kB\nVmLck: 1 kB\n"),
+            None
+        );
+        assert_eq!(
+            MemoryUse::parse("VmRSS: 99999999999999999999 kB\nVmHWM: 1 kB\nVmLck: 1 kB\n"),
+            None
+        );
+        let me = MemoryUse::of(std::process::id()).expect("our own status");
+        assert!(me.resident_bytes > 0 && me.resident_peak_bytes >= me.resident_bytes);
     }
 }

@@ -780,11 +780,9 @@ fn logout(limit: Duration) {
     loop {
         let (tx, rx) = std::sync::mpsc::channel();
         let d = dev.clone();
-        let spawned = std::thread::Builder::new()
-            .name("detach".into())
-            .spawn(move || {
-                let _ = tx.send(crate::bridge::detach::detach_device(&d));
-            });
+        let spawned = crate::threads::named("detach").spawn(move || {
+            let _ = tx.send(crate::bridge::detach::detach_device(&d));
+        });
         if let Err(e) = spawned {
             say(&format!("{dev}: cannot start the detach: {e}"));
             return;

@@ -485,28 +485,26 @@ impl Timer {
             cv: Condvar::new(),
         });
         let w = Arc::downgrade(&t);
-        let _ = std::thread::Builder::new()
-            .name("sanroot-retry".into())
-            .spawn(move || {
-                loop {
-                    let Some(t) = w.upgrade() else { return };
-                    let mut g = t.q.lock().unwrap_or_else(|p| p.into_inner());
-                    let now = Instant::now();
-                    let due = g.0.peek().is_some_and(|j| j.at <= now);
-                    if due {
-                        if let Some(j) = g.0.pop() {
-                            drop(g);
-                            (j.job)();
-                        }
-                        continue;
+        let _ = crate::threads::named("sanroot-retry").spawn(move || {
+            loop {
+                let Some(t) = w.upgrade() else { return };
+                let mut g = t.q.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let due = g.0.peek().is_some_and(|j| j.at <= now);
+                if due {
+                    if let Some(j) = g.0.pop() {
+                        drop(g);
+                        (j.job)();
                     }
-                    let wait =
-                        g.0.peek()
-                            .map(|j| j.at - now)
-                            .unwrap_or(Duration::from_secs(1));
-                    let _ = t.cv.wait_timeout(g, wait);
+                    continue;
                 }
-            });
+                let wait =
+                    g.0.peek()
+                        .map(|j| j.at - now)
+                        .unwrap_or(Duration::from_secs(1));
+                let _ = t.cv.wait_timeout(g, wait);
+            }
+        });
         t
     }
 

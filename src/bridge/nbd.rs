@@ -26,7 +26,7 @@ use std::io::{self, BufReader, IoSlice, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -74,6 +74,10 @@ pub const REQUEST_LEN: usize = 28;
 pub const REPLY_LEN: usize = 16;
 /// Largest request we accept (the kernel splits below its max_sectors).
 pub const MAX_REQUEST: u32 = 32 << 20;
+/// Each request buffer's size, and the device's largest request (its
+/// max_sectors_kb, set when it is made): 32 buffers of it are 8 MiB, and
+/// 256 KiB requests are as fast as larger ones over one iSCSI session.
+pub const BUFFER_BYTES: usize = 256 << 10;
 
 /// One request from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +160,8 @@ pub struct NbdOptions {
     /// Per-request timeout in the kernel; zero: requests never fail on time
     /// (for a root disk the daemon decides when to give up).
     pub io_timeout: Duration,
-    /// Buffers allocated up front.
+    /// Request buffers, allocated up front ([`BUFFER_BYTES`] each): how
+    /// many requests can be in flight to the target at once.
     pub buffers: usize,
 }
 
@@ -166,7 +171,7 @@ impl Default for NbdOptions {
             index: None,
             dead_conn_timeout: Duration::from_secs(3600),
             io_timeout: Duration::ZERO,
-            buffers: 64,
+            buffers: 32,
         }
     }
 }
@@ -221,6 +226,16 @@ fn set_queue_timeout(index: u32, t: Duration) {
             "{path}: cannot set {} ms: {e}; after a daemon restart, held requests wait for the kernel's default (30 s)",
             t.as_millis()
         );
+    }
+}
+
+/// Cap the device's requests at the request buffers' size; the kernel
+/// splits larger I/O. Without it a larger request is served from a buffer
+/// allocated for it.
+fn set_max_request(index: u32, bytes: usize) {
+    let path = format!("/sys/block/nbd{index}/queue/max_sectors_kb");
+    if let Err(e) = std::fs::write(&path, (bytes >> 10).to_string()) {
+        log::warn!("{path}: cannot set {} KiB: {e}", bytes >> 10);
     }
 }
 
@@ -341,6 +356,7 @@ impl NbdDevice {
         let server = spawn_server(ours, backend, opts.buffers, Arc::clone(&stop))?;
         log::info!("/dev/nbd{index} connected ({size} bytes)");
         set_queue_timeout(index, QUEUE_TIMEOUT);
+        set_max_request(index, BUFFER_BYTES);
         // The driver scans partitions on the first open, not on connect:
         // open once so /dev/nbdNp1 exists when the caller says "ready" (an
         // initramfs without udev would otherwise wait for it forever).
@@ -465,8 +481,7 @@ fn spawn_server(
     buffers: usize,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, NbdError> {
-    std::thread::Builder::new()
-        .name("nbd-rx".into())
+    crate::threads::named("nbd-rx")
         .spawn(move || {
             crate::daemon::io_thread();
             if let Err(e) = serve(sock, backend.as_ref(), buffers, &stop)
@@ -478,31 +493,77 @@ fn spawn_server(
         .map_err(|e| NbdError::Io(format!("thread: {e}")))
 }
 
-/// Buffers reused across requests, allocated up front.
+/// The buffers of the requests in flight: a fixed set, allocated and
+/// touched before the first request (the daemon's memory is locked, and a
+/// root disk's server that allocates to write back dirty pages can
+/// deadlock). When every buffer is in use the reader waits for one to come
+/// back: the kernel's requests queue on the socket meanwhile.
 struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
+    returned: Condvar,
+    /// Each buffer's capacity: the device's largest request.
+    bytes: usize,
 }
 
+/// How long the reader waits for a buffer before it allocates one more: a
+/// buffer a backend never gave back must not stop the device.
+const POOL_WAIT: Duration = Duration::from_secs(2);
+
 impl Pool {
-    fn get(&self, len: usize) -> Vec<u8> {
-        let mut b = self
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
-        // Same allocation when large enough; grows once for big requests.
+    fn new(count: usize, bytes: usize) -> Pool {
+        // Non-zero fill: zero pages would be mapped only at first use.
+        let free = (0..count).map(|_| vec![0x5au8; bytes]).collect();
+        Pool {
+            free: Mutex::new(free),
+            returned: Condvar::new(),
+            bytes,
+        }
+    }
+
+    /// A buffer of `len` bytes; waits while all are in use. `idle` runs
+    /// before a wait (it sends the requests held back, whose completions
+    /// bring buffers back).
+    fn get(&self, len: usize, idle: impl FnOnce()) -> Vec<u8> {
+        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_empty() {
+            drop(f);
+            idle();
+            f = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            let (g, _) = self
+                .returned
+                .wait_timeout_while(f, POOL_WAIT, |f| f.is_empty())
+                .unwrap_or_else(|p| p.into_inner());
+            f = g;
+        }
+        let mut b = f.pop().unwrap_or_else(|| {
+            log::warn!(
+                "NBD: no request buffer came back within {} s: allocating one more",
+                POOL_WAIT.as_secs()
+            );
+            Vec::with_capacity(self.bytes)
+        });
+        drop(f);
+        if len > b.capacity() {
+            log::warn!("NBD: a {len}-byte request above the device's largest: allocating");
+        }
+        // Same allocation when large enough (the whole buffer was
+        // initialised, so this only moves the length).
         b.resize(len, 0);
         b
     }
 
     fn put_all(&self, bufs: impl Iterator<Item = Vec<u8>>) {
         let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        for b in bufs {
-            if f.len() < 256 {
-                f.push(b);
+        for mut b in bufs {
+            // One that grew for an oversized request goes back to size.
+            if b.capacity() > self.bytes {
+                b.clear();
+                b.shrink_to(self.bytes);
             }
+            f.push(b);
         }
+        drop(f);
+        self.returned.notify_one();
     }
 }
 
@@ -606,9 +667,7 @@ fn serve(
     buffers: usize,
     stop: &AtomicBool,
 ) -> io::Result<()> {
-    let pool = Arc::new(Pool {
-        free: Mutex::new((0..buffers).map(|_| Vec::with_capacity(1 << 20)).collect()),
-    });
+    let pool = Arc::new(Pool::new(buffers, BUFFER_BYTES));
     let replies = Arc::new(Replies {
         sock: Mutex::new(sock.try_clone()?),
         queue: Mutex::new(ReplyQueue {
@@ -648,10 +707,11 @@ fn serve(
                 format!("NBD request of {} bytes above {MAX_REQUEST}", req.len),
             ));
         }
-        let mut buf = match req.cmd {
-            NBD_CMD_READ | NBD_CMD_WRITE => pool.get(req.len as usize),
-            _ => pool.get(0),
+        let len = match req.cmd {
+            NBD_CMD_READ | NBD_CMD_WRITE => req.len as usize,
+            _ => 0,
         };
+        let mut buf = pool.get(len, || plug.flush());
         if req.cmd == NBD_CMD_WRITE {
             if r.buffer().len() < buf.len() {
                 plug.flush();
@@ -714,9 +774,7 @@ mod tests {
     #[test]
     fn replies_carry_read_data_right_behind_their_header() {
         let (ours, mut kernel) = UnixStream::pair().unwrap();
-        let pool = Arc::new(Pool {
-            free: Mutex::new(Vec::new()),
-        });
+        let pool = Arc::new(Pool::new(0, 8));
         let replies = Arc::new(Replies {
             sock: Mutex::new(ours),
             queue: Mutex::new(ReplyQueue {

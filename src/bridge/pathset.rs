@@ -446,18 +446,16 @@ impl PathSet {
             g.refreshing = true;
         }
         let me = self.me.clone();
-        let spawned = std::thread::Builder::new()
-            .name("sanroot-alua".into())
-            .spawn(move || {
-                while let Some(set) = me.upgrade() {
-                    set.read_states();
-                    let mut g = set.lock();
-                    if !std::mem::take(&mut g.refresh_again) {
-                        g.refreshing = false;
-                        return;
-                    }
+        let spawned = crate::threads::named("sanroot-alua").spawn(move || {
+            while let Some(set) = me.upgrade() {
+                set.read_states();
+                let mut g = set.lock();
+                if !std::mem::take(&mut g.refresh_again) {
+                    g.refreshing = false;
+                    return;
                 }
-            });
+            }
+        });
         if spawned.is_err() {
             self.lock().refreshing = false;
         }
@@ -494,18 +492,16 @@ impl PathSet {
     fn watch(&self) {
         let me = self.me.clone();
         let every = self.timing.alua_poll;
-        let _ = std::thread::Builder::new()
-            .name("sanroot-alua-poll".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(every);
-                    let Some(set) = me.upgrade() else { return };
-                    if set.lock().closed {
-                        return;
-                    }
-                    set.refresh_alua();
+        let _ = crate::threads::named("sanroot-alua-poll").spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(set) = me.upgrade() else { return };
+                if set.lock().closed {
+                    return;
                 }
-            });
+                set.refresh_alua();
+            }
+        });
     }
 
     /// Send what is held, unless a fence holds it: on a thread of its own,
@@ -521,29 +517,27 @@ impl PathSet {
             g.releasing = true;
         }
         let me = self.me.clone();
-        let spawned = std::thread::Builder::new()
-            .name("sanroot-resend".into())
-            .spawn(move || {
-                while let Some(set) = me.upgrade() {
-                    let held = {
-                        let mut g = set.lock();
-                        // Nowhere to go: what is held stays held until a
-                        // path comes back or changes state (no busy loop).
-                        if g.fence_needed
-                            || g.fencing
-                            || g.held.is_empty()
-                            || policy::usable(&views(&g.slots)).is_empty()
-                        {
-                            g.releasing = false;
-                            return;
-                        }
-                        std::mem::take(&mut g.held)
-                    };
-                    for (op, buf, done) in held {
-                        set.submit(op, buf, done);
+        let spawned = crate::threads::named("sanroot-resend").spawn(move || {
+            while let Some(set) = me.upgrade() {
+                let held = {
+                    let mut g = set.lock();
+                    // Nowhere to go: what is held stays held until a
+                    // path comes back or changes state (no busy loop).
+                    if g.fence_needed
+                        || g.fencing
+                        || g.held.is_empty()
+                        || policy::usable(&views(&g.slots)).is_empty()
+                    {
+                        g.releasing = false;
+                        return;
                     }
+                    std::mem::take(&mut g.held)
+                };
+                for (op, buf, done) in held {
+                    set.submit(op, buf, done);
                 }
-            });
+            }
+        });
         if spawned.is_err() {
             self.lock().releasing = false;
             log::error!("cannot start a thread to send held requests");
@@ -637,17 +631,15 @@ impl PathSet {
         };
         self.note_active();
         let me = self.me.clone();
-        let _ = std::thread::Builder::new()
-            .name("sanroot-renew".into())
-            .spawn(move || {
-                if let Err(e) = io.close(within.max(Duration::from_secs(1))) {
-                    log::warn!("path {}: logout before logging in again: {e}", index + 1);
-                }
-                drop(io);
-                if let Some(set) = me.upgrade() {
-                    set.reconnect(index, pause);
-                }
-            });
+        let _ = crate::threads::named("sanroot-renew").spawn(move || {
+            if let Err(e) = io.close(within.max(Duration::from_secs(1))) {
+                log::warn!("path {}: logout before logging in again: {e}", index + 1);
+            }
+            drop(io);
+            if let Some(set) = me.upgrade() {
+                set.reconnect(index, pause);
+            }
+        });
     }
 
     /// Log out of every path (after the final flush); no path logs in
@@ -668,12 +660,26 @@ impl PathSet {
         };
         let waits: Vec<_> = ios
             .into_iter()
-            .map(|(i, io)| {
-                std::thread::spawn(move || {
-                    if let Err(e) = io.close(within) {
-                        log::warn!("path {}: logout: {e}", i + 1);
+            .filter_map(|(i, io)| {
+                let close = {
+                    let io = Arc::clone(&io);
+                    move || {
+                        if let Err(e) = io.close(within) {
+                            log::warn!("path {}: logout: {e}", i + 1);
+                        }
                     }
-                })
+                };
+                match crate::threads::spawn("sanroot-logout", close) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        // Log out here instead, one path after the other.
+                        log::warn!("{e}");
+                        if let Err(e) = io.close(within) {
+                            log::warn!("path {}: logout: {e}", i + 1);
+                        }
+                        None
+                    }
+                }
             })
             .collect();
         for w in waits {
@@ -701,9 +707,7 @@ impl PathSet {
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        let _ = std::thread::Builder::new()
-            .name("sanroot-fence".into())
-            .spawn(move || me.fence(via.0, via.1));
+        let _ = crate::threads::named("sanroot-fence").spawn(move || me.fence(via.0, via.1));
     }
 
     fn fence(&self, via: usize, io: Arc<dyn Path>) {
@@ -734,47 +738,43 @@ impl PathSet {
         self.lock().slots[index].link = Link::Connecting;
         let me = self.me.clone();
         let (first, most) = self.timing.backoff;
-        let _ = std::thread::Builder::new()
-            .name("sanroot-path".into())
-            .spawn(move || {
-                std::thread::sleep(pause);
-                let mut wait = first;
-                let mut attempt = 0u32;
-                loop {
-                    attempt = attempt.saturating_add(1);
-                    // Not kept alive by its own reconnect thread.
-                    let Some(set) = me.upgrade() else {
-                        return;
-                    };
-                    if set.lock().closed {
-                        return;
-                    }
-                    match set.connector.connect(index) {
-                        Ok(j) => return set.path_up(index, j),
-                        Err(ConnectError::Refused(reason)) => return set.refused(index, reason),
-                        // The first failures, then one in 30 (about every
-                        // 5 min at the longest backoff): a path down for
-                        // days does not fill the kernel log.
-                        Err(ConnectError::Retry(e))
-                            if attempt <= 3 || attempt.is_multiple_of(30) =>
-                        {
-                            log::warn!(
-                                "path {}: logging in again (attempt {attempt}): {e}",
-                                index + 1
-                            )
-                        }
-                        Err(ConnectError::Retry(e)) => {
-                            log::debug!(
-                                "path {}: logging in again (attempt {attempt}): {e}",
-                                index + 1
-                            )
-                        }
-                    }
-                    drop(set);
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(most);
+        let _ = crate::threads::named("sanroot-path").spawn(move || {
+            std::thread::sleep(pause);
+            let mut wait = first;
+            let mut attempt = 0u32;
+            loop {
+                attempt = attempt.saturating_add(1);
+                // Not kept alive by its own reconnect thread.
+                let Some(set) = me.upgrade() else {
+                    return;
+                };
+                if set.lock().closed {
+                    return;
                 }
-            });
+                match set.connector.connect(index) {
+                    Ok(j) => return set.path_up(index, j),
+                    Err(ConnectError::Refused(reason)) => return set.refused(index, reason),
+                    // The first failures, then one in 30 (about every
+                    // 5 min at the longest backoff): a path down for
+                    // days does not fill the kernel log.
+                    Err(ConnectError::Retry(e)) if attempt <= 3 || attempt.is_multiple_of(30) => {
+                        log::warn!(
+                            "path {}: logging in again (attempt {attempt}): {e}",
+                            index + 1
+                        )
+                    }
+                    Err(ConnectError::Retry(e)) => {
+                        log::debug!(
+                            "path {}: logging in again (attempt {attempt}): {e}",
+                            index + 1
+                        )
+                    }
+                }
+                drop(set);
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(most);
+            }
+        });
     }
 
     fn refused(&self, index: usize, reason: String) {

@@ -364,9 +364,7 @@ impl RecoveringBackend {
         if !self.recovering.swap(true, Ordering::SeqCst) {
             self.emit(RecoveryEvent::Lost { reason, parked });
             if let Some(me) = self.me.upgrade() {
-                let _ = std::thread::Builder::new()
-                    .name("sanroot-recover".into())
-                    .spawn(move || me.recover());
+                let _ = crate::threads::named("sanroot-recover").spawn(move || me.recover());
             }
         }
     }
@@ -457,17 +455,15 @@ impl RecoveringBackend {
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        let _ = std::thread::Builder::new()
-            .name("sanroot-renew".into())
-            .spawn(move || {
-                let old = me.current();
-                if let Err(e) = old.session().close(within.max(Duration::from_secs(1))) {
-                    log::warn!("logout before renewing the session: {e}");
-                }
-                drop(old);
-                std::thread::sleep(pause);
-                me.recover();
-            });
+        let _ = crate::threads::named("sanroot-renew").spawn(move || {
+            let old = me.current();
+            if let Err(e) = old.session().close(within.max(Duration::from_secs(1))) {
+                log::warn!("logout before renewing the session: {e}");
+            }
+            drop(old);
+            std::thread::sleep(pause);
+            me.recover();
+        });
     }
 
     /// Why recovery gave up or requests are refused, if so.

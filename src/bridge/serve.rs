@@ -242,14 +242,12 @@ fn probe(carrier: &Carrier, lun: u64, tx: &mpsc::Sender<Event>) {
         return;
     };
     let tx = tx.clone();
-    let spawned = std::thread::Builder::new()
-        .name("sanroot-rescan".into())
-        .spawn(move || {
-            let r = Lun::open(Arc::clone(&session), lun)
-                .map(|l| l.info)
-                .map_err(|e| e.to_string());
-            let _ = tx.send(Event::Probed(Some(session), r));
-        });
+    let spawned = crate::threads::named("sanroot-rescan").spawn(move || {
+        let r = Lun::open(Arc::clone(&session), lun)
+            .map(|l| l.info)
+            .map_err(|e| e.to_string());
+        let _ = tx.send(Event::Probed(Some(session), r));
+    });
     if let Err(e) = spawned {
         log::error!("cannot start a thread to re-read the LU: {e}");
     }
@@ -469,6 +467,9 @@ struct FirstLogin {
     info: LunInfo,
 }
 
+/// The carrier, every path (the first one's first) and their ISIDs.
+type Carried = (Carrier, Vec<PathSpec>, Vec<[u8; 6]>);
+
 /// The carrier of the device's requests: a path set when there are
 /// several paths (given, or learnt from SendTargets), else one recovering
 /// session. Its events are forwarded to `ev_tx`.
@@ -482,7 +483,7 @@ fn carrier(
     ev_tx: &mpsc::Sender<Event>,
     sess_tx: mpsc::Sender<SessionEvent>,
     path_sessions: mpsc::Sender<(usize, SessionEvent)>,
-) -> (Carrier, Vec<PathSpec>, Vec<[u8; 6]>) {
+) -> Result<Carried, CmdError> {
     let FirstLogin {
         session,
         tpgt,
@@ -509,7 +510,7 @@ fn carrier(
         );
         all = order;
         let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
-        forward(ev_tx, rec_rx, Event::Recovery);
+        forward(ev_tx, rec_rx, Event::Recovery)?;
         let alua = super::sessionpath::alua_state(&session, &info);
         let backend = RecoveringBackend::new(
             IscsiBackend::new(session, info).with_ua_hook(Some(Arc::clone(&on_ua))),
@@ -523,7 +524,7 @@ fn carrier(
             RecoveryPolicy::default(),
             Some(rec_tx),
         );
-        return (
+        return Ok((
             Carrier::One {
                 backend,
                 alua,
@@ -531,7 +532,7 @@ fn carrier(
             },
             all,
             isids,
-        );
+        ));
     }
     while isids.len() < all.len() {
         isids.push(crate::iscsi::login::random_isid());
@@ -556,7 +557,7 @@ fn carrier(
         }
     }
     let (pe_tx, pe_rx) = mpsc::channel::<PathEvent>();
-    forward(ev_tx, pe_rx, Event::Path);
+    forward(ev_tx, pe_rx, Event::Path)?;
     let set = PathSet::new(
         info,
         spec.policy,
@@ -577,7 +578,7 @@ fn carrier(
         spec.policy.name()
     );
     let portals = all.iter().map(|p| p.portal.to_string()).collect();
-    (Carrier::Set { set, portals }, all, isids)
+    Ok((Carrier::Set { set, portals }, all, isids))
 }
 
 fn serve_inner(
@@ -653,7 +654,7 @@ fn serve_inner(
         &ev_tx,
         sess_tx,
         psess_tx,
-    );
+    )?;
     let backend = carrier.backend();
     let kind = match &spec.take_over {
         Some(t) => t.bridge,
@@ -736,16 +737,17 @@ fn serve_inner(
     // Forward signals, session events and the end of the device.
     {
         let tx = ev_tx.clone();
-        std::thread::spawn(move || {
+        crate::threads::spawn("sanroot-signals", move || {
             while let Ok(s) = sigs.wait() {
                 if tx.send(Event::Signal(s)).is_err() {
                     return;
                 }
             }
-        });
+        })
+        .map_err(thread_error)?;
     }
-    forward(&ev_tx, sess_rx, Event::Session);
-    forward(&ev_tx, psess_rx, |(i, e)| Event::PathSession(i, e));
+    forward(&ev_tx, sess_rx, Event::Session)?;
+    forward(&ev_tx, psess_rx, |(i, e)| Event::PathSession(i, e))?;
     let probe_tx = ev_tx.clone();
     if lu_bytes > dev_bytes {
         // The LU grew while no daemon served it.
@@ -754,10 +756,11 @@ fn serve_inner(
     let waiter = {
         let tx = ev_tx.clone();
         let d = Arc::clone(&dev);
-        std::thread::spawn(move || {
+        crate::threads::spawn("sanroot-devwait", move || {
             d.wait();
             let _ = tx.send(Event::DeviceGone);
         })
+        .map_err(thread_error)?
     };
     drop(ev_tx);
     let mut serving = Serving {
@@ -1222,15 +1225,21 @@ fn forward<T: Send + 'static>(
     tx: &mpsc::Sender<Event>,
     rx: mpsc::Receiver<T>,
     wrap: fn(T) -> Event,
-) {
+) -> Result<(), CmdError> {
     let tx = tx.clone();
-    std::thread::spawn(move || {
+    crate::threads::spawn("sanroot-events", move || {
         for e in rx {
             if tx.send(wrap(e)).is_err() {
                 return;
             }
         }
-    });
+    })
+    .map(drop)
+    .map_err(thread_error)
+}
+
+fn thread_error(e: std::io::Error) -> CmdError {
+    CmdError::new(exit::FAILURE, format!("{e}: out of memory or threads"))
 }
 
 /// The device being served, whichever bridge.
@@ -1246,12 +1255,16 @@ enum Device {
 }
 
 fn ublk_options(cfg: &InitiatorConfig) -> UblkOptions {
-    let queues = UblkOptions::default().queues;
     UblkOptions {
-        // Memory is locked: keep the per-tag buffers modest. One queue
-        // per CPU (up to 4), sharing the session's command window.
-        queues,
-        depth: (cfg.session.queue_depth / queues.max(1)).clamp(8, 128),
+        // The daemon's memory is locked, and ublk wants a buffer of the
+        // largest request for every tag: tags x 256 KiB, all of it
+        // resident. One queue, whose tags every CPU shares, with as many
+        // tags as the session lets commands be in flight (up to 32): 8 MiB.
+        // Queues per CPU would split those tags, and a single submitter
+        // would see a fraction of them; the one TCP connection is what
+        // orders the I/O anyway.
+        queues: 1,
+        depth: cfg.session.queue_depth.clamp(8, UBLK_TAGS),
         max_io_bytes: 256 * 1024,
         // Requests a killed daemon had taken are sent again by the next
         // one (same ISID: the session is reinstated), instead of failing
@@ -1260,6 +1273,9 @@ fn ublk_options(cfg: &InitiatorConfig) -> UblkOptions {
         ..UblkOptions::default()
     }
 }
+
+/// Tags of the served ublk device, at most.
+const UBLK_TAGS: u16 = 32;
 
 impl Device {
     fn take_over(

@@ -150,8 +150,7 @@ impl SessionConnector {
 pub fn tagged(out: &Sender<(usize, SessionEvent)>, index: usize) -> Option<Sender<SessionEvent>> {
     let out = out.clone();
     let (tx, rx) = mpsc::channel::<SessionEvent>();
-    std::thread::Builder::new()
-        .name("sanroot-path-events".into())
+    crate::threads::named("sanroot-path-events")
         .spawn(move || {
             for e in rx {
                 if out.send((index, e)).is_err() {

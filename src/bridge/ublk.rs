@@ -1147,8 +1147,7 @@ impl Queues {
             *lock(&life.live) += 1;
             let guard = LiveGuard(Arc::clone(&life));
             let tx = tx.clone();
-            match thread::Builder::new()
-                .name(format!("ublk{dev_id}q{q_id}"))
+            match crate::threads::named(format!("ublk{dev_id}q{q_id}"))
                 .spawn(move || queue_main(cfg, tx, guard))
             {
                 Ok(h) => {

@@ -152,6 +152,17 @@ pub fn detach(device: &str) -> i32 {
     common::report(detach_device(device))
 }
 
+/// The serving daemon's memory now; None when it is gone.
+fn memory(r: &DeviceRecord) -> Option<state::MemoryUse> {
+    r.daemon_alive()
+        .then(|| state::MemoryUse::of(r.pid))
+        .flatten()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
 pub fn status(json_out: bool) -> i32 {
     let recs = state::load_all(&state::run_dir());
     let boot = crate::boot::handoff::read(&crate::boot::handoff_root());
@@ -183,6 +194,7 @@ pub fn status(json_out: bool) -> i32 {
                 let mut j = serde_json::to_value(r).unwrap_or(json!({}));
                 j["state"] = json!(live(r));
                 j["boot"] = json!(is_boot(r));
+                j["memory"] = json!(memory(r));
                 if let Some(b) = boot.as_ref().filter(|_| is_boot(r)) {
                     j["hidden_node_records"] = json!(b.hidden_node_records);
                     j["second_logins"] = json!(second);
@@ -215,6 +227,14 @@ pub fn status(json_out: bool) -> i32 {
                 format!("{}/{}", r.isid.chars().take(12).collect::<String>(), r.tsih),
                 r.target
             );
+            if let Some(m) = memory(r) {
+                crate::outln!(
+                    "  memory {:.1} MiB resident (peak {:.1}), {:.1} MiB locked",
+                    mib(m.resident_bytes),
+                    mib(m.resident_peak_bytes),
+                    mib(m.locked_bytes)
+                );
+            }
             // Several paths: one line each under the device.
             if r.paths.len() > 1 {
                 for p in &r.paths {

@@ -26,7 +26,7 @@ fn bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/x86_64-unknown-linux-gnu/release/sanroot")
+                .join("target/x86_64-unknown-linux-musl/release/sanroot")
         })
 }
 

@@ -96,7 +96,7 @@ fn repo() -> &'static Path {
 fn static_bin() -> Result<PathBuf, String> {
     let p = std::env::var_os("SANROOT_STATIC_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-musl/release/sanroot"));
     if p.exists() {
         Ok(p)
     } else {

@@ -12,7 +12,7 @@ pub fn repo() -> &'static Path {
 pub fn static_bin() -> PathBuf {
     let p = std::env::var_os("SANROOT_STATIC_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/sanroot"));
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-musl/release/sanroot"));
     assert!(
         p.exists(),
         "no static sanroot at {}: run `cargo build --release` (tests/run does) or set SANROOT_STATIC_BIN",

@@ -643,6 +643,7 @@ fn path_loss(name: &'static str, budget: i64) {
         &format!("while 10.9.1.1 is cut, its path is {p1}"),
     );
     c.path_is("status_down", P2, None, None, true);
+    daemon_memory_within_budget(&c, "status_down");
     c.eq(
         "down_cmds_1",
         "0",
@@ -680,6 +681,33 @@ fn path_loss(name: &'static str, budget: i64) {
         "ini_socks_p1",
         1,
         "old sockets to 10.9.1.1:3260 left in the initiator's namespace",
+    );
+}
+
+/// The daemon's peak resident memory (`status --json`'s `memory`), after
+/// two sessions, a path's loss and writes through all of it, is within the
+/// 16 MiB a root daemon may cost (issue 16), and what it holds is locked.
+fn daemon_memory_within_budget(c: &Case, key: &str) {
+    let mem = &c.status(key)["memory"];
+    let field = |f: &str| {
+        mem[f].as_u64().unwrap_or_else(|| {
+            c.fail(&format!(
+                "{key}: no memory.{f} in `sanroot status --json`: {mem}"
+            ))
+        })
+    };
+    let (peak, now, locked) = (
+        field("resident_peak_bytes"),
+        field("resident_bytes"),
+        field("locked_bytes"),
+    );
+    c.check(
+        peak <= 16 << 20,
+        &format!("the daemon's peak resident memory is {peak} bytes, above 16 MiB"),
+    );
+    c.check(
+        locked >= now / 10 * 9,
+        &format!("the daemon has {now} bytes resident but only {locked} locked (mlockall)"),
     );
 }
 

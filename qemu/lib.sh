@@ -5,7 +5,7 @@
 #
 #   . "$(dirname "$0")/lib.sh"
 #   sr_init                      # work dir + cleanup trap
-#   sr_find_kernel               # SR_KERNEL, SR_KVER
+#   sr_find_kernel               # SR_KERNEL, SR_KVER, SR_MODROOT (SR_GUEST_KERNEL)
 #   sr_build_initramfs OUT [SRC:DST ...]
 #   sr_tgt_start; sr_tgt_add_target 1 IQN; sr_tgt_add_chap 1 U P
 #   sr_tftp_dir DIR SCRIPT_TEXT KERNEL INITRD
@@ -95,18 +95,196 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
 }
 
-# Newest Debian 6.12 kernel: sets SR_KERNEL (vmlinuz path) and SR_KVER.
+# The guest kernel: sets SR_KERNEL (vmlinuz path), SR_KVER and SR_MODROOT
+# (the directory whose lib/modules/$SR_KVER holds its modules: / for the
+# host's). SR_GUEST_KERNEL chooses it:
+#   (unset), host     the newest Debian 6.12 kernel installed in /boot
+#   backports         the newest linux-image of trixie-backports that is
+#                     6.16 or newer (sr_fetch_kernel)
+#   backports-X.Y     the newest linux-image X.Y.* of trixie-backports
+SR_MODROOT=${SR_MODROOT:-/}
 sr_find_kernel() {
+    case "${SR_GUEST_KERNEL:-host}" in
+    host) ;;
+    backports)
+        sr_fetch_kernel
+        return 0
+        ;;
+    backports-[0-9]*.[0-9]*)
+        sr_fetch_kernel "${SR_GUEST_KERNEL#backports-}"
+        return 0
+        ;;
+    *) sr_die "SR_GUEST_KERNEL must be host, backports or backports-X.Y, not '$SR_GUEST_KERNEL'" ;;
+    esac
     SR_KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-6.12*' | sort -V | tail -n 1)
     [ -n "$SR_KERNEL" ] || sr_die "no /boot/vmlinuz-6.12* (apt-get install linux-image-6.12-amd64)"
     SR_KVER=${SR_KERNEL##*/vmlinuz-}
+    SR_MODROOT=/
     [ -d "/lib/modules/$SR_KVER" ] || sr_die "no /lib/modules/$SR_KVER"
+}
+
+# sr_fetch_kernel [X.Y]: a Debian kernel from trixie-backports for the
+# guests, never installed on the host. The newest linux-image-*-amd64 there
+# (the signed one, else -unsigned) of series X.Y, or without X.Y the newest
+# that is 6.16 or newer, is fetched with `apt-get download` (with the
+# packages it depends on that carry its ABI name: linux-binary-*,
+# linux-modules-*, linux-base-* where the kernel is split) and unpacked with
+# `dpkg-deb -x` (then depmod) into SR_KERNEL_CACHE (default
+# /var/cache/sanroot/kernels), where later runs find it. Sets SR_KERNEL,
+# SR_KVER, SR_MODROOT and SR_KERNEL_PKG ("NAME=VERSION").
+#
+# apt runs with a private configuration under the cache (its own sources
+# list with only trixie-backports, package lists and archive cache): the
+# host's apt sources, lists and pinning are not touched, whatever suites the
+# host has. The mirror is the host's Debian mirror (SR_DEBIAN_MIRROR
+# overrides it). The package lists are read again when older than 12 hours
+# (SR_KERNEL_REFRESH=1: always); when that fails, the newest kernel already
+# unpacked for the same request is used, with a warning. A kernel no run
+# has used for 30 days is removed from the cache.
+SR_KERNEL_CACHE=${SR_KERNEL_CACHE:-/var/cache/sanroot/kernels}
+sr_fetch_kernel() {
+    local series=${1:-} min=6.16 cache=$SR_KERNEL_CACHE mirror keyring lockfd
+    local -a apt
+    local pkg='' ver='' abi='' name n v want dir tmp deb vmlinuz kver deps d q fresh=0 err
+    cache=${cache%/}
+    mkdir -p "$cache/apt/lists/partial" "$cache/apt/cache/archives/partial" "$cache/apt/none.d" "$cache/debs"
+    exec {lockfd}>"$cache/lock"
+    flock -w 1800 "$lockfd" || sr_die "sr_fetch_kernel: $cache/lock is held by another run"
+    mirror=${SR_DEBIAN_MIRROR:-}
+    if [ -z "$mirror" ]; then
+        # The host's mirror of Debian's main archive ("500 URI SUITE/main ...").
+        mirror=$(apt-cache policy 2>/dev/null | awk '$3 ~ /^(bookworm|trixie|trixie-backports|bookworm-backports)\/main$/ && $2 !~ /security/ { print $2; exit }')
+        mirror=${mirror:-http://deb.debian.org/debian}
+    fi
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    [ -r "$keyring" ] || sr_die "sr_fetch_kernel: no $keyring (apt-get install debian-archive-keyring)"
+    printf 'deb [signed-by=%s] %s trixie-backports main\n' "$keyring" "${mirror%/}" >"$cache/apt/sources.list.new"
+    if ! cmp -s "$cache/apt/sources.list.new" "$cache/apt/sources.list"; then
+        mv "$cache/apt/sources.list.new" "$cache/apt/sources.list"
+        rm -f "$cache/apt/lists/"*Packages* "$cache/apt/lists/"*Release*
+    else
+        rm -f "$cache/apt/sources.list.new"
+    fi
+    apt=(-o "Dir::Etc::SourceList=$cache/apt/sources.list" -o "Dir::Etc::SourceParts=$cache/apt/none.d"
+        -o "Dir::Etc::Preferences=$cache/apt/none" -o "Dir::Etc::PreferencesParts=$cache/apt/none.d"
+        -o "Dir::State::Lists=$cache/apt/lists" -o "Dir::Cache=$cache/apt/cache"
+        -o "APT::Architecture=amd64" -o "APT::Architectures=amd64" -o "APT::Sandbox::User=root")
+    if [ "${SR_KERNEL_REFRESH:-0}" = 1 ] ||
+        [ -z "$(find "$cache/apt/lists" -maxdepth 1 -name '*trixie-backports*Packages*' -mmin -720 2>/dev/null)" ]; then
+        sr_log "guest kernel: reading trixie-backports' package list from $mirror"
+        if err=$(apt-get "${apt[@]}" -qq update 2>&1) &&
+            [ -n "$(find "$cache/apt/lists" -maxdepth 1 -name '*trixie-backports*Packages*')" ]; then
+            fresh=1
+        else
+            sr_log "guest kernel: apt-get update of trixie-backports ($mirror) failed: $(printf '%s' "$err" | tail -n 3 | tr '\n' ' ')"
+        fi
+    else
+        fresh=1
+    fi
+    want=${series:-$min+}
+    if [ "$fresh" = 1 ]; then
+        # linux-image-ABI-amd64[-unsigned], ABI = X.Y.Z+SUFFIX (no -cloud, -rt, -dbg).
+        while read -r name; do
+            n=${name#linux-image-}
+            n=${n%-amd64-unsigned}
+            n=${n%-amd64}
+            v=${n%%+*}
+            case "$v" in [0-9]*.[0-9]*) ;; *) continue ;; esac
+            if [ -n "$series" ]; then
+                [ "${v%.*}" = "$series" ] || [ "$v" = "$series" ] || continue
+            else
+                [ "$(printf '%s\n%s\n' "$min" "$v" | sort -V | head -n 1)" = "$min" ] || continue
+            fi
+            case "$name" in *-unsigned) echo "$n 1 $name" ;; *) echo "$n 0 $name" ;; esac
+        done < <(apt-cache "${apt[@]}" pkgnames linux-image- 2>/dev/null |
+            grep -E '^linux-image-[0-9]+\.[0-9]+[.0-9]*\+[^-]*-amd64(-unsigned)?$') >"$cache/candidates"
+        # Newest ABI first; for one ABI the signed package first.
+        while read -r n _ name; do
+            ver=$(apt-cache "${apt[@]}" show --no-all-versions "$name" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+            [ -n "$ver" ] || continue
+            pkg=$name
+            abi=${n}-amd64
+            break
+        done < <(sort -k 1,1Vr -k 2,2n "$cache/candidates")
+        [ -n "$pkg" ] || sr_log "guest kernel: trixie-backports ($mirror) offers no linux-image-*-amd64 of $want"
+    fi
+    if [ -n "$pkg" ]; then
+        dir=$cache/$abi
+        if [ ! -e "$dir/.complete" ] || [ "$(cat "$dir/.complete")" != "$pkg=$ver" ]; then
+            # The package and what it depends on under the same ABI name.
+            deps=("$pkg=$ver")
+            q=("$pkg")
+            while [ "${#q[@]}" -gt 0 ]; do
+                name=${q[0]}
+                q=("${q[@]:1}")
+                for d in $(apt-cache "${apt[@]}" show --no-all-versions "$name" 2>/dev/null |
+                    sed -n 's/^\(Pre-\)\?Depends: //p' | tr ',|' '\n\n' | sed 's/(.*//; s/ //g' | grep -F -- "$abi" | sort -u); do
+                    case " ${deps[*]} " in *" $d="*) continue ;; esac
+                    v=$(apt-cache "${apt[@]}" show --no-all-versions "$d" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+                    [ -n "$v" ] || sr_die "guest kernel: $pkg needs $d, which trixie-backports does not offer"
+                    deps+=("$d=$v")
+                    q+=("$d")
+                done
+            done
+            sr_log "guest kernel: downloading ${deps[*]} from trixie-backports ($mirror)"
+            rm -f "$cache/debs/"*.deb
+            (cd "$cache/debs" && apt-get "${apt[@]}" -qq download "${deps[@]}") >&2 ||
+                sr_die "guest kernel: apt-get download ${deps[*]} failed (mirror $mirror, cache $cache)"
+            tmp=$dir.tmp
+            rm -rf "$tmp" "$dir"
+            mkdir -p "$tmp"
+            for deb in "$cache/debs/"*.deb; do
+                dpkg-deb -x "$deb" "$tmp" || sr_die "guest kernel: dpkg-deb -x $deb failed"
+            done
+            rm -f "$cache/debs/"*.deb
+            # The modules in /usr/lib/modules/KVER (or /lib/...); the image
+            # in /boot/vmlinuz-KVER or, split packages, in the modules' directory.
+            if [ ! -e "$tmp/lib" ] && [ -d "$tmp/usr/lib/modules" ]; then ln -s usr/lib "$tmp/lib"; fi
+            kver=$(find "$tmp/lib/modules/" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)
+            [ -n "$kver" ] || sr_die "guest kernel: no lib/modules/KVER in ${deps[*]}"
+            vmlinuz=boot/vmlinuz-$kver
+            [ -f "$tmp/$vmlinuz" ] || vmlinuz=lib/modules/$kver/vmlinuz
+            [ -f "$tmp/$vmlinuz" ] || sr_die "guest kernel: no boot/vmlinuz-$kver nor lib/modules/$kver/vmlinuz in ${deps[*]}"
+            depmod -b "$tmp" "$kver" || sr_die "guest kernel: depmod -b $tmp $kver failed"
+            printf '%s\n' "$kver" "$vmlinuz" >"$tmp/.kernel"
+            echo "$pkg=$ver" >"$tmp/.complete"
+            mv "$tmp" "$dir"
+        fi
+    else
+        # Offline, or nothing fits: the newest kernel unpacked before for this request.
+        dir=
+        for d in $(find "$cache" -mindepth 2 -maxdepth 2 -name .complete -printf '%h\n' 2>/dev/null | sort -V -r); do
+            v=${d##*/}
+            v=${v%%+*}
+            if [ -n "$series" ]; then
+                [ "${v%.*}" = "$series" ] || [ "$v" = "$series" ] || continue
+            else
+                [ "$(printf '%s\n%s\n' "$min" "$v" | sort -V | head -n 1)" = "$min" ] || continue
+            fi
+            dir=$d
+            break
+        done
+        [ -n "$dir" ] || sr_die "guest kernel: cannot fetch a linux-image-*-amd64 ($want) from trixie-backports ($mirror) and none is cached in $cache: check the network to the Debian mirror (or set SR_DEBIAN_MIRROR)"
+        sr_log "guest kernel: WARNING: using the cached $(cat "$dir/.complete"); trixie-backports could not be read"
+    fi
+    # Kernels no run asked for in 30 days go.
+    touch "$dir/.complete"
+    find "$cache" -mindepth 2 -maxdepth 2 -name .complete -mtime +30 -printf '%h\n' 2>/dev/null |
+        while read -r d; do [ "$d" = "$dir" ] || rm -rf "$d"; done
+    rm -rf "$cache/"*.tmp
+    exec {lockfd}>&-
+    { read -r SR_KVER && read -r vmlinuz; } <"$dir/.kernel" || sr_die "guest kernel: no $dir/.kernel"
+    SR_KERNEL=$dir/$vmlinuz
+    SR_MODROOT=$dir
+    SR_KERNEL_PKG=$(cat "$dir/.complete")
+    [ -d "$SR_MODROOT/lib/modules/$SR_KVER" ] || sr_die "no $SR_MODROOT/lib/modules/$SR_KVER"
+    sr_log "guest kernel: $SR_KVER ($SR_KERNEL_PKG from trixie-backports) in $dir"
 }
 
 # Copy module NAME of SR_KVER, decompressed, to DIR/NAME.ko.
 sr_copy_module() {
     local name=$1 dir=$2 path
-    path=$(modinfo -k "$SR_KVER" -n "$name") || sr_die "module $name not found for $SR_KVER"
+    path=$(modinfo -b "${SR_MODROOT:-/}" -k "$SR_KVER" -n "$name") || sr_die "module $name not found for $SR_KVER"
     case "$path" in
     *.ko.xz) xz -dc "$path" >"$dir/$name.ko" ;;
     *.ko.zst) zstd -dc "$path" >"$dir/$name.ko" ;;
@@ -394,11 +572,11 @@ _sr_copy_module_rec() {
     local dir=$1 name=$2 stack=$3 path dep deps n
     case " $stack " in *" $name "*) sr_die "module dependency loop: $stack $name" ;; esac
     if compgen -G "$dir/[0-9][0-9][0-9]-$name.ko" >/dev/null; then return 0; fi
-    path=$(modinfo -k "$SR_KVER" -n "$name" 2>/dev/null) || sr_die "module $name not found for $SR_KVER"
+    path=$(modinfo -b "${SR_MODROOT:-/}" -k "$SR_KVER" -n "$name" 2>/dev/null) || sr_die "module $name not found for $SR_KVER"
     case "$path" in
     "(builtin)" | "") return 0 ;;
     esac
-    deps=$(modinfo -k "$SR_KVER" -F depends "$name" 2>/dev/null || true)
+    deps=$(modinfo -b "${SR_MODROOT:-/}" -k "$SR_KVER" -F depends "$name" 2>/dev/null || true)
     for dep in ${deps//,/ }; do
         _sr_copy_module_rec "$dir" "${dep//-/_}" "$stack $name"
     done

@@ -83,9 +83,9 @@ struct Run {
     all_done: Mutex<Option<mpsc::Sender<()>>>,
 }
 
-/// Submit one I/O; its completion records the latency and submits the next
-/// until the time is up.
-fn issue(run: &Arc<Run>, buf: Vec<u8>) {
+/// Submit one I/O at time `t`; its completion records the latency and
+/// submits the next (at the completion's own time) until the time is up.
+fn issue(run: &Arc<Run>, buf: Vec<u8>, t: Instant) {
     let slot = if run.random {
         run.rng.lock().unwrap_or_else(|p| p.into_inner()).next() % run.span
     } else {
@@ -98,7 +98,6 @@ fn issue(run: &Arc<Run>, buf: Vec<u8>) {
     } else {
         (cdb::read(lba, n, false), DataDir::Read(run.io as u32))
     };
-    let t = Instant::now();
     let me = Arc::clone(run);
     run.session.submit(
         Command {
@@ -128,7 +127,7 @@ fn issue(run: &Arc<Run>, buf: Vec<u8>) {
                 }
             }
             if now < me.end && me.session.failure().is_none() {
-                issue(&me, b);
+                issue(&me, b, now);
             } else if me.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
                 && let Some(tx) = me.all_done.lock().unwrap_or_else(|p| p.into_inner()).take()
             {
@@ -193,7 +192,7 @@ fn bench(args: &Args) -> Result<(), CmdError> {
         } else {
             0
         };
-        issue(&state, vec![fill; io]);
+        issue(&state, vec![fill; io], Instant::now());
     }
     if done_rx
         .recv_timeout(Duration::from_secs_f64(secs) + Duration::from_secs(60))

@@ -9,7 +9,7 @@
 //! protocol error, not an allocation.
 
 use std::fmt;
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 
 use super::digest;
 use super::pdu::{BHS_LEN, Bhs, Framing, Opcode, Pdu, PduError, pad4};
@@ -127,17 +127,39 @@ pub struct RxHeader {
     pub data_len: usize,
 }
 
+/// A reader that counts the bytes it has read.
+struct Counted<R> {
+    r: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads PDUs from the target.
 pub struct PduReader<R: Read> {
-    r: BufReader<R>,
+    r: BufReader<Counted<R>>,
     params: FrameParams,
     /// Opcode and ITT of the header whose data is pending, for messages.
     pending: Option<(Opcode, u32, usize)>,
+    /// The last data segment was large (see [`DIRECT_MIN`]): read what
+    /// follows it (header, padding, digest) without filling the buffer.
+    direct: bool,
 }
 
 /// Large enough to take several small PDUs per read() call; large data
 /// segments bypass it and land directly in the destination.
 const READ_BUFFER: usize = 64 * 1024;
+/// Data segments at least this long are read from the socket straight
+/// into their destination; after one, the next header is read on its own,
+/// since a buffered read would pull the start of the next large segment
+/// into the buffer, to be copied a second time.
+const DIRECT_MIN: usize = 16 * 1024;
 /// AHS we read and skip (we never ask for one); bounded by the 8-bit
 /// TotalAHSLength field anyway (1020 bytes).
 const MAX_AHS: usize = 255 * 4;
@@ -145,9 +167,10 @@ const MAX_AHS: usize = 255 * 4;
 impl<R: Read> PduReader<R> {
     pub fn new(r: R, params: FrameParams) -> PduReader<R> {
         PduReader {
-            r: BufReader::with_capacity(READ_BUFFER, r),
+            r: BufReader::with_capacity(READ_BUFFER, Counted { r, n: 0 }),
             params,
             pending: None,
+            direct: false,
         }
     }
 
@@ -160,7 +183,12 @@ impl<R: Read> PduReader<R> {
     }
 
     pub fn get_ref(&self) -> &R {
-        self.r.get_ref()
+        &self.r.get_ref().r
+    }
+
+    /// Bytes read from the connection so far (buffered or consumed).
+    pub fn received(&self) -> u64 {
+        self.r.get_ref().n
     }
 
     /// Bytes already read from the socket and not yet consumed: when 0,
@@ -181,7 +209,12 @@ impl<R: Read> PduReader<R> {
             self.skip(op, itt, len)?;
         }
         let mut raw = [0u8; BHS_LEN];
-        read_exact_or_closed(&mut self.r, &mut raw)?;
+        if self.direct && self.buffered() < BHS_LEN {
+            let done = self.take_buffered(&mut raw);
+            read_exact_or_closed(self.r.get_mut(), &mut raw, done)?;
+        } else {
+            read_exact_or_closed(&mut self.r, &mut raw, 0)?;
+        }
         let bhs = Bhs::new_unchecked(&raw[..]);
         // Refuse garbage before trusting any length in it: an unknown
         // opcode must not make us swallow up to 1 KiB of "AHS".
@@ -189,10 +222,10 @@ impl<R: Read> PduReader<R> {
         let framing = Framing::of(&bhs);
         let mut ahs = [0u8; MAX_AHS];
         let ahs = &mut ahs[..framing.ahs_len.min(MAX_AHS)];
-        self.r.read_exact(ahs)?;
+        self.read_small(ahs)?;
         if self.params.header_digest {
             let mut d = [0u8; 4];
-            self.r.read_exact(&mut d)?;
+            self.read_small(&mut d)?;
             let got = digest::from_wire(d);
             let want = digest::crc32c(&[&raw, ahs]);
             if got != want {
@@ -213,6 +246,10 @@ impl<R: Read> PduReader<R> {
         }
         if data_len > 0 {
             self.pending = Some((pdu.opcode(), bhs.itt(), data_len));
+        } else {
+            // Headers without data (R2Ts, write responses) come in runs:
+            // buffered reads take many at once.
+            self.direct = false;
         }
         Ok(RxHeader { pdu, raw, data_len })
     }
@@ -240,13 +277,13 @@ impl<R: Read> PduReader<R> {
                 buffer: dst.len(),
             });
         }
-        self.r.read_exact(dst)?;
+        self.read_payload(dst)?;
         let mut pad = [0u8; 3];
         let pad = &mut pad[..pad4(len) - len];
-        self.r.read_exact(pad)?;
+        self.read_small(pad)?;
         if self.params.data_digest {
             let mut d = [0u8; 4];
-            self.r.read_exact(&mut d)?;
+            self.read_small(&mut d)?;
             let got = digest::from_wire(d);
             let want = digest::crc32c(&[dst, pad]);
             if got != want {
@@ -278,7 +315,39 @@ impl<R: Read> PduReader<R> {
         Ok(())
     }
 
+    /// Move what is buffered (up to `dst`'s length) into `dst`.
+    fn take_buffered(&mut self, dst: &mut [u8]) -> usize {
+        let b = self.r.buffer();
+        let n = b.len().min(dst.len());
+        dst[..n].copy_from_slice(&b[..n]);
+        self.r.consume(n);
+        n
+    }
+
+    /// Fill `dst`, a few bytes framing a PDU: through the buffer, except
+    /// after a large segment, when no byte past `dst` is read.
+    fn read_small(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        if !self.direct || self.buffered() >= dst.len() {
+            return self.r.read_exact(dst);
+        }
+        let done = self.take_buffered(dst);
+        self.r.get_mut().read_exact(&mut dst[done..])
+    }
+
+    /// Fill `dst` with a data segment: a large one straight from the
+    /// socket once the buffer is drained (one copy, and no byte of what
+    /// follows is read into the buffer).
+    fn read_payload(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        self.direct = dst.len() >= DIRECT_MIN;
+        if !self.direct {
+            return self.r.read_exact(dst);
+        }
+        let done = self.take_buffered(dst);
+        self.r.get_mut().read_exact(&mut dst[done..])
+    }
+
     fn skip(&mut self, op: Opcode, itt: u32, len: usize) -> Result<(), ConnError> {
+        self.direct = false;
         let mut left = pad4(len);
         let mut crc = 0u32;
         let mut buf = [0u8; 4096];
@@ -305,8 +374,13 @@ impl<R: Read> PduReader<R> {
     }
 }
 
-fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ConnError> {
-    let mut done = 0;
+/// Fill `buf` from `done` on; end of stream before its first byte is
+/// [`ConnError::Closed`].
+fn read_exact_or_closed<R: Read>(
+    r: &mut R,
+    buf: &mut [u8],
+    mut done: usize,
+) -> Result<(), ConnError> {
     while done < buf.len() {
         match r.read(&mut buf[done..]) {
             Ok(0) if done == 0 => return Err(ConnError::Closed),
@@ -406,8 +480,76 @@ impl<W: Write> PduWriter<W> {
         Ok(())
     }
 
+    /// Send PDUs given as (BHS already carrying its data segment length,
+    /// the data segment), [`CHUNK`] at most per vectored write, without
+    /// allocating: the session's writer sends every batch this way.
+    pub fn send_each<'a, I>(&mut self, pdus: I) -> io::Result<()>
+    where
+        I: IntoIterator<Item = (&'a [u8; BHS_LEN], &'a [u8])>,
+    {
+        const NONE: (&[u8; BHS_LEN], &[u8]) = (&[0; BHS_LEN], &[]);
+        let mut it = pdus.into_iter();
+        loop {
+            let mut chunk = [NONE; CHUNK];
+            let mut n = 0;
+            while n < CHUNK
+                && let Some(p) = it.next()
+            {
+                chunk[n] = p;
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            self.send_chunk(&chunk[..n])?;
+        }
+    }
+
+    /// One vectored write of up to [`CHUNK`] PDUs, with their digests.
+    fn send_chunk(&mut self, pdus: &[(&[u8; BHS_LEN], &[u8])]) -> io::Result<()> {
+        let (hd, dd) = (self.params.header_digest, self.params.data_digest);
+        let mut hdig = [[0u8; 4]; CHUNK];
+        let mut ddig = [[0u8; 4]; CHUNK];
+        for (i, (bhs, data)) in pdus.iter().enumerate() {
+            if hd {
+                hdig[i] = digest::to_wire(digest::crc32c(&[&bhs[..]]));
+            }
+            if dd && !data.is_empty() {
+                let crc = digest::crc32c(&[data]);
+                let pad = &ZERO_PAD[..pad4(data.len()) - data.len()];
+                ddig[i] = digest::to_wire(crc32c::crc32c_append(crc, pad));
+            }
+        }
+        let mut iov = [IoSlice::new(&[]); CHUNK * 5];
+        let mut k = 0;
+        for (i, (bhs, data)) in pdus.iter().enumerate() {
+            push_iov(&mut iov, &mut k, &bhs[..]);
+            if hd {
+                push_iov(&mut iov, &mut k, &hdig[i]);
+            }
+            push_iov(&mut iov, &mut k, data);
+            push_iov(&mut iov, &mut k, &ZERO_PAD[..pad4(data.len()) - data.len()]);
+            if dd && !data.is_empty() {
+                push_iov(&mut iov, &mut k, &ddig[i]);
+            }
+        }
+        write_all_vectored(&mut self.w, &mut iov[..k])
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.w.flush()
+    }
+}
+
+/// PDUs per vectored write in [`PduWriter::send_each`]: its I/O vector
+/// lives on the stack.
+const CHUNK: usize = 32;
+
+/// Append `s` to the I/O vector `iov[..*k]`, unless it is empty.
+fn push_iov<'a>(iov: &mut [IoSlice<'a>], k: &mut usize, s: &'a [u8]) {
+    if !s.is_empty() {
+        iov[*k] = IoSlice::new(s);
+        *k += 1;
     }
 }
 
@@ -539,6 +681,60 @@ mod tests {
         let mut r = PduReader::new(&bytes[..], p);
         r.read_header().unwrap();
         assert_eq!(r.read_header().unwrap().pdu, nop);
+    }
+
+    /// A stream that hands out at most `max` bytes per read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        max: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.max).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn large_and_small_segments_keep_framing_in_any_read_sizes() {
+        let segs: Vec<Vec<u8>> = [DIRECT_MIN + 5, 0, 5, DIRECT_MIN * 2, 3, 0]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b * 7 + i) as u8).collect())
+            .collect();
+        for (hd, dd) in [(false, false), (true, true)] {
+            let p = FrameParams {
+                header_digest: hd,
+                data_digest: dd,
+                max_recv_data_segment: 1 << 20,
+            };
+            // 40 PDUs: more than one vectored write's worth.
+            let bhs = |n: usize| {
+                let mut b = [0u8; BHS_LEN];
+                text_resp().emit(&mut b, 0, n);
+                b
+            };
+            let heads: Vec<[u8; BHS_LEN]> = (0..40).map(|i| bhs(segs[i % 6].len())).collect();
+            let mut wire = Vec::new();
+            PduWriter::new(&mut wire, p)
+                .send_each((0..40).map(|i| (&heads[i], &segs[i % 6][..])))
+                .unwrap();
+            for max in [1, 7, 1000, 70_000, usize::MAX] {
+                let mut r = PduReader::new(Trickle { data: &wire, max }, p);
+                for i in 0..40 {
+                    let h = r.read_header().unwrap();
+                    assert_eq!(h.data_len, segs[i % 6].len(), "PDU {i}, reads of {max}");
+                    let mut got = vec![0u8; h.data_len];
+                    r.read_data(&mut got).unwrap();
+                    assert_eq!(got, segs[i % 6], "PDU {i}, reads of {max}");
+                }
+                assert!(matches!(r.read_header(), Err(ConnError::Closed)));
+                assert_eq!(r.received(), wire.len() as u64);
+            }
+        }
     }
 
     #[test]

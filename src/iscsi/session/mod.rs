@@ -15,8 +15,9 @@
 //!
 //! Files: this one (the types, the task table, submission, control tasks,
 //! failing and finishing tasks), `writer.rs`, `reader.rs`, `timers.rs`
-//! (the liveness ping and overdue commands) and `plug.rs` (batched
-//! submission and the reader's idle point).
+//! (the liveness ping and overdue commands), `plug.rs` (batched
+//! submission and the reader's idle point) and `lowat.rs` (the reader
+//! woken once per batch of answers).
 //!
 //! A command's buffer is owned by the session while the command runs and
 //! handed back with its completion: nothing on the data path is copied
@@ -37,10 +38,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::conn::{ConnError, FrameParams, PduReader, PduWriter, TxPdu};
+use super::conn::{ConnError, FrameParams, PduReader, PduWriter};
 use super::escalate::{self, Step};
 use super::pdu::*;
 
+mod lowat;
 mod plug;
 mod reader;
 mod timers;
@@ -373,6 +375,9 @@ struct State {
     failed: Option<SessionError>,
     closing: bool,
     last_rx: Instant,
+    /// The reader's byte count (`PduReader::received`) at `last_rx`: a
+    /// header taken from what an earlier read buffered needs no new time.
+    last_rx_bytes: u64,
     ping_out: Option<(u16, Instant)>,
     events: Option<Sender<SessionEvent>>,
     /// Async messages the target may still send now (see [`EVENT_BURST`]).
@@ -435,7 +440,7 @@ struct Shared {
     /// The transmit side. Whoever holds it assigns CmdSNs and writes, so
     /// wire order is CmdSN order. Submitters write directly when it is
     /// free (no thread hop); the writer thread takes over when it is busy.
-    tx: Mutex<PduWriter<TcpStream>>,
+    tx: Mutex<Tx>,
 }
 
 /// A logged-in session in its full-feature phase.
@@ -493,6 +498,7 @@ impl Session {
                 failed: None,
                 closing: false,
                 last_rx: Instant::now(),
+                last_rx_bytes: 0,
                 ping_out: None,
                 events,
                 event_tokens: Tokens::new(EVENT_BURST, Instant::now()),
@@ -505,16 +511,12 @@ impl Session {
             params,
             opts,
             socket: socket.try_clone()?,
-            tx: Mutex::new(writer),
+            tx: Mutex::new(Tx::new(writer)),
         });
         let r = Arc::clone(&shared);
-        let reader_t = std::thread::Builder::new()
-            .name("iscsi-rx".into())
-            .spawn(move || reader_loop(r, reader))?;
+        let reader_t = crate::threads::named("iscsi-rx").spawn(move || reader_loop(r, reader))?;
         let w = Arc::clone(&shared);
-        let writer_t = std::thread::Builder::new()
-            .name("iscsi-tx".into())
-            .spawn(move || writer_loop(w))?;
+        let writer_t = crate::threads::named("iscsi-tx").spawn(move || writer_loop(w))?;
         Ok(Session {
             shared,
             threads: vec![reader_t, writer_t],

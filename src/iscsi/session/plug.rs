@@ -94,16 +94,20 @@ pub fn at_reader_idle(job: IdleJob) -> Result<(), IdleJob> {
     Ok(())
 }
 
-/// Before the reader reads `need` more bytes: if fewer are buffered the
-/// read may wait for the target, so this is an idle point. (Not only
+/// Before the reader reads `need` more bytes: if fewer are buffered (or
+/// known to wait in the socket, see [`lowat`]) the read may wait for the
+/// target, so this is an idle point. (Not only
 /// between PDUs: a read often ends inside one, and completions must not
 /// wait for the target's next batch.) A failed send fails the session,
 /// which the next read reports.
 pub(super) fn idle_before(shared: &Shared, r: &PduReader<TcpStream>, need: usize) {
-    if r.buffered() < need
-        && let Err(e) = reader_idle(shared)
-    {
-        fail(shared, e);
+    let buffered = r.buffered();
+    if buffered >= need || lowat::already_there(r, need - buffered) {
+        return;
+    }
+    match reader_idle(shared) {
+        Ok(()) => lowat::before_wait(shared, r, need - buffered),
+        Err(e) => fail(shared, e),
     }
 }
 

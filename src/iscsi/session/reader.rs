@@ -94,7 +94,10 @@ pub(super) fn lookup<'a>(st: &'a mut State, itt: u32, what: &str) -> Result<&'a 
 pub(super) fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<(), RxError> {
     let h = r.read_header()?;
     let mut st = lock(&shared.state);
-    st.last_rx = Instant::now();
+    if st.last_rx_bytes != r.received() {
+        st.last_rx_bytes = r.received();
+        st.last_rx = Instant::now();
+    }
     // A window that opened is used by the reader's next flush.
     update_sn(&mut st, &h.pdu);
     let itt = match &h.pdu {
@@ -111,6 +114,7 @@ pub(super) fn rx_one(shared: &Shared, r: &mut PduReader<TcpStream>) -> Result<()
             "a late {} for task 0x{itt:08x}, already sent again: dropped",
             h.pdu.opcode().name()
         );
+        idle_before(shared, r, segment_bytes(shared, h.data_len));
         r.skip_data()?;
         return Ok(());
     }

@@ -1,6 +1,7 @@
 //! The writer: sends commands in CmdSN order while the target's window
 //! is open, Data-Out for R2Ts and unsolicited data, NOP-Out answers,
-//! pings and task management, batched into one vectored write.
+//! pings and task management, batched into vectored writes (of up to 32
+//! PDUs each, with no allocation per batch).
 
 use super::*;
 
@@ -17,6 +18,26 @@ pub(super) enum OutData {
     None,
     Owned(Vec<u8>),
     Task { slot: u16, start: usize, end: usize },
+}
+
+/// The transmit side: the connection's writer, and the lists a batch is
+/// assembled in, kept from one batch to the next so that sending
+/// allocates nothing.
+pub(super) struct Tx {
+    w: PduWriter<TcpStream>,
+    outs: Vec<Out>,
+    /// Buffers lent out for the batch, by slot.
+    lent: Vec<(u16, Vec<u8>)>,
+}
+
+impl Tx {
+    pub(super) fn new(w: PduWriter<TcpStream>) -> Tx {
+        Tx {
+            w,
+            outs: Vec::new(),
+            lent: Vec::new(),
+        }
+    }
 }
 
 pub(super) fn writer_loop(shared: Arc<Shared>) {
@@ -73,186 +94,220 @@ pub(super) fn has_work(st: &State) -> bool {
 /// Send everything that can be sent now, in as few writes as possible.
 /// The caller holds the transmit lock, which keeps CmdSN order equal to
 /// wire order.
-pub(super) fn flush(shared: &Shared, w: &mut PduWriter<TcpStream>) -> Result<(), SessionError> {
+pub(super) fn flush(shared: &Shared, tx: &mut Tx) -> Result<(), SessionError> {
+    loop {
+        let mut outs = std::mem::take(&mut tx.outs);
+        let mut lent = std::mem::take(&mut tx.lent);
+        let more = fill_batch(shared, &mut outs, &mut lent);
+        let result = if more {
+            send_outs(&mut tx.w, &mut outs, &lent)
+        } else {
+            Ok(())
+        };
+        outs.clear();
+        tx.outs = outs;
+        give_back(shared, &mut lent);
+        tx.lent = lent;
+        result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Return the buffers lent for a batch; complete the tasks answered
+/// meanwhile.
+fn give_back(shared: &Shared, lent: &mut Vec<(u16, Vec<u8>)>) {
+    if lent.is_empty() {
+        return;
+    }
+    let mut st = lock(&shared.state);
+    let mut to_finish = Vec::new();
+    for (slot, b) in lent.drain(..) {
+        if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
+            t.buf = Some(b);
+            if let Some(r) = t.parked.take() {
+                to_finish.push((slot, r));
+            }
+        }
+    }
+    drop(st);
+    for (slot, r) in to_finish {
+        finish(shared, lock(&shared.state), slot, r);
+    }
+}
+
+/// Take what can be sent now off the queues into `outs` (lending the
+/// buffers their data is in): `false` when there is nothing.
+fn fill_batch(shared: &Shared, outs: &mut Vec<Out>, lent: &mut Vec<(u16, Vec<u8>)>) -> bool {
     let p = shared.params;
     let max_seg = p.max_send_data_segment.max(512) as usize;
-    loop {
-        let mut outs: Vec<Out> = Vec::new();
-        // Buffers lent out for this batch, by slot.
-        let mut lent: Vec<(u16, Vec<u8>)> = Vec::new();
-        {
-            let mut st = lock(&shared.state);
-            if st.failed.is_some() || !has_work(&st) {
-                return Ok(());
+    let mut st = lock(&shared.state);
+    if st.failed.is_some() || !has_work(&st) {
+        return false;
+    }
+    take_ctl(&mut st, outs, lent, max_seg);
+    take_cmds(&mut st, &p, outs, lent, max_seg);
+    true
+}
+
+/// Control PDUs first: NOP answers, Data-Out bursts, immediate tasks.
+fn take_ctl(st: &mut State, outs: &mut Vec<Out>, lent: &mut Vec<(u16, Vec<u8>)>, max_seg: usize) {
+    while let Some(c) = st.ctl_queue.pop_front() {
+        match c {
+            Ctl::NopReply { ttt, lun, data } => {
+                let pdu = Pdu::NopOut(NopOut {
+                    lun,
+                    itt: RESERVED_TAG,
+                    ttt,
+                    cmd_sn: st.sn.cmd_sn,
+                    exp_stat_sn: st.sn.exp_stat_sn,
+                });
+                outs.push(out(&pdu, OutData::Owned(data)));
             }
-            // Control first: NOP answers, Data-Out bursts, immediate tasks.
-            while let Some(c) = st.ctl_queue.pop_front() {
-                match c {
-                    Ctl::NopReply { ttt, lun, data } => {
-                        let pdu = Pdu::NopOut(NopOut {
-                            lun,
-                            itt: RESERVED_TAG,
-                            ttt,
-                            cmd_sn: st.sn.cmd_sn,
-                            exp_stat_sn: st.sn.exp_stat_sn,
-                        });
-                        outs.push(out(&pdu, OutData::Owned(data)));
+            Ctl::Immediate { slot, mut pdu } => {
+                // Immediate PDUs carry the current CmdSN without
+                // advancing it (RFC 7143 §3.2.2.1); refresh it now.
+                let (cs, es) = (st.sn.cmd_sn, st.sn.exp_stat_sn);
+                match &mut pdu {
+                    Pdu::NopOut(n) => {
+                        n.cmd_sn = cs;
+                        n.exp_stat_sn = es;
                     }
-                    Ctl::Immediate { slot, mut pdu } => {
-                        // Immediate PDUs carry the current CmdSN without
-                        // advancing it (RFC 7143 §3.2.2.1); refresh it now.
-                        let (cs, es) = (st.sn.cmd_sn, st.sn.exp_stat_sn);
-                        match &mut pdu {
-                            Pdu::NopOut(n) => {
-                                n.cmd_sn = cs;
-                                n.exp_stat_sn = es;
-                            }
-                            Pdu::TaskMgmtRequest(t) => {
-                                t.cmd_sn = cs;
-                                t.exp_stat_sn = es;
-                            }
-                            Pdu::LogoutRequest(l) => {
-                                l.cmd_sn = cs;
-                                l.exp_stat_sn = es;
-                            }
-                            _ => {}
-                        }
-                        if matches!(pdu, Pdu::NopOut(_)) {
-                            st.ping_out = Some((slot, Instant::now()));
-                        }
-                        outs.push(out(&pdu, OutData::None));
+                    Pdu::TaskMgmtRequest(t) => {
+                        t.cmd_sn = cs;
+                        t.exp_stat_sn = es;
                     }
-                    Ctl::DataOut {
-                        slot,
-                        ttt,
-                        offset,
-                        len,
-                    } => {
-                        let exp_stat_sn = st.sn.exp_stat_sn;
-                        let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) else {
-                            continue;
-                        };
-                        if t.buf.is_none() && !lent.iter().any(|(s, _)| *s == slot) {
-                            continue;
-                        }
-                        if let Some(b) = t.buf.take() {
-                            lent.push((slot, b));
-                        }
-                        data_out_pdus(
-                            &mut outs,
-                            t.lun,
-                            itt_of(slot, t.generation),
-                            ttt,
-                            exp_stat_sn,
-                            offset,
-                            len,
-                            max_seg,
-                            slot,
-                        );
+                    Pdu::LogoutRequest(l) => {
+                        l.cmd_sn = cs;
+                        l.exp_stat_sn = es;
                     }
+                    _ => {}
                 }
+                if matches!(pdu, Pdu::NopOut(_)) {
+                    st.ping_out = Some((slot, Instant::now()));
+                }
+                outs.push(out(&pdu, OutData::None));
             }
-            // Commands while the window is open, in order.
-            while sn_le(st.sn.cmd_sn, st.sn.max_cmd_sn) {
-                let Some(slot) = st.cmd_queue.pop_front() else {
-                    break;
-                };
-                let cmd_sn = st.sn.cmd_sn;
-                st.sn.cmd_sn = cmd_sn.wrapping_add(1);
+            Ctl::DataOut {
+                slot,
+                ttt,
+                offset,
+                len,
+            } => {
                 let exp_stat_sn = st.sn.exp_stat_sn;
                 let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) else {
                     continue;
                 };
-                t.cmd_sn = cmd_sn;
-                t.sent = Some(Instant::now());
-                let itt = itt_of(slot, t.generation);
-                let (read, write, len) = match t.dir {
-                    DataDir::None => (false, false, 0),
-                    DataDir::Read(n) => (true, false, n),
-                    DataDir::Write(n) => (false, true, n),
-                };
-                // Immediate data (ImmediateData=Yes): up to FirstBurstLength
-                // and the target's segment limit, in the command PDU itself.
-                let immediate = if write && p.immediate_data {
-                    len.min(p.first_burst).min(max_seg as u32)
-                } else {
-                    0
-                };
-                // Unsolicited Data-Out (InitialR2T=No): the rest of the
-                // first burst, without waiting for an R2T.
-                let unsolicited_end = if write && !p.initial_r2t {
-                    len.min(p.first_burst)
-                } else {
-                    immediate
-                };
-                t.unsolicited = unsolicited_end;
-                let pdu = Pdu::ScsiCommand(ScsiCommand {
-                    immediate: false,
-                    final_: unsolicited_end == immediate,
-                    read,
-                    write,
-                    attr: t.attr,
-                    lun: t.lun,
-                    itt,
-                    expected_len: len,
-                    cmd_sn,
+                if t.buf.is_none() && !lent.iter().any(|(s, _)| *s == slot) {
+                    continue;
+                }
+                if let Some(b) = t.buf.take() {
+                    lent.push((slot, b));
+                }
+                data_out_pdus(
+                    outs,
+                    t.lun,
+                    itt_of(slot, t.generation),
+                    ttt,
                     exp_stat_sn,
-                    cdb: t.cdb,
-                });
-                let lun = t.lun;
-                if write && unsolicited_end > 0 {
-                    if let Some(b) = t.buf.take() {
-                        lent.push((slot, b));
-                    }
-                    outs.push(out(
-                        &pdu,
-                        OutData::Task {
-                            slot,
-                            start: 0,
-                            end: immediate as usize,
-                        },
-                    ));
-                    if unsolicited_end > immediate {
-                        data_out_pdus(
-                            &mut outs,
-                            lun,
-                            itt,
-                            RESERVED_TAG,
-                            exp_stat_sn,
-                            immediate,
-                            unsolicited_end - immediate,
-                            max_seg,
-                            slot,
-                        );
-                    }
-                } else {
-                    outs.push(out(&pdu, OutData::None));
-                }
-                if outs.len() >= 256 {
-                    break;
-                }
+                    offset,
+                    len,
+                    max_seg,
+                    slot,
+                );
             }
         }
+    }
+}
 
-        // Send the batch without holding the state lock.
-        let result = send_outs(w, &outs, &lent);
-
-        // Return the buffers; complete tasks answered meanwhile.
-        let mut st = lock(&shared.state);
-        let mut to_finish = Vec::new();
-        for (slot, b) in lent {
-            if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
-                t.buf = Some(b);
-                if let Some(r) = t.parked.take() {
-                    to_finish.push((slot, r));
-                }
+/// Commands while the window is open, in order, 256 PDUs at most.
+fn take_cmds(
+    st: &mut State,
+    p: &FfpParams,
+    outs: &mut Vec<Out>,
+    lent: &mut Vec<(u16, Vec<u8>)>,
+    max_seg: usize,
+) {
+    let mut now = None;
+    while sn_le(st.sn.cmd_sn, st.sn.max_cmd_sn) {
+        let Some(slot) = st.cmd_queue.pop_front() else {
+            break;
+        };
+        let cmd_sn = st.sn.cmd_sn;
+        st.sn.cmd_sn = cmd_sn.wrapping_add(1);
+        let exp_stat_sn = st.sn.exp_stat_sn;
+        let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) else {
+            continue;
+        };
+        t.cmd_sn = cmd_sn;
+        t.sent = Some(*now.get_or_insert_with(Instant::now));
+        let itt = itt_of(slot, t.generation);
+        let (read, write, len) = match t.dir {
+            DataDir::None => (false, false, 0),
+            DataDir::Read(n) => (true, false, n),
+            DataDir::Write(n) => (false, true, n),
+        };
+        // Immediate data (ImmediateData=Yes): up to FirstBurstLength
+        // and the target's segment limit, in the command PDU itself.
+        let immediate = if write && p.immediate_data {
+            len.min(p.first_burst).min(max_seg as u32)
+        } else {
+            0
+        };
+        // Unsolicited Data-Out (InitialR2T=No): the rest of the
+        // first burst, without waiting for an R2T.
+        let unsolicited_end = if write && !p.initial_r2t {
+            len.min(p.first_burst)
+        } else {
+            immediate
+        };
+        t.unsolicited = unsolicited_end;
+        let pdu = Pdu::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_: unsolicited_end == immediate,
+            read,
+            write,
+            attr: t.attr,
+            lun: t.lun,
+            itt,
+            expected_len: len,
+            cmd_sn,
+            exp_stat_sn,
+            cdb: t.cdb,
+        });
+        let lun = t.lun;
+        if write && unsolicited_end > 0 {
+            if let Some(b) = t.buf.take() {
+                lent.push((slot, b));
             }
+            outs.push(out(
+                &pdu,
+                OutData::Task {
+                    slot,
+                    start: 0,
+                    end: immediate as usize,
+                },
+            ));
+            if unsolicited_end > immediate {
+                data_out_pdus(
+                    outs,
+                    lun,
+                    itt,
+                    RESERVED_TAG,
+                    exp_stat_sn,
+                    immediate,
+                    unsolicited_end - immediate,
+                    max_seg,
+                    slot,
+                );
+            }
+        } else {
+            outs.push(out(&pdu, OutData::None));
         }
-        drop(st);
-        for (slot, r) in to_finish {
-            finish(shared, lock(&shared.state), slot, r);
+        if outs.len() >= 256 {
+            break;
         }
-        result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))?;
     }
 }
 
@@ -302,37 +357,29 @@ pub(super) fn data_out_pdus(
     }
 }
 
+/// Send a batch: each PDU's BHS gets the length of its data, which is
+/// its own or a slice of a lent task buffer.
 pub(super) fn send_outs(
     w: &mut PduWriter<TcpStream>,
-    outs: &[Out],
+    outs: &mut [Out],
     lent: &[(u16, Vec<u8>)],
 ) -> io::Result<()> {
-    // Resolve each PDU's data to a slice; fix up the BHS data length.
-    let mut slices: Vec<[&[u8]; 1]> = Vec::with_capacity(outs.len());
-    let mut bhss: Vec<[u8; BHS_LEN]> = Vec::with_capacity(outs.len());
-    for o in outs {
-        let data: &[u8] = match &o.data {
-            OutData::None => &[],
-            OutData::Owned(v) => v,
-            OutData::Task { slot, start, end } => lent
-                .iter()
-                .find(|(s, _)| s == slot)
-                .and_then(|(_, b)| b.get(*start..*end))
-                .unwrap_or(&[]),
-        };
-        let mut bhs = o.bhs;
-        let mut v = Bhs::new_unchecked(&mut bhs[..]);
-        v.set_data_segment_len(data.len());
-        bhss.push(bhs);
-        slices.push([data]);
+    for o in outs.iter_mut() {
+        let len = data_of(o, lent).len();
+        Bhs::new_unchecked(&mut o.bhs[..]).set_data_segment_len(len);
     }
-    let tx: Vec<TxPdu<'_>> = bhss
-        .iter()
-        .zip(slices.iter())
-        .map(|(b, d)| TxPdu {
-            bhs: *b,
-            data: if d[0].is_empty() { &[] } else { &d[..] },
-        })
-        .collect();
-    w.send_batch(&tx)
+    w.send_each(outs.iter().map(|o| (&o.bhs, data_of(o, lent))))
+}
+
+/// The data segment of `o`: its own, or a slice of a lent task buffer.
+fn data_of<'a>(o: &'a Out, lent: &'a [(u16, Vec<u8>)]) -> &'a [u8] {
+    match &o.data {
+        OutData::None => &[],
+        OutData::Owned(v) => v,
+        OutData::Task { slot, start, end } => lent
+            .iter()
+            .find(|(s, _)| s == slot)
+            .and_then(|(_, b)| b.get(*start..*end))
+            .unwrap_or(&[]),
+    }
 }

@@ -56,8 +56,10 @@ depends() {
 
 # called by dracut
 installkernel() {
-    # The two bridges: ublk first, NBD as the fallback.
-    instmods ublk_drv nbd
+    # The two bridges: ublk first, NBD as the fallback. Both also in
+    # host-only images: sanroot-boot.sh loads nbd only when it may be used,
+    # so a machine booted over ublk has no nbd loaded to be detected.
+    hostonly='' instmods ublk_drv nbd
     # The kernel's view of the iBFT (sanroot's last-resort source) and
     # /dev/mem is built in; iscsi_ibft is optional.
     instmods iscsi_ibft
@@ -89,7 +91,7 @@ install() {
         return 1
     }
     inst_simple "$bin" /usr/sbin/sanroot
-    inst_multiple -o modprobe ln sleep
+    inst_multiple -o modprobe ln sleep udevadm
     # Name NICs here as the real root will (predictable names: udev's
     # 80-net-setup-link.rules is in the image, the .link files are not unless
     # a network module adds them). Otherwise the boot NIC is eth0 here and

@@ -16,13 +16,20 @@
 
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
-# ublk first, NBD as the fallback; sanroot picks (rd.sanroot.bridge=).
-modprobe -q ublk_drv 2> /dev/null
-modprobe -q nbd 2> /dev/null
-
 _n=$(cat /tmp/sanroot.attempts 2> /dev/null || echo 0)
 _n=$((_n + 1))
 echo "$_n" > /tmp/sanroot.attempts
+
+# ublk first, NBD as the fallback; sanroot picks (rd.sanroot.bridge=).
+# nbd only when it may be used: asked for, ublk not usable here (no
+# /dev/ublk-control, io_uring disabled), or a second attempt. Loading it
+# makes 16 idle /dev/nbdN for udev to process here and again in the real
+# root's coldplug, for nothing when the root goes over ublk.
+modprobe -q ublk_drv 2> /dev/null
+if [ "$_n" -gt 1 ] || [ "$(getarg rd.sanroot.bridge=)" = nbd ] || [ ! -e /dev/ublk-control ] \
+    || [ "$(cat /proc/sys/kernel/io_uring_disabled 2> /dev/null)" = 2 ]; then
+    modprobe -q nbd 2> /dev/null
+fi
 _max=$(getargnum 5 1 100 rd.sanroot.retries)
 
 # sanroot reads the iBFT or netroot=/ip= and rd.sanroot.bridge= itself and
@@ -38,6 +45,15 @@ fi
 if [ "$_rc" = 0 ]; then
     info "sanroot: root LUN is ${_dev} (attempt $_n)"
     echo "${_dev}" > /tmp/sanroot.dev
+    # The disk and its partitions exist; udev still has to make root='s
+    # link (/dev/disk/by-uuid/…). Wait for just that here (settle returns
+    # as soon as it exists, or when udev's queue is empty): the initqueue
+    # checks for the root right after this job and then ends. Without it,
+    # the check comes too early, and the initqueue goes round its loop
+    # once more: a full settle and a 0.5 s sleep before it sees the root.
+    case "${root-}" in
+        block:/dev/*) udevadm settle --timeout=30 --exit-if-exists="${root#block:}" 2> /dev/null ;;
+    esac
     # Power-off and reboot come back to this initramfs (dracut's shutdown
     # module: dracut-shutdown.service unpacks it to /run/initramfs only
     # when asked), where sanroot-shutdown.sh logs the session out once

@@ -32,7 +32,7 @@ const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
 #[path = "support/guest.rs"]
 mod guest;
-use guest::{repo, static_bin};
+use guest::{case_result, repo, results, static_bin, tail};
 
 /// One run of qemu/bridge-guest.
 struct Boot {
@@ -65,11 +65,7 @@ fn run_guest(
         .output()
         .expect("run qemu/bridge-guest (install the QEMU tools with `sudo qemu/install-deps`)");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let results: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let results = results(&out.stdout);
     let finished =
         out.status.success() && results.get("boot.finished").map(String::as_str) == Some("1");
     if !finished && !results.contains_key("boot.finished") {
@@ -110,11 +106,6 @@ fn boot(bridge: &'static str) -> &'static Boot {
         _ => unreachable!(),
     };
     cell.get_or_init(|| run_boot(bridge))
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The stderr block "===== guest: NAME ... =====" up to the next block.
@@ -209,16 +200,7 @@ impl Case {
     }
 
     fn get(&self, key: &str) -> &str {
-        let k = format!("{}.{key}", self.name);
-        match self.boot.results.get(&k) {
-            Some(v) => v,
-            None => match self.boot.results.get(&format!("{}.hung", self.name)) {
-                Some(h) if h == "1" => self.fail(&format!(
-                    "the case hung (the guest's watchdog stopped it) before reporting {k}"
-                )),
-                _ => self.fail(&format!("no result {k}")),
-            },
-        }
+        case_result(&self.boot.results, &self.name, key).unwrap_or_else(|m| self.fail(&m))
     }
 
     fn eq(&self, key: &str, want: &str, what: &str) {

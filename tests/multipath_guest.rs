@@ -49,7 +49,7 @@ const MOVE_BUDGET_MS: i64 = 2000;
 
 #[path = "support/guest.rs"]
 mod guest;
-use guest::{repo, static_bin};
+use guest::{case_result, repo, results, static_bin, tail};
 
 /// The one run of qemu/mpath-guest.
 struct Boot {
@@ -58,11 +58,6 @@ struct Boot {
     results: BTreeMap<String, String>,
     stderr: String,
     log: PathBuf,
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn run_boot() -> Boot {
@@ -76,11 +71,7 @@ fn run_boot() -> Boot {
         .output()
         .expect("run qemu/mpath-guest (install the QEMU tools with `sudo qemu/install-deps`)");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let results: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let results = results(&out.stdout);
     let finished =
         out.status.success() && results.get("boot.finished").map(String::as_str) == Some("1");
     if !results.contains_key("boot.finished") {
@@ -239,16 +230,7 @@ impl Case {
     }
 
     fn get(&self, key: &str) -> &str {
-        let k = format!("{}.{key}", self.name);
-        match self.boot.results.get(&k) {
-            Some(v) => v,
-            None => match self.boot.results.get(&format!("{}.hung", self.name)) {
-                Some(h) if h == "1" => self.fail(&format!(
-                    "the case hung (the guest's watchdog stopped it) before reporting {k}"
-                )),
-                _ => self.fail(&format!("no result {k}")),
-            },
-        }
+        case_result(&self.boot.results, self.name, key).unwrap_or_else(|m| self.fail(&m))
     }
 
     fn eq(&self, key: &str, want: &str, what: &str) {
@@ -401,6 +383,13 @@ impl Case {
         }
     }
 
+    /// Both paths up in status KEY, port 1 active/optimized and taking the
+    /// I/O, port 2 active/non-optimized and idle: LIO's set-up at rest.
+    fn port_1_optimized(&self, key: &str) {
+        self.path_is(key, P1, Some("up"), Some("active/optimized"), true);
+        self.path_is(key, P2, Some("up"), Some("active/non-optimized"), false);
+    }
+
     /// Every block of the writers' area is good and the newest write,
     /// through the device and in LIO's backing file.
     fn blocks_intact(&self) {
@@ -473,14 +462,7 @@ fn multipath_attach_both_tpgs() {
             &format!("path {portal}: tpgt {}, expected {tpgt}", p["tpgt"]),
         );
     }
-    c.path_is("status", P1, Some("up"), Some("active/optimized"), true);
-    c.path_is(
-        "status",
-        P2,
-        Some("up"),
-        Some("active/non-optimized"),
-        false,
-    );
+    c.port_1_optimized("status");
 }
 
 #[test]
@@ -506,14 +488,7 @@ fn multipath_io_only_on_optimized_port() {
         a > b,
         &format!("port 1 (optimized) got {a} commands, port 2 (non-optimized) {b}"),
     );
-    c.path_is("status", P1, Some("up"), Some("active/optimized"), true);
-    c.path_is(
-        "status",
-        P2,
-        Some("up"),
-        Some("active/non-optimized"),
-        false,
-    );
+    c.port_1_optimized("status");
 }
 
 #[test]
@@ -728,14 +703,7 @@ fn multipath_one_session_per_tpg_at_end() {
     c.eq("sessions_tpg2", "1", "sessions in TPG 2 at the end");
     c.eq("conns_p1", "1", "connections on 10.9.1.1:3260 at the end");
     c.eq("conns_p2", "1", "connections on 10.9.2.1:3260 at the end");
-    c.path_is("status", P1, Some("up"), Some("active/optimized"), true);
-    c.path_is(
-        "status",
-        P2,
-        Some("up"),
-        Some("active/non-optimized"),
-        false,
-    );
+    c.port_1_optimized("status");
     let w = c.get("md5_written").to_string();
     c.eq(
         "md5_reread",

@@ -78,12 +78,7 @@ use serde_json::Value;
 
 #[path = "support/guest.rs"]
 mod guest;
-use guest::{repo, static_bin};
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+use guest::{repo, results, static_bin, tail};
 
 /// What one boot should look like.
 struct Expect {
@@ -145,11 +140,7 @@ fn run_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Boot {
         repo().join(format!("target/sanboot-{name}.results")),
         &out.stdout,
     );
-    let r: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let r = results(&out.stdout);
     if !r.contains_key("boot.seconds") {
         panic!(
             "qemu/sanboot {args:?} failed before booting ({}):\n{}",
@@ -290,8 +281,8 @@ fn routes(rs: &Value, dev: &str) -> Vec<String> {
     v
 }
 
-fn assert_boot(b: &Boot, e: Expect) {
-    // The boot ran to its end by itself.
+/// The boot ran to its end by itself: the guest's check service finished.
+fn ran_to_its_end(b: &Boot) {
     if b.r.get("guest_done").map(String::as_str) != Some("1") {
         let why =
             b.r.get("fatal")
@@ -301,6 +292,10 @@ fn assert_boot(b: &Boot, e: Expect) {
             "the guest's check service did not run to its end ({why})"
         ));
     }
+}
+
+fn assert_boot(b: &Boot, e: Expect) {
+    ran_to_its_end(b);
     b.check(
         b.r.contains_key("event.poweroff.t"),
         "no 'reboot: Power down' on the console: the guest did not power off cleanly",
@@ -1294,16 +1289,7 @@ fn kmsg_time(line: &str) -> Option<f64> {
 }
 
 fn assert_two_paths(b: &Boot) {
-    // The boot ran to its end by itself.
-    if b.r.get("guest_done").map(String::as_str) != Some("1") {
-        let why =
-            b.r.get("fatal")
-                .map(|f| format!("fatal console line: {f}"))
-                .unwrap_or_else(|| "it did not finish".into());
-        b.fail(&format!(
-            "the guest's check service did not run to its end ({why})"
-        ));
-    }
+    ran_to_its_end(b);
     b.check(
         b.r.contains_key("event.poweroff.t"),
         "no 'reboot: Power down' on the console",

@@ -29,6 +29,7 @@ fn boot(args: &[&str], cmdline: &str, dir: &Path) -> Output {
         .env_remove("RUST_LOG")
         .env("SANROOT_HANDOFF_ROOT", dir)
         .env("SANROOT_RUN_DIR", dir.join("run-sanroot"))
+        .env("SANROOT_ISCSI_INITRAMFS", dir.join("no-iscsi.initramfs"))
         .output()
         .expect("run sanroot")
 }
@@ -242,6 +243,7 @@ fn secrets_file_gives_the_chap_settings() {
             .env("SANROOT_HANDOFF_ROOT", &dir)
             .env("SANROOT_RUN_DIR", dir.join("run-sanroot"))
             .env("SANROOT_SECRETS_FILE", file)
+            .env("SANROOT_ISCSI_INITRAMFS", dir.join("no-iscsi.initramfs"))
             .output()
             .expect("run sanroot")
     };
@@ -331,4 +333,65 @@ fn a_path_without_chap_borrows_it_from_the_same_target() {
     assert!(o.status.success(), "{out}{err}");
     assert_eq!(out.matches("(auth chap)").count(), 2, "{out}");
     assert!(!out.contains("(auth none)"), "{out}");
+}
+
+/// Debian open-iscsi's initramfs settings (issue 17): /etc/iscsi.initramfs
+/// (here $SANROOT_ISCSI_INITRAMFS) names the target, its two portals and
+/// the CHAP account; the command line's `iscsi_target_port=` wins over the
+/// file's. Two paths to LUN 0, the secret never printed; a bad line is a
+/// usage error naming the file and line, not the value.
+#[test]
+fn open_iscsi_initramfs_settings() {
+    let dir = tmpdir("open-iscsi");
+    let file = dir.join("iscsi.initramfs");
+    fs::write(
+        &file,
+        "# written by the installer\n\
+         ISCSI_TARGET_NAME=iqn.2026-11.org.sanroot:disk\n\
+         export ISCSI_TARGET_IP=\"192.168.50.2 192.168.50.3\"\n\
+         ISCSI_TARGET_PORT=3260\n\
+         ISCSI_USERNAME='alice'\n\
+         ISCSI_PASSWORD='alice-secret-12'\n",
+    )
+    .unwrap();
+    let cl = "root=LABEL=r ip=192.168.50.10::192.168.50.1:255.255.255.0:c:eth7:none iscsi_target_port=3261";
+    let run = |file: &Path| {
+        let c = dir.join("cmdline");
+        fs::write(&c, cl).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sanroot"))
+            .args(["boot", "--dry-run", "--cmdline"])
+            .arg(&c)
+            .env_remove("RUST_LOG")
+            .env("SANROOT_HANDOFF_ROOT", &dir)
+            .env("SANROOT_RUN_DIR", dir.join("run-sanroot"))
+            .env("SANROOT_SECRETS_FILE", dir.join("no-secrets"))
+            .env("SANROOT_ISCSI_INITRAMFS", file)
+            .output()
+            .expect("run sanroot")
+    };
+    let o = run(&file);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    for portal in ["192.168.50.2:3261", "192.168.50.3:3261"] {
+        assert!(
+            out.contains(&format!(
+                "login: iqn.2026-11.org.sanroot:disk at {portal} (auth chap)"
+            )),
+            "{portal}: {out}"
+        );
+    }
+    assert!(
+        !out.contains("alice-secret-12") && !err.contains("alice-secret-12"),
+        "secret printed"
+    );
+    fs::write(
+        &file,
+        "ISCSI_TARGET_NAME=iqn.2026-11.org.sanroot:disk\nISCSI_PASSWORD=$(cat alice-secret-12)\n",
+    )
+    .unwrap();
+    let o = run(&file);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("alice-secret-12"), "secret printed: {err}");
 }

@@ -742,7 +742,9 @@ pub fn scsi_parse(data: &[u8]) {
 
 /// What `sanroot boot` reads that someone else wrote. First byte bit 1
 /// set: the rest is a kernel command line (dracut's netroot=, ip=,
-/// rd.iscsi.*), parsed and turned into boot paths; errors must render.
+/// rd.iscsi.*, open-iscsi's iscsi_*), parsed and turned into boot paths;
+/// errors must render. With bit 2 too, an /etc/iscsi.initramfs, a NUL,
+/// then the command line.
 /// Otherwise the boot disk's partition table (from the target: hostile):
 /// bit 0 picks the block size (512 or 4096), the rest is the disk's first
 /// bytes; every partition number found is one the kernel could create
@@ -753,7 +755,21 @@ pub fn boot_parse(data: &[u8]) {
     };
     if sel & 2 != 0 {
         let text = String::from_utf8_lossy(head);
-        match cmdline::parse(&text) {
+        // Bit 2: the text before the first NUL is Debian open-iscsi's
+        // /etc/iscsi.initramfs, its settings the command line's defaults.
+        let parsed = if sel & 4 != 0 {
+            let (file, line) = text.split_once('\0').unwrap_or((&text, ""));
+            match cmdline::parse_open_iscsi_initramfs(file) {
+                Ok(f) => cmdline::parse_with_defaults(cmdline::OPEN_ISCSI_FILE, &f.words, line),
+                Err(e) => {
+                    assert!(!e.is_empty());
+                    return;
+                }
+            }
+        } else {
+            cmdline::parse(&text)
+        };
+        match parsed {
             Ok(c) => {
                 let _ = c.wants_iscsi();
                 if let Err(e) = c.boot_paths() {

@@ -1,12 +1,18 @@
 //! dracut's kernel command line: `netroot=iscsi:…`, `ip=`, `nameserver=`,
 //! `vlan=`, `ifname=` and the `rd.iscsi.*` options, read the way dracut
 //! reads them (dracut.cmdline(7); the splitting rules of dracut's
-//! `parse_iscsi_root` and `ip_to_var`), plus our own `rd.sanroot*`.
+//! `parse_iscsi_root` and `ip_to_var`), plus our own `rd.sanroot*`; and
+//! Debian open-iscsi's initramfs-tools words (`iscsi_auto`,
+//! `iscsi_target_name=`, `iscsi_target_ip=`, …) with their settings file,
+//! /etc/iscsi.initramfs ([`parse_open_iscsi_initramfs`],
+//! [`parse_with_defaults`]), so an image built with sanroot instead of
+//! iscsistart boots from what an open-iscsi user already has.
 //!
 //! Pure: a `&str` in ([`parse`]), plain values out ([`Cmdline`],
 //! [`Cmdline::boot_paths`]). No I/O, no logging; the caller reads
 //! /proc/cmdline (and, if it wants dracut's behaviour exactly,
-//! appends /etc/cmdline.d/*.conf).
+//! appends /etc/cmdline.d/*.conf) and the settings file, and logs what
+//! [`Cmdline::ignored`] and [`OpenIscsiFile::ignored`] name.
 //!
 //! Not here: bringing a NIC up (`crate::net`), logging in, the iBFT.
 //!
@@ -31,6 +37,34 @@ use crate::secret::Secret;
 pub const DEFAULT_PORT: u16 = 3260;
 /// RFC 7143 §4.2.7.1: an iSCSI name is at most 223 bytes.
 const MAX_ISCSI_NAME: usize = 223;
+/// The addresses one `iscsi_target_ip=` may list: each is a session of
+/// its own, and a root disk wants a few paths, not every portal.
+const MAX_TARGET_IPS: usize = 16;
+/// Where Debian open-iscsi's initramfs hook puts its settings (a copy of
+/// the host's /etc/iscsi/iscsi.initramfs) for its local-top script to
+/// source.
+pub const OPEN_ISCSI_FILE: &str = "/etc/iscsi.initramfs";
+/// That file is a handful of assignments: anything bigger is not it, and
+/// is not read into memory.
+pub const MAX_OPEN_ISCSI_FILE: usize = 64 * 1024;
+/// How many unused variable names of the file are kept for the log.
+const MAX_IGNORED_VARS: usize = 16;
+
+/// open-iscsi's variables and the kernel command-line words that override
+/// them in its local-top script (which sources the file, then reads
+/// /proc/cmdline).
+const OPEN_ISCSI_VARS: [(&str, &str); 10] = [
+    ("ISCSI_AUTO", "iscsi_auto"),
+    ("ISCSI_INITIATOR", "iscsi_initiator"),
+    ("ISCSI_TARGET_NAME", "iscsi_target_name"),
+    ("ISCSI_TARGET_IP", "iscsi_target_ip"),
+    ("ISCSI_TARGET_PORT", "iscsi_target_port"),
+    ("ISCSI_TARGET_GROUP", "iscsi_target_group"),
+    ("ISCSI_USERNAME", "iscsi_username"),
+    ("ISCSI_PASSWORD", "iscsi_password"),
+    ("ISCSI_IN_USERNAME", "iscsi_in_username"),
+    ("ISCSI_IN_PASSWORD", "iscsi_in_password"),
+];
 /// dracut's own bound for rd.iscsi.login_retry_max (getargnum 3 0 10000).
 const MAX_LOGIN_RETRY: u32 = 10_000;
 
@@ -51,7 +85,8 @@ pub struct Cmdline {
     /// `rd.iscsi.initiator=` (old: `iscsi_initiator=`).
     pub initiator: Option<String>,
     /// The root comes from the firmware's table: `rd.iscsi.firmware[=1]`
-    /// (old: `iscsi_firmware`), `rd.iscsi.ibft[=1]`, `ip=ibft`.
+    /// (old: `iscsi_firmware`), `rd.iscsi.ibft[=1]`, `ip=ibft`, and
+    /// open-iscsi's `iscsi_auto` (ISCSI_AUTO=true in its file).
     pub firmware: bool,
     /// `rd.iscsi.ibft` or `ip=ibft`: the network itself comes from the
     /// iBFT (dracut's network module does this; sanroot reads NIC and
@@ -79,9 +114,33 @@ pub struct Cmdline {
     pub root: Option<String>,
     /// Our own options.
     pub sanroot: SanrootOpts,
+    /// The target open-iscsi's `iscsi_target_name=` and `iscsi_target_ip=`
+    /// describe, when they do (and `iscsi_auto` is not given): it is the
+    /// tail of [`Cmdline::netroots`].
+    pub open_iscsi: Option<OpenIscsiTarget>,
     /// Options seen but not acted on, for the log: names only (with the
     /// scheme for a non-iSCSI `netroot=`), never values.
     pub ignored: Vec<String>,
+}
+
+/// The target Debian open-iscsi's words name (`iscsi_target_name=`,
+/// `iscsi_target_ip=`, `iscsi_target_port=`, `iscsi_target_group=`, or
+/// ISCSI_TARGET_NAME, … in its file): the last [`OpenIscsiTarget::paths`]
+/// entries of [`Cmdline::netroots`], one per address, all LUN 0. open-iscsi
+/// logs in to the whole target; sanroot serves one LUN, and takes LUN 0.
+/// They carry no credentials of their own: `iscsi_username=` and the like
+/// (as `rd.iscsi.username=` …) apply to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenIscsiTarget {
+    pub paths: usize,
+    /// `iscsi_target_group=`: the portal group tag open-iscsi hands
+    /// iscsistart (default 1). Recorded only: sanroot logs in without one
+    /// and takes the tag the target answers with.
+    pub group: Option<u16>,
+    /// The target name came from the settings file, not the command line.
+    pub name_from_file: bool,
+    /// The addresses came from the settings file, not the command line.
+    pub ip_from_file: bool,
 }
 
 /// One `netroot=iscsi:…`.
@@ -101,6 +160,24 @@ pub struct Netroot {
     /// Mutual CHAP: the target's name and secret.
     pub in_username: Option<String>,
     pub in_password: Option<Secret>,
+}
+
+impl Netroot {
+    /// LUN 0 of `target` at `server`:`port`, with nothing else said.
+    fn plain(server: IpAddr, port: u16, target: String) -> Netroot {
+        Netroot {
+            server,
+            port,
+            lun: 0,
+            target,
+            iface: None,
+            netdev: None,
+            username: None,
+            password: None,
+            in_username: None,
+            in_password: None,
+        }
+    }
 }
 
 /// How an `ip=` configures its interface.
@@ -206,6 +283,19 @@ pub struct SanrootOpts {
 pub struct CmdlineError {
     pub arg: String,
     pub message: String,
+    /// Set when the value at fault came from open-iscsi's settings file
+    /// ([`parse_with_defaults`]), not from the command line.
+    pub file: Option<FileSpot>,
+}
+
+/// Where in open-iscsi's settings file a value was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpot {
+    /// The file's name, as the caller gave it.
+    pub file: String,
+    pub line: usize,
+    /// The variable (ISCSI_TARGET_PORT, …).
+    pub var: String,
 }
 
 impl CmdlineError {
@@ -213,13 +303,33 @@ impl CmdlineError {
         CmdlineError {
             arg: arg.to_string(),
             message: message.into(),
+            file: None,
         }
+    }
+
+    /// Say the value came from the settings file's `from`, if it did.
+    fn at(mut self, file: &str, from: Option<&FileWord>) -> CmdlineError {
+        if let (None, Some(w)) = (&self.file, from) {
+            self.file = Some(FileSpot {
+                file: file.to_string(),
+                line: w.line,
+                var: w.var.to_string(),
+            });
+        }
+        self
     }
 }
 
 impl fmt::Display for CmdlineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "kernel command line, {}=: {}", self.arg, self.message)
+        match &self.file {
+            None => write!(f, "kernel command line, {}=: {}", self.arg, self.message),
+            Some(s) => write!(
+                f,
+                "{}, line {}, {} (read as {}=): {}",
+                s.file, s.line, s.var, self.arg, self.message
+            ),
+        }
     }
 }
 
@@ -265,7 +375,6 @@ fn need_value<'a>(arg: &str, v: Option<&'a str>, form: &str) -> Result<&'a str, 
     v.ok_or_else(|| CmdlineError::new(arg, format!("needs a value: {arg}={form}")))
 }
 
-/// Parse a kernel command line (e.g. the content of /proc/cmdline).
 /// Where the dracut module (and sanroot-mkinitramfs) put the secrets file
 /// in the initramfs, from the host's file of the same name.
 pub const SECRETS_FILE: &str = "/etc/sanroot/secrets";
@@ -316,22 +425,97 @@ pub fn parse_secrets_file(text: &str) -> Result<SecretsFile, String> {
     Ok(f)
 }
 
+/// Parse a kernel command line (e.g. the content of /proc/cmdline).
 pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
-    let mut c = Cmdline::default();
-    // Single-valued options: the last one wins, as with dracut's getarg.
-    let mut fw_flag = false;
-    let mut ibft_flag = false;
-    let mut bare_netroot = false;
-    let mut root_netroots = Vec::new();
-    let mut netroot_n = 0usize;
-    let mut ip_n = 0usize;
+    let mut p = Parser::new(OPEN_ISCSI_FILE);
     for (key, val) in split_args(cmdline) {
+        p.word(key, val, None)?;
+    }
+    p.finish()
+}
+
+/// Parse a kernel command line with the settings of open-iscsi's file
+/// ([`parse_open_iscsi_initramfs`]) as defaults. The file's words are read
+/// first, so a command-line word of the same meaning wins, as in
+/// open-iscsi's own script. `file` is the file's name for messages: an
+/// error over one of its values names the file, the line and the variable
+/// ([`CmdlineError::file`]), never the value of a secret.
+pub fn parse_with_defaults(
+    file: &str,
+    defaults: &[FileWord],
+    cmdline: &str,
+) -> Result<Cmdline, CmdlineError> {
+    let mut p = Parser::new(file);
+    for w in defaults {
+        p.word(w.word, w.value.as_deref(), Some(w))?;
+    }
+    for (key, val) in split_args(cmdline) {
+        p.word(key, val, None)?;
+    }
+    p.finish()
+}
+
+/// One parse under way: what is settled only once every option is read
+/// (the last of several wins; `root=iscsi:` comes first; open-iscsi's
+/// target words make netroots only when complete).
+struct Parser<'a> {
+    c: Cmdline,
+    /// open-iscsi's settings file, for messages.
+    file: &'a str,
+    fw_flag: bool,
+    ibft_flag: bool,
+    bare_netroot: bool,
+    root_netroots: Vec<Netroot>,
+    netroot_n: usize,
+    ip_n: usize,
+    open_iscsi: OpenIscsiWords<'a>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(file: &'a str) -> Parser<'a> {
+        Parser {
+            c: Cmdline::default(),
+            file,
+            fw_flag: false,
+            ibft_flag: false,
+            bare_netroot: false,
+            root_netroots: Vec::new(),
+            netroot_n: 0,
+            ip_n: 0,
+            open_iscsi: OpenIscsiWords::default(),
+        }
+    }
+
+    /// One option; `from` is the file's setting it stands for, if any.
+    fn word(
+        &mut self,
+        key: &'a str,
+        val: Option<&'a str>,
+        from: Option<&'a FileWord>,
+    ) -> Result<(), CmdlineError> {
+        let r = match key {
+            "netroot" | "root" | "iscsiroot" => self.root_option(key, val),
+            "ip" | "nameserver" | "vlan" | "ifname" => self.network_option(key, val),
+            k if k.starts_with("rd.sanroot") => self.sanroot_option(key, val),
+            k if k.starts_with("rd.iscsi.") || k.starts_with("iscsi_") => {
+                self.iscsi_option(key, val, from)
+            }
+            _ => Ok(()),
+        };
+        r.map_err(|e| e.at(self.file, from))
+    }
+
+    /// `netroot=`, `root=`, `iscsiroot=`.
+    fn root_option(&mut self, key: &str, val: Option<&str>) -> Result<(), CmdlineError> {
+        let c = &mut self.c;
         match key {
             "netroot" => {
-                netroot_n += 1;
+                self.netroot_n += 1;
                 match classify_netroot(val.unwrap_or("")) {
-                    NetrootKind::Iscsi(rest) => c.netroots.push(parse_netroot(rest, netroot_n)?),
-                    NetrootKind::Bare => bare_netroot = true,
+                    NetrootKind::Iscsi(rest) => {
+                        c.netroots.push(parse_netroot(rest, self.netroot_n)?)
+                    }
+                    NetrootKind::Bare => self.bare_netroot = true,
                     NetrootKind::Other(scheme) => c.ignored.push(format!("netroot={scheme}")),
                 }
             }
@@ -339,35 +523,46 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                 let v = need_value(key, val, "<device>")?;
                 match classify_netroot(v) {
                     NetrootKind::Iscsi(rest) => {
-                        root_netroots.push(parse_netroot(rest, 0).map_err(|mut e| {
-                            e.arg = "root".into();
-                            e
-                        })?);
+                        self.root_netroots
+                            .push(parse_netroot(rest, 0).map_err(|mut e| {
+                                e.arg = "root".into();
+                                e
+                            })?);
                         c.root = Some("iscsi".into());
                     }
                     NetrootKind::Bare => {
-                        bare_netroot = true;
+                        self.bare_netroot = true;
                         c.root = Some("iscsi".into());
                     }
                     NetrootKind::Other(_) => c.root = Some(v.to_string()),
                 }
             }
-            "iscsiroot" => {
-                // dracut's legacy spelling: netroot=iscsi:$iscsiroot.
+            _ => {
+                // iscsiroot=: dracut's legacy spelling of
+                // netroot=iscsi:$iscsiroot.
                 let v = need_value(key, val, "<server>:<proto>:<port>:<LUN>:<target>")?;
-                root_netroots.push(parse_netroot(v, 0).map_err(|mut e| {
-                    e.arg = "iscsiroot".into();
-                    e
-                })?);
+                self.root_netroots
+                    .push(parse_netroot(v, 0).map_err(|mut e| {
+                        e.arg = "iscsiroot".into();
+                        e
+                    })?);
             }
+        }
+        Ok(())
+    }
+
+    /// `ip=`, `nameserver=`, `vlan=`, `ifname=`.
+    fn network_option(&mut self, key: &str, val: Option<&str>) -> Result<(), CmdlineError> {
+        let c = &mut self.c;
+        match key {
             "ip" => {
-                ip_n += 1;
+                self.ip_n += 1;
                 let v = need_value(key, val, "dhcp")?;
                 let ip = parse_ip(v).map_err(|m| {
-                    CmdlineError::new("ip", format!("the {} ip=\"{v}\": {m}", nth(ip_n)))
+                    CmdlineError::new("ip", format!("the {} ip=\"{v}\": {m}", nth(self.ip_n)))
                 })?;
                 if ip.method == IpMethod::Ibft {
-                    ibft_flag = true;
+                    self.ibft_flag = true;
                 }
                 c.ips.push(ip);
             }
@@ -385,7 +580,7 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                 let v = need_value(key, val, "<name>:<phys>")?;
                 c.vlans.push(parse_vlan(v)?);
             }
-            "ifname" => {
+            _ => {
                 let v = need_value(key, val, "<name>:<MAC>")?;
                 match parse_ifname(v)? {
                     Some(pair) => c.ifnames.push(pair),
@@ -394,13 +589,33 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                     None => c.ignored.push("ifname (not an Ethernet MAC)".into()),
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `rd.iscsi.*` and the older `iscsi_*` words (dracut's, and Debian
+    /// open-iscsi's initramfs-tools ones).
+    fn iscsi_option(
+        &mut self,
+        key: &'a str,
+        val: Option<&'a str>,
+        from: Option<&'a FileWord>,
+    ) -> Result<(), CmdlineError> {
+        let c = &mut self.c;
+        match key {
             "rd.iscsi.initiator" | "iscsi_initiator" => {
                 let v = need_value(key, val, "<IQN>")?;
                 check_iscsi_name(v).map_err(|m| CmdlineError::new(key, m))?;
                 c.initiator = Some(v.to_string());
             }
-            "rd.iscsi.firmware" | "iscsi_firmware" => fw_flag = dracut_bool(val),
-            "rd.iscsi.ibft" => ibft_flag = dracut_bool(val),
+            // open-iscsi's iscsi_auto: the iBFT describes NIC and target,
+            // which is what rd.iscsi.firmware asks for.
+            "rd.iscsi.firmware" | "iscsi_firmware" | "iscsi_auto" => {
+                self.fw_flag = dracut_bool(val)
+            }
+            "rd.iscsi.ibft" => self.ibft_flag = dracut_bool(val),
+            "iscsi_target_name" | "iscsi_target_ip" | "iscsi_target_port"
+            | "iscsi_target_group" => self.open_iscsi.set(key, val, from),
             "rd.iscsi.username" | "iscsi_username" => c.username = non_empty(val),
             "rd.iscsi.password" | "iscsi_password" => {
                 c.password = non_empty(val).map(|p| Secret::from(p.as_str()))
@@ -425,10 +640,23 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                 let v = need_value(key, val, "<key>=<value>")?;
                 c.params.push(parse_param(key, v)?);
             }
-            "rd.sanroot" => c.sanroot.enabled = Some(strict_bool(key, val)?),
+            // dracut options sanroot does not implement (rd.iscsi.mp,
+            // rd.iscsi.transport, rd.iscsi.target.*). Names only: a value
+            // may be a secret.
+            k if k.starts_with("rd.iscsi.") => c.ignored.push(k.to_string()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `rd.sanroot` and `rd.sanroot.*`.
+    fn sanroot_option(&mut self, key: &str, val: Option<&str>) -> Result<(), CmdlineError> {
+        let s = &mut self.c.sanroot;
+        match key {
+            "rd.sanroot" => s.enabled = Some(strict_bool(key, val)?),
             "rd.sanroot.bridge" => {
                 let v = need_value(key, val, "auto|ublk|nbd")?;
-                c.sanroot.bridge = Some(match v {
+                s.bridge = Some(match v {
                     "auto" => BridgeKind::Auto,
                     "ublk" => BridgeKind::Ublk,
                     "nbd" => BridgeKind::Nbd,
@@ -440,11 +668,11 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                     }
                 });
             }
-            "rd.sanroot.timeout" => c.sanroot.timeout = Some(seconds(key, val)?),
-            "rd.sanroot.shutdown_timeout" => c.sanroot.shutdown_timeout = Some(seconds(key, val)?),
+            "rd.sanroot.timeout" => s.timeout = Some(seconds(key, val)?),
+            "rd.sanroot.shutdown_timeout" => s.shutdown_timeout = Some(seconds(key, val)?),
             "rd.sanroot.retries" => {
                 let v = need_value(key, val, "<count>")?;
-                c.sanroot.retries = Some(
+                s.retries = Some(
                     v.parse::<u32>()
                         .ok()
                         .filter(|n| (1..=100).contains(n))
@@ -459,38 +687,422 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                     "unknown sanroot option: the known ones are rd.sanroot=0|1, rd.sanroot.bridge=auto|ublk|nbd, rd.sanroot.timeout=<seconds>, rd.sanroot.retries=<count>, rd.sanroot.shutdown_timeout=<seconds>",
                 ));
             }
-            // dracut options sanroot does not implement (rd.iscsi.mp,
-            // rd.iscsi.transport, rd.iscsi.target.*), and Debian
-            // initramfs-tools' own iSCSI options. Names only: a value may
-            // be a secret.
-            k if k.starts_with("rd.iscsi.")
-                || matches!(
-                    k,
-                    "iscsi_auto"
-                        | "iscsi_target_name"
-                        | "iscsi_target_ip"
-                        | "iscsi_target_port"
-                        | "iscsi_target_group"
-                ) =>
-            {
-                c.ignored.push(k.to_string());
-            }
             _ => {}
         }
+        Ok(())
     }
-    c.firmware = fw_flag || ibft_flag;
-    c.ibft_network = ibft_flag;
-    if !root_netroots.is_empty() {
-        root_netroots.append(&mut c.netroots);
-        c.netroots = root_netroots;
+
+    fn finish(self) -> Result<Cmdline, CmdlineError> {
+        let mut c = self.c;
+        c.firmware = self.fw_flag || self.ibft_flag;
+        c.ibft_network = self.ibft_flag;
+        if !self.root_netroots.is_empty() {
+            let mut first = self.root_netroots;
+            first.append(&mut c.netroots);
+            c.netroots = first;
+        }
+        if self.bare_netroot && !c.firmware {
+            return Err(CmdlineError::new(
+                "netroot",
+                "netroot=iscsi names no target: write netroot=iscsi:<server>::<port>:<LUN>:<target>, or add rd.iscsi.firmware to boot from the firmware's table",
+            ));
+        }
+        // With iscsi_auto open-iscsi's script takes the iBFT alone and
+        // never looks at the target words: neither does sanroot.
+        if !c.firmware
+            && let Some((mut netroots, target)) = self.open_iscsi.target(self.file)?
+        {
+            c.netroots.append(&mut netroots);
+            c.open_iscsi = Some(target);
+        }
+        Ok(c)
     }
-    if bare_netroot && !c.firmware {
-        return Err(CmdlineError::new(
-            "netroot",
-            "netroot=iscsi names no target: write netroot=iscsi:<server>::<port>:<LUN>:<target>, or add rd.iscsi.firmware to boot from the firmware's table",
+}
+
+/// One of open-iscsi's target words, and the file's setting it came from
+/// (`None`: the command line).
+#[derive(Clone, Copy)]
+struct Given<'a> {
+    value: &'a str,
+    from: Option<&'a FileWord>,
+}
+
+impl Given<'_> {
+    fn error(&self, arg: &str, message: String, file: &str) -> CmdlineError {
+        CmdlineError::new(arg, message).at(file, self.from)
+    }
+
+    /// "iscsi_target_name= (kernel command line)" or
+    /// "ISCSI_TARGET_NAME (/etc/iscsi.initramfs, line 3)".
+    fn origin(&self, arg: &str, file: &str) -> String {
+        match self.from {
+            Some(w) => format!("{} ({file}, line {})", w.var, w.line),
+            None => format!("{arg}= (kernel command line)"),
+        }
+    }
+}
+
+/// `iscsi_target_name=`, `iscsi_target_ip=`, `iscsi_target_port=`,
+/// `iscsi_target_group=`: the last of each, as open-iscsi's loop keeps it.
+#[derive(Default)]
+struct OpenIscsiWords<'a> {
+    name: Option<Given<'a>>,
+    ip: Option<Given<'a>>,
+    port: Option<Given<'a>>,
+    group: Option<Given<'a>>,
+}
+
+impl<'a> OpenIscsiWords<'a> {
+    /// open-iscsi reads `word=value` only (a bare word is no assignment);
+    /// an empty value unsets, as it does in the shell.
+    fn set(&mut self, key: &str, val: Option<&'a str>, from: Option<&'a FileWord>) {
+        let Some(value) = val else { return };
+        let g = Some(Given { value, from }).filter(|_| !value.trim().is_empty());
+        match key {
+            "iscsi_target_name" => self.name = g,
+            "iscsi_target_ip" => self.ip = g,
+            "iscsi_target_port" => self.port = g,
+            _ => self.group = g,
+        }
+    }
+
+    /// The netroots the words describe, one per address, LUN 0 (open-iscsi
+    /// logs in to the whole target; sanroot serves one LUN), or `None`
+    /// when they name no target. Half a target is an error: open-iscsi
+    /// would silently log in to nothing, and the boot stop later with no
+    /// word of why.
+    fn target(&self, file: &str) -> Result<Option<(Vec<Netroot>, OpenIscsiTarget)>, CmdlineError> {
+        let (name, ip) = match (self.name, self.ip) {
+            (None, None) => return Ok(None),
+            (Some(n), Some(i)) => (n, i),
+            (Some(n), None) => return Err(half_target(true, n, file)),
+            (None, Some(i)) => return Err(half_target(false, i, file)),
+        };
+        check_iscsi_name(name.value).map_err(|m| name.error("iscsi_target_name", m, file))?;
+        let servers = portal_addrs(ip.value).map_err(|m| ip.error("iscsi_target_ip", m, file))?;
+        let port = match self.port {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .value
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| {
+                    let m = format!(
+                        "{} is not a port: write 1 to 65535, or leave it out for 3260",
+                        quoted(p.value)
+                    );
+                    p.error("iscsi_target_port", m, file)
+                })?,
+        };
+        let group = match self.group {
+            None => None,
+            Some(g) => Some(g.value.parse::<u16>().map_err(|_| {
+                let m = format!(
+                    "{} is not a target portal group tag: write a number from 0 to 65535, or leave it out for 1",
+                    quoted(g.value)
+                );
+                g.error("iscsi_target_group", m, file)
+            })?),
+        };
+        let netroots: Vec<Netroot> = servers
+            .into_iter()
+            .map(|s| Netroot::plain(s, port, name.value.to_string()))
+            .collect();
+        let target = OpenIscsiTarget {
+            paths: netroots.len(),
+            group,
+            name_from_file: name.from.is_some(),
+            ip_from_file: ip.from.is_some(),
+        };
+        Ok(Some((netroots, target)))
+    }
+}
+
+/// A target name without an address (`have_name`), or the other way
+/// round: say which word is missing, where the other one was, and what to
+/// write.
+fn half_target(have_name: bool, given: Given<'_>, file: &str) -> CmdlineError {
+    let (have, names, missing, var, form) = if have_name {
+        (
+            "iscsi_target_name",
+            "the target",
+            "iscsi_target_ip",
+            "ISCSI_TARGET_IP",
+            "<portal IP address>",
+        )
+    } else {
+        (
+            "iscsi_target_ip",
+            "the portal",
+            "iscsi_target_name",
+            "ISCSI_TARGET_NAME",
+            "<iqn. name>",
+        )
+    };
+    CmdlineError::new(
+        missing,
+        format!(
+            "{} names {names}, but no {missing}= goes with it: add {missing}={form} to the command line (or {var}= to {file}), or iscsi_auto to take the target from the iBFT (open-iscsi would silently log in to nothing here)",
+            given.origin(have, file)
+        ),
+    )
+}
+
+/// The addresses of `iscsi_target_ip=`: IP literals (IPv6 with or without
+/// brackets) separated by blanks, as open-iscsi's `for target_ip in
+/// $ISCSI_TARGET_IP` splits them. Each is one path to the same LU; a
+/// repeated one is dropped (two sessions through one portal are no second
+/// path). The error completes "kernel command line, iscsi_target_ip=: …".
+fn portal_addrs(v: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for a in v.split_ascii_whitespace() {
+        let ip = parse_addr_literal(a).ok_or_else(|| {
+            format!(
+                "{} is not an IP address: write the portal's IPv4 or IPv6 address (several separated by spaces); there is no resolver in the initramfs",
+                quoted(a)
+            )
+        })?;
+        if out.contains(&ip) {
+            continue;
+        }
+        if out.len() == MAX_TARGET_IPS {
+            return Err(format!(
+                "more than {MAX_TARGET_IPS} addresses: name the few portals the root disk is reached through"
+            ));
+        }
+        out.push(ip);
+    }
+    if out.is_empty() {
+        return Err("holds no address: write iscsi_target_ip=<portal IP address>".into());
+    }
+    Ok(out)
+}
+
+/// A value for a message: quoted, escaped, cut at 64 characters (a hostile
+/// command line or file must not fill the log).
+fn quoted(v: &str) -> String {
+    let cut: String = v.chars().take(64).collect();
+    let more = if v.chars().nth(64).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("\"{}{more}\"", cut.escape_debug())
+}
+
+/// One setting of open-iscsi's file, as the command-line word it stands
+/// for. `Debug` leaves the value out: it may be a CHAP secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileWord {
+    pub line: usize,
+    /// ISCSI_TARGET_NAME, …
+    pub var: &'static str,
+    /// iscsi_target_name, …
+    pub word: &'static str,
+    /// `None` for the flag `iscsi_auto`.
+    pub value: Option<String>,
+}
+
+impl fmt::Debug for FileWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileWord({} at line {})", self.var, self.line)
+    }
+}
+
+/// What [`parse_open_iscsi_initramfs`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenIscsiFile {
+    /// The known settings, each variable's last, in file order. Feed them
+    /// to [`parse_with_defaults`].
+    pub words: Vec<FileWord>,
+    /// Other variables set (at most 16 names, for the log; never values).
+    pub ignored: Vec<String>,
+}
+
+impl OpenIscsiFile {
+    /// Whether the file gives a CHAP secret (then it must not be readable
+    /// by others).
+    pub fn holds_secret(&self) -> bool {
+        self.words
+            .iter()
+            .any(|w| matches!(w.var, "ISCSI_PASSWORD" | "ISCSI_IN_PASSWORD"))
+    }
+
+    fn note_ignored(&mut self, name: &str) {
+        if self.ignored.len() < MAX_IGNORED_VARS && !self.ignored.iter().any(|n| n == name) {
+            self.ignored.push(short_name(name));
+        }
+    }
+}
+
+/// Debian open-iscsi's settings file ([`OPEN_ISCSI_FILE`]), which its
+/// initramfs script sources as shell: `[export ]NAME=value` lines, the
+/// value bare, in "…" or in '…'; blank lines and `#` comments. The known
+/// variables (ISCSI_AUTO, ISCSI_INITIATOR, ISCSI_TARGET_NAME,
+/// ISCSI_TARGET_IP, ISCSI_TARGET_PORT, ISCSI_TARGET_GROUP, ISCSI_USERNAME,
+/// ISCSI_PASSWORD, ISCSI_IN_USERNAME, ISCSI_IN_PASSWORD) become their
+/// command-line words; others are only named in
+/// [`OpenIscsiFile::ignored`]. The shell's last assignment wins, and an
+/// empty value unsets. sanroot runs no shell, so expansions ($, `) are
+/// refused rather than taken literally. Errors name the line, never a
+/// value: it may be a secret.
+pub fn parse_open_iscsi_initramfs(text: &str) -> Result<OpenIscsiFile, String> {
+    if text.len() > MAX_OPEN_ISCSI_FILE {
+        return Err(format!(
+            "{} bytes: open-iscsi's settings are a few lines, more than {MAX_OPEN_ISCSI_FILE} bytes is not that file",
+            text.len()
         ));
     }
-    Ok(c)
+    let mut f = OpenIscsiFile::default();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let Some((name, value)) = shell_assignment(line).map_err(|m| format!("line {n}: {m}"))?
+        else {
+            continue;
+        };
+        let Some(&(var, word)) = OPEN_ISCSI_VARS.iter().find(|(v, _)| *v == name) else {
+            f.note_ignored(name);
+            continue;
+        };
+        f.words.retain(|w| w.var != var);
+        if let Some(w) = file_word(n, var, word, value)? {
+            f.words.push(w);
+        }
+    }
+    Ok(f)
+}
+
+/// A known variable's setting; `None` when empty (unset).
+fn file_word(
+    line: usize,
+    var: &'static str,
+    word: &'static str,
+    value: String,
+) -> Result<Option<FileWord>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let value = if var == "ISCSI_AUTO" {
+        // open-iscsi tests `-n "$ISCSI_AUTO"`: any value at all turns it
+        // on, "false" too. Say so rather than guess either way.
+        if !matches!(value.as_str(), "true" | "yes" | "1") {
+            return Err(format!(
+                "line {line}: ISCSI_AUTO: open-iscsi takes the target from the iBFT for any value that is not empty (\"false\" too): write ISCSI_AUTO=true, or leave it empty to name the target with ISCSI_TARGET_NAME and ISCSI_TARGET_IP"
+            ));
+        }
+        None
+    } else {
+        Some(value)
+    };
+    Ok(Some(FileWord {
+        line,
+        var,
+        word,
+        value,
+    }))
+}
+
+/// One line of a file the shell sources, read as `[export ]NAME=value`;
+/// `None` for a blank line or a comment. Errors never show the value.
+fn shell_assignment(line: &str) -> Result<Option<(&str, String)>, String> {
+    let blank = [' ', '\t'];
+    let t = line
+        .strip_suffix('\r')
+        .unwrap_or(line)
+        .trim_start_matches(blank);
+    if t.is_empty() || t.starts_with('#') {
+        return Ok(None);
+    }
+    let t = t
+        .strip_prefix("export")
+        .filter(|r| r.starts_with(blank))
+        .map_or(t, |r| r.trim_start_matches(blank));
+    let (name, rest) = t
+        .split_once('=')
+        .filter(|(n, _)| is_shell_name(n))
+        .ok_or("not a shell assignment: only NAME=value lines (export allowed), blank lines and # comments are read")?;
+    let value = shell_word(rest).map_err(|m| format!("the value of {}: {m}", short_name(name)))?;
+    Ok(Some((name, value)))
+}
+
+/// A shell variable's name: a letter or '_', then letters, digits, '_'.
+fn is_shell_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// A variable's name for a message or the log, cut at 64 characters.
+fn short_name(name: &str) -> String {
+    match name.get(..64) {
+        Some(cut) if name.len() > 64 => format!("{cut}…"),
+        _ => name.to_string(),
+    }
+}
+
+const UNCLOSED: &str = "a quote is not closed on its line (values spanning lines are not read)";
+const EXPANSION: &str = "a $ or ` (a shell expansion): sanroot runs no shell, so write the value itself, in '…' if it holds $ or `";
+
+/// The value after '=' with the shell's quoting undone ('…' literal, "…"
+/// with \" \\ \$ \` escapes, \x outside quotes), up to the first unquoted
+/// blank; after that only a comment. Operators and expansions are refused:
+/// what the shell would make of them is not what is written.
+fn shell_word(rest: &str) -> Result<String, &'static str> {
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            ' ' | '\t' => {
+                let tail = chars.as_str().trim_start_matches([' ', '\t']);
+                if tail.is_empty() || tail.starts_with('#') {
+                    break;
+                }
+                return Err(
+                    "more than one word after '=': put a value with spaces in quotes (ISCSI_TARGET_IP=\"10.0.0.1 10.0.0.2\")",
+                );
+            }
+            '\'' => loop {
+                match chars.next().ok_or(UNCLOSED)? {
+                    '\'' => break,
+                    c => out.push(c),
+                }
+            },
+            '"' => double_quoted(&mut chars, &mut out)?,
+            '\\' => out.push(
+                chars
+                    .next()
+                    .ok_or("a '\\' ends the line (continued lines are not read)")?,
+            ),
+            '$' | '`' => return Err(EXPANSION),
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
+                return Err(
+                    "a shell operator (; & | < > ( )) outside quotes: put the value in '…'",
+                );
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// The rest of a "…" (the opening quote read).
+fn double_quoted(chars: &mut std::str::Chars<'_>, out: &mut String) -> Result<(), &'static str> {
+    loop {
+        match chars.next().ok_or(UNCLOSED)? {
+            '"' => return Ok(()),
+            '\\' => match chars.next().ok_or(UNCLOSED)? {
+                c @ ('"' | '\\' | '$' | '`') => out.push(c),
+                c => {
+                    out.push('\\');
+                    out.push(c);
+                }
+            },
+            '$' | '`' => return Err(EXPANSION),
+            c => out.push(c),
+        }
+    }
 }
 
 fn non_empty(v: Option<&str>) -> Option<String> {
@@ -560,18 +1172,11 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
         CmdlineError::new("netroot", format!("{which}: {subject}{shown} {rest}"))
     };
 
-    let mut nr = Netroot {
-        server: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        port: DEFAULT_PORT,
-        lun: 0,
-        target: String::new(),
-        iface: None,
-        netdev: None,
-        username: None,
-        password: None,
-        in_username: None,
-        in_password: None,
-    };
+    let mut nr = Netroot::plain(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        DEFAULT_PORT,
+        String::new(),
+    );
 
     let mut rest = v;
     if let Some(at) = v.find('@') {
@@ -1196,7 +1801,6 @@ fn parse_param(arg: &str, v: &str) -> Result<(String, String), CmdlineError> {
 }
 
 impl Cmdline {
-    /// True when the command line asks for an iSCSI root at all.
     /// Take CHAP settings the command line does not give from the
     /// initramfs' secrets file ([`parse_secrets_file`]): a secret there
     /// is not in /proc/cmdline for every user of the machine to read.
@@ -1216,6 +1820,7 @@ impl Cmdline {
         }
     }
 
+    /// True when the command line asks for an iSCSI root at all.
     pub fn wants_iscsi(&self) -> bool {
         !self.netroots.is_empty() || self.firmware
     }
@@ -1237,6 +1842,8 @@ impl Cmdline {
     /// parent and `config.vlan` its id (src/net creates `<parent>.<id>`).
     /// The MAC comes from ip='s macaddr, else ifname=, else stays zero
     /// (the flow finds the link by name).
+    ///
+    /// Paths from open-iscsi's words come last ([`Cmdline::open_iscsi`]).
     pub fn boot_paths(&self) -> Result<Vec<BootPath>, CmdlineError> {
         if !self.netroots.is_empty() {
             let ibft_ip = self.ips.iter().any(|i| i.method == IpMethod::Ibft);
@@ -1247,18 +1854,51 @@ impl Cmdline {
                 ));
             }
         }
+        let first_open_iscsi = self.first_open_iscsi();
         let mut paths = Vec::with_capacity(self.netroots.len());
         for (i, nr) in self.netroots.iter().enumerate() {
+            let which = if i >= first_open_iscsi {
+                format!("for iscsi_target_ip= {}", nr.server)
+            } else {
+                format!("for the {} netroot=", nth(i + 1))
+            };
             paths.push(BootPath {
                 nic: self.nic_for(nr),
                 host: nr.server,
                 port: nr.port,
                 target: nr.target.clone(),
                 lun: nr.lun,
-                auth: self.auth_for(nr, i + 1)?,
+                auth: self.auth_for(nr, &which)?,
             });
         }
         Ok(paths)
+    }
+
+    /// Where in [`Cmdline::netroots`] those of open-iscsi's words start.
+    fn first_open_iscsi(&self) -> usize {
+        let n = self.open_iscsi.map_or(0, |t| t.paths);
+        self.netroots.len().saturating_sub(n)
+    }
+
+    /// Where the netroots were written, for the log and the hand-off:
+    /// "the kernel command line (netroot=)" for netroot= alone (a wording
+    /// tests rely on), `file` or "the kernel command line
+    /// (iscsi_target_name=)" for open-iscsi's words, both joined when
+    /// both give paths. `file` is the settings file's name.
+    pub fn describe_source(&self, file: &str) -> String {
+        let mut parts = Vec::new();
+        if self.first_open_iscsi() > 0 {
+            parts.push("the kernel command line (netroot=)".to_string());
+        }
+        if let Some(t) = self.open_iscsi.filter(|t| t.paths > 0) {
+            parts.push(match (t.name_from_file, t.ip_from_file) {
+                (false, false) => "the kernel command line (iscsi_target_name=)".to_string(),
+                (true, true) => file.to_string(),
+                (true, false) => format!("{file} and the kernel command line (iscsi_target_ip=)"),
+                (false, true) => format!("the kernel command line (iscsi_target_name=) and {file}"),
+            });
+        }
+        parts.join(", then ")
     }
 
     fn nic_for(&self, nr: &Netroot) -> Option<BootNic> {
@@ -1353,9 +1993,10 @@ impl Cmdline {
         c
     }
 
-    /// The CHAP settings of netroot number `n`: its own credentials, else
-    /// rd.iscsi.username/password, per direction.
-    fn auth_for(&self, nr: &Netroot, n: usize) -> Result<Option<AuthConfig>, CmdlineError> {
+    /// The CHAP settings of a netroot (`which` says which, in messages):
+    /// its own credentials, else rd.iscsi.username/password, per
+    /// direction.
+    fn auth_for(&self, nr: &Netroot, which: &str) -> Result<Option<AuthConfig>, CmdlineError> {
         let own = nr.username.is_some() || nr.password.is_some();
         let (user, pass, arg) = if own {
             (&nr.username, &nr.password, "netroot")
@@ -1368,7 +2009,6 @@ impl Cmdline {
         } else {
             (&self.in_username, &self.in_password, "rd.iscsi.in.username")
         };
-        let which = format!("for the {} netroot=", nth(n));
         let (user, secret) = match (user, pass) {
             (None, None) => {
                 if in_user.is_some() || in_pass.is_some() {
@@ -1489,6 +2129,502 @@ mod tests {
     }
     fn err(s: &str) -> CmdlineError {
         parse(s).expect_err(s)
+    }
+
+    // ---- Debian open-iscsi's words and /etc/iscsi.initramfs ----
+
+    const IQN: &str = "iqn.2026-11.org.example:root";
+    const FILE: &str = "/etc/iscsi.initramfs";
+
+    fn with_file(file: &str, cmdline: &str) -> Result<Cmdline, CmdlineError> {
+        let f = parse_open_iscsi_initramfs(file).unwrap();
+        parse_with_defaults(FILE, &f.words, cmdline)
+    }
+
+    #[test]
+    fn iscsi_auto_is_the_firmware_route() {
+        let c = parse("iscsi_auto").unwrap();
+        assert!(c.firmware && !c.ibft_network && c.wants_iscsi());
+        assert!(c.ignored.is_empty() && c.netroots.is_empty());
+        // open-iscsi's script then looks at no target word: neither do we,
+        // half a target or a bad port included.
+        let c = parse(&format!(
+            "iscsi_auto iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2"
+        ))
+        .unwrap();
+        assert!(c.firmware && c.netroots.is_empty() && c.open_iscsi.is_none());
+        assert!(parse("iscsi_auto iscsi_target_name=x iscsi_target_port=0").is_ok());
+        let c = with_file("ISCSI_AUTO=true\n", "").unwrap();
+        assert!(c.firmware);
+    }
+
+    #[test]
+    fn target_name_and_ip_make_a_netroot() {
+        let c = parse(&format!(
+            "root=UUID=1 iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2"
+        ))
+        .unwrap();
+        assert_eq!(c.netroots.len(), 1);
+        let n = &c.netroots[0];
+        assert_eq!((n.server, n.port, n.lun), (v4("10.0.2.2"), 3260, 0));
+        assert_eq!(n.target, IQN);
+        assert!(n.username.is_none() && n.password.is_none());
+        assert!(c.ignored.is_empty() && c.wants_iscsi());
+        assert_eq!(
+            c.open_iscsi,
+            Some(OpenIscsiTarget {
+                paths: 1,
+                group: None,
+                name_from_file: false,
+                ip_from_file: false
+            })
+        );
+        assert_eq!(
+            c.describe_source(FILE),
+            "the kernel command line (iscsi_target_name=)"
+        );
+        let p = c.boot_paths().unwrap();
+        assert_eq!((p[0].host, p[0].lun), (v4("10.0.2.2"), 0));
+        assert!(p[0].nic.is_none() && p[0].auth.is_none());
+        // Port and group alone name nothing: no error, no netroot.
+        let c = parse("iscsi_target_port=3260 iscsi_target_group=1").unwrap();
+        assert!(c.netroots.is_empty() && c.ignored.is_empty() && !c.wants_iscsi());
+    }
+
+    #[test]
+    fn target_port_and_group_last_wins() {
+        let c = parse(&format!(
+            "iscsi_target_port=3262 iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2 \
+             iscsi_target_port=3261 iscsi_target_group=2"
+        ))
+        .unwrap();
+        assert_eq!(c.netroots[0].port, 3261);
+        assert_eq!(c.open_iscsi.unwrap().group, Some(2));
+        let c = parse(&format!(
+            "iscsi_target_name=iqn.a.b:old iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2 \
+             iscsi_target_group=65535 iscsi_target_group=0"
+        ))
+        .unwrap();
+        assert_eq!(c.netroots[0].target, IQN);
+        assert_eq!(c.open_iscsi.unwrap().group, Some(0));
+    }
+
+    #[test]
+    fn netroot_comes_before_the_open_iscsi_target() {
+        let c = parse(&format!(
+            "iscsi_target_name={IQN} iscsi_target_ip=10.0.0.9 netroot=iscsi:10.0.0.1::::iqn.a.b:c"
+        ))
+        .unwrap();
+        let s: Vec<IpAddr> = c.netroots.iter().map(|n| n.server).collect();
+        assert_eq!(s, [v4("10.0.0.1"), v4("10.0.0.9")]);
+        assert_eq!(
+            c.describe_source(FILE),
+            "the kernel command line (netroot=), then the kernel command line (iscsi_target_name=)"
+        );
+        let c = parse("netroot=iscsi:10.0.0.1::::iqn.a.b:c").unwrap();
+        assert_eq!(
+            c.describe_source(FILE),
+            "the kernel command line (netroot=)"
+        );
+    }
+
+    #[test]
+    fn target_ip_ipv6_with_or_without_brackets() {
+        for ip in ["[fd00::2]", "fd00::2", "[FD00::2]"] {
+            let c = parse(&format!("iscsi_target_name={IQN} iscsi_target_ip={ip}")).unwrap();
+            assert_eq!(c.netroots[0].server, v6("fd00::2"), "{ip}");
+        }
+    }
+
+    #[test]
+    fn several_addresses_are_several_paths() {
+        // The kernel keeps a quoted argument whole.
+        let c = parse(&format!(
+            "iscsi_target_name={IQN} \"iscsi_target_ip=10.0.0.1  [fd00::2] 10.0.0.1\""
+        ))
+        .unwrap();
+        let s: Vec<IpAddr> = c.netroots.iter().map(|n| n.server).collect();
+        assert_eq!(s, [v4("10.0.0.1"), v6("fd00::2")], "a repeat is dropped");
+        assert_eq!(c.open_iscsi.unwrap().paths, 2);
+        let many: Vec<String> = (1..=17).map(|i| format!("10.0.0.{i}")).collect();
+        let e = err(&format!(
+            "iscsi_target_name={IQN} \"iscsi_target_ip={}\"",
+            many.join(" ")
+        ));
+        assert_eq!(e.arg, "iscsi_target_ip");
+        assert!(e.message.contains("more than 16"), "{e}");
+    }
+
+    #[test]
+    fn open_iscsi_credentials_apply_to_its_target() {
+        let c = parse(&format!(
+            "iscsi_username=alice iscsi_password=alice-secret-1 iscsi_in_username=tgt \
+             iscsi_in_password=target-secret-2 iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2"
+        ))
+        .unwrap();
+        let p = c.boot_paths().unwrap();
+        let a = p[0].auth.as_ref().unwrap();
+        assert_eq!(
+            (a.user.as_str(), a.secret.expose()),
+            ("alice", &b"alice-secret-1"[..])
+        );
+        let m = a.mutual.as_ref().unwrap();
+        assert_eq!(
+            (m.target_name.as_deref(), m.secret.expose()),
+            (Some("tgt"), &b"target-secret-2"[..])
+        );
+        let dbg = format!("{c:?} {p:?}");
+        assert!(
+            !dbg.contains("alice-secret-1") && !dbg.contains("target-secret-2"),
+            "{dbg}"
+        );
+        // A CHAP mistake names the path by its address, not as a netroot=.
+        let e = parse(&format!(
+            "iscsi_username=alice iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2"
+        ))
+        .unwrap()
+        .boot_paths()
+        .unwrap_err();
+        assert!(
+            e.message.contains("for iscsi_target_ip= 10.0.2.2") && e.message.contains("password"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn half_a_target_is_an_error_that_says_why() {
+        let e = err(&format!("iscsi_target_name={IQN}"));
+        assert_eq!(e.arg, "iscsi_target_ip");
+        assert!(
+            e.message
+                .contains("iscsi_target_name= (kernel command line)")
+                && e.message.contains("add iscsi_target_ip=")
+                && e.message.contains("iscsi_auto"),
+            "{e}"
+        );
+        let e = err("iscsi_target_ip=10.0.2.2 iscsi_target_port=3260");
+        assert_eq!(e.arg, "iscsi_target_name");
+        assert!(e.message.contains("add iscsi_target_name="), "{e}");
+        // An empty value unsets, as in open-iscsi's shell.
+        let e = err(&format!(
+            "iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2 iscsi_target_ip="
+        ));
+        assert_eq!(e.arg, "iscsi_target_ip");
+        // A bare word is no assignment: open-iscsi's case ignores it.
+        let c = parse(&format!(
+            "iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2 iscsi_target_ip"
+        ))
+        .unwrap();
+        assert_eq!(c.netroots.len(), 1);
+    }
+
+    #[test]
+    fn target_word_errors_name_the_word() {
+        let ok = format!("iscsi_target_name={IQN} iscsi_target_ip=10.0.2.2");
+        for (extra, arg, want) in [
+            ("iscsi_target_port=99999", "iscsi_target_port", "1 to 65535"),
+            (
+                "iscsi_target_port=0",
+                "iscsi_target_port",
+                "\"0\" is not a port",
+            ),
+            ("iscsi_target_port=x", "iscsi_target_port", "3260"),
+            (
+                "iscsi_target_group=70000",
+                "iscsi_target_group",
+                "0 to 65535",
+            ),
+            (
+                "iscsi_target_group=-1",
+                "iscsi_target_group",
+                "portal group tag",
+            ),
+            ("iscsi_target_name=disk0", "iscsi_target_name", "iqn."),
+            (
+                "iscsi_target_ip=san.example",
+                "iscsi_target_ip",
+                "no resolver",
+            ),
+            ("iscsi_target_ip=10.0.2.256", "iscsi_target_ip", "not an IP"),
+        ] {
+            let e = err(&format!("{ok} {extra}"));
+            assert_eq!(e.arg, arg, "{extra}");
+            assert!(e.message.contains(want), "{extra}: {e}");
+            assert!(e.file.is_none(), "{extra}");
+            assert!(e.to_string().starts_with("kernel command line, "), "{e}");
+        }
+        // A hostile value is cut short in the message.
+        let long = "x".repeat(5000);
+        let e = err(&format!("{ok} iscsi_target_port={long}"));
+        assert!(e.message.len() < 200, "{}", e.message.len());
+    }
+
+    #[test]
+    fn settings_file_quotes_export_comments() {
+        let text = "# open-iscsi's settings\n\
+             \n\
+             export ISCSI_INITIATOR=iqn.1993-08.org.debian:01:abc\n\
+             \tISCSI_TARGET_NAME=\"iqn.2026-11.org.example:root\"\r\n\
+             ISCSI_TARGET_IP='10.0.2.2 [fd00::2]'   # two portals\n\
+             ISCSI_TARGET_PORT=3262\n\
+             ISCSI_TARGET_PORT=3261\n\
+             ISCSI_TARGET_GROUP=\n\
+             ISCSI_USERNAME=al\\ ice\n\
+             ISCSI_PASSWORD=\"pa ss\\\"wo\\rd\"\n\
+             ISCSI_IN_USERNAME=tgt\n\
+             ISCSI_IN_PASSWORD='in$ecret`1#'\n\
+             FOO=bar\n\
+             export ISCSI_FUTURE=1\n\
+             FOO=again\n";
+        let f = parse_open_iscsi_initramfs(text).unwrap();
+        assert_eq!(f.ignored, vec!["FOO", "ISCSI_FUTURE"]);
+        assert!(f.holds_secret());
+        let words: Vec<(&str, usize)> = f.words.iter().map(|w| (w.var, w.line)).collect();
+        assert_eq!(
+            words,
+            [
+                ("ISCSI_INITIATOR", 3),
+                ("ISCSI_TARGET_NAME", 4),
+                ("ISCSI_TARGET_IP", 5),
+                ("ISCSI_TARGET_PORT", 7),
+                ("ISCSI_USERNAME", 9),
+                ("ISCSI_PASSWORD", 10),
+                ("ISCSI_IN_USERNAME", 11),
+                ("ISCSI_IN_PASSWORD", 12),
+            ]
+        );
+        let dbg = format!("{f:?}");
+        assert!(!dbg.contains("wo\\rd") && !dbg.contains("ecret"), "{dbg}");
+
+        let c = parse_with_defaults(FILE, &f.words, "root=UUID=1 quiet").unwrap();
+        assert_eq!(
+            c.initiator.as_deref(),
+            Some("iqn.1993-08.org.debian:01:abc")
+        );
+        let s: Vec<(IpAddr, u16, u64)> = c
+            .netroots
+            .iter()
+            .map(|n| (n.server, n.port, n.lun))
+            .collect();
+        assert_eq!(s, [(v4("10.0.2.2"), 3261, 0), (v6("fd00::2"), 3261, 0)]);
+        let t = c.open_iscsi.unwrap();
+        assert!(t.name_from_file && t.ip_from_file && t.group.is_none());
+        assert_eq!(c.describe_source(FILE), FILE);
+        let p = c.boot_paths().unwrap();
+        for path in &p {
+            let a = path.auth.as_ref().unwrap();
+            assert_eq!(
+                (a.user.as_str(), a.secret.expose()),
+                ("al ice", &b"pa ss\"wo\\rd"[..])
+            );
+            let m = a.mutual.as_ref().unwrap();
+            assert_eq!(m.secret.expose(), b"in$ecret`1#");
+        }
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("wo\\rd") && !dbg.contains("ecret"), "{dbg}");
+    }
+
+    #[test]
+    fn shell_words() {
+        for (v, want) in [
+            ("", ""),
+            ("a", "a"),
+            ("a#b", "a#b"),
+            ("x # comment", "x"),
+            ("x\t#", "x"),
+            ("x   ", "x"),
+            ("'a\"b'", "a\"b"),
+            ("\"a'b\"", "a'b"),
+            ("\"x\\y\"", "x\\y"),
+            ("\"\\$\\`\\\\\"", "$`\\"),
+            ("a\\ b", "a b"),
+            ("pre\"mid dle\"'post'", "premid dlepost"),
+            ("\\é", "é"),
+        ] {
+            assert_eq!(shell_word(v).as_deref(), Ok(want), "{v}");
+        }
+        // Nothing panics on scraps.
+        for line in [
+            "\"",
+            "'",
+            "\\",
+            "=",
+            "export",
+            "export =",
+            "é=1",
+            "ISCSI_AUTO",
+            "=x",
+            "1A=2",
+            "A-B=1",
+            "export\tA='",
+            "A=\"\\",
+            "A=é'",
+            "   # only",
+        ] {
+            let _ = shell_assignment(line);
+        }
+        assert_eq!(shell_assignment("   # only"), Ok(None));
+        assert_eq!(
+            shell_assignment("export\tA=1"),
+            Ok(Some(("A", "1".to_string())))
+        );
+        assert_eq!(
+            shell_assignment("exportA=1"),
+            Ok(Some(("exportA", "1".to_string())))
+        );
+    }
+
+    #[test]
+    fn settings_file_errors_name_the_line_not_the_secret() {
+        let secret = "Hunter2-pa55";
+        for (text, want) in [
+            (
+                format!("ISCSI_USERNAME=a\nISCSI_PASSWORD={secret} x\n"),
+                "line 2: the value of ISCSI_PASSWORD: more than one word",
+            ),
+            (
+                format!("ISCSI_PASSWORD=\"{secret}\n\"\n"),
+                "line 1: the value of ISCSI_PASSWORD: a quote is not closed",
+            ),
+            (
+                format!("\n\nISCSI_PASSWORD='{secret}\n"),
+                "line 3: the value of ISCSI_PASSWORD: a quote",
+            ),
+            (
+                format!("ISCSI_PASSWORD={secret}$x\n"),
+                "line 1: the value of ISCSI_PASSWORD: a $ or `",
+            ),
+            (
+                format!("ISCSI_PASSWORD=\"{secret}`id`\"\n"),
+                "shell expansion",
+            ),
+            (
+                format!("ISCSI_PASSWORD={secret};reboot\n"),
+                "shell operator",
+            ),
+            (format!("ISCSI_PASSWORD={secret}\\\n"), "continued lines"),
+            (format!("# x\n{secret}\n"), "line 2: not a shell assignment"),
+            (format!("my {secret}=1\n"), "line 1: not a shell assignment"),
+            ("ISCSI_AUTO=false\n".to_string(), "line 1: ISCSI_AUTO: "),
+            ("ISCSI_AUTO=0\n".to_string(), "write ISCSI_AUTO=true"),
+        ] {
+            let e = parse_open_iscsi_initramfs(&text).expect_err(&text);
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(!e.contains("Hunter2"), "{e}");
+        }
+        let big = "#".repeat(MAX_OPEN_ISCSI_FILE + 1);
+        let e = parse_open_iscsi_initramfs(&big).unwrap_err();
+        assert!(e.contains("65536"), "{e}");
+        // An empty ISCSI_AUTO is "not set", as open-iscsi's -n test has it.
+        let f = parse_open_iscsi_initramfs("ISCSI_AUTO=true\nISCSI_AUTO=\n").unwrap();
+        assert!(f.words.is_empty());
+        // Unused names are kept few and short for the log.
+        let many: String = (0..100).map(|i| format!("V{i}=1\n")).collect();
+        let long = format!("{}=1\n", "L".repeat(1000));
+        let f = parse_open_iscsi_initramfs(&format!("{long}{many}")).unwrap();
+        assert_eq!(f.ignored.len(), 16);
+        assert!(f.ignored[0].len() < 70);
+    }
+
+    #[test]
+    fn errors_from_the_file_say_so() {
+        let e = with_file(
+            &format!(
+                "ISCSI_TARGET_NAME={IQN}\nISCSI_TARGET_PORT=99999\nISCSI_TARGET_IP=10.0.0.1\n"
+            ),
+            "root=UUID=1",
+        )
+        .unwrap_err();
+        assert_eq!(e.arg, "iscsi_target_port");
+        assert_eq!(
+            e.file,
+            Some(FileSpot {
+                file: FILE.into(),
+                line: 2,
+                var: "ISCSI_TARGET_PORT".into()
+            })
+        );
+        assert!(
+            e.to_string().starts_with(
+                "/etc/iscsi.initramfs, line 2, ISCSI_TARGET_PORT (read as iscsi_target_port=): "
+            ),
+            "{e}"
+        );
+        // The command line's own value wins, so the file's bad one is moot.
+        assert!(
+            with_file(
+                &format!(
+                    "ISCSI_TARGET_NAME={IQN}\nISCSI_TARGET_PORT=99999\nISCSI_TARGET_IP=10.0.0.1\n"
+                ),
+                "iscsi_target_port=3260",
+            )
+            .is_ok()
+        );
+        // Checked as it is read, like the command line's.
+        let e = with_file("\nISCSI_INITIATOR=myhost\n", "").unwrap_err();
+        assert_eq!(e.arg, "iscsi_initiator");
+        assert_eq!(e.file.as_ref().map(|s| s.line), Some(2));
+        // Half a target: where the half that is there came from.
+        let e = with_file(&format!("ISCSI_TARGET_NAME={IQN}\n"), "").unwrap_err();
+        assert_eq!(e.arg, "iscsi_target_ip");
+        assert!(
+            e.message
+                .contains("ISCSI_TARGET_NAME (/etc/iscsi.initramfs, line 1)")
+                && e.message
+                    .contains("ISCSI_TARGET_IP= to /etc/iscsi.initramfs"),
+            "{e}"
+        );
+        // A command-line error stays the command line's.
+        let e = with_file(
+            &format!("ISCSI_TARGET_NAME={IQN}\n"),
+            "iscsi_target_ip=h.example",
+        )
+        .unwrap_err();
+        assert!(
+            e.file.is_none() && e.to_string().starts_with("kernel command line"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_file() {
+        let file = format!(
+            "ISCSI_TARGET_NAME={IQN}\nISCSI_TARGET_IP=10.0.0.1\nISCSI_USERNAME=alice\n\
+             ISCSI_PASSWORD=alice-secret-1\nISCSI_TARGET_GROUP=3\n"
+        );
+        let c = with_file(
+            &file,
+            "iscsi_target_ip=10.9.9.9 iscsi_username=bob rd.iscsi.password=bob-secret-22",
+        )
+        .unwrap();
+        let s: Vec<IpAddr> = c.netroots.iter().map(|n| n.server).collect();
+        assert_eq!(s, [v4("10.9.9.9")]);
+        assert_eq!(c.open_iscsi.unwrap().group, Some(3));
+        assert_eq!(
+            c.describe_source(FILE),
+            "/etc/iscsi.initramfs and the kernel command line (iscsi_target_ip=)"
+        );
+        let a = c.boot_paths().unwrap().remove(0).auth.unwrap();
+        assert_eq!(
+            (a.user.as_str(), a.secret.expose()),
+            ("bob", &b"bob-secret-22"[..])
+        );
+        // iscsi_auto on the command line: the iBFT, the file's target unused.
+        let c = with_file(&file, "iscsi_auto").unwrap();
+        assert!(c.firmware && c.netroots.is_empty());
+        // An empty word unsets the file's value.
+        let e = with_file(&file, "iscsi_target_name=").unwrap_err();
+        assert_eq!(e.arg, "iscsi_target_name");
+        assert!(
+            e.message
+                .contains("ISCSI_TARGET_IP (/etc/iscsi.initramfs, line 2)"),
+            "{e}"
+        );
+        // The file's other variables are no command-line words.
+        let f = parse_open_iscsi_initramfs("root=/dev/sda1\nrd_sanroot=0\n").unwrap();
+        assert!(f.words.is_empty());
+        let c = parse_with_defaults(FILE, &f.words, "").unwrap();
+        assert_eq!(c, Cmdline::default());
     }
 
     // ---- the kernel's splitting ----
@@ -1850,7 +2986,7 @@ mod tests {
              rd.iscsi.login_retry_max=7 rd.iscsi.waitnet=0 rd.iscsi.testroute \
              rd.iscsi.param=node.session.timeo.replacement_timeout=30 \
              nameserver=10.0.2.3 nameserver=[fd00::53] vlan=eth0.100:eth0 vlan=vlan0200:eth1 \
-             ifname=bootnet:52:54:00:AB:CD:EF rd.iscsi.mp rd.iscsi.transport=bnx2i iscsi_auto \
+             ifname=bootnet:52:54:00:AB:CD:EF rd.iscsi.mp rd.iscsi.transport=bnx2i \
              rd.sanroot=1 rd.sanroot.bridge=nbd rd.sanroot.timeout=300 \
              rd.sanroot.retries=3 rd.sanroot.shutdown_timeout=20",
         )
@@ -1890,10 +3026,7 @@ mod tests {
             c.ifnames,
             vec![("bootnet".to_string(), [0x52, 0x54, 0, 0xab, 0xcd, 0xef])]
         );
-        assert_eq!(
-            c.ignored,
-            vec!["rd.iscsi.mp", "rd.iscsi.transport", "iscsi_auto"]
-        );
+        assert_eq!(c.ignored, vec!["rd.iscsi.mp", "rd.iscsi.transport"]);
         assert_eq!(
             c.sanroot,
             SanrootOpts {

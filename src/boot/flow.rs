@@ -1,5 +1,6 @@
-//! The boot flow: where the root disk is described (iBFT or dracut's
-//! command line) → the NIC → login (the next path when one fails) → the
+//! The boot flow: where the root disk is described (iBFT, dracut's
+//! command line, or Debian open-iscsi's words and /etc/iscsi.initramfs)
+//! → the NIC → login (the next path when one fails) → the
 //! bridge → the partitions → the hand-off → a resident daemon.
 
 use std::cell::RefCell;
@@ -294,6 +295,85 @@ fn read_secrets_file() -> Result<Option<cmdline::SecretsFile>, CmdError> {
     Ok(Some(f))
 }
 
+/// open-iscsi's settings in the initramfs ([`cmdline::OPEN_ISCSI_FILE`],
+/// or `$SANROOT_ISCSI_INITRAMFS`), with the file's name for messages, if
+/// there is such a file. Debian's hook copies the host's
+/// /etc/iscsi/iscsi.initramfs there, so an image built with sanroot
+/// instead of iscsistart boots from the same settings.
+fn read_open_iscsi_file() -> Result<Option<(String, cmdline::OpenIscsiFile)>, CmdError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("SANROOT_ISCSI_INITRAMFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cmdline::OPEN_ISCSI_FILE.into());
+    let Some(text) = read_bounded(&path, cmdline::MAX_OPEN_ISCSI_FILE)? else {
+        return Ok(None);
+    };
+    let name = path.display().to_string();
+    let f = cmdline::parse_open_iscsi_initramfs(&text)
+        .map_err(|e| CmdError::usage(format!("{name}: {e}")))?;
+    log::info!("open-iscsi settings from {name}");
+    if !f.ignored.is_empty() {
+        log::info!("{name}: not used: {}", f.ignored.join(", "));
+    }
+    // Only a file with a CHAP secret in it: the stock one holds none, and
+    // a warning at every boot over nothing would teach people to skip it.
+    if f.holds_secret()
+        && let Ok(m) = std::fs::metadata(&path)
+        && m.permissions().mode() & 0o044 != 0
+    {
+        log::warn!(
+            "{name} holds a CHAP password and is readable by others (mode {:o}): make the host's /etc/iscsi/iscsi.initramfs 0600 and rebuild the initramfs",
+            m.permissions().mode() & 0o777
+        );
+    }
+    Ok(Some((name, f)))
+}
+
+/// A text file of at most `max` bytes (never more read into memory);
+/// `None` when there is none.
+fn read_bounded(path: &Path, max: usize) -> Result<Option<String>, CmdError> {
+    let failed = |e: std::io::Error| {
+        CmdError::new(exit::FAILURE, format!("reading {}: {e}", path.display()))
+    };
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
+    let mut buf = Vec::new();
+    f.take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(failed)?;
+    if buf.len() > max {
+        return Err(CmdError::usage(format!(
+            "{}: more than {max} bytes: open-iscsi's settings are a few lines; is it the right file?",
+            path.display()
+        )));
+    }
+    String::from_utf8(buf).map(Some).map_err(|_| {
+        CmdError::usage(format!(
+            "{}: not UTF-8 text: write it as open-iscsi's NAME=value lines",
+            path.display()
+        ))
+    })
+}
+
+/// The command line, with open-iscsi's settings file as defaults when
+/// there is one; the file's name (for [`Cmdline::describe_source`]).
+fn read_cmdline(text: &str) -> Result<(Cmdline, String), CmdError> {
+    let file = read_open_iscsi_file()?;
+    let cl = match &file {
+        Some((name, f)) => cmdline::parse_with_defaults(name, &f.words, text),
+        None => cmdline::parse(text),
+    }
+    .map_err(|e| CmdError::usage(e.to_string()))?;
+    if !cl.ignored.is_empty() {
+        log::info!("not acted on: {}", cl.ignored.join(", "));
+    }
+    let name = file.map_or_else(|| cmdline::OPEN_ISCSI_FILE.to_string(), |(n, _)| n);
+    Ok((cl, name))
+}
+
 /// Read the command line and, unless it describes the root itself, the
 /// iBFT. `None` when the command line turns sanroot off.
 fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
@@ -302,7 +382,11 @@ fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
             .map_err(|e| CmdError::new(exit::FAILURE, format!("reading {}: {e}", p.display())))?,
         None => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
     };
-    let mut cl: Cmdline = cmdline::parse(&text).map_err(|e| CmdError::usage(e.to_string()))?;
+    // rd.sanroot=0 wins before any file is read (a broken one included).
+    if cmdline::parse(&text).is_ok_and(|c| c.sanroot.enabled == Some(false)) {
+        return Ok(None);
+    }
+    let (mut cl, open_iscsi_file) = read_cmdline(&text)?;
     if cl.sanroot.enabled == Some(false) {
         return Ok(None);
     }
@@ -323,9 +407,14 @@ fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
         let paths = cl
             .boot_paths()
             .map_err(|e| CmdError::usage(e.to_string()))?;
+        if let Some(g) = cl.open_iscsi.and_then(|t| t.group) {
+            log::info!(
+                "iscsi_target_group={g} noted: sanroot logs in without a portal group tag and takes the target's"
+            );
+        }
         return Ok(Some(Resolved {
             spec: BootSpec {
-                source: "the kernel command line (netroot=)".into(),
+                source: cl.describe_source(&open_iscsi_file),
                 initiator: cl.initiator.clone(),
                 paths,
             },
@@ -759,4 +848,33 @@ fn dry_run(r: &Resolved, policy: crate::pathset::policy::PathPolicy) -> Result<(
     ));
     out("then: wait for the partitions the disk's table lists; write the hand-off under /run (sanroot/boot.json, open-iscsi and network-manager settings); stay resident as @sanroot".into());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_bounded_reads_little_text_or_says_why() {
+        let dir = std::env::temp_dir().join(format!("sanroot-flow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("iscsi.initramfs");
+        assert!(read_bounded(&f, 16).unwrap().is_none(), "no file: nothing");
+        std::fs::write(&f, "ISCSI_AUTO=true\n").unwrap();
+        assert_eq!(
+            read_bounded(&f, 16).unwrap().as_deref(),
+            Some("ISCSI_AUTO=true\n")
+        );
+        let e = read_bounded(&f, 8).unwrap_err();
+        assert_eq!(e.code, exit::USAGE);
+        assert!(e.message.contains("more than 8 bytes"), "{}", e.message);
+        std::fs::write(&f, b"A=\xff\n").unwrap();
+        let e = read_bounded(&f, 16).unwrap_err();
+        assert!(e.message.contains("not UTF-8"), "{}", e.message);
+        // A directory: a read error other than "not found" fails the boot.
+        let e = read_bounded(&dir, 16).unwrap_err();
+        assert_eq!(e.code, exit::FAILURE);
+        assert!(e.message.contains(&dir.display().to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -163,6 +163,14 @@ struct BootArgs {
     /// an empty read-only tmpfs over each; writes nothing to the disk.
     #[arg(long, value_name = "SYSROOT", conflicts_with_all = ["dry_run", "foreground", "recover"])]
     pre_pivot: Option<PathBuf>,
+    /// From an initramfs without a shutdown program of its own
+    /// (initramfs-tools): leave a copy of this binary at
+    /// /run/initramfs/shutdown, where systemd-shutdown returns at power-off
+    /// so that the root's session is logged out after the root is
+    /// unmounted, and remount /run exec when it is noexec. Only when this
+    /// boot is sanroot's; nothing is copied when that file exists.
+    #[arg(long, conflicts_with_all = ["dry_run", "foreground", "recover"])]
+    install_shutdown: bool,
 }
 
 /// How to log in: shared by every command that talks to a target.
@@ -508,10 +516,22 @@ fn main() -> ExitCode {
             single_session: a.single_session,
             connect: with_discovery(a.connect, a.discovery),
         }),
-        Command::Boot(BootArgs {
-            pre_pivot: Some(sysroot),
-            ..
-        }) => sanroot::boot::hide::pre_pivot(&sysroot),
+        Command::Boot(a) if a.pre_pivot.is_some() || a.install_shutdown => {
+            let hidden = a
+                .pre_pivot
+                .as_deref()
+                .map_or(sanroot::exit::OK, sanroot::boot::hide::pre_pivot);
+            let installed = if a.install_shutdown {
+                sanroot::boot::init::install_shutdown_program()
+            } else {
+                sanroot::exit::OK
+            };
+            if hidden != sanroot::exit::OK {
+                hidden
+            } else {
+                installed
+            }
+        }
         Command::Boot(a) => sanroot::boot::flow::run(&sanroot::boot::flow::BootOptions {
             ibft_file: a.ibft_file,
             source: a.source.map(|s| match s {

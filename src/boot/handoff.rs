@@ -189,10 +189,26 @@ pub fn portal(host: IpAddr, port: u16) -> String {
 /// or an address that would not be safe in a unit, rule or shell file is
 /// refused (`InvalidInput`) and nothing is left half-done.
 pub fn write(root: &Path, rec: &BootRecord) -> io::Result<Vec<PathBuf>> {
+    write_files(root, rec, false)
+}
+
+/// Write again the hand-off files that are missing under `root`, not the
+/// record: another initramfs script may remove one after `sanroot boot`
+/// (Debian open-iscsi's initramfs-tools `local-bottom/iscsi` deletes
+/// `run/initramfs/open-iscsi.interface` when it finds no iSCSI disk of the
+/// kernel's). Returns the paths written.
+pub fn restore_missing(root: &Path, rec: &BootRecord) -> io::Result<Vec<PathBuf>> {
+    write_files(root, rec, true)
+}
+
+fn write_files(root: &Path, rec: &BootRecord, missing_only: bool) -> io::Result<Vec<PathBuf>> {
     let files = plan(rec).map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
     let mut written = Vec::with_capacity(files.len());
     for (rel, content) in files {
         let path = root.join(&rel);
+        if missing_only && (rel == RECORD || path.symlink_metadata().is_ok()) {
+            continue;
+        }
         if let Some(dir) = Path::new(&rel).parent() {
             create_dirs(root, dir)?;
         }
@@ -1063,6 +1079,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn restore_missing_writes_back_only_what_was_removed() {
+        let t = TempDir::new("restore");
+        let rec = record(Some(static_nic()));
+        write(&t.0, &rec).unwrap();
+        let iface = t.0.join("run/initramfs/open-iscsi.interface");
+        let nm = t.0.join("run/NetworkManager/conf.d/90-sanroot.conf");
+        fs::remove_file(&iface).unwrap();
+        fs::write(&nm, "edited\n").unwrap();
+        let restored = restore_missing(&t.0, &rec).unwrap();
+        assert_eq!(rel(&t.0, &restored), ["run/initramfs/open-iscsi.interface"]);
+        assert_eq!(fs::read_to_string(&iface).unwrap(), "eth0\n");
+        assert_eq!(fs::read_to_string(&nm).unwrap(), "edited\n");
+        assert!(restore_missing(&t.0, &rec).unwrap().is_empty());
+        check_tree(&t.0);
     }
 
     #[test]

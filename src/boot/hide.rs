@@ -160,8 +160,9 @@ fn fd_path(fd: &OwnedFd) -> String {
 }
 
 /// `sanroot boot --pre-pivot SYSROOT`: the real root is mounted at
-/// `sysroot`; hide the boot target's node records there and note them in
-/// the hand-off record. Exit 0 when there is nothing to do (this boot was
+/// `sysroot`; write back any hand-off file removed since `sanroot boot`,
+/// hide the boot target's node records there and note them in the
+/// hand-off record. Exit 0 when there is nothing to do (this boot was
 /// not sanroot's) or everything found was hidden; 1 when a record could
 /// not be hidden (the boot goes on: the log says what to do).
 pub fn pre_pivot(sysroot: &Path) -> i32 {
@@ -170,6 +171,7 @@ pub fn pre_pivot(sysroot: &Path) -> i32 {
         log::info!("pre-pivot: no sanroot hand-off record: this boot is not sanroot's");
         return exit::OK;
     };
+    restore_hand_off(&run, &rec);
     let hidden = hide_node_records(sysroot, &rec.target);
     let ok = report(&hidden, &rec.target);
     rec.hidden_node_records = hidden
@@ -181,6 +183,23 @@ pub fn pre_pivot(sysroot: &Path) -> i32 {
         log::warn!("pre-pivot: updating the hand-off record: {e}");
     }
     if ok { exit::OK } else { exit::FAILURE }
+}
+
+/// Put back the hand-off files another initramfs script removed since
+/// `sanroot boot` wrote them (initramfs-tools runs open-iscsi's
+/// local-bottom script before ours). A failure is logged: the root boots.
+fn restore_hand_off(run: &Path, rec: &handoff::BootRecord) {
+    match handoff::restore_missing(run, rec) {
+        Ok(paths) => {
+            for p in paths {
+                log::warn!(
+                    "pre-pivot: {} was removed after sanroot boot wrote it (by another initramfs script); written again",
+                    p.display()
+                );
+            }
+        }
+        Err(e) => log::warn!("pre-pivot: restoring the hand-off files: {e}"),
+    }
 }
 
 /// Log what [`hide_node_records`] did; false when something failed.

@@ -498,6 +498,59 @@ fn mount_error(dev: &Path, fstype: &str, e: nix::errno::Errno) -> String {
     )
 }
 
+/// `sanroot boot --install-shutdown`, from an initramfs that has no
+/// shutdown program of its own (initramfs-tools): leave a copy of this
+/// binary at /run/initramfs/shutdown, so that power-off comes back to it
+/// and the root's session is logged out once the root is unmounted
+/// ([`run_shutdown`]), and make /run exec (initramfs-tools mounts it
+/// noexec and the real root keeps that mount; systemd-shutdown then finds
+/// the program not executable and powers off without the logout). Only
+/// when this boot is sanroot's (its hand-off record is there).
+pub fn install_shutdown_program() -> i32 {
+    if handoff::read(&super::handoff_root()).is_none() {
+        log::info!("install-shutdown: no sanroot hand-off record: this boot is not sanroot's");
+        return exit::OK;
+    }
+    let res = run_exec().and_then(|()| install_shutdown());
+    match res {
+        Ok(()) => {
+            log::info!("power-off will come back to {SHUTDOWN_DIR}/shutdown to log out");
+            exit::OK
+        }
+        Err(e) => {
+            log::error!("{e}: power-off will not log the root's session out");
+            exit::FAILURE
+        }
+    }
+}
+
+/// Remount /run without noexec, keeping nosuid, nodev and ro (a remount
+/// that names no atime flag keeps the mount's own).
+fn run_exec() -> InitResult<()> {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let st = statvfs("/run").map_err(|e| format!("statvfs /run: {e}"))?;
+    let f = st.flags();
+    if !f.contains(FsFlags::ST_NOEXEC) {
+        return Ok(());
+    }
+    let mut flags = MsFlags::MS_REMOUNT;
+    for (have, keep) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+    ] {
+        if f.contains(have) {
+            flags |= keep;
+        }
+    }
+    mount(None::<&str>, "/run", None::<&str>, flags, None::<&str>)
+        .map_err(|e| format!("remounting /run exec: {e}"))?;
+    log::info!(
+        "/run remounted exec (it was noexec): systemd-shutdown runs {SHUTDOWN_DIR}/shutdown from it"
+    );
+    Ok(())
+}
+
 /// A copy of this binary at /run/initramfs/shutdown, unless something else
 /// (dracut's shutdown module) put one there.
 fn install_shutdown() -> InitResult<()> {

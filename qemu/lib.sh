@@ -472,8 +472,11 @@ sr_qemu_ipxe() {
     bios)
         # Debian's pxe-virtio.rom is built for the modern virtio-net PCI id
         # (0x1041): SeaBIOS only runs it on a modern-only device, and only
-        # boots from it with a bootindex.
-        sr_qemu_run "$log" -machine pc -netdev "$netdev" \
+        # boots from it with a bootindex. No floppy drive (the pc machine
+        # has one by default, empty): initramfs-tools' MODULES=most loads
+        # the floppy driver and blkid's search for root=UUID= reads it,
+        # an "I/O error, dev fd0" no server would have.
+        sr_qemu_run "$log" -machine pc -global isa-fdc.fdtypeA=none -netdev "$netdev" \
             -device "$nic,disable-legacy=on,bootindex=1,romfile=$SR_PXE_ROM_BIOS" "$@"
         ;;
     uefi)
@@ -714,16 +717,19 @@ sr_img_copy() {
     cp --sparse=always "$SR_IMG_DIR/disk.img" "$1"
 }
 
-# sr_img_set_grubenv IMG EXTRA [INITRD]: the kernel arguments GRUB appends
-# for this boot (grub.cfg: load_env; linux ... $sanroot_extra) and the
+# sr_img_set_grubenv IMG EXTRA [INITRD [ISCSI]]: the kernel arguments GRUB
+# appends for this boot (grub.cfg: load_env; linux ... $sanroot_extra), the
 # initramfs it loads (initrd $sanroot_initrd; default the image's
-# /boot/initrd.img-KVER), written in place into /boot/grub/grubenv of the
-# copy IMG (a fixed 1024-byte block).
+# /boot/initrd.img-KVER) and the word that asks for the iBFT's root
+# ($sanroot_iscsi; default rd.iscsi.firmware, open-iscsi's is iscsi_auto),
+# written in place into /boot/grub/grubenv of the copy IMG (a fixed
+# 1024-byte block).
 sr_img_set_grubenv() {
-    local img=$1 extra=$2 initrd=${3:-} block
-    case "$extra$initrd" in *$'\n'* | *\\*) sr_die "grubenv: no newlines or backslashes" ;; esac
+    local img=$1 extra=$2 initrd=${3:-} iscsi=${4:-} block
+    case "$extra$initrd$iscsi" in *$'\n'* | *\\*) sr_die "grubenv: no newlines or backslashes" ;; esac
     block=$(printf '# GRUB Environment Block\nsanroot_extra=%s\n' "$extra")
     [ -z "$initrd" ] || block+=$(printf '\nsanroot_initrd=%s' "$initrd")
+    [ -z "$iscsi" ] || block+=$(printf '\nsanroot_iscsi=%s' "$iscsi")
     [ "${#block}" -lt 1023 ] || sr_die "grubenv: too long"
     {
         printf '%s\n' "$block"

@@ -499,10 +499,18 @@ fn spawn_server(
 /// deadlock). When every buffer is in use the reader waits for one to come
 /// back: the kernel's requests queue on the socket meanwhile.
 struct Pool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Free>,
     returned: Condvar,
     /// Each buffer's capacity: the device's largest request.
     bytes: usize,
+}
+
+/// The buffers not in use, and whether the reader waits for one: a
+/// completion wakes it only then (a futex wake is a system call even
+/// with nobody waiting, and there is one per batch of replies).
+struct Free {
+    bufs: Vec<Vec<u8>>,
+    waiting: bool,
 }
 
 /// How long the reader waits for a buffer before it allocates one more: a
@@ -514,7 +522,10 @@ impl Pool {
         // Non-zero fill: zero pages would be mapped only at first use.
         let free = (0..count).map(|_| vec![0x5au8; bytes]).collect();
         Pool {
-            free: Mutex::new(free),
+            free: Mutex::new(Free {
+                bufs: free,
+                waiting: false,
+            }),
             returned: Condvar::new(),
             bytes,
         }
@@ -525,17 +536,19 @@ impl Pool {
     /// bring buffers back).
     fn get(&self, len: usize, idle: impl FnOnce()) -> Vec<u8> {
         let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_empty() {
+        if f.bufs.is_empty() {
             drop(f);
             idle();
             f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            let (g, _) = self
+            f.waiting = true;
+            let (mut g, _) = self
                 .returned
-                .wait_timeout_while(f, POOL_WAIT, |f| f.is_empty())
+                .wait_timeout_while(f, POOL_WAIT, |f| f.bufs.is_empty())
                 .unwrap_or_else(|p| p.into_inner());
+            g.waiting = false;
             f = g;
         }
-        let mut b = f.pop().unwrap_or_else(|| {
+        let mut b = f.bufs.pop().unwrap_or_else(|| {
             log::warn!(
                 "NBD: no request buffer came back within {} s: allocating one more",
                 POOL_WAIT.as_secs()
@@ -560,10 +573,13 @@ impl Pool {
                 b.clear();
                 b.shrink_to(self.bytes);
             }
-            f.push(b);
+            f.bufs.push(b);
         }
+        let wake = f.waiting;
         drop(f);
-        self.returned.notify_one();
+        if wake {
+            self.returned.notify_one();
+        }
     }
 }
 
@@ -807,11 +823,36 @@ mod tests {
         want.extend_from_slice(&reply_header(5, b"read-bad"));
         assert_eq!(got, want);
         assert_eq!(
-            pool.free.lock().unwrap().len(),
+            pool.free.lock().unwrap().bufs.len(),
             3,
             "buffers back in the pool"
         );
         assert!(!replies.queue.lock().unwrap().scheduled);
+    }
+
+    #[test]
+    fn pool_wakes_a_waiting_reader_when_a_buffer_comes_back() {
+        let pool = Arc::new(Pool::new(1, 16));
+        let first = pool.get(8, || {});
+        assert_eq!(first.len(), 8);
+        assert!(!pool.free.lock().unwrap().waiting);
+        let p = Arc::clone(&pool);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            // Every buffer is out: the idle hook runs, then it waits.
+            let b = p.get(16, || tx.send(()).unwrap());
+            b.len()
+        });
+        rx.recv().unwrap();
+        // Give it back only once the reader waits (not a timing: the
+        // loop ends when the flag is seen, however long that takes).
+        while !pool.free.lock().unwrap().waiting {
+            std::thread::yield_now();
+        }
+        pool.put_all(std::iter::once(first));
+        assert_eq!(reader.join().unwrap(), 16);
+        let f = pool.free.lock().unwrap();
+        assert!(!f.waiting && f.bufs.is_empty());
     }
 
     #[test]

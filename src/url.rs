@@ -3,8 +3,8 @@
 //!
 //! A password in a URL ends up in shell history and `ps`; it is accepted
 //! for compatibility, and the README points to the environment and files
-//! instead. Host is an IP literal (IPv6 in brackets): sanroot does no name
-//! lookups.
+//! instead. Host is an IP literal (IPv6 in brackets, with its zone as
+//! `%25IFNAME` per RFC 6874, or `%IFNAME`): sanroot does no name lookups.
 
 use std::fmt;
 
@@ -16,7 +16,7 @@ pub const DEFAULT_PORT: u16 = 3260;
 pub struct IscsiUrl {
     pub user: Option<String>,
     pub password: Option<Secret>,
-    /// Without brackets.
+    /// Without brackets; an IPv6 zone as `%IFNAME`.
     pub host: String,
     pub port: u16,
     pub target: String,
@@ -64,6 +64,11 @@ impl IscsiUrl {
             .split_once('/')
             .ok_or_else(|| UrlError("no target name after the host".into()))?;
         let (host, port) = split_host_port(hostport).map_err(UrlError)?;
+        // RFC 6874: a zone is written "%25" in a URI ([fe80::1%25eth0]).
+        let host = match host.split_once("%25") {
+            Some((a, zone)) if a.contains(':') => format!("{a}%{zone}"),
+            _ => host,
+        };
         let (target, lun) = match path.rsplit_once('/') {
             Some((t, l)) if !l.is_empty() => {
                 let lun = l
@@ -100,12 +105,20 @@ impl fmt::Display for IscsiUrl {
         if let Some(u) = &self.user {
             write!(f, "{u}@")?;
         }
-        write!(f, "{}/{}", self.portal(), self.target)?;
+        // A zone goes back to its URI form (RFC 6874).
+        let portal = format_portal(&self.host.replace('%', "%25"), self.port);
+        write!(f, "{portal}/{}", self.target)?;
         if let Some(l) = self.lun {
             write!(f, "/{l}")?;
         }
         Ok(())
     }
+}
+
+/// fe80::/10: an address that means something only on its link (it
+/// needs a zone to be reached).
+pub fn is_v6_link_local(a: &std::net::IpAddr) -> bool {
+    matches!(a, std::net::IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 pub fn format_portal(host: &str, port: u16) -> String {
@@ -183,6 +196,17 @@ mod tests {
             u.to_string(),
             "iscsi://alice@10.0.0.1:3261/iqn.2026-11.org.example:disk/2"
         );
+    }
+
+    #[test]
+    fn ipv6_zone() {
+        let u = IscsiUrl::parse("iscsi://[fe80::1%25eth0]:3261/iqn.x:y/1").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("fe80::1%eth0", 3261));
+        assert_eq!(u.portal(), "[fe80::1%eth0]:3261");
+        assert_eq!(u.to_string(), "iscsi://[fe80::1%25eth0]:3261/iqn.x:y/1");
+        // The bare form people type too.
+        let u = IscsiUrl::parse("iscsi://[fe80::1%eth0]/iqn.x:y").unwrap();
+        assert_eq!(u.host, "fe80::1%eth0");
     }
 
     #[test]

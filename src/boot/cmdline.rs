@@ -1371,10 +1371,21 @@ fn parse_server(s: &str, bracketed: bool) -> Result<IpAddr, &'static str> {
             "is missing: sanroot needs the portal's address (discovery from the target name alone, RFC 4173's DHCP form, is not supported)",
         );
     }
-    if bracketed {
-        return s.parse::<IpAddr>().map_err(
-            |_| "is not an IP address: write an IPv6 address in brackets, e.g. [2001:db8::1]",
+    if s.contains('%') {
+        return Err(
+            "has a zone (%IFNAME): a boot path's interface comes from ip= and its portal must be routable, so link-local portals are not taken here; write the target's global or unique-local IPv6 address",
         );
+    }
+    if bracketed {
+        let a = s.parse::<IpAddr>().map_err(
+            |_| "is not an IP address: write an IPv6 address in brackets, e.g. [2001:db8::1]",
+        )?;
+        if crate::url::is_v6_link_local(&a) {
+            return Err(
+                "is a link-local IPv6 address: a boot path's portal must be routable (a link-local one needs a zone, which netroot= cannot carry); write the target's global or unique-local address",
+            );
+        }
+        return Ok(a);
     }
     if let Ok(a) = s.parse::<Ipv4Addr>() {
         return Ok(IpAddr::V4(a));
@@ -2087,6 +2098,24 @@ fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netroot_refuses_link_local_portals_with_a_reason() {
+        for (v, want) in [
+            (
+                "netroot=iscsi:[fe80::1%eth0]::3260::iqn.2026-11.org.example:t",
+                "has a zone",
+            ),
+            (
+                "netroot=iscsi:[fe80::1]::3260::iqn.2026-11.org.example:t",
+                "link-local",
+            ),
+        ] {
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.contains(want), "{v}: {e}");
+        }
+        assert!(parse("netroot=iscsi:[fd00::2]::3260::iqn.2026-11.org.example:t").is_ok());
+    }
 
     #[test]
     fn secrets_file_fills_what_the_command_line_leaves_out() {

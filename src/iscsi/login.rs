@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream};
 use std::time::Duration;
 
 use super::budget::Budget;
@@ -37,14 +37,51 @@ impl Portal {
     }
 
     /// The socket address. Only IP literals: sanroot is static and does no
-    /// NSS lookups; a name is refused with a message saying so.
+    /// NSS lookups; a name is refused with a message saying so. An IPv6
+    /// address may carry its zone (`fe80::1%eth0`, or the interface's
+    /// index): a link-local address must, since it means nothing without
+    /// the link it is on.
     pub fn socket_addr(&self) -> Result<SocketAddr, LoginError> {
         let h = self.host.trim_start_matches('[').trim_end_matches(']');
-        let ip: IpAddr = h
+        let (addr, zone) = match h.split_once('%') {
+            Some((a, z)) => (a, Some(z)),
+            None => (h, None),
+        };
+        let ip: IpAddr = addr
             .parse()
             .map_err(|_| LoginError::Resolve(self.host.clone()))?;
-        Ok(SocketAddr::new(ip, self.port))
+        let zone_error = |why: String| LoginError::Zone {
+            host: self.host.clone(),
+            why,
+        };
+        match (ip, zone) {
+            (IpAddr::V6(v6), Some(z)) => {
+                let scope = zone_index(z).map_err(zone_error)?;
+                Ok(SocketAddr::V6(SocketAddrV6::new(v6, self.port, 0, scope)))
+            }
+            (IpAddr::V4(_), Some(_)) => Err(zone_error("an IPv4 address has no zone".into())),
+            (IpAddr::V6(_), None) if crate::url::is_v6_link_local(&ip) => Err(zone_error(
+                "a link-local IPv6 address needs the interface it is reached through: write it as fe80::…%IFNAME (%25IFNAME in an iscsi:// URL), or use the target's global or unique-local address".into(),
+            )),
+            _ => Ok(SocketAddr::new(ip, self.port)),
+        }
     }
+}
+
+/// An IPv6 zone: an interface name, or its index.
+fn zone_index(zone: &str) -> Result<u32, String> {
+    if zone.is_empty() {
+        return Err("nothing after '%': name the interface (fe80::…%eth0)".into());
+    }
+    if let Ok(n) = zone.parse::<u32>() {
+        return if n == 0 {
+            Err("zone 0 is no interface".into())
+        } else {
+            Ok(n)
+        };
+    }
+    nix::net::if_::if_nametoindex(zone)
+        .map_err(|e| format!("no interface \"{zone}\" on this machine for its zone ({e})"))
 }
 
 impl fmt::Display for Portal {
@@ -128,6 +165,12 @@ impl LoggedIn {
 #[derive(Debug)]
 pub enum LoginError {
     Resolve(String),
+    /// An IPv6 zone (`%eth0`) that names no interface, or a link-local
+    /// address without one.
+    Zone {
+        host: String,
+        why: String,
+    },
     Connect {
         portal: String,
         error: io::Error,
@@ -181,6 +224,7 @@ impl LoginError {
 impl fmt::Display for LoginError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            LoginError::Zone { host, why } => write!(f, "cannot use host \"{host}\": {why}"),
             LoginError::Resolve(h) => write!(
                 f,
                 "cannot use host \"{h}\": give the portal as an IP address (sanroot is static and does no name lookups)"
@@ -704,4 +748,29 @@ pub fn random_isid() -> [u8; 6] {
     let mut r = [0u8; 5];
     crate::nonblocking_random(&mut r);
     [0x80, r[0], r[1], r[2], r[3], r[4]]
+}
+#[test]
+fn portal_zones() {
+    let sa = |h: &str| Portal::new(h, 3260).socket_addr();
+    let lo = nix::net::if_::if_nametoindex("lo").unwrap();
+    match sa("fe80::1%lo").unwrap() {
+        SocketAddr::V6(a) => assert_eq!((a.scope_id(), a.port()), (lo, 3260)),
+        a => panic!("{a}"),
+    }
+    match sa("[fe80::1%7]").unwrap() {
+        SocketAddr::V6(a) => assert_eq!(a.scope_id(), 7),
+        a => panic!("{a}"),
+    }
+    assert_eq!(sa("fd00::2").unwrap().to_string(), "[fd00::2]:3260");
+    for (h, want) in [
+        ("fe80::1", "needs the interface"),
+        ("fe80::1%", "nothing after '%'"),
+        ("fe80::1%0", "zone 0"),
+        ("fe80::1%no-such-nic9", "no interface \"no-such-nic9\""),
+        ("10.0.0.1%lo", "IPv4 address has no zone"),
+    ] {
+        let e = sa(h).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains(h), "{h}: {e}");
+    }
+    assert!(matches!(sa("target.example"), Err(LoginError::Resolve(_))));
 }

@@ -579,9 +579,7 @@ pub fn in_prefix(a: &IpAddr, net: &IpAddr, prefix_len: u8) -> bool {
     }
 }
 
-pub fn is_v6_link_local(a: &IpAddr) -> bool {
-    matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
-}
+pub use crate::url::is_v6_link_local;
 
 /// The link the MAC names: the one with that current or permanent MAC,
 /// ignoring links stacked on it (VLANs, bridges, bonds share its MAC).

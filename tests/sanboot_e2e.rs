@@ -462,6 +462,16 @@ fn assert_boot(b: &Boot, e: Expect) {
         b.get("guest.status").contains(&dev),
         &format!("sanroot status lists {dev}: {}", b.get("guest.status")),
     );
+    // Whichever initramfs booted, power-off will come back to one that
+    // logs out, and status says so (issue 17).
+    b.check(
+        b.get("guest.status")
+            .contains("power-off: logs the root's session out"),
+        &format!(
+            "sanroot status says power-off logs the root's session out: {}",
+            b.get("guest.status")
+        ),
+    );
     b.check(
         !b.get("guest.daemons").is_empty() && !b.get("guest.daemons_end").is_empty(),
         "the resident '@sanroot' daemon is running in the real root",

@@ -18,6 +18,7 @@ pub mod hide;
 pub mod init;
 pub mod modules;
 pub mod parts;
+pub mod poweroff;
 pub mod rootdev;
 
 use std::net::IpAddr;

@@ -1,6 +1,7 @@
 //! `sanroot attach`, `detach` and `status`: a LUN as a kernel block device,
 //! served by a daemon that lives as long as the device.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
@@ -174,6 +175,10 @@ pub fn status(json_out: bool) -> i32 {
             "daemon-gone".to_string()
         }
     };
+    // Only a root session has to be logged out from an initramfs.
+    let poweroff = boot
+        .as_ref()
+        .map(|_| crate::boot::poweroff::judge(&crate::boot::poweroff::facts(Path::new("/"))));
     let second = boot
         .as_ref()
         .map(|b| crate::boot::hide::kernel_sessions_to(std::path::Path::new("/sys"), &b.target))
@@ -198,6 +203,7 @@ pub fn status(json_out: bool) -> i32 {
                 if let Some(b) = boot.as_ref().filter(|_| is_boot(r)) {
                     j["hidden_node_records"] = json!(b.hidden_node_records);
                     j["second_logins"] = json!(second);
+                    j["poweroff"] = json!(poweroff);
                 }
                 j
             })
@@ -269,6 +275,13 @@ pub fn status(json_out: bool) -> i32 {
                 b.target,
                 b.lun
             );
+            if let Some(p) = &poweroff {
+                if p.logout {
+                    crate::outln!("power-off: logs the root's session out ({})", p.how);
+                } else {
+                    crate::outln!("power-off: WARNING: no logout: {}", p.how);
+                }
+            }
             for h in &b.hidden_node_records {
                 crate::outln!(
                     "hidden node records: {h} (open-iscsi does not log in to the boot target)"

@@ -602,10 +602,11 @@ fn assert_boot(b: &Boot, e: Expect) {
     );
 
     // netroot= (with its CHAP secret) is not in the real init's environment
-    // when sanroot's /init handed over; with dracut it is the initramfs's
+    // when sanroot's /init handed over, nor open-iscsi's iscsi_*= after
+    // initramfs-tools with sanroot's scripts; with dracut it is the initramfs's
     // systemd that decides, reported only.
     let env_iscsi = b.get("guest.init_env_iscsi");
-    if e.sanroot_init {
+    if e.sanroot_init || e.initramfs_tools {
         b.eq(
             "guest.init_env_iscsi",
             "0",
@@ -1235,7 +1236,9 @@ fn bios_sanboot_initramfs_tools_chap() {
             "--initrd",
             "initramfs-tools",
             "--append",
-            "sanroot_check.ifupdown",
+            // iscsi_initiator= (open-iscsi's word, the iBFT's name) reaches
+            // /init's environment: it must not reach the real init's.
+            "sanroot_check.ifupdown iscsi_initiator=iqn.2026-11.org.sanroot:sanboot-machine",
         ],
     );
     assert_boot(

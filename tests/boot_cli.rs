@@ -19,6 +19,19 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn boot(args: &[&str], cmdline: &str, dir: &Path) -> Output {
+    boot_with_files(args, cmdline, dir, None, None)
+}
+
+/// `sanroot boot ARGS --cmdline` with the initramfs' secrets file and
+/// open-iscsi's settings file at these paths (none: a path that does not
+/// exist, so the host's own files never count).
+fn boot_with_files(
+    args: &[&str],
+    cmdline: &str,
+    dir: &Path,
+    secrets: Option<&Path>,
+    iscsi_initramfs: Option<&Path>,
+) -> Output {
     let cl = dir.join("cmdline");
     fs::write(&cl, cmdline).expect("cmdline");
     Command::new(env!("CARGO_BIN_EXE_sanroot"))
@@ -29,7 +42,14 @@ fn boot(args: &[&str], cmdline: &str, dir: &Path) -> Output {
         .env_remove("RUST_LOG")
         .env("SANROOT_HANDOFF_ROOT", dir)
         .env("SANROOT_RUN_DIR", dir.join("run-sanroot"))
-        .env("SANROOT_ISCSI_INITRAMFS", dir.join("no-iscsi.initramfs"))
+        .env(
+            "SANROOT_SECRETS_FILE",
+            secrets.map_or_else(|| dir.join("no-secrets"), Path::to_path_buf),
+        )
+        .env(
+            "SANROOT_ISCSI_INITRAMFS",
+            iscsi_initramfs.map_or_else(|| dir.join("no-iscsi.initramfs"), Path::to_path_buf),
+        )
         .output()
         .expect("run sanroot")
 }
@@ -233,20 +253,7 @@ fn secrets_file_gives_the_chap_settings() {
     .unwrap();
     let cl = "root=LABEL=r ip=192.168.50.10::192.168.50.1:255.255.255.0:c:eth7:none \
               netroot=iscsi:192.168.50.2::3261::iqn.2026-11.org.sanroot:disk";
-    let run = |file: &Path| {
-        let c = dir.join("cmdline");
-        fs::write(&c, cl).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_sanroot"))
-            .args(["boot", "--dry-run", "--cmdline"])
-            .arg(&c)
-            .env_remove("RUST_LOG")
-            .env("SANROOT_HANDOFF_ROOT", &dir)
-            .env("SANROOT_RUN_DIR", dir.join("run-sanroot"))
-            .env("SANROOT_SECRETS_FILE", file)
-            .env("SANROOT_ISCSI_INITRAMFS", dir.join("no-iscsi.initramfs"))
-            .output()
-            .expect("run sanroot")
-    };
+    let run = |file: &Path| boot_with_files(&["--dry-run"], cl, &dir, Some(file), None);
     let o = run(&secrets);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
@@ -355,20 +362,7 @@ fn open_iscsi_initramfs_settings() {
     )
     .unwrap();
     let cl = "root=LABEL=r ip=192.168.50.10::192.168.50.1:255.255.255.0:c:eth7:none iscsi_target_port=3261";
-    let run = |file: &Path| {
-        let c = dir.join("cmdline");
-        fs::write(&c, cl).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_sanroot"))
-            .args(["boot", "--dry-run", "--cmdline"])
-            .arg(&c)
-            .env_remove("RUST_LOG")
-            .env("SANROOT_HANDOFF_ROOT", &dir)
-            .env("SANROOT_RUN_DIR", dir.join("run-sanroot"))
-            .env("SANROOT_SECRETS_FILE", dir.join("no-secrets"))
-            .env("SANROOT_ISCSI_INITRAMFS", file)
-            .output()
-            .expect("run sanroot")
-    };
+    let run = |file: &Path| boot_with_files(&["--dry-run"], cl, &dir, None, Some(file));
     let o = run(&file);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");

@@ -253,6 +253,9 @@ pub struct SanrootOpts {
     /// `rd.sanroot.shutdown_timeout=`: seconds the logout at power-off
     /// may take.
     pub shutdown_timeout: Option<u64>,
+    /// `rd.sanroot.nm=native|unmanaged`: how the hand-off treats
+    /// NetworkManager ([`super::nm`]; default unmanaged).
+    pub nm: Option<super::nm::NmMode>,
 }
 
 /// A command line sanroot cannot act on. `arg` is the option's name only;
@@ -649,6 +652,15 @@ impl<'a> Parser<'a> {
             }
             "rd.sanroot.timeout" => s.timeout = Some(seconds(key, val)?),
             "rd.sanroot.shutdown_timeout" => s.shutdown_timeout = Some(seconds(key, val)?),
+            "rd.sanroot.nm" => {
+                let v = need_value(key, val, "native|unmanaged")?;
+                s.nm = Some(super::nm::NmMode::parse(v).ok_or_else(|| {
+                    CmdlineError::new(
+                        key,
+                        format!("\"{v}\" is not a NetworkManager mode: write native or unmanaged"),
+                    )
+                })?);
+            }
             "rd.sanroot.retries" => {
                 let v = need_value(key, val, "<count>")?;
                 s.retries = Some(
@@ -663,7 +675,7 @@ impl<'a> Parser<'a> {
             k if k.starts_with("rd.sanroot.") => {
                 return Err(CmdlineError::new(
                     k,
-                    "unknown sanroot option: the known ones are rd.sanroot=0|1, rd.sanroot.bridge=auto|ublk|nbd, rd.sanroot.timeout=<seconds>, rd.sanroot.retries=<count>, rd.sanroot.shutdown_timeout=<seconds>",
+                    "unknown sanroot option: the known ones are rd.sanroot=0|1, rd.sanroot.bridge=auto|ublk|nbd, rd.sanroot.timeout=<seconds>, rd.sanroot.retries=<count>, rd.sanroot.shutdown_timeout=<seconds>, rd.sanroot.nm=native|unmanaged",
                 ));
             }
             _ => {}
@@ -2732,7 +2744,7 @@ mod tests {
              nameserver=10.0.2.3 nameserver=[fd00::53] vlan=eth0.100:eth0 vlan=vlan0200:eth1 \
              ifname=bootnet:52:54:00:AB:CD:EF rd.iscsi.mp rd.iscsi.transport=bnx2i \
              rd.sanroot=1 rd.sanroot.bridge=nbd rd.sanroot.timeout=300 \
-             rd.sanroot.retries=3 rd.sanroot.shutdown_timeout=20",
+             rd.sanroot.retries=3 rd.sanroot.shutdown_timeout=20 rd.sanroot.nm=unmanaged",
         )
         .unwrap();
         assert_eq!(
@@ -2779,6 +2791,7 @@ mod tests {
                 timeout: Some(300),
                 retries: Some(3),
                 shutdown_timeout: Some(20),
+                nm: Some(crate::boot::nm::NmMode::Unmanaged),
             }
         );
         assert!(!c.firmware && !c.wants_iscsi());
@@ -2816,6 +2829,8 @@ mod tests {
             ("rd.sanroot.timeout=5m", "rd.sanroot.timeout", "seconds"),
             ("rd.sanroot.brigde=nbd", "rd.sanroot.brigde", "known ones"),
             ("rd.sanroot.retries=0", "rd.sanroot.retries", "1 to 100"),
+            ("rd.sanroot.nm=off", "rd.sanroot.nm", "native or unmanaged"),
+            ("rd.sanroot.nm", "rd.sanroot.nm", "needs a value"),
             (
                 "rd.sanroot.shutdown_timeout=1m",
                 "rd.sanroot.shutdown_timeout",

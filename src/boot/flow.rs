@@ -60,6 +60,8 @@ struct Resolved {
     login_wait: Duration,
     /// "ibft" or "cmdline".
     kind: &'static str,
+    /// `rd.sanroot.nm=`, else the default.
+    nm: super::nm::NmMode,
 }
 
 pub fn run(opts: &BootOptions) -> i32 {
@@ -110,6 +112,7 @@ pub fn run(opts: &BootOptions) -> i32 {
     };
     let spec = r.spec;
     let kind = r.kind;
+    let nm_mode = r.nm;
     // Fork now, before any thread: the child brings the NIC up, logs in,
     // serves the device for the life of the machine; the parent returns
     // once the root disk is ready (or why it is not).
@@ -159,6 +162,7 @@ pub fn run(opts: &BootOptions) -> i32 {
                 auth: auth_kind(path.and_then(|p| p.auth.as_ref())).into(),
                 hidden_node_records: Vec::new(),
                 paths: dev.paths.clone(),
+                networkmanager: nm_mode.name().into(),
             };
             let root = super::handoff_root();
             match handoff::write(&root, &rec) {
@@ -402,6 +406,7 @@ fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
         .timeout
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_LOGIN_WAIT);
+    let nm = cl.sanroot.nm.unwrap_or(super::nm::NmMode::DEFAULT);
     let use_ibft = opts.ibft_file.is_some() || cl.firmware || cl.netroots.is_empty();
     if !use_ibft {
         let paths = cl
@@ -421,6 +426,7 @@ fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
             bridge,
             login_wait,
             kind: "cmdline",
+            nm,
         }));
     }
     let found = ibft::find(&FindOptions {
@@ -454,6 +460,7 @@ fn resolve(opts: &BootOptions) -> Result<Option<Resolved>, CmdError> {
         bridge,
         login_wait,
         kind: "ibft",
+        nm,
     }))
 }
 
@@ -622,17 +629,23 @@ fn bring_up(nic: &BootNic, target: IpAddr) -> Result<NicRecord, String> {
         hostname: nic.hostname.clone(),
         domain: nic.domain.clone(),
         parent: None,
+        ifindex: None,
+        target: cfg.target.map(|t| t.to_string()),
     };
     if nic.origin == NicOrigin::External {
         // Someone else (dracut's network module, ip=dhcp) configures it:
         // wait for an address on it, bounded.
         let (name, addrs) = wait_external(&cfg, nic.ifname.as_deref())?;
+        rec.ifindex = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
         rec.ifname = name;
         rec.addresses = addrs;
         return Ok(rec);
     }
     let applied = net::apply(&cfg).map_err(|e| e.to_string())?;
     rec.ifname = applied.ifname.clone();
+    rec.ifindex = Some(applied.ifindex);
     rec.parent = applied.parent.clone();
     if let Some((a, p)) = applied.addr {
         rec.addresses.push(format!("{a}/{p}"));
@@ -758,6 +771,7 @@ fn rescan(device: &str) {
 fn dry_run(r: &Resolved, policy: crate::pathset::policy::PathPolicy) -> Result<(), CmdError> {
     let out = |s: String| crate::outln!("{s}");
     out(format!("source: {}", r.spec.source));
+    out(format!("networkmanager: {} (rd.sanroot.nm=)", r.nm.name()));
     out(format!(
         "initiator: {}",
         r.spec

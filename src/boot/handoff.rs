@@ -5,7 +5,8 @@
 //! /run survives switch-root (it is moved, not recreated), so everything
 //! here is per boot: nothing is written to the real root's /etc.
 //!
-//! Files, all 0644 in 0755 directories, written atomically (a hidden
+//! Files, all 0644 (NetworkManager's keyfiles 0600) in 0755 directories,
+//! written atomically (a hidden
 //! temporary file, then rename), the record last so that its presence
 //! means the hand-off is complete:
 //!
@@ -14,7 +15,8 @@
 //! | `run/systemd/system/{iscsi,open-iscsi}.service.d/50-sanroot.conf` | open-iscsi must not log in to the boot target again |
 //! | `run/udev/rules.d/61-sanroot-ublk.rules` | by-uuid/by-label names for ublk disks (systemd < 254 has none) |
 //! | `run/udev/rules.d/62-sanroot-second-login.rules` | a disk of a second login to the boot target is logged and kept from the root's names |
-//! | `run/NetworkManager/conf.d/90-sanroot.conf` | NetworkManager leaves every boot NIC unmanaged |
+//! | `run/NetworkManager/conf.d/90-sanroot.conf` | NetworkManager leaves every boot NIC unmanaged (`rd.sanroot.nm=unmanaged`, the default); native: carrier ignored, a VLAN's parent unmanaged |
+//! | `run/NetworkManager/system-connections/sanroot-<if>.nmconnection` (0600), `run/NetworkManager/devices/<ifindex>` | `rd.sanroot.nm=native`: NetworkManager assumes each boot NIC with the firmware's configuration ([`super::nm`]) |
 //! | `run/systemd/network/05-sanroot-<if>.network` | systemd-networkd leaves each unmanaged |
 //! | `run/systemd/system/networking.service.d/50-sanroot.conf`, `run/sanroot/ifupdown.env` | ifupdown's `ifup -a`/`ifdown -a` skip them (`EXCLUDE_INTERFACES`) |
 //! | `run/systemd/system/ifup@<if>.service.d/50-sanroot.conf` | ifupdown's hotplug unit for each does not start |
@@ -24,9 +26,10 @@
 //!
 //! The boot NICs are [`BootRecord::nic`] and [`BootRecord::nics`] (every
 //! path's NIC: a dual-fabric SAN reaches its portals through two), each
-//! interface once, with a VLAN's parent. Unmanaged, each keeps the
-//! addresses and routes the boot gave it (its gateway, the host route to
-//! its portal), so every path stays up in the real root.
+//! interface once, with a VLAN's parent. Unmanaged (or assumed by
+//! NetworkManager, [`super::nm`]), each keeps the addresses and routes the
+//! boot gave it (its gateway, the host route to its portal), so every path
+//! stays up in the real root.
 //!
 //! No file holds a secret: the record says which kind of CHAP was used
 //! ([`auth_kind`]), never a name's secret.
@@ -66,6 +69,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::BootNic;
+use super::nm::{self, NmMode};
 use crate::ibft::model::{format_mac, prefix_to_mask};
 use crate::iscsi::chap::AuthConfig;
 use crate::net::parse_mac;
@@ -125,6 +129,16 @@ pub struct BootRecord {
     /// `paths`); the daemon keeps it current.
     #[serde(default)]
     pub paths: Vec<crate::state::PathState>,
+    /// How the hand-off treats NetworkManager: "native" (a profile per boot
+    /// NIC that it assumes) or "unmanaged" ([`NmMode`], `rd.sanroot.nm=`).
+    /// A record from before this field was "unmanaged".
+    #[serde(default = "unmanaged")]
+    pub networkmanager: String,
+}
+
+/// What a record without [`BootRecord::networkmanager`] did.
+fn unmanaged() -> String {
+    NmMode::Unmanaged.name().to_string()
 }
 
 /// The boot NIC as configured.
@@ -146,6 +160,14 @@ pub struct NicRecord {
     pub domain: Option<String>,
     /// The physical NIC when `ifname` is a VLAN.
     pub parent: Option<String>,
+    /// The kernel's index of `ifname` (NetworkManager's device state file
+    /// is named by it); absent from older records.
+    #[serde(default)]
+    pub ifindex: Option<u32>,
+    /// The portal address this NIC has its host route to; absent from
+    /// older records.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 impl NicRecord {
@@ -164,6 +186,8 @@ impl NicRecord {
             hostname: nic.hostname.clone(),
             domain: nic.domain.clone(),
             parent: parent.map(str::to_string),
+            ifindex: None,
+            target: c.target.map(|t| t.to_string()),
         }
     }
 }
@@ -204,7 +228,7 @@ pub fn restore_missing(root: &Path, rec: &BootRecord) -> io::Result<Vec<PathBuf>
 fn write_files(root: &Path, rec: &BootRecord, missing_only: bool) -> io::Result<Vec<PathBuf>> {
     let files = plan(rec).map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
     let mut written = Vec::with_capacity(files.len());
-    for (rel, content) in files {
+    for (rel, content, mode) in files {
         let path = root.join(&rel);
         if missing_only && (rel == RECORD || path.symlink_metadata().is_ok()) {
             continue;
@@ -212,7 +236,7 @@ fn write_files(root: &Path, rec: &BootRecord, missing_only: bool) -> io::Result<
         if let Some(dir) = Path::new(&rel).parent() {
             create_dirs(root, dir)?;
         }
-        write_atomic(&path, content.as_bytes())?;
+        write_atomic(&path, content.as_bytes(), mode)?;
         written.push(path);
     }
     Ok(written)
@@ -223,7 +247,7 @@ fn write_files(root: &Path, rec: &BootRecord, missing_only: bool) -> io::Result<
 pub fn write_record(root: &Path, rec: &BootRecord) -> io::Result<()> {
     let json = serde_json::to_string_pretty(rec)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the record: {e}")))?;
-    write_atomic(&root.join(RECORD), (json + "\n").as_bytes())
+    write_atomic(&root.join(RECORD), (json + "\n").as_bytes(), FILE_MODE)
 }
 
 /// The record, if the hand-off under `root` is complete and readable.
@@ -248,7 +272,7 @@ pub fn is_boot_target(rec: &BootRecord, target: &str, host: &str) -> bool {
 }
 
 /// The address in "ip", "[v6]", "ip:port" or "[v6]:port".
-fn host_ip(s: &str) -> Option<IpAddr> {
+pub(super) fn host_ip(s: &str) -> Option<IpAddr> {
     let s = s.trim();
     s.parse::<IpAddr>()
         .ok()
@@ -273,9 +297,38 @@ fn bare_host(s: &str) -> &str {
     }
 }
 
-/// The files of the hand-off: (path relative to the root, content), the
-/// record last. Errors are phrases naming the bad field.
-fn plan(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
+/// The files of the hand-off: (path relative to the root, content, mode),
+/// the record last. Errors are phrases naming the bad field.
+fn plan(rec: &BootRecord) -> Result<Vec<(String, String, u32)>, String> {
+    let mut out = plan_0644(rec)?
+        .into_iter()
+        .map(|(p, c)| (p, c, FILE_MODE))
+        .collect::<Vec<_>>();
+    let nics = checked_nics(rec)?;
+    if !nics.is_empty() {
+        // NetworkManager's files right after the sendsigs file, where the
+        // unmanaged configuration always was (and before the record,
+        // whose presence means the hand-off is complete).
+        let nm_files = match NmMode::of_record(rec)? {
+            NmMode::Unmanaged => vec![(
+                "run/NetworkManager/conf.d/90-sanroot.conf".to_string(),
+                networkmanager_conf(rec, &nics),
+                FILE_MODE,
+            )],
+            NmMode::Native => nm::native_files(rec, &nics)?,
+        };
+        let at = out
+            .iter()
+            .position(|(p, _, _)| p == "run/sendsigs.omit.d/sanroot")
+            .map_or(0, |i| i + 1);
+        out.splice(at..at, nm_files);
+    }
+    Ok(out)
+}
+
+/// The files of [`plan`] written 0644, NetworkManager's aside, the record
+/// last.
+fn plan_0644(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for unit in ISCSI_UNITS {
         out.push((
@@ -300,10 +353,6 @@ fn plan(rec: &BootRecord) -> Result<Vec<(String, String)>, String> {
     ));
     let nics = checked_nics(rec)?;
     if let Some(first) = nics.first() {
-        out.push((
-            "run/NetworkManager/conf.d/90-sanroot.conf".to_string(),
-            networkmanager_conf(rec, &nics),
-        ));
         for (name, content) in networkd_files(rec, &nics) {
             out.push((format!("run/systemd/network/{name}"), content));
         }
@@ -341,7 +390,7 @@ pub fn unique_nics<'a>(nics: impl IntoIterator<Item = &'a NicRecord>) -> Vec<Nic
 /// The boot NICs of `rec`, every record checked: `nic` first, then
 /// `nics` (which normally starts with the same NIC), each interface once.
 /// Just `nic` in a record without `nics`.
-fn checked_nics(rec: &BootRecord) -> Result<Vec<Nic<'_>>, String> {
+pub(super) fn checked_nics(rec: &BootRecord) -> Result<Vec<Nic<'_>>, String> {
     let labelled = rec.nic.iter().map(|n| ("nic".to_string(), n)).chain(
         rec.nics
             .iter()
@@ -407,17 +456,21 @@ fn root_server(rec: &BootRecord, n: &Nic<'_>, first: bool) -> String {
 }
 
 /// A [`NicRecord`] checked for use in config files.
-struct Nic<'a> {
-    ifname: &'a str,
-    parent: Option<&'a str>,
+pub(super) struct Nic<'a> {
+    pub(super) ifname: &'a str,
+    pub(super) parent: Option<&'a str>,
     /// `None` when unknown (empty or all zero).
-    mac: Option<[u8; 6]>,
-    addrs: Vec<(IpAddr, u8)>,
-    gateway: Option<IpAddr>,
-    dns: Vec<IpAddr>,
-    origin: &'a str,
-    hostname: Option<&'a str>,
-    domain: Option<&'a str>,
+    pub(super) mac: Option<[u8; 6]>,
+    pub(super) vlan: u16,
+    pub(super) addrs: Vec<(IpAddr, u8)>,
+    pub(super) gateway: Option<IpAddr>,
+    pub(super) dns: Vec<IpAddr>,
+    pub(super) origin: &'a str,
+    pub(super) hostname: Option<&'a str>,
+    pub(super) domain: Option<&'a str>,
+    pub(super) ifindex: Option<u32>,
+    /// [`NicRecord::target`].
+    pub(super) target: Option<IpAddr>,
 }
 
 impl<'a> Nic<'a> {
@@ -467,6 +520,11 @@ impl<'a> Nic<'a> {
             })
         };
         let gateway = r.gateway.as_deref().map(|g| ip("gateway", g)).transpose()?;
+        let target = r
+            .target
+            .as_deref()
+            .map(|t| ip("target", t).map(|a| a.to_canonical()))
+            .transpose()?;
         let dns = r
             .dns
             .iter()
@@ -483,12 +541,15 @@ impl<'a> Nic<'a> {
             ifname: &r.ifname,
             parent: r.parent.as_deref(),
             mac,
+            vlan: r.vlan,
             addrs,
             gateway,
             dns,
             origin: &r.origin,
             hostname: r.hostname.as_deref().filter(|h| !h.is_empty()),
             domain: r.domain.as_deref().filter(|d| !d.is_empty()),
+            ifindex: r.ifindex,
+            target,
         })
     }
 }
@@ -522,7 +583,7 @@ fn clean(s: &str) -> String {
 }
 
 /// The first lines of every file that can hold a comment.
-fn header(rec: &BootRecord, lead: &str, why: &[&str]) -> String {
+pub(super) fn header(rec: &BootRecord, lead: &str, why: &[&str]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -928,8 +989,10 @@ fn create_dirs(root: &Path, rel: &Path) -> io::Result<()> {
 
 /// Write `path` through a hidden temporary file in the same directory
 /// (named so that no reader's glob — *.conf, *.rules, *.network,
-/// net-*.conf — can pick it up) and a rename, mode 0644.
-fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
+/// net-*.conf, *.nmconnection — can pick it up) and a rename, with
+/// `mode` (0644; NetworkManager's keyfiles 0600, set before any byte is
+/// written).
+fn write_atomic(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -942,10 +1005,11 @@ fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(FILE_MODE)
+            .mode(mode)
             .open(&tmp)?;
+        // Whatever the umask, and for a left-over file of another mode.
+        f.set_permissions(Permissions::from_mode(mode))?;
         f.write_all(content)?;
-        f.set_permissions(Permissions::from_mode(FILE_MODE))?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)
@@ -1015,6 +1079,7 @@ mod tests {
             auth: auth_kind(Some(&auth())).into(),
             hidden_node_records: Vec::new(),
             paths: Vec::new(),
+            networkmanager: "unmanaged".into(),
         }
     }
 
@@ -1069,7 +1134,13 @@ mod tests {
             if p.is_dir() {
                 assert_eq!(mode(p), 0o755, "{}", p.display());
             } else {
-                assert_eq!(mode(p), 0o644, "{}", p.display());
+                let keyfile = name.ends_with(".nmconnection");
+                assert_eq!(
+                    mode(p),
+                    if keyfile { 0o600 } else { 0o644 },
+                    "{}",
+                    p.display()
+                );
                 let text = fs::read_to_string(p).unwrap();
                 assert!(!text.contains(SECRET), "{} holds the secret", p.display());
                 assert!(
@@ -1079,6 +1150,67 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// rd.sanroot.nm=native: NetworkManager's profile (0600, written 0600
+    /// from the start) and device state instead of the unmanaged file; the
+    /// other network managers' files as in unmanaged mode; the mode in the
+    /// record. A bad mode in a record is refused before anything is written.
+    #[test]
+    fn native_networkmanager_hand_off() {
+        let t = TempDir::new("nm-native");
+        let mut nic = static_nic();
+        nic.ifindex = Some(2);
+        let mut rec = record(Some(nic));
+        rec.networkmanager = "native".into();
+        let paths = write(&t.0, &rec).unwrap();
+        assert_eq!(
+            rel(&t.0, &paths),
+            [
+                "run/systemd/system/iscsi.service.d/50-sanroot.conf",
+                "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
+                "run/udev/rules.d/61-sanroot-ublk.rules",
+                "run/udev/rules.d/62-sanroot-second-login.rules",
+                "run/sendsigs.omit.d/sanroot",
+                "run/NetworkManager/system-connections/sanroot-eth0.nmconnection",
+                "run/NetworkManager/devices/2",
+                "run/NetworkManager/conf.d/90-sanroot.conf",
+                "run/systemd/network/05-sanroot-eth0.network",
+                "run/systemd/system/networking.service.d/50-sanroot.conf",
+                "run/sanroot/ifupdown.env",
+                "run/systemd/system/ifup@eth0.service.d/50-sanroot.conf",
+                "run/net-eth0.conf",
+                "run/initramfs/open-iscsi.interface",
+                "run/sanroot/boot.json",
+            ]
+        );
+        check_tree(&t.0);
+        let k =
+            t.0.join("run/NetworkManager/system-connections/sanroot-eth0.nmconnection");
+        assert_eq!(mode(&k), 0o600);
+        let text = fs::read_to_string(&k).unwrap();
+        assert!(text.contains("\n[ipv4]\nmethod=manual\naddress1=10.0.2.15/24\ngateway=10.0.2.2\ndns=10.0.2.3;\ndns-search=example.org;\nroute1=10.0.2.2/32\nmay-fail=false\n"), "{text}");
+        let conf =
+            fs::read_to_string(t.0.join("run/NetworkManager/conf.d/90-sanroot.conf")).unwrap();
+        assert!(conf.ends_with("[device-sanroot-boot]\nmatch-device=interface-name:=eth0\nignore-carrier=yes\nkeep-configuration=yes\n"), "{conf}");
+        assert!(!conf.contains("managed=0"), "{conf}");
+        assert!(
+            fs::read_to_string(t.0.join(RECORD))
+                .unwrap()
+                .contains("\"networkmanager\": \"native\"")
+        );
+        assert_eq!(read(&t.0), Some(rec.clone()));
+        // Written again: the same files, the keyfile still 0600.
+        fs::set_permissions(&k, Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(write(&t.0, &rec).unwrap(), paths);
+        check_tree(&t.0);
+
+        let t2 = TempDir::new("nm-bad-mode");
+        rec.networkmanager = "off".into();
+        let e = write(&t2.0, &rec).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("networkmanager \"off\""), "{e}");
+        assert!(fs::read_dir(&t2.0).unwrap().next().is_none());
     }
 
     #[test]
@@ -1527,7 +1659,10 @@ mod tests {
         assert_eq!(old, rec);
         let before = plan(&old).unwrap();
         assert_eq!(
-            before.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            before
+                .iter()
+                .map(|(p, _, _)| p.as_str())
+                .collect::<Vec<_>>(),
             [
                 "run/systemd/system/iscsi.service.d/50-sanroot.conf",
                 "run/systemd/system/open-iscsi.service.d/50-sanroot.conf",
@@ -1561,13 +1696,21 @@ mod tests {
             "auth": "none"}"#;
         let old: BootRecord = serde_json::from_str(text).unwrap();
         assert!(old.nics.is_empty() && old.paths.is_empty());
+        // Older records were written when every boot NIC was unmanaged.
+        assert_eq!(old.networkmanager, "unmanaged");
+        assert_eq!(old.nic.as_ref().unwrap().ifindex, None);
         let files = plan(&old).unwrap();
-        assert!(files.iter().any(|(p, _)| p == "run/net-eth0.conf"));
+        assert!(files.iter().any(|(p, _, _)| p == "run/net-eth0.conf"));
+        assert!(
+            files
+                .iter()
+                .any(|(p, _, _)| p == "run/NetworkManager/conf.d/90-sanroot.conf")
+        );
         assert_eq!(
             files
                 .iter()
-                .find(|(p, _)| p == "run/initramfs/open-iscsi.interface")
-                .map(|(_, c)| c.as_str()),
+                .find(|(p, _, _)| p == "run/initramfs/open-iscsi.interface")
+                .map(|(_, c, _)| c.as_str()),
             Some("eth0\n")
         );
     }
@@ -1786,6 +1929,8 @@ mod tests {
             hostname: None,
             domain: None,
             parent: None,
+            ifindex: None,
+            target: None,
         };
         write(&t.0, &record(Some(nic))).unwrap();
         check_tree(&t.0);

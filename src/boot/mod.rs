@@ -17,6 +17,7 @@ pub mod handoff;
 pub mod hide;
 pub mod init;
 pub mod modules;
+pub mod nm;
 pub mod openiscsi;
 pub mod parts;
 pub mod poweroff;

@@ -695,15 +695,22 @@ sr_host_ticks() {
 
 # ---- the SAN-boot disk (qemu/make-root-image) --------------------------------
 
-# sr_img_ensure: build (or find in the cache) the root disk image; sets
+# sr_img_ensure: build (or find in the cache) the root disk image of
+# Debian $SR_DISTRO (12, the default, or 13); sets
 # SR_IMG_DIR (the cache entry: disk.img, vmlinuz, initrd-systemd.img,
 # initrd-shell.img) and SR_IMG_* from its info.env (SR_IMG_KVER,
-# SR_IMG_ROOT_UUID, SR_IMG_PART_OFFSET, SR_IMG_CMDLINE, ...). SANROOT_BIN
+# SR_IMG_ROOT_UUID, SR_IMG_PART_OFFSET, SR_IMG_CMDLINE, ...), and
+# SR_IMG_DISTRO and SR_IMG_EXTRA_INITRD_DIR (where the image keeps its
+# initrd-{shell,sanroot,itools}.img-KVER: /boot on 12, /boot/sanroot-test
+# on 13, see qemu/make-root-image). SANROOT_BIN
 # is the sanroot put in the image. Sets SR_IMG_SECONDS (time taken here).
 sr_img_ensure() {
     local t0=$SECONDS k v
-    SR_IMG_DIR=$("$SR_QEMU_DIR/make-root-image" --print-dir) || sr_die "qemu/make-root-image failed"
+    SR_IMG_DIR=$("$SR_QEMU_DIR/make-root-image" --distro "${SR_DISTRO:-12}" --print-dir) || sr_die "qemu/make-root-image failed"
     [ -f "$SR_IMG_DIR/info.env" ] || sr_die "no $SR_IMG_DIR/info.env"
+    # The 12 entry's info.env has neither key.
+    SR_IMG_DISTRO=12
+    SR_IMG_EXTRA_INITRD_DIR=/boot
     while IFS='=' read -r k v; do
         v=${v#\'}
         v=${v%\'}
@@ -820,18 +827,23 @@ sr_img_rm_tree() {
 # installer leaves on a SAN-booted root (issue 13): the initiator name, and
 # open-iscsi node records with node.startup = automatic for the boot target
 # (with its CHAP credentials, as `iscsiadm -m discovery … -l` during the
-# installation saves them) and for a second, unrelated target, in Debian
-# 12's database (/etc/iscsi); the boot target's also in Debian 13's
-# (/var/lib/iscsi), which this root's open-iscsi does not read but sanroot
-# must hide as well.
+# installation saves them) and for a second, unrelated target, in the
+# database of the image's open-iscsi (SR_IMG_DISTRO): Debian 12's 2.1.8
+# reads /etc/iscsi/nodes, Debian 13's 2.1.11 /var/lib/iscsi/nodes. The boot
+# target's record is also put in the other one (13: as an upgraded
+# machine's old /etc/iscsi/nodes keeps it), which that open-iscsi does not
+# read but sanroot must hide as well.
 sr_sanboot_node_records() {
-    local img=$1 boot=$2 other=$3 port=$4 auth=$5 initiator=$6 t rec
+    local img=$1 boot=$2 other=$3 port=$4 auth=$5 initiator=$6 t rec db=/etc/iscsi/nodes old=/var/lib/iscsi/nodes ver=2.1.8
+    if [ "${SR_IMG_DISTRO:-12}" != 12 ]; then
+        db=/var/lib/iscsi/nodes old=/etc/iscsi/nodes ver=2.1.11
+    fi
     # A disk booted before (qemu/sanboot --disk) has records of another port.
     sr_img_rm_tree "$img" /etc/iscsi/nodes
     sr_img_rm_tree "$img" /var/lib/iscsi/nodes
     printf 'InitiatorName=%s\n' "$initiator" | sr_img_put "$img" /etc/iscsi/initiatorname.iscsi 0600
     for t in "$boot" "$other"; do
-        rec="# BEGIN RECORD 2.1.8
+        rec="# BEGIN RECORD $ver
 node.name = $t
 node.tpgt = 1
 node.startup = automatic
@@ -858,8 +870,8 @@ node.conn[0].address = 10.0.2.2
 node.conn[0].port = $port
 node.conn[0].startup = automatic
 # END RECORD"
-        printf '%s\n' "$rec" | sr_img_put "$img" "/etc/iscsi/nodes/$t/10.0.2.2,$port,1/default"
-        [ "$t" != "$boot" ] || printf '%s\n' "$rec" | sr_img_put "$img" "/var/lib/iscsi/nodes/$t/10.0.2.2,$port,1/default"
+        printf '%s\n' "$rec" | sr_img_put "$img" "$db/$t/10.0.2.2,$port,1/default"
+        [ "$t" != "$boot" ] || printf '%s\n' "$rec" | sr_img_put "$img" "$old/$t/10.0.2.2,$port,1/default"
     done
 }
 

@@ -957,6 +957,71 @@ fn bios_sanboot_ublk() -> Expect {
     }
 }
 
+/// Debian 13 (trixie) as the real root (issue 17): SeaBIOS → iPXE sanboot
+/// → GRUB from the LUN → trixie's own kernel (installed in the image) and
+/// the initramfs the image's dracut-ng (106) built with dracut/90sanroot
+/// (systemd) → sanroot with one-way CHAP onto ublk → systemd 257,
+/// NetworkManager 1.52 and open-iscsi 2.1.11, which keeps its node records
+/// in /var/lib/iscsi (the installer's records of the boot target are hidden
+/// there and in an old /etc/iscsi). Every check of the Debian 12 boots,
+/// with the logout at power-off through dracut-ng's shutdown module and a
+/// second login typed by hand.
+#[test]
+fn bios_sanboot_debian13_dracut_chap() {
+    let b = run(
+        "bios-debian13-chap",
+        &[
+            "--distro",
+            "13",
+            "--firmware",
+            "bios",
+            "--auth",
+            "chap",
+            "--append",
+            "sanroot_check.second_login",
+        ],
+    );
+    b.eq(
+        "boot.distro",
+        "13",
+        "qemu/sanboot booted the Debian 13 image",
+    );
+    assert_boot(&b, bios_sanboot_ublk());
+    let os = b.get("guest.os_release");
+    b.check(
+        os.starts_with("debian 13 "),
+        &format!("the real root is Debian 13: {os}"),
+    );
+    let kernel = b.get("guest.kernel");
+    b.check(
+        kernel == b.get("boot.kver") && kernel.contains("+deb13-"),
+        &format!(
+            "the guest runs trixie's kernel, the image's own ({}): {kernel}",
+            b.get("boot.kver")
+        ),
+    );
+    let pkgs = b.get("guest.packages");
+    let version = |name: &str| {
+        pkgs.split(',')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    let dracut_major: u32 = version("dracut-core")
+        .split(['-', '.', '+'])
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    b.check(
+        dracut_major >= 100,
+        &format!("the initramfs was built by dracut-ng (dracut-core 1xx): {pkgs}"),
+    );
+    b.check(
+        version("open-iscsi").starts_with("2.1.11"),
+        &format!("open-iscsi 2.1.11 (node records in /var/lib/iscsi): {pkgs}"),
+    );
+}
+
 /// A user rebuilds the initramfs in the SAN-booted root and reboots (issue
 /// 13): `dracut --force --hostonly` with the machine's dracut.conf.d files
 /// but not the test image's module list (dracut-network, and so dracut's

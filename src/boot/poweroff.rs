@@ -11,9 +11,11 @@
 //!   leaves /run/initramfs/.need_shutdown), and only an image with the name
 //!   its restore script looks for: `/boot/initrd.img-KVER` on Debian,
 //!   `/boot/initramfs-KVER.img` elsewhere, `/lib/modules/KVER/initrd`, or
-//!   the boot loader entries' `/boot/MACHINE-ID/KVER/initrd`. An image under any
-//!   other name boots fine and then powers off without the logout, and
-//!   nothing else says so.
+//!   the boot loader entries' `/boot/MACHINE-ID/KVER/initrd`; dracut-ng
+//!   (Debian 13) then takes the first `/boot/initr*KVER*` in glob order,
+//!   whichever initramfs that is. An image under any other name boots fine
+//!   and then powers off without the logout, and nothing else says so
+//!   (dracut/90sanroot warns when it builds one).
 //!
 //! [`judge`] is the rule, a pure function of [`Facts`]; [`facts`] reads them.
 
@@ -101,6 +103,22 @@ pub fn restore_candidates(kver: &str, machine_id: Option<&str>) -> Vec<PathBuf> 
     v
 }
 
+/// The first name in `boot` (sorted as the shell's glob sorts in the C
+/// locale) matching `initr*KVER*`: what dracut-ng unpacks when none of the
+/// names above exists (it may be another initramfs than dracut's).
+fn first_initr_glob(boot: &Path, kver: &str) -> Option<String> {
+    if kver.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(boot)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("initr") && n["initr".len()..].contains(kver))
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
 /// The facts of this system, under `root` ("/" but for tests).
 pub fn facts(root: &Path) -> Facts {
     let at = |p: &str| root.join(p.trim_start_matches('/'));
@@ -114,13 +132,18 @@ pub fn facts(root: &Path) -> Facts {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let machine_id = std::fs::read_to_string(at("/etc/machine-id")).ok();
-    let restore_images = restore_candidates(&kver, machine_id.as_deref().map(str::trim))
-        .into_iter()
-        .map(|p| {
-            let exists = at(&p.to_string_lossy()).is_file();
-            (p, exists)
-        })
-        .collect();
+    let mut restore_images: Vec<(PathBuf, bool)> =
+        restore_candidates(&kver, machine_id.as_deref().map(str::trim))
+            .into_iter()
+            .map(|p| {
+                let exists = at(&p.to_string_lossy()).is_file();
+                (p, exists)
+            })
+            .collect();
+    // dracut-ng's last resort: the first /boot/initr*KVER* in glob order.
+    if let Some(p) = first_initr_glob(&at("/boot"), &kver) {
+        restore_images.push((Path::new("/boot").join(p), true));
+    }
     Facts {
         shutdown_program,
         run_noexec,
@@ -203,6 +226,28 @@ mod tests {
         assert_eq!(c[0], PathBuf::from("/efi/abc/6.1/initrd"));
         assert_eq!(c[2], PathBuf::from("/boot/efi/abc/6.1/initrd"));
         assert_eq!(c.len(), 6);
+    }
+
+    #[test]
+    fn dracut_ngs_glob() {
+        let d = std::env::temp_dir().join(format!("sanroot-glob-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        assert_eq!(first_initr_glob(&d, "6.12.1"), None);
+        for n in [
+            "vmlinuz-6.12.1",
+            "initrd.img-6.12.1",
+            "initrd-itools.img-6.12.1",
+            "initrd.img-6.1",
+        ] {
+            std::fs::write(d.join(n), "").unwrap();
+        }
+        // '-' sorts before '.': the initramfs-tools image would come back.
+        assert_eq!(
+            first_initr_glob(&d, "6.12.1").as_deref(),
+            Some("initrd-itools.img-6.12.1")
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -1507,15 +1507,10 @@ fn bios_sanboot_sanroot_init_chap() {
     assert_boot(
         &b,
         Expect {
-            bridge: "ublk",
             systemd_initrd: false,
-            grub: true,
-            ipxe_sessions_at_kernel: (1, 1),
-            ibft: true,
             sanroot_init: true,
-            initramfs_tools: false,
-            nic_name: Some("ens3"),
             ifupdown: true,
+            ..bios_sanboot_ublk()
         },
     );
 }
@@ -1550,15 +1545,10 @@ fn bios_sanboot_initramfs_tools_chap() {
     assert_boot(
         &b,
         Expect {
-            bridge: "ublk",
             systemd_initrd: false,
-            grub: true,
-            ipxe_sessions_at_kernel: (1, 1),
-            ibft: true,
-            sanroot_init: false,
             initramfs_tools: true,
-            nic_name: Some("ens3"),
             ifupdown: true,
+            ..bios_sanboot_ublk()
         },
     );
     b.eq(

@@ -1022,7 +1022,7 @@ fn write_atomic(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::boot::NicOrigin;
     use crate::iscsi::chap::MutualConfig;
@@ -1060,7 +1060,8 @@ mod tests {
         }
     }
 
-    fn record(nic: Option<NicRecord>) -> BootRecord {
+    /// A boot record for tests (also [`super::super::nm`]'s).
+    pub(crate) fn record(nic: Option<NicRecord>) -> BootRecord {
         BootRecord {
             version: VERSION,
             source: "ibft: acpi /sys/firmware/acpi/tables/iBFT".into(),

@@ -422,29 +422,14 @@ fn device_conf(rec: &BootRecord, nics: &[Nic<'_>], parents: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::handoff::{NicRecord, VERSION, auth_kind, checked_nics, portal};
+    use crate::boot::handoff::{NicRecord, checked_nics};
 
+    /// handoff's test record, with these NICs, in native mode.
     fn record(nics: Vec<NicRecord>) -> BootRecord {
-        BootRecord {
-            version: VERSION,
-            source: "ibft: acpi".into(),
-            target: "iqn.2026-11.org.example:root".into(),
-            portal: portal("10.0.2.2".parse().unwrap(), 3260),
-            lun: 1,
-            initiator: "iqn.2010-04.org.ipxe:client".into(),
-            isid: "80aabbccddee".into(),
-            tsih: 7,
-            device: "/dev/ublkb0".into(),
-            partitions: vec!["/dev/ublkb0p1".into()],
-            bridge: "ublk".into(),
-            pid: 4242,
-            nic: nics.first().cloned(),
-            nics,
-            auth: auth_kind(None).into(),
-            hidden_node_records: Vec::new(),
-            paths: Vec::new(),
-            networkmanager: "native".into(),
-        }
+        let mut r = crate::boot::handoff::tests::record(nics.first().cloned());
+        r.nics = nics;
+        r.networkmanager = "native".into();
+        r
     }
 
     fn nic() -> NicRecord {

@@ -749,28 +749,33 @@ pub fn random_isid() -> [u8; 6] {
     crate::nonblocking_random(&mut r);
     [0x80, r[0], r[1], r[2], r[3], r[4]]
 }
-#[test]
-fn portal_zones() {
-    let sa = |h: &str| Portal::new(h, 3260).socket_addr();
-    let lo = nix::net::if_::if_nametoindex("lo").unwrap();
-    match sa("fe80::1%lo").unwrap() {
-        SocketAddr::V6(a) => assert_eq!((a.scope_id(), a.port()), (lo, 3260)),
-        a => panic!("{a}"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portal_zones() {
+        let sa = |h: &str| Portal::new(h, 3260).socket_addr();
+        let lo = nix::net::if_::if_nametoindex("lo").unwrap();
+        match sa("fe80::1%lo").unwrap() {
+            SocketAddr::V6(a) => assert_eq!((a.scope_id(), a.port()), (lo, 3260)),
+            a => panic!("{a}"),
+        }
+        match sa("[fe80::1%7]").unwrap() {
+            SocketAddr::V6(a) => assert_eq!(a.scope_id(), 7),
+            a => panic!("{a}"),
+        }
+        assert_eq!(sa("fd00::2").unwrap().to_string(), "[fd00::2]:3260");
+        for (h, want) in [
+            ("fe80::1", "needs the interface"),
+            ("fe80::1%", "nothing after '%'"),
+            ("fe80::1%0", "zone 0"),
+            ("fe80::1%no-such-nic9", "no interface \"no-such-nic9\""),
+            ("10.0.0.1%lo", "IPv4 address has no zone"),
+        ] {
+            let e = sa(h).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(h), "{h}: {e}");
+        }
+        assert!(matches!(sa("target.example"), Err(LoginError::Resolve(_))));
     }
-    match sa("[fe80::1%7]").unwrap() {
-        SocketAddr::V6(a) => assert_eq!(a.scope_id(), 7),
-        a => panic!("{a}"),
-    }
-    assert_eq!(sa("fd00::2").unwrap().to_string(), "[fd00::2]:3260");
-    for (h, want) in [
-        ("fe80::1", "needs the interface"),
-        ("fe80::1%", "nothing after '%'"),
-        ("fe80::1%0", "zone 0"),
-        ("fe80::1%no-such-nic9", "no interface \"no-such-nic9\""),
-        ("10.0.0.1%lo", "IPv4 address has no zone"),
-    ] {
-        let e = sa(h).unwrap_err().to_string();
-        assert!(e.contains(want) && e.contains(h), "{h}: {e}");
-    }
-    assert!(matches!(sa("target.example"), Err(LoginError::Resolve(_))));
 }

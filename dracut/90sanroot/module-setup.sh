@@ -169,6 +169,10 @@ installkernel() {
     # host-only images: sanroot-boot.sh loads nbd only when it may be used,
     # so a machine booted over ublk has no nbd loaded to be detected.
     hostonly='' instmods ublk_drv nbd
+    # 802.1Q, for a boot NIC on a VLAN (the iBFT's VLAN id, vlan=): the
+    # kernel loads it when sanroot creates the VLAN link, also in host-only
+    # images of machines that boot untagged today.
+    hostonly='' instmods 8021q
     # The kernel's view of the iBFT (sanroot's last-resort source) and
     # /dev/mem is built in; iscsi_ibft is optional.
     instmods iscsi_ibft

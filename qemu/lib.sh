@@ -95,6 +95,14 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
 }
 
+# A free UDP port on 127.0.0.1.
+sr_free_udp_port() {
+    python3 -c 'import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
 # The guest kernel: sets SR_KERNEL (vmlinuz path), SR_KVER and SR_MODROOT
 # (the directory whose lib/modules/$SR_KVER holds its modules: / for the
 # host's). SR_GUEST_KERNEL chooses it:
@@ -322,7 +330,10 @@ sr_build_initramfs() {
 # ---- tgtd ---------------------------------------------------------------
 
 # Start a private tgtd on 127.0.0.1:<free port> with a free control port.
-# Sets SR_TGT_PID, SR_TGT_CTL, SR_TGT_PORT.
+# Sets SR_TGT_PID, SR_TGT_CTL, SR_TGT_PORT. With SR_TGT_NETNS set, tgtd
+# runs in that network namespace and listens on SR_TGT_ADDR there (its
+# control socket is in the abstract namespace, which is per network
+# namespace: sr_tgtadm runs tgtadm there too).
 sr_tgt_start() {
     local i
     sr_need tgtd tgtadm
@@ -335,11 +346,11 @@ sr_tgt_start() {
         fi
     done
     [ -n "$SR_TGT_CTL" ] || sr_die "no free tgtd control port"
-    tgtd -f -C "$SR_TGT_CTL" --iscsi "portal=127.0.0.1:$SR_TGT_PORT" >"$SR_WORK/tgtd.log" 2>&1 &
+    sr_tgt_ns tgtd -f -C "$SR_TGT_CTL" --iscsi "portal=${SR_TGT_ADDR:-127.0.0.1}:$SR_TGT_PORT" >"$SR_WORK/tgtd.log" 2>&1 &
     SR_TGT_PID=$!
     for i in $(seq 50); do
-        if tgtadm -C "$SR_TGT_CTL" --lld iscsi --mode sys --op show >/dev/null 2>&1; then
-            sr_log "tgtd pid $SR_TGT_PID on 127.0.0.1:$SR_TGT_PORT (control $SR_TGT_CTL)"
+        if sr_tgt_ns tgtadm -C "$SR_TGT_CTL" --lld iscsi --mode sys --op show >/dev/null 2>&1; then
+            sr_log "tgtd pid $SR_TGT_PID on ${SR_TGT_ADDR:-127.0.0.1}:$SR_TGT_PORT${SR_TGT_NETNS:+ in network namespace $SR_TGT_NETNS} (control $SR_TGT_CTL)"
             return 0
         fi
         kill -0 "$SR_TGT_PID" 2>/dev/null || break
@@ -349,7 +360,16 @@ sr_tgt_start() {
     sr_die "tgtd did not start"
 }
 
-sr_tgtadm() { tgtadm -C "$SR_TGT_CTL" --lld iscsi "$@"; }
+# sr_tgt_ns CMD...: CMD in tgtd's network namespace (SR_TGT_NETNS, or ours).
+sr_tgt_ns() {
+    if [ -n "${SR_TGT_NETNS:-}" ]; then
+        ip netns exec "$SR_TGT_NETNS" "$@"
+    else
+        "$@"
+    fi
+}
+
+sr_tgtadm() { sr_tgt_ns tgtadm -C "$SR_TGT_CTL" --lld iscsi "$@"; }
 
 # sr_tgt_add_target TID IQN [SIZE]: target with a sparse file as LUN 1, open to all.
 sr_tgt_add_target() {
@@ -377,7 +397,7 @@ sr_tgt_stop() {
     local i
     if [ -n "$SR_TGT_PID" ] && kill -0 "$SR_TGT_PID" 2>/dev/null; then
         # tgtd ignores SIGTERM while it has targets: ask it to shut down.
-        timeout 5 tgtadm -C "$SR_TGT_CTL" --mode system --op delete --force >/dev/null 2>&1 ||
+        sr_tgt_ns timeout 5 tgtadm -C "$SR_TGT_CTL" --mode system --op delete --force >/dev/null 2>&1 ||
             kill "$SR_TGT_PID" 2>/dev/null || true
         for i in $(seq 30); do
             kill -0 "$SR_TGT_PID" 2>/dev/null || break
@@ -823,7 +843,7 @@ sr_img_rm_tree() {
     debugfs -w -R "rmdir $dir" "$img?offset=$SR_IMG_PART_OFFSET" >/dev/null 2>&1 || true
 }
 
-# sr_sanboot_node_records IMG BOOT_IQN OTHER_IQN PORT AUTH INITIATOR: what an
+# sr_sanboot_node_records IMG BOOT_IQN OTHER_IQN PORT AUTH INITIATOR [HOST]: what an
 # installer leaves on a SAN-booted root (issue 13): the initiator name, and
 # open-iscsi node records with node.startup = automatic for the boot target
 # (with its CHAP credentials, as `iscsiadm -m discovery … -l` during the
@@ -832,9 +852,11 @@ sr_img_rm_tree() {
 # reads /etc/iscsi/nodes, Debian 13's 2.1.11 /var/lib/iscsi/nodes. The boot
 # target's record is also put in the other one (13: as an upgraded
 # machine's old /etc/iscsi/nodes keeps it), which that open-iscsi does not
-# read but sanroot must hide as well.
+# read but sanroot must hide as well. HOST is the portal's address in the
+# guest (default 10.0.2.2; an IPv6 address without brackets, as
+# open-iscsi writes it).
 sr_sanboot_node_records() {
-    local img=$1 boot=$2 other=$3 port=$4 auth=$5 initiator=$6 t rec db=/etc/iscsi/nodes old=/var/lib/iscsi/nodes ver=2.1.8
+    local img=$1 boot=$2 other=$3 port=$4 auth=$5 initiator=$6 host=${7:-10.0.2.2} t rec db=/etc/iscsi/nodes old=/var/lib/iscsi/nodes ver=2.1.8
     if [ "${SR_IMG_DISTRO:-12}" != 12 ]; then
         db=/var/lib/iscsi/nodes old=/etc/iscsi/nodes ver=2.1.11
     fi
@@ -850,7 +872,7 @@ node.startup = automatic
 node.leading_login = No
 iface.iscsi_ifacename = default
 iface.transport_name = tcp
-node.discovery_address = 10.0.2.2
+node.discovery_address = $host
 node.discovery_port = $port
 node.discovery_type = send_targets"
         if [ "$t" = "$boot" ] && [ "$auth" != none ]; then
@@ -866,12 +888,12 @@ node.session.auth.password_in = $SR_SANBOOT_TSECRET"
 node.session.auth.authmethod = None"
         fi
         rec+="
-node.conn[0].address = 10.0.2.2
+node.conn[0].address = $host
 node.conn[0].port = $port
 node.conn[0].startup = automatic
 # END RECORD"
-        printf '%s\n' "$rec" | sr_img_put "$img" "$db/$t/10.0.2.2,$port,1/default"
-        [ "$t" != "$boot" ] || printf '%s\n' "$rec" | sr_img_put "$img" "$old/$t/10.0.2.2,$port,1/default"
+        printf '%s\n' "$rec" | sr_img_put "$img" "$db/$t/$host,$port,1/default"
+        [ "$t" != "$boot" ] || printf '%s\n' "$rec" | sr_img_put "$img" "$old/$t/$host,$port,1/default"
     done
 }
 

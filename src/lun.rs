@@ -66,6 +66,11 @@ pub enum LunError {
         was: String,
         now: String,
     },
+    /// No LUN was named and none the target reports is a disk: each
+    /// reported LUN with its INQUIRY peripheral byte (None: no answer).
+    NoDisk {
+        luns: Vec<(u64, Option<u8>)>,
+    },
 }
 
 impl fmt::Display for LunError {
@@ -109,6 +114,28 @@ impl fmt::Display for LunError {
                 f,
                 "the LU's identity changed from {was} to {now}: refusing I/O to what may be another disk"
             ),
+            LunError::NoDisk { luns } => {
+                let seen: Vec<String> = luns
+                    .iter()
+                    .map(|(n, p)| match p {
+                        Some(b) => format!(
+                            "LUN {n} peripheral type 0x{:02x} qualifier {}",
+                            b & 0x1f,
+                            b >> 5
+                        ),
+                        None => format!("LUN {n} no INQUIRY answer"),
+                    })
+                    .collect();
+                write!(
+                    f,
+                    "no LUN was named and the target reports no disk ({}): name the LUN (netroot=iscsi:…:LUN:IQN) or give the target one",
+                    if seen.is_empty() {
+                        "REPORT LUNS lists none".to_string()
+                    } else {
+                        seen.join(", ")
+                    }
+                )
+            }
         }
     }
 }
@@ -579,6 +606,57 @@ pub fn pad16(c: &Cdb) -> [u8; 16] {
     let s = c.as_slice();
     b[..s.len()].copy_from_slice(s);
     b
+}
+
+/// Whether an INQUIRY peripheral byte is a disk the bridges serve: an LU
+/// that is connected (qualifier 0) and direct access (SBC, 0x00) or
+/// simplified direct access (RBC, 0x0e), as Linux's sd drives them.
+pub fn is_disk(peripheral: u8) -> bool {
+    let p = crate::scsi::data::Peripheral::from_u8(peripheral);
+    p.qualifier == 0
+        && (p.device_type == crate::scsi::data::device_type::DISK || p.device_type == 0x0e)
+}
+
+/// The most LUNs [`pick_disk`] asks about.
+pub const PICK_DISK_MAX: usize = 256;
+
+/// The LU to serve when the description names none (open-iscsi's
+/// `iscsi_target_*` words, or `netroot=` with an empty LUN field: both make
+/// the kernel's initiator attach every LUN and let `root=` find the disk):
+/// `preferred` when it is a disk, else the lowest-numbered LUN REPORT LUNS
+/// lists that is one. tgtd, for one, keeps LUN 0 for its controller. Asks
+/// INQUIRY of at most [`PICK_DISK_MAX`] LUNs.
+pub fn pick_disk(session: &Session, preferred: u64) -> Result<u64, LunError> {
+    let retry = RetryPolicy::default();
+    let peripheral = |lun: u64| -> Option<u8> {
+        match fetch(session, lun, &cdb::inquiry(36), 36, &retry) {
+            Ok(v) => v.first().copied(),
+            Err(e) => {
+                log::debug!("LUN {lun}: INQUIRY: {e}");
+                None
+            }
+        }
+    };
+    let first = peripheral(preferred);
+    if first.is_some_and(is_disk) {
+        return Ok(preferred);
+    }
+    let mut luns = report_luns(session)?;
+    luns.sort_unstable();
+    luns.dedup();
+    let mut seen = Vec::new();
+    for lun in luns.into_iter().take(PICK_DISK_MAX) {
+        let p = if lun == preferred {
+            first
+        } else {
+            peripheral(lun)
+        };
+        if p.is_some_and(is_disk) {
+            return Ok(lun);
+        }
+        seen.push((lun, p));
+    }
+    Err(LunError::NoDisk { luns: seen })
 }
 
 /// REPORT LUNS: the LUN numbers the target offers (well-known LUs left out).

@@ -184,6 +184,10 @@ fn several_luns_readonly_and_4k_blocks() {
     let s = Arc::new(c.session);
     let luns = sanroot::lun::report_luns(&s).expect("REPORT LUNS");
     assert_eq!(luns, vec![0, 1, 2, 3, 4]);
+    // No LUN named (open-iscsi's words): LUN 0 is tgtd's controller, so
+    // the first disk; a disk named as preferred is kept.
+    assert_eq!(sanroot::lun::pick_disk(&s, 0).expect("pick a disk"), 1);
+    assert_eq!(sanroot::lun::pick_disk(&s, 2).expect("keep LUN 2"), 2);
 
     let l1 = Lun::open(Arc::clone(&s), 1).unwrap();
     round_trip(&l1, &b1, 7, pattern(4096, 4));
@@ -215,6 +219,27 @@ fn several_luns_readonly_and_4k_blocks() {
     // Past the end is refused before anything is sent.
     let (r, _) = l1.read(l1.info.blocks(), vec![0u8; 512]);
     assert!(matches!(r, Err(LunError::OutOfRange { .. })), "{r:?}");
+}
+
+/// A target with no disk at all (tgtd's controller LUN 0 only): no LUN is
+/// picked, and the error lists what each LUN is.
+#[test]
+fn no_disk_to_pick() {
+    let t = Tgtd::start();
+    t.target(1, IQN);
+    let c = initiator::connect(&portal(&t), IQN, &InitiatorConfig::new(INITIATOR), None)
+        .expect("login");
+    let s = Arc::new(c.session);
+    match sanroot::lun::pick_disk(&s, 0) {
+        Err(e @ LunError::NoDisk { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.contains("LUN 0 peripheral type 0x0c qualifier 0") && m.contains("name the LUN"),
+                "{m}"
+            );
+        }
+        r => panic!("expected NoDisk, got {r:?}"),
+    }
 }
 
 fn chap_cfg(user: &str, secret: &str, mutual: Option<(&str, &str)>) -> InitiatorConfig {

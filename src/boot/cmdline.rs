@@ -129,6 +129,10 @@ pub struct Netroot {
     pub server: IpAddr,
     pub port: u16,
     pub lun: u64,
+    /// No LUN was given (an empty LUN field; open-iscsi's words, which name
+    /// a whole target): `lun` (0) if it is a disk, else the first disk the
+    /// target reports (see [`crate::lun::pick_disk`]).
+    pub lun_auto: bool,
     pub target: String,
     /// open-iscsi iface name (recorded; sanroot has no ifaces).
     pub iface: Option<String>,
@@ -148,6 +152,7 @@ impl Netroot {
             server,
             port,
             lun: 0,
+            lun_auto: true,
             target,
             iface: None,
             netdev: None,
@@ -1104,9 +1109,10 @@ fn parse_netroot(v: &str, n: usize) -> Result<Netroot, CmdlineError> {
             err(
                 "the LUN",
                 lun,
-                "is not a decimal number: write it as dracut reads it (0, 1, 2, …), or leave it empty for 0",
+                "is not a decimal number: write it as dracut reads it (0, 1, 2, …), or leave it empty for LUN 0 (or the target's first disk when LUN 0 is none)",
             )
         })?;
+        nr.lun_auto = false;
     }
     nr.iface = Some(iface.to_string()).filter(|s| !s.is_empty());
     if !netdev.is_empty() {
@@ -1656,6 +1662,7 @@ impl Cmdline {
                 port: nr.port,
                 target: nr.target.clone(),
                 lun: nr.lun,
+                lun_auto: nr.lun_auto,
                 auth: self.auth_for(nr, &which)?,
             });
         }
@@ -1973,6 +1980,8 @@ mod tests {
         assert_eq!(c.netroots.len(), 1);
         let n = &c.netroots[0];
         assert_eq!((n.server, n.port, n.lun), (v4("10.0.2.2"), 3260, 0));
+        // open-iscsi logs in to the whole target: no LUN is named.
+        assert!(n.lun_auto);
         assert_eq!(n.target, IQN);
         assert!(n.username.is_none() && n.password.is_none());
         assert!(c.ignored.is_empty() && c.wants_iscsi());
@@ -2426,6 +2435,8 @@ mod tests {
         assert_eq!(n.server, v4("192.168.50.1"));
         assert_eq!(n.port, 3260);
         assert_eq!(n.lun, 0);
+        // An empty LUN field: 0, or the first disk when 0 is none.
+        assert!(n.lun_auto);
         assert_eq!(n.target, "iqn.2009-06.dracut:target0");
         assert_eq!((n.iface.as_deref(), n.netdev.as_deref()), (None, None));
         assert!(n.username.is_none() && n.password.is_none());
@@ -2435,6 +2446,9 @@ mod tests {
     fn netroot_all_fields() {
         let n = one("iscsi:10.0.2.2:6:3261:5:iqn.2026-11.org.example:root");
         assert_eq!((n.server, n.port, n.lun), (v4("10.0.2.2"), 3261, 5));
+        assert!(!n.lun_auto);
+        let n = one("iscsi:10.0.2.2::3260:0:iqn.2026-11.org.example:root");
+        assert!(n.lun == 0 && !n.lun_auto, "LUN 0 named: {n:?}");
         assert_eq!(n.target, "iqn.2026-11.org.example:root");
     }
 

@@ -86,12 +86,16 @@ pub fn run(opts: &BootOptions) -> i32 {
         Ok(c) => c,
         Err(e) => return report(Err(e)),
     };
-    let Some(lun) = r.spec.paths.first().map(|p| p.lun) else {
+    let Some((mut lun, mut lun_auto)) = r.spec.paths.first().map(|p| (p.lun, p.lun_auto)) else {
         return report(Err(CmdError::new(exit::NO_IBFT, "nothing to boot from")));
     };
     let take_over = if opts.recover {
-        match take_over_boot_disk(lun) {
-            Ok(t) => Some(t),
+        match take_over_boot_disk(lun, lun_auto) {
+            Ok((t, was)) => {
+                // The LUN the boot chose, when the description names none.
+                (lun, lun_auto) = (was, false);
+                Some(t)
+            }
             Err(e) => return report(Err(e)),
         }
     } else {
@@ -100,6 +104,7 @@ pub fn run(opts: &BootOptions) -> i32 {
     let serve_spec = ServeSpec {
         paths: r.spec.paths.iter().map(path_spec).collect(),
         lun,
+        lun_auto,
         cfg,
         bridge: r.bridge,
         login_wait: r.login_wait,
@@ -196,8 +201,9 @@ pub fn run(opts: &BootOptions) -> i32 {
     })
 }
 
-/// The boot disk of the hand-off, whose daemon must be gone.
-fn take_over_boot_disk(lun: u64) -> Result<serve::TakeOver, CmdError> {
+/// The boot disk of the hand-off, whose daemon must be gone, and its LUN
+/// (the description's, or the one the boot chose when it names none).
+fn take_over_boot_disk(lun: u64, lun_auto: bool) -> Result<(serve::TakeOver, u64), CmdError> {
     let root = super::handoff_root();
     let boot = handoff::read(&root).ok_or_else(|| {
         CmdError::usage(format!(
@@ -205,7 +211,7 @@ fn take_over_boot_disk(lun: u64) -> Result<serve::TakeOver, CmdError> {
             root.join(handoff::RECORD).display()
         ))
     })?;
-    if boot.lun != lun {
+    if boot.lun != lun && !lun_auto {
         return Err(CmdError::usage(format!(
             "--recover: the boot disk was LUN {}, the description now says LUN {lun}",
             boot.lun
@@ -214,7 +220,7 @@ fn take_over_boot_disk(lun: u64) -> Result<serve::TakeOver, CmdError> {
     let rec = crate::state::load(&crate::state::run_dir(), &boot.device).ok_or_else(|| {
         CmdError::usage(format!("--recover: {} has no device record", boot.device))
     })?;
-    serve::TakeOver::from_record(&rec)
+    Ok((serve::TakeOver::from_record(&rec)?, boot.lun))
 }
 
 fn list_paths(files: &[PathBuf]) -> String {
@@ -507,6 +513,7 @@ pub fn spec_from_ibft(t: &Ibft) -> Result<BootSpec, CmdError> {
             port: if tg.port == 0 { 3260 } else { tg.port },
             target: tg.name.clone(),
             lun: tg.lun.number,
+            lun_auto: false,
             auth,
         });
     }
@@ -841,7 +848,14 @@ fn dry_run(r: &Resolved, policy: crate::pathset::policy::PathPolicy) -> Result<(
             portal_of(p),
             auth_kind(p.auth.as_ref())
         ));
-        out(format!("  LUN: {}", p.lun));
+        if p.lun_auto {
+            out(format!(
+                "  LUN: none given: {} if it is a disk, else the first disk REPORT LUNS lists",
+                p.lun
+            ));
+        } else {
+            out(format!("  LUN: {}", p.lun));
+        }
     }
     if r.spec.paths.len() > 1 {
         out(format!(

@@ -75,6 +75,9 @@ pub struct BootPath {
     pub port: u16,
     pub target: String,
     pub lun: u64,
+    /// No LUN was given: `lun` if it is a disk, else the target's first
+    /// disk ([`crate::lun::pick_disk`]).
+    pub lun_auto: bool,
     pub auth: Option<AuthConfig>,
 }
 

@@ -59,10 +59,15 @@ impl BridgeKind {
 }
 
 /// What to serve and how.
+#[derive(Clone)]
 pub struct ServeSpec {
     /// Tried in order for the first login; all of them for reconnects.
     pub paths: Vec<PathSpec>,
     pub lun: u64,
+    /// The description names no LUN: serve `lun` if it is a disk, else the
+    /// first disk the target reports ([`crate::lun::pick_disk`]), chosen
+    /// once at the first login.
+    pub lun_auto: bool,
     /// Initiator name, digests, session options; `auth` comes from each
     /// path and the ISID is fixed here for the life of the device.
     pub cfg: InitiatorConfig,
@@ -635,6 +640,26 @@ fn serve_inner(
     let isid = conn.isid;
     let tpgt = conn.tpgt;
     let session = Arc::new(conn.session);
+    let chosen;
+    let spec = if spec.lun_auto {
+        let n = crate::lun::pick_disk(&session, spec.lun)
+            .map_err(|e| CmdError::new(exit::IO, format!("{}: {e}", path.target)))?;
+        if n != spec.lun {
+            log::warn!(
+                "{}: no LUN given and LUN {} is not a disk: serving LUN {n}, the first disk the target reports",
+                path.target,
+                spec.lun
+            );
+        }
+        chosen = ServeSpec {
+            lun: n,
+            lun_auto: false,
+            ..spec.clone()
+        };
+        &chosen
+    } else {
+        spec
+    };
     let lun = Lun::open(Arc::clone(&session), spec.lun)
         .map_err(|e| CmdError::new(exit::IO, format!("{} LUN {}: {e}", path.target, spec.lun)))?;
     let info = lun.info.clone();

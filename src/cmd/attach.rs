@@ -101,6 +101,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec, CmdError> {
     Ok(ServeSpec {
         paths,
         lun,
+        lun_auto: false,
         cfg,
         bridge: args.bridge,
         login_wait: Duration::ZERO,

@@ -117,6 +117,10 @@ struct Expect {
     ifupdown: bool,
     /// The root's network (issue 18).
     net: Net,
+    /// The real root runs systemd-networkd instead of NetworkManager
+    /// (issue 17; kernel arguments `systemd.mask=NetworkManager.service
+    /// systemd.wants=systemd-networkd.service sanroot_check.networkd`).
+    networkd: bool,
 }
 
 /// How the guest reaches its root (qemu/sanboot --ipv6, --vlan).
@@ -463,7 +467,15 @@ fn assert_boot(b: &Boot, e: Expect) {
         "active",
         "iscsid started (and found nothing to take over)",
     );
-    b.eq("guest.nm_active", "active", "NetworkManager started");
+    if e.networkd {
+        b.eq(
+            "guest.nm_active",
+            "inactive",
+            "NetworkManager is masked on this boot (systemd-networkd instead)",
+        );
+    } else {
+        b.eq("guest.nm_active", "active", "NetworkManager started");
+    }
     assert_ifupdown(b, e.ifupdown);
 
     // The root is the LUN, writable, and what was written reached the target.
@@ -579,7 +591,11 @@ fn assert_boot(b: &Boot, e: Expect) {
             "the boot interface's {family} routes changed when NetworkManager started:\nbefore {rb:#?}\nafter {ra:#?}"
         ),
     );
-    assert_nm(b, &e);
+    if e.networkd {
+        assert_networkd(b, &ifname);
+    } else {
+        assert_nm(b, &e);
+    }
     // What the NIC should have: the iBFT's address, or ip='s.
     let (want, gw, from) = if e.ibft {
         b.eq("guest.ibft_rc", "0", "sanroot ibft --json in the real root");
@@ -744,6 +760,14 @@ fn assert_boot(b: &Boot, e: Expect) {
             &format!(
                 "the kernel command line asks for the firmware's iSCSI root with {word}: {cmdline}"
             ),
+        );
+    } else if e.initramfs_tools {
+        b.check(
+            cmdline.contains("iscsi_target_name=")
+                && !cmdline.contains("netroot=")
+                && !cmdline.contains("rd.iscsi.firmware")
+                && !cmdline.split_whitespace().any(|w| w == "iscsi_auto"),
+            &format!("the kernel command line describes the root with open-iscsi's iscsi_target_* words only: {cmdline}"),
         );
     } else {
         b.check(
@@ -1321,6 +1345,73 @@ fn assert_nm(b: &Boot, e: &Expect) {
     );
 }
 
+/// systemd-networkd in the real root instead of NetworkManager (issue 17),
+/// with netplan's "DHCP on every en* NIC" in /run/systemd/network: the
+/// hand-off's `05-sanroot-IF.network` sorts first, so networkd leaves the
+/// boot NIC unmanaged; its start (the addresses and
+/// routes before and after, compared above), `networkctl reload` and a
+/// restart of networkd change neither the link, the addresses nor the
+/// routes, no DHCP lease is taken on it, and the root does I/O after each.
+fn assert_networkd(b: &Boot, ifname: &str) {
+    b.eq("guest.nd_active", "active", "systemd-networkd runs");
+    // networkd reports no .network file for a link it leaves unmanaged
+    // ("n/a"): that the link is unmanaged while netplan's file matches it
+    // shows the hand-off's file, sorted first, won.
+    let networks = b.get("guest.nd_networks");
+    for f in [
+        format!("05-sanroot-{ifname}.network"),
+        "10-netplan-all-en.network".to_string(),
+    ] {
+        b.check(
+            networks.split(',').any(|n| n == f),
+            &format!("/run/systemd/network has {f}: {networks}"),
+        );
+    }
+    let file = b.get("guest.nd_network_file");
+    b.check(
+        file == "n/a" || file == format!("/run/systemd/network/05-sanroot-{ifname}.network"),
+        &format!("networkd applies no other .network file to {ifname}: {file}"),
+    );
+    let state = b.get("guest.nd_before_state").to_string();
+    b.check(
+        state.ends_with(":unmanaged"),
+        &format!("networkctl shows {ifname} unmanaged: {state:?}"),
+    );
+    let before = b.get("guest.nd_before_addr").to_string();
+    b.check(
+        !before.is_empty(),
+        &format!("{ifname} has an address under networkd"),
+    );
+    for (step, what) in [
+        ("nd_reload", "networkctl reload"),
+        ("nd_restart", "systemctl restart systemd-networkd"),
+    ] {
+        b.eq(&format!("guest.{step}_rc"), "0", what);
+        for k in ["addr", "routes", "link", "state"] {
+            b.eq(
+                &format!("guest.{step}_{k}"),
+                b.get(&format!("guest.nd_before_{k}")),
+                &format!("the boot NIC's {k} after {what}"),
+            );
+        }
+        b.eq(
+            &format!("guest.{step}_io"),
+            "0",
+            &format!("a direct write + sync on the root after {what}"),
+        );
+    }
+    b.eq(
+        "guest.nd_active_end",
+        "active",
+        "networkd runs after its restart",
+    );
+    b.eq(
+        "guest.nd_dhcp_leases",
+        "",
+        "networkd took no DHCP lease (on the boot NIC or anywhere)",
+    );
+}
+
 /// ifupdown in the real root, on the boots that give it the boot NIC: it
 /// ran (networking.service), udev asked for the NIC's hotplug unit and the
 /// hand-off's condition skipped it (so no `ifdown` at shutdown either; the
@@ -1392,6 +1483,7 @@ fn bios_sanboot_ublk() -> Expect {
         nic_name: Some("ens3"),
         ifupdown: false,
         net: Net::V4,
+        networkd: false,
     }
 }
 
@@ -1403,7 +1495,9 @@ fn bios_sanboot_ublk() -> Expect {
 /// in /var/lib/iscsi (the installer's records of the boot target are hidden
 /// there and in an old /etc/iscsi). Every check of the Debian 12 boots,
 /// with the logout at power-off through dracut-ng's shutdown module and a
-/// second login typed by hand.
+/// second login typed by hand. NetworkManager's own hand-off
+/// (`rd.sanroot.nm=native`): 1.52 assumes the profile `sanroot-ens3` on the
+/// live NIC with the iBFT's DNS, and its restart leaves the root alone.
 #[test]
 fn bios_sanboot_debian13_dracut_chap() {
     let b = run(
@@ -1416,7 +1510,7 @@ fn bios_sanboot_debian13_dracut_chap() {
             "--auth",
             "chap",
             "--append",
-            "sanroot_check.second_login",
+            "sanroot_check.second_login rd.sanroot.nm=native",
         ],
     );
     b.eq(
@@ -1458,6 +1552,53 @@ fn bios_sanboot_debian13_dracut_chap() {
         version("open-iscsi").starts_with("2.1.11"),
         &format!("open-iscsi 2.1.11 (node records in /var/lib/iscsi): {pkgs}"),
     );
+}
+
+/// Debian 13 with systemd-networkd instead of NetworkManager, booted
+/// through initramfs-tools (issue 17): SeaBIOS → iPXE sanboot → GRUB from
+/// the LUN → trixie's kernel and the initramfs trixie's initramfs-tools
+/// built with sanroot's hook and scripts (open-iscsi's `iscsi_auto`),
+/// one-way CHAP → systemd 257 with NetworkManager masked and networkd
+/// started (kernel arguments), netplan's "DHCP on every en* NIC" in
+/// /run/systemd/network. Every check of a boot, initramfs-tools' own
+/// (interface file, exec /run, sanroot's shutdown program) and networkd's
+/// (`assert_networkd`).
+#[test]
+fn bios_sanboot_debian13_itools_networkd() {
+    let b = run(
+        "bios-debian13-itools-networkd",
+        &[
+            "--distro",
+            "13",
+            "--firmware",
+            "bios",
+            "--auth",
+            "chap",
+            "--initrd",
+            "initramfs-tools",
+            "--append",
+            "systemd.mask=NetworkManager.service systemd.wants=systemd-networkd.service sanroot_check.networkd",
+        ],
+    );
+    b.eq(
+        "boot.distro",
+        "13",
+        "qemu/sanboot booted the Debian 13 image",
+    );
+    assert_boot(
+        &b,
+        Expect {
+            systemd_initrd: false,
+            initramfs_tools: true,
+            networkd: true,
+            ..bios_sanboot_ublk()
+        },
+    );
+    b.check(
+        b.get("guest.os_release").starts_with("debian 13 "),
+        &format!("the real root is Debian 13: {}", b.get("guest.os_release")),
+    );
+    assert_itools(&b);
 }
 
 /// A user rebuilds the initramfs in the SAN-booted root and reboots (issue
@@ -1588,6 +1729,7 @@ fn bios_sanboot_chap_nbd() {
             nic_name: Some("ens3"),
             ifupdown: true,
             net: Net::V4,
+            networkd: false,
         },
     );
 }
@@ -1610,6 +1752,7 @@ fn uefi_sanhook_mutual() {
             nic_name: None,
             ifupdown: false,
             net: Net::V4,
+            networkd: false,
         },
     );
 }
@@ -1649,6 +1792,7 @@ fn bios_shell_initrd_mutual() {
             nic_name: Some("ens3"),
             ifupdown: false,
             net: Net::V4,
+            networkd: false,
         },
     );
 }
@@ -1688,6 +1832,7 @@ fn direct_netroot_chap() {
             nic_name: Some("ens3"),
             ifupdown: false,
             net: Net::V4,
+            networkd: false,
         },
     );
 }
@@ -1724,6 +1869,7 @@ fn bios_sanboot_sanroot_init_chap() {
             sanroot_init: true,
             ifupdown: true,
             net: Net::V4,
+            networkd: false,
             ..bios_sanboot_ublk()
         },
     );
@@ -1763,9 +1909,18 @@ fn bios_sanboot_initramfs_tools_chap() {
             initramfs_tools: true,
             ifupdown: true,
             net: Net::V4,
+            networkd: false,
             ..bios_sanboot_ublk()
         },
     );
+    assert_itools(&b);
+}
+
+/// What initramfs-tools needs beyond dracut (issue 17): open-iscsi's
+/// interface file (which its local-bottom script deletes) names the NIC in
+/// the real root, /run is exec there, and sanroot's copy waits at
+/// /run/initramfs/shutdown for power-off.
+fn assert_itools(b: &Boot) {
     b.eq(
         "guest.iscsi_interface",
         "ens3",
@@ -1780,6 +1935,61 @@ fn bios_sanboot_initramfs_tools_chap() {
         "guest.shutdown_program",
         "executable",
         "/run/initramfs/shutdown (sanroot's copy) is there for power-off",
+    );
+}
+
+/// Debian's initramfs-tools with open-iscsi's own words and no iBFT
+/// (issue 17): QEMU loads the image's kernel and its initramfs-tools image
+/// (sanroot's hook and scripts), and `iscsi_target_name=`,
+/// `iscsi_target_ip=`, `iscsi_target_port=`, `iscsi_initiator=`,
+/// `iscsi_username=`, `iscsi_password=` with a static `ip=` describe the
+/// root, as open-iscsi's initramfs script reads them. Those words name a
+/// whole target and no LUN: tgtd's LUN 0 is its controller, so sanroot
+/// serves the first disk REPORT LUNS lists (LUN 1) and says so. Every check
+/// of a boot; the secret shows nowhere but in the kernel's echo of its
+/// command line, and no iscsi_* variable reaches the real init.
+#[test]
+fn direct_itools_target_words_chap() {
+    let b = run(
+        "direct-itools-target-words-chap",
+        &[
+            "--boot",
+            "direct",
+            "--initrd",
+            "initramfs-tools",
+            "--auth",
+            "chap",
+        ],
+    );
+    assert_boot(
+        &b,
+        Expect {
+            bridge: "ublk",
+            systemd_initrd: false,
+            grub: false,
+            ipxe_sessions_at_kernel: (0, 0),
+            ibft: false,
+            sanroot_init: false,
+            initramfs_tools: true,
+            nic_name: Some("ens3"),
+            ifupdown: false,
+            net: Net::V4,
+            networkd: false,
+        },
+    );
+    assert_itools(&b);
+    let rec = b.json("guest.boot_json");
+    b.check(
+        rec["lun"].as_u64() == Some(1),
+        &format!(
+            "the hand-off records LUN 1, the target's first disk: {}",
+            rec["lun"]
+        ),
+    );
+    let console = std::fs::read_to_string(&b.log).unwrap_or_default();
+    b.check(
+        console.contains("no LUN given and LUN 0 is not a disk: serving LUN 1"),
+        "sanroot says it serves LUN 1 because none was named and LUN 0 is no disk",
     );
 }
 
@@ -1812,6 +2022,7 @@ fn direct_netroot_sanroot_init_mutual_nbd() {
             nic_name: Some("ens3"),
             ifupdown: false,
             net: Net::V4,
+            networkd: false,
         },
     );
 }
@@ -1830,6 +2041,7 @@ fn no_ipxe(net: Net, ibft: bool, sanroot_init: bool, bridge: &'static str) -> Ex
         nic_name: Some("ens3"),
         ifupdown: false,
         net,
+        networkd: false,
     }
 }
 

@@ -1819,22 +1819,7 @@ fn direct_netroot_chap() {
             "rd.sanroot.nm=native",
         ],
     );
-    assert_boot(
-        &b,
-        Expect {
-            bridge: "ublk",
-            systemd_initrd: true,
-            grub: false,
-            ipxe_sessions_at_kernel: (0, 0),
-            ibft: false,
-            sanroot_init: false,
-            initramfs_tools: false,
-            nic_name: Some("ens3"),
-            ifupdown: false,
-            net: Net::V4,
-            networkd: false,
-        },
-    );
+    assert_boot(&b, no_ipxe(Net::V4, false, false, "ublk"));
 }
 
 /// sanroot alone as the initramfs (initramfs/sanroot-mkinitramfs; issue 6's
@@ -1964,17 +1949,9 @@ fn direct_itools_target_words_chap() {
     assert_boot(
         &b,
         Expect {
-            bridge: "ublk",
             systemd_initrd: false,
-            grub: false,
-            ipxe_sessions_at_kernel: (0, 0),
-            ibft: false,
-            sanroot_init: false,
             initramfs_tools: true,
-            nic_name: Some("ens3"),
-            ifupdown: false,
-            net: Net::V4,
-            networkd: false,
+            ..no_ipxe(Net::V4, false, false, "ublk")
         },
     );
     assert_itools(&b);
@@ -2009,26 +1986,12 @@ fn direct_netroot_sanroot_init_mutual_nbd() {
             "--boot", "direct", "--initrd", "sanroot", "--auth", "mutual", "--bridge", "nbd",
         ],
     );
-    assert_boot(
-        &b,
-        Expect {
-            bridge: "nbd",
-            systemd_initrd: false,
-            grub: false,
-            ipxe_sessions_at_kernel: (0, 0),
-            ibft: false,
-            sanroot_init: true,
-            initramfs_tools: false,
-            nic_name: Some("ens3"),
-            ifupdown: false,
-            net: Net::V4,
-            networkd: false,
-        },
-    );
+    assert_boot(&b, no_ipxe(Net::V4, false, true, "nbd"));
 }
 
-/// What the four boots of issue 18 share: no iPXE (QEMU loads the image's
-/// kernel and initramfs), the NIC in slot 3 (ens3).
+/// What the boots without iPXE share (QEMU loads the image's kernel and
+/// initramfs: netroot=, or issue 18's iBFT through -acpitable), the NIC in
+/// slot 3 (ens3); dracut with systemd unless the initramfs is sanroot.
 fn no_ipxe(net: Net, ibft: bool, sanroot_init: bool, bridge: &'static str) -> Expect {
     Expect {
         bridge,

@@ -79,18 +79,6 @@ struct Args {
     edk2: bool,
 }
 
-fn mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut m = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!("--mac {s}: six hex bytes separated by colons"));
-    }
-    for (b, p) in m.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(p, 16).map_err(|_| format!("--mac {s}: {p} is not a hex byte"))?;
-    }
-    Ok(m)
-}
-
 fn table(a: &Args) -> Result<Ibft, String> {
     let (ip, prefix) =
         a.ip.split_once('/')
@@ -159,7 +147,8 @@ fn table(a: &Args) -> Result<Ibft, String> {
         dhcp_server: None,
         vlan: a.vlan,
         vlan_raw: a.vlan,
-        mac: mac(&a.mac)?,
+        mac: sanroot::net::parse_mac(&a.mac)
+            .ok_or_else(|| format!("--mac {}: six hex bytes separated by colons", a.mac))?,
         pci_bdf: Some(a.pci_slot << 3),
         hostname: a.hostname.clone(),
     };

@@ -87,20 +87,12 @@ sr_apt_install_missing() {
     fi
 }
 
-# A free TCP port on 127.0.0.1.
+# sr_free_port [tcp|udp]: a free port on 127.0.0.1 (default TCP).
 sr_free_port() {
-    python3 -c 'import socket
-s = socket.socket()
+    python3 -c 'import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM)
 s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# A free UDP port on 127.0.0.1.
-sr_free_udp_port() {
-    python3 -c 'import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
+print(s.getsockname()[1])' "${1:-tcp}"
 }
 
 # The guest kernel: sets SR_KERNEL (vmlinuz path), SR_KVER and SR_MODROOT

@@ -19,8 +19,8 @@ use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError}
 use crate::scsi::alua::TargetPortGroups;
 use crate::scsi::cdb::{self, Cdb};
 use crate::scsi::data::{
-    BlockLimits, Capacity, DeviceId, Inquiry, LogicalBlockProvisioning, ModeSense, ReadCapacity10,
-    ReadCapacity16, ReportLuns, SupportedPages, UnitSerial,
+    BlockLimits, Capacity, DeviceId, Inquiry, LogicalBlockProvisioning, ModeSense, Peripheral,
+    ReadCapacity10, ReadCapacity16, ReportLuns, SupportedPages, UnitSerial,
 };
 use crate::scsi::sense::{
     Disposition, Sense, Status, UnitAttentionReason, disposition, flush_not_needed,
@@ -117,11 +117,10 @@ impl fmt::Display for LunError {
             LunError::NoDisk { luns } => {
                 let seen: Vec<String> = luns
                     .iter()
-                    .map(|(n, p)| match p {
-                        Some(b) => format!(
+                    .map(|(n, p)| match p.map(Peripheral::from_u8) {
+                        Some(p) => format!(
                             "LUN {n} peripheral type 0x{:02x} qualifier {}",
-                            b & 0x1f,
-                            b >> 5
+                            p.device_type, p.qualifier
                         ),
                         None => format!("LUN {n} no INQUIRY answer"),
                     })
@@ -612,9 +611,9 @@ pub fn pad16(c: &Cdb) -> [u8; 16] {
 /// that is connected (qualifier 0) and direct access (SBC, 0x00) or
 /// simplified direct access (RBC, 0x0e), as Linux's sd drives them.
 pub fn is_disk(peripheral: u8) -> bool {
-    let p = crate::scsi::data::Peripheral::from_u8(peripheral);
-    p.qualifier == 0
-        && (p.device_type == crate::scsi::data::device_type::DISK || p.device_type == 0x0e)
+    use crate::scsi::data::device_type::{DISK, RBC};
+    let p = Peripheral::from_u8(peripheral);
+    p.qualifier == 0 && (p.device_type == DISK || p.device_type == RBC)
 }
 
 /// The most LUNs [`pick_disk`] asks about.

@@ -264,6 +264,27 @@ fn link<'a>(addrs: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|l| l["ifname"].as_str() == Some(name))
 }
 
+/// Every address of the link, "ADDR/PREFIX", dynamic ones marked, for
+/// the log.
+fn addr_list(link: &Value) -> String {
+    link["addr_info"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .map(|x| {
+            let dynamic = x["dynamic"].as_bool().unwrap_or(false);
+            format!(
+                "{}/{}{}",
+                x["local"].as_str().unwrap_or(""),
+                x["prefixlen"],
+                if dynamic { " (dynamic)" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The link's addresses of the boot's family: (address, prefix, valid
 /// lifetime, dynamic). IPv4: all of them. IPv6: the static global ones,
 /// not the link-local one nor those a router advertisement made (QEMU's
@@ -859,30 +880,11 @@ fn assert_net(b: &Boot, e: &Expect, ifname: &str, nic_if: &str) {
             }
             // The kernel's answer to QEMU's router advertisements is
             // reported, not judged: the static address must stay (above).
+            let after = b.json("guest.addr_after");
             eprintln!(
                 "sanboot {}: IPv6 on {ifname}: {} (sysctls {})",
                 b.name,
-                b.json("guest.addr_after")
-                    .as_array()
-                    .and_then(|a| a.iter().find(|l| l["ifname"].as_str() == Some(ifname)))
-                    .map(|l| l["addr_info"]
-                        .as_array()
-                        .map(|a| a
-                            .iter()
-                            .map(|x| format!(
-                                "{}/{}{}",
-                                x["local"].as_str().unwrap_or(""),
-                                x["prefixlen"],
-                                if x["dynamic"].as_bool().unwrap_or(false) {
-                                    " (dynamic)"
-                                } else {
-                                    ""
-                                }
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                        .unwrap_or_default())
-                    .unwrap_or_default(),
+                link(&after, ifname).map(addr_list).unwrap_or_default(),
                 b.get("guest.ipv6_sysctls")
             );
         }

@@ -74,6 +74,8 @@ pub mod device_type {
     pub const DISK: u8 = 0x00;
     pub const CD_DVD: u8 = 0x05;
     pub const ENCLOSURE: u8 = 0x0d;
+    /// Simplified direct access (RBC), which Linux's sd drives as a disk.
+    pub const RBC: u8 = 0x0e;
     pub const WELL_KNOWN_LU: u8 = 0x1e;
     pub const UNKNOWN: u8 = 0x1f;
 }

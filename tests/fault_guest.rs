@@ -30,7 +30,10 @@
 //!   ublk, three for NBD (SANROOT_FAULT_KILL_ROUNDS): one killed right
 //!   after a cut, as its reconnection connects (new connections are held
 //!   until the kill landed, so it dies in that login), one while it keeps
-//!   trying to reconnect (both portals refuse), the others at random
+//!   trying to reconnect (both portals refuse; with ublk the guest first
+//!   holds every tag of the first queue with direct reads, which 6.12's
+//!   ublk notices only through the block layer's timer, and each of those
+//!   reads must read its block after the take-back), the others at random
 //!   moments. Then the paths after a take-back: the session moved to the
 //!   second portal, the daemon killed and taken back there, then that
 //!   portal down: I/O must go on through the first (the record lists every
@@ -1392,6 +1395,30 @@ impl Bench<'_> {
             .unwrap_or_default()
     }
 
+    /// Have the guest hold every tag of the device's first queue with
+    /// direct reads ("flood"); the round's note on success.
+    fn flood(&mut self) -> Result<String, String> {
+        let from = self.guest.line_count();
+        self.guest.send("flood");
+        let (_, l) = self
+            .guest
+            .wait_line_from("flooded", from, Duration::from_secs(60))?;
+        let kv: BTreeMap<&str, &str> = l
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .collect();
+        let num = |k: &str| kv.get(k).and_then(|v| v.parse::<u64>().ok());
+        match (num("tags"), num("busy")) {
+            (Some(t), Some(b)) if b >= t && t > 0 => Ok(format!(
+                "all {t} tags of the first queue taken (reads+writes in flight: {})",
+                kv.get("inflight").unwrap_or(&"?")
+            )),
+            _ => Err(format!(
+                "the guest could not hold every tag of the first queue: {l}"
+            )),
+        }
+    }
+
     fn refused(&self) -> u64 {
         self.a.stats().refused + self.b.stats().refused
     }
@@ -1489,6 +1516,25 @@ impl Bench<'_> {
                         None,
                     );
                 }
+                // ublk: the dead daemon is to hold every tag of a queue, the
+                // case 6.12 notices only through the block layer's timer.
+                if self.device().starts_with("/dev/ublk") {
+                    match self.flood() {
+                        Ok(d) => detail.push(d),
+                        Err(e) => {
+                            self.a.refuse(false);
+                            self.b.refuse(false);
+                            return (
+                                failed(
+                                    "daemon SIGKILLed while reconnecting".into(),
+                                    detail.join("; "),
+                                    e,
+                                ),
+                                None,
+                            );
+                        }
+                    }
+                }
                 // Let it try (and be refused) a random little while.
                 std::thread::sleep(Duration::from_millis(self.rng.range(0, 1500)));
                 detail.push(format!(
@@ -1575,6 +1621,13 @@ impl Bench<'_> {
             ))
         } else if kv.get("pid").is_none_or(|p| p.is_empty() || *p == pid) {
             Some(format!("no new daemon after the recovery: {done}"))
+        } else if let Some(f) = kv
+            .get("flood")
+            .filter(|f| f.split_once('/').is_none_or(|(ok, n)| ok != n || n == "0"))
+        {
+            Some(format!(
+                "of the direct reads held while no daemon served the device, only {f} read their block: {done}"
+            ))
         } else {
             // Each writer may finish the file whose I/O was all done before
             // the kill; nothing more can become durable without a daemon.

@@ -172,6 +172,32 @@ struct Pending {
     done: BlockDone,
 }
 
+/// The block layer's request timer on our queues, shorter than the kernel's
+/// 30 s default. Both drivers only re-arm it while their daemon lives, so it
+/// never fails I/O; what it buys is how soon the kernel notices a dead
+/// daemon's requests (NBD resends them on the new socket, ublk on 6.12 lets
+/// go of the device for `attach --recover` only then when the dead daemon
+/// held every tag of a queue; see `nbd` and `ublk`).
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Set /sys/block/DISK/queue/io_timeout; a failure is logged, not fatal.
+fn set_queue_timeout(disk: &str, t: Duration) {
+    let path = format!("/sys/block/{disk}/queue/io_timeout");
+    if let Err(e) = std::fs::write(&path, t.as_millis().to_string()) {
+        log::warn!(
+            "{path}: cannot set {} ms: {e}; after a daemon restart, held requests wait for the kernel's default (30 s)",
+            t.as_millis()
+        );
+    }
+}
+
+/// The block layer's request timer of DISK, if sysfs says.
+fn queue_timeout(disk: &str) -> Option<Duration> {
+    let path = format!("/sys/block/{disk}/queue/io_timeout");
+    let ms = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
 /// Said once per process: the LU refuses SYNCHRONIZE CACHE.
 static FLUSH_REFUSED_WARNED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);

@@ -199,34 +199,22 @@ impl From<NetlinkError> for NbdError {
     }
 }
 
-/// The block layer's request timer on our NBD queues (see
-/// [`set_queue_timeout`]).
-pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Set /sys/block/nbdN/queue/io_timeout.
+/// Why NBD's queues get the short request timer ([`super::QUEUE_TIMEOUT`]):
+/// requests the kernel had sent over a socket that died with its daemon
+/// (SIGKILL, crash) are not resent when a new daemon gives the device a new
+/// socket (NBD_CMD_RECONFIGURE); the driver resends them only when the block
+/// layer's timer for each fires and it sees the socket changed. With our NBD
+/// timeout of 0 that timer is the queue's default, 30 s: a filesystem stalled
+/// ~30 s after every take-over. At 5 s they are resent within 5 s. It cannot
+/// fail I/O: with the NBD timeout 0 the driver only re-arms the timer of a
+/// request on a live socket (and logs "Possible stuck request", every 5 s now
+/// while a reconnect takes long) and never errors it out on time.
 ///
-/// Why: requests the kernel had sent over a socket that died with its
-/// daemon (SIGKILL, crash) are not resent when a new daemon gives the
-/// device a new socket (NBD_CMD_RECONFIGURE); the driver resends them
-/// only when the block layer's timer for each fires and it sees the
-/// socket changed. With our NBD timeout of 0 that timer is the queue's
-/// default, 30 s: a filesystem stalled ~30 s after every take-over. At
-/// 5 s they are resent within 5 s. It cannot fail I/O: with the NBD
-/// timeout 0 the driver only re-arms the timer of a request on a live
-/// socket (and logs "Possible stuck request", every 5 s now while a
-/// reconnect takes long) and never errors it out on time.
-///
-/// Only when the device is made, never after a RECONFIGURE: writing it
-/// then deadlocked in an earlier experiment. A RECONFIGURE without
+/// Only when the device is made, never after a RECONFIGURE: writing it then
+/// deadlocked in an earlier experiment. A RECONFIGURE without
 /// NBD_ATTR_TIMEOUT keeps the value set here.
-fn set_queue_timeout(index: u32, t: Duration) {
-    let path = format!("/sys/block/nbd{index}/queue/io_timeout");
-    if let Err(e) = std::fs::write(&path, t.as_millis().to_string()) {
-        log::warn!(
-            "{path}: cannot set {} ms: {e}; after a daemon restart, held requests wait for the kernel's default (30 s)",
-            t.as_millis()
-        );
-    }
+fn set_queue_timeout(index: u32) {
+    super::set_queue_timeout(&format!("nbd{index}"), super::QUEUE_TIMEOUT);
 }
 
 /// Cap the device's requests at the request buffers' size; the kernel
@@ -355,7 +343,7 @@ impl NbdDevice {
         let stop = Arc::new(AtomicBool::new(false));
         let server = spawn_server(ours, backend, opts.buffers, Arc::clone(&stop))?;
         log::info!("/dev/nbd{index} connected ({size} bytes)");
-        set_queue_timeout(index, QUEUE_TIMEOUT);
+        set_queue_timeout(index);
         set_max_request(index, BUFFER_BYTES);
         // The driver scans partitions on the first open, not on connect:
         // open once so /dev/nbdNp1 exists when the caller says "ready" (an

@@ -39,7 +39,13 @@
 //! session's tasks. It is opt-in ([`UblkOptions::reissue`]) until the
 //! recovery tests exercise it. (On 6.12, a write in flight when the daemon
 //! is killed fails with EIO, "lost async page write"; with REISSUE it lands
-//! once the next daemon has recovered the device.) No zero copy, no user
+//! once the next daemon has recovered the device.) On 6.12 the driver sees
+//! its daemon die through the cancellation of the daemon's queued FETCH
+//! commands; a queue whose every tag the dead daemon held has none, and then
+//! only the block layer's timer of a held request tells it (30 s by
+//! default): the device's `io_timeout` is set to [`super::QUEUE_TIMEOUT`],
+//! and [`UblkDevice::recover`] waits that long for a daemon known dead
+//! (newer kernels notice when `/dev/ublkcN` closes). No zero copy, no user
 //! copy, no NEED_GET_DATA:
 //! each tag owns one buffer whose address goes with every FETCH/COMMIT and
 //! the kernel copies request data in and out of it.
@@ -1243,6 +1249,17 @@ fn open_char_dev(dev_id: u32) -> Result<File, UblkError> {
     }
 }
 
+/// Whether process `pid` (as the kernel recorded the daemon) still exists.
+fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e != Errno::ESRCH,
+    }
+}
+
 /// Make sure /dev/ublkbN exists once the disk is added (an initramfs
 /// without devtmpfs or udev would not have it).
 fn ensure_block_node(dev_id: u32) {
@@ -1954,6 +1971,7 @@ impl UblkDevice {
             return Err(e);
         }
         ensure_block_node(dev_id);
+        super::set_queue_timeout(&format!("ublkb{dev_id}"), super::QUEUE_TIMEOUT);
         log::info!("/dev/ublkb{dev_id} is up");
         Ok(UblkDevice {
             dev_id,
@@ -1976,7 +1994,8 @@ impl UblkDevice {
         let page = page_size();
         let shift = geo.block_shift(page)?;
         let mut ctrl = Control::open()?;
-        let deadline = Instant::now() + opts.recover_wait;
+        let mut deadline = Instant::now() + opts.recover_wait;
+        let mut dead_seen = false;
         let info = loop {
             let info = ctrl.dev_info(dev_id)?;
             if info.flags & uapi::UBLK_F_USER_RECOVERY == 0 {
@@ -1986,8 +2005,24 @@ impl UblkDevice {
             }
             match info.state {
                 uapi::UBLK_S_DEV_QUIESCED => break info,
+                uapi::UBLK_S_DEV_LIVE if !dead_seen && !pid_alive(info.ublksrv_pid) => {
+                    // Gone, but the kernel has not noticed yet: 6.12 does
+                    // only when a held request's timer fires if the dead
+                    // daemon held every tag of a queue.
+                    dead_seen = true;
+                    let timer = super::queue_timeout(&format!("ublkb{dev_id}"))
+                        .unwrap_or(Duration::from_secs(30));
+                    deadline = deadline.max(Instant::now() + timer + Duration::from_secs(5));
+                }
                 uapi::UBLK_S_DEV_LIVE if Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(100))
+                }
+                uapi::UBLK_S_DEV_LIVE if dead_seen => {
+                    return Err(UblkError::Unsupported(format!(
+                        "ublk device {dev_id}: its daemon (pid {}) is gone but the kernel still counts the device as served; \
+                         it lets go when a held request's timer fires (/sys/block/ublkb{dev_id}/queue/io_timeout): try again",
+                        info.ublksrv_pid
+                    )));
                 }
                 uapi::UBLK_S_DEV_LIVE => {
                     return Err(UblkError::Unsupported(format!(
@@ -2062,6 +2097,10 @@ impl UblkDevice {
             return Err(e);
         }
         ensure_block_node(dev_id);
+        // A device made by an older sanroot still has the 30 s default;
+        // only now that requests flow again (a sysfs write may freeze the
+        // queue on newer kernels, which waits for held requests).
+        super::set_queue_timeout(&format!("ublkb{dev_id}"), super::QUEUE_TIMEOUT);
         log::info!("/dev/ublkb{dev_id} recovered");
         Ok(UblkDevice {
             dev_id,

@@ -452,6 +452,21 @@ impl Ibft {
     }
 }
 
+/// Parse "52:54:00:12:34:56" (or with '-'), any case: the one MAC parser
+/// (sysfs, the command line, the hand-off record).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

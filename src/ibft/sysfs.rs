@@ -232,18 +232,6 @@ impl Values<'_> {
     }
 }
 
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(mac)
-}
-
 /// "0000:00:03.0" -> bus << 8 | dev << 3 | fn.
 pub fn parse_pci_name(s: &str) -> Option<u16> {
     let mut it = s.rsplitn(3, ':');

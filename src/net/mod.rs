@@ -44,6 +44,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+pub use crate::ibft::model::parse_mac;
 use crate::ibft::model::{Nic, format_mac};
 pub use rtnl::{Addr, Link};
 
@@ -111,20 +112,6 @@ impl NicConfig {
             pci: None,
         }
     }
-}
-
-/// Parse "52:54:00:12:34:56" (or with '-'), any case.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.trim().split([':', '-']);
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// A failure: which step, on which interface, and why. Displayed as

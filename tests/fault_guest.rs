@@ -30,10 +30,10 @@
 //!   ublk, three for NBD (SANROOT_FAULT_KILL_ROUNDS): one killed right
 //!   after a cut, as its reconnection connects (new connections are held
 //!   until the kill landed, so it dies in that login), one while it keeps
-//!   trying to reconnect (both portals refuse; with ublk the guest first
-//!   holds every tag of the first queue with direct reads, which 6.12's
-//!   ublk notices only through the block layer's timer, and each of those
-//!   reads must read its block after the take-back), the others at random
+//!   trying to reconnect (both portals refuse; the guest first holds
+//!   every tag of the first queue with direct reads, a dead daemon that
+//!   6.12's ublk notices only through the block layer's timer, and each of
+//!   those reads must read its block after the take-back), the others at random
 //!   moments. Then the paths after a take-back: the session moved to the
 //!   second portal, the daemon killed and taken back there, then that
 //!   portal down: I/O must go on through the first (the record lists every
@@ -1516,9 +1516,10 @@ impl Bench<'_> {
                         None,
                     );
                 }
-                // ublk: the dead daemon is to hold every tag of a queue, the
-                // case 6.12 notices only through the block layer's timer.
-                if self.device().starts_with("/dev/ublk") {
+                // The dead daemon is to hold every tag of a queue: 6.12's
+                // ublk notices that death only through the block layer's
+                // timer; NBD must resend every one of them.
+                if !self.device().is_empty() {
                     match self.flood() {
                         Ok(d) => detail.push(d),
                         Err(e) => {

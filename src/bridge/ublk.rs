@@ -1249,9 +1249,10 @@ fn open_char_dev(dev_id: u32) -> Result<File, UblkError> {
     }
 }
 
-/// Whether process `pid` (as the kernel recorded the daemon) still exists.
+/// Whether process `pid` (as the kernel recorded the daemon) still exists
+/// and is not this one (a recorded pid the kernel has given us since).
 fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 {
+    if pid <= 0 || u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
         return false;
     }
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
@@ -2187,6 +2188,19 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::mem::offset_of;
+
+    #[test]
+    fn a_daemon_pid_counts_as_alive_only_for_another_live_process() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(!pid_alive(me), "our own pid is never the old daemon");
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(-1));
+        assert!(pid_alive(1), "init is alive (EPERM counts as alive too)");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        child.wait().unwrap();
+        assert!(!pid_alive(pid), "a reaped child is gone");
+    }
 
     #[test]
     fn struct_layouts_match_the_uapi() {

@@ -1504,37 +1504,25 @@ impl Bench<'_> {
                 while self.refused() == r0 && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                if self.refused() == r0 {
+                // Then the dead daemon is to hold every tag of a queue:
+                // 6.12's ublk notices that death only through the block
+                // layer's timer; NBD must resend every one of them.
+                let problem = if self.refused() == r0 {
+                    Some("no reconnection attempt within 10 s of the cut".to_string())
+                } else {
+                    self.flood().map(|d| detail.push(d)).err()
+                };
+                if let Some(note) = problem {
                     self.a.refuse(false);
                     self.b.refuse(false);
                     return (
                         failed(
                             "daemon SIGKILLed while reconnecting".into(),
-                            String::new(),
-                            "no reconnection attempt within 10 s of the cut".into(),
+                            detail.join("; "),
+                            note,
                         ),
                         None,
                     );
-                }
-                // The dead daemon is to hold every tag of a queue: 6.12's
-                // ublk notices that death only through the block layer's
-                // timer; NBD must resend every one of them.
-                if !self.device().is_empty() {
-                    match self.flood() {
-                        Ok(d) => detail.push(d),
-                        Err(e) => {
-                            self.a.refuse(false);
-                            self.b.refuse(false);
-                            return (
-                                failed(
-                                    "daemon SIGKILLed while reconnecting".into(),
-                                    detail.join("; "),
-                                    e,
-                                ),
-                                None,
-                            );
-                        }
-                    }
                 }
                 // Let it try (and be refused) a random little while.
                 std::thread::sleep(Duration::from_millis(self.rng.range(0, 1500)));

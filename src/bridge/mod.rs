@@ -180,13 +180,14 @@ struct Pending {
 /// held every tag of a queue; see `nbd` and `ublk`).
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Set /sys/block/DISK/queue/io_timeout; a failure is logged, not fatal.
-fn set_queue_timeout(disk: &str, t: Duration) {
+/// Set /sys/block/DISK/queue/io_timeout to [`QUEUE_TIMEOUT`]; a failure
+/// is logged, not fatal.
+fn set_queue_timeout(disk: &str) {
     let path = format!("/sys/block/{disk}/queue/io_timeout");
-    if let Err(e) = std::fs::write(&path, t.as_millis().to_string()) {
+    let ms = QUEUE_TIMEOUT.as_millis();
+    if let Err(e) = std::fs::write(&path, ms.to_string()) {
         log::warn!(
-            "{path}: cannot set {} ms: {e}; after a daemon restart, held requests wait for the kernel's default (30 s)",
-            t.as_millis()
+            "{path}: cannot set {ms} ms: {e}; after a daemon restart, held requests wait for the kernel's default (30 s)"
         );
     }
 }

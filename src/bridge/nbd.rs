@@ -214,7 +214,7 @@ impl From<NetlinkError> for NbdError {
 /// deadlocked in an earlier experiment. A RECONFIGURE without
 /// NBD_ATTR_TIMEOUT keeps the value set here.
 fn set_queue_timeout(index: u32) {
-    super::set_queue_timeout(&format!("nbd{index}"), super::QUEUE_TIMEOUT);
+    super::set_queue_timeout(&format!("nbd{index}"));
 }
 
 /// Cap the device's requests at the request buffers' size; the kernel

@@ -1249,6 +1249,11 @@ fn open_char_dev(dev_id: u32) -> Result<File, UblkError> {
     }
 }
 
+/// The block device's name under /sys/block and /dev: "ublkbN".
+fn disk_name(dev_id: u32) -> String {
+    format!("ublkb{dev_id}")
+}
+
 /// Whether process `pid` (as the kernel recorded the daemon) still exists
 /// and is not this one (a recorded pid the kernel has given us since).
 fn pid_alive(pid: i32) -> bool {
@@ -1971,15 +1976,26 @@ impl UblkDevice {
             abandon(&mut ctrl, dev_id, Some(&queues));
             return Err(e);
         }
+        Ok(UblkDevice::serving(
+            dev_id, info.flags, ctrl, queues, "is up",
+        ))
+    }
+
+    /// The device once its queues serve (after START_DEV or
+    /// END_USER_RECOVERY): its node, the block layer's request timer (only
+    /// now that requests flow: a sysfs write may freeze the queue on newer
+    /// kernels, which waits for held requests; a device made by an older
+    /// sanroot still has the 30 s default), and the log line.
+    fn serving(dev_id: u32, flags: u64, ctrl: Control, queues: Queues, what: &str) -> UblkDevice {
         ensure_block_node(dev_id);
-        super::set_queue_timeout(&format!("ublkb{dev_id}"), super::QUEUE_TIMEOUT);
-        log::info!("/dev/ublkb{dev_id} is up");
-        Ok(UblkDevice {
+        super::set_queue_timeout(&disk_name(dev_id));
+        log::info!("/dev/{} {what}", disk_name(dev_id));
+        UblkDevice {
             dev_id,
-            flags: info.flags,
+            flags,
             ctrl: Mutex::new(ctrl),
             queues,
-        })
+        }
     }
 
     /// Take back device `dev_id` after the daemon that served it died (it
@@ -2011,8 +2027,8 @@ impl UblkDevice {
                     // only when a held request's timer fires if the dead
                     // daemon held every tag of a queue.
                     dead_seen = true;
-                    let timer = super::queue_timeout(&format!("ublkb{dev_id}"))
-                        .unwrap_or(Duration::from_secs(30));
+                    let timer =
+                        super::queue_timeout(&disk_name(dev_id)).unwrap_or(Duration::from_secs(30));
                     deadline = deadline.max(Instant::now() + timer + Duration::from_secs(5));
                 }
                 uapi::UBLK_S_DEV_LIVE if Instant::now() < deadline => {
@@ -2097,18 +2113,13 @@ impl UblkDevice {
             queues.join();
             return Err(e);
         }
-        ensure_block_node(dev_id);
-        // A device made by an older sanroot still has the 30 s default;
-        // only now that requests flow again (a sysfs write may freeze the
-        // queue on newer kernels, which waits for held requests).
-        super::set_queue_timeout(&format!("ublkb{dev_id}"), super::QUEUE_TIMEOUT);
-        log::info!("/dev/ublkb{dev_id} recovered");
-        Ok(UblkDevice {
+        Ok(UblkDevice::serving(
             dev_id,
-            flags: info.flags,
-            ctrl: Mutex::new(ctrl),
+            info.flags,
+            ctrl,
             queues,
-        })
+            "recovered",
+        ))
     }
 
     /// The block device: "/dev/ublkbN".

@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod bridge;
 pub mod cmd;
+pub mod completion;
 pub mod daemon;
 pub mod exit;
 pub mod ibft;

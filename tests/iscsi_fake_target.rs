@@ -756,7 +756,7 @@ fn silent_target() -> (SessionError, Duration, SessionError, String) {
                 attr: 1,
             },
             vec![0u8; 4096],
-            Box::new(move |r, _| {
+            sanroot::completion::Done::new(move |r, _| {
                 let _ = tx.send(r);
             }),
         );
@@ -1101,7 +1101,7 @@ fn a_refused_flush_succeeds_only_for_illegal_request() {
             b.submit(
                 BlockOp::Flush,
                 Vec::new(),
-                Box::new(move |r, _| {
+                sanroot::completion::Done::new(move |r, _| {
                     let _ = tx.send(r);
                 }),
             );
@@ -1168,7 +1168,7 @@ fn alua_sense_is_the_ports_state_and_state_changes_reach_the_hook() {
             b.submit(
                 BlockOp::Read { lba, blocks: 1 },
                 vec![0u8; BLOCK],
-                Box::new(move |r, _| {
+                sanroot::completion::Done::new(move |r, _| {
                     let _ = tx.send(r);
                 }),
             );
@@ -1742,7 +1742,7 @@ fn reconnects_use_the_portals_that_discovery_lists() {
                 fua: false,
             },
             vec![0xa5; 512],
-            Box::new(move |r, _| {
+            sanroot::completion::Done::new(move |r, _| {
                 let _ = done_tx.send(r);
             }),
         );

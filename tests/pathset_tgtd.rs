@@ -125,7 +125,7 @@ fn write_all(
                 fua: false,
             },
             chunk(i),
-            Box::new(move |r, _| {
+            sanroot::bridge::BlockDone::new(move |r, _| {
                 let _ = tx.send((i, r, t0.elapsed()));
             }),
         );
@@ -154,7 +154,7 @@ fn flush(set: &PathSet) {
     set.submit(
         BlockOp::Flush,
         Vec::new(),
-        Box::new(move |r, _| {
+        sanroot::bridge::BlockDone::new(move |r, _| {
             let _ = tx.send(r);
         }),
     );
@@ -269,7 +269,7 @@ fn overlapping(silent: bool) {
                 fua: false,
             },
             generation(b, g),
-            Box::new(move |res, _| {
+            sanroot::bridge::BlockDone::new(move |res, _| {
                 let _ = tx.send((b, g, res));
             }),
         );

@@ -78,7 +78,7 @@ fn write_all(
                 fua: false,
             },
             chunk(i),
-            Box::new(move |r, _| {
+            sanroot::bridge::BlockDone::new(move |r, _| {
                 let _ = tx.send((i, r));
             }),
         );
@@ -139,7 +139,7 @@ fn target_restart_during_writes_loses_nothing() {
     b.submit(
         BlockOp::Flush,
         Vec::new(),
-        Box::new(move |r, _| {
+        sanroot::bridge::BlockDone::new(move |r, _| {
             let _ = tx.send(r);
         }),
     );

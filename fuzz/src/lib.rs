@@ -1052,7 +1052,7 @@ pub fn ffp_reader(data: &[u8]) {
                 attr: 1,
             },
             buf,
-            Box::new(move |r, b| {
+            sanroot::completion::Done::new(move |r, b| {
                 let _ = tx.send((i, r, b.len()));
             }),
         );

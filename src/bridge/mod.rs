@@ -26,6 +26,7 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::completion::{Done, SLOTS, Sink, Slots};
 use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError};
 use crate::lun::{LunInfo, RetryPolicy, backoff, pad16};
 use crate::scsi::alua::{AccessState, AluaSense};
@@ -93,7 +94,9 @@ impl fmt::Display for BlockError {
 
 /// Called once when a request ends, with its buffer handed back. Runs on a
 /// backend thread: it must be quick (post a completion, write a reply).
-pub type BlockDone = Box<dyn FnOnce(Result<(), BlockError>, Vec<u8>) + Send>;
+/// On the data path it names a slot of the caller's ([`Done::slot`]), so a
+/// request allocates nothing on its way down and back.
+pub type BlockDone = Done<Result<(), BlockError>>;
 
 /// What a bridge needs from the storage behind it.
 pub trait Backend: Send + Sync {
@@ -122,6 +125,8 @@ pub struct IscsiBackend {
     retry: RetryPolicy,
     timer: Arc<Timer>,
     on_ua: Option<UaHook>,
+    /// Requests in the session, shared by every `with_info` copy.
+    table: Arc<PendingTable>,
 }
 
 impl IscsiBackend {
@@ -132,6 +137,9 @@ impl IscsiBackend {
             retry: RetryPolicy::default(),
             timer: Timer::start(),
             on_ua: None,
+            table: Arc::new(PendingTable {
+                slots: Slots::with_capacity(SLOTS),
+            }),
         }
     }
 
@@ -150,6 +158,7 @@ impl IscsiBackend {
             retry: self.retry,
             timer: Arc::clone(&self.timer),
             on_ua: self.on_ua.clone(),
+            table: Arc::clone(&self.table),
         }
     }
 
@@ -170,6 +179,21 @@ struct Pending {
     attempts: u32,
     uas: u32,
     done: BlockDone,
+    table: Arc<PendingTable>,
+}
+
+/// Where a request waits while the session has its command: the session's
+/// completion names the slot, so sending allocates nothing.
+struct PendingTable {
+    slots: Slots<Pending>,
+}
+
+impl Sink<Result<ScsiResult, SessionError>> for PendingTable {
+    fn done(self: Arc<Self>, token: usize, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) {
+        if let Some(p) = self.slots.finish(token, "SCSI backend") {
+            completed(p, r, buf);
+        }
+    }
 }
 
 /// The block layer's request timer on our queues, shorter than the kernel's
@@ -205,13 +229,15 @@ static FLUSH_REFUSED_WARNED: std::sync::atomic::AtomicBool =
 
 fn send(p: Pending, buf: Vec<u8>) {
     let session = Arc::clone(&p.session);
+    let table = Arc::clone(&p.table);
     let cmd = Command {
         lun: p.lun,
         cdb: pad16(&p.cdb),
         dir: p.dir,
         attr: 1,
     };
-    session.submit(cmd, buf, Box::new(move |r, b| completed(p, r, b)));
+    let slot = table.slots.insert(p);
+    session.submit(cmd, buf, Done::slot(table, slot));
 }
 
 fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) {
@@ -226,7 +252,7 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
                 | SessionError::CommandTimeout { .. } => BlockError::Transport(e.to_string()),
                 other => BlockError::Io(other.to_string()),
             };
-            (p.done)(Err(err), buf);
+            p.done.call(Err(err), buf);
             return;
         }
     };
@@ -240,7 +266,7 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
                 sense.as_ref().map(ToString::to_string).unwrap_or_default()
             );
         }
-        (p.done)(Ok(()), buf);
+        p.done.call(Ok(()), buf);
         return;
     }
     let d = disposition(status, sense.as_ref());
@@ -262,7 +288,7 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
     };
     if let (Some(state), Some(s)) = (port, &sense) {
         let what = format!("{} failed: {status}: {s}", p.cdb.name());
-        (p.done)(Err(BlockError::PortState(state, what)), buf);
+        p.done.call(Err(BlockError::PortState(state, what)), buf);
         return;
     }
     match d {
@@ -270,7 +296,7 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
             if let DataDir::Read(n) = p.dir
                 && res.data_in < n as usize
             {
-                (p.done)(
+                p.done.call(
                     Err(BlockError::Io(format!(
                         "{}: short read: {} of {n} bytes arrived with GOOD status",
                         p.cdb.name(),
@@ -280,7 +306,7 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
                 );
                 return;
             }
-            (p.done)(Ok(()), buf)
+            p.done.call(Ok(()), buf)
         }
         Disposition::UnitAttention { reason } if p.uas < p.retry.unit_attention_retries => {
             p.uas += 1;
@@ -293,15 +319,15 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
             let timer = Arc::clone(&p.timer);
             timer.after(d, Box::new(move || send(p, buf)));
         }
-        Disposition::WriteProtected => (p.done)(Err(BlockError::ReadOnly), buf),
-        Disposition::Unsupported => (p.done)(Err(BlockError::NotSupported), buf),
+        Disposition::WriteProtected => p.done.call(Err(BlockError::ReadOnly), buf),
+        Disposition::Unsupported => p.done.call(Err(BlockError::NotSupported), buf),
         _ => {
             let what = match &sense {
                 Some(s) => format!("{} failed: {status}: {s}", p.cdb.name()),
                 None => format!("{} failed: {status}", p.cdb.name()),
             };
             log::error!("{what}");
-            (p.done)(Err(BlockError::Io(what)), buf)
+            p.done.call(Err(BlockError::Io(what)), buf)
         }
     }
 }
@@ -320,7 +346,7 @@ impl Backend for IscsiBackend {
         let (c, dir, buf) = match op {
             BlockOp::Read { lba, blocks } => {
                 if !end_ok(lba, blocks) {
-                    return done(Err(BlockError::OutOfRange), buf);
+                    return done.call(Err(BlockError::OutOfRange), buf);
                 }
                 (
                     cdb::read(lba, blocks, false),
@@ -330,10 +356,10 @@ impl Backend for IscsiBackend {
             }
             BlockOp::Write { lba, blocks, fua } => {
                 if self.info.write_protected {
-                    return done(Err(BlockError::ReadOnly), buf);
+                    return done.call(Err(BlockError::ReadOnly), buf);
                 }
                 if !end_ok(lba, blocks) {
-                    return done(Err(BlockError::OutOfRange), buf);
+                    return done.call(Err(BlockError::OutOfRange), buf);
                 }
                 (
                     cdb::write(lba, blocks, fua && self.info.fua),
@@ -351,10 +377,10 @@ impl Backend for IscsiBackend {
             }
             BlockOp::Discard { lba, blocks } => {
                 if !self.info.can_unmap() {
-                    return done(Err(BlockError::NotSupported), buf);
+                    return done.call(Err(BlockError::NotSupported), buf);
                 }
                 if !end_ok(lba, blocks) {
-                    return done(Err(BlockError::OutOfRange), buf);
+                    return done.call(Err(BlockError::OutOfRange), buf);
                 }
                 // Split by the LU's limits (VPD B0): blocks per descriptor,
                 // descriptors per UNMAP. The kernel may discard gigabytes
@@ -373,7 +399,7 @@ impl Backend for IscsiBackend {
                 for group in ranges.chunks(per_cmd.max(1)) {
                     let list = match cdb::unmap_parameter_list(group) {
                         Ok(l) => l,
-                        Err(_) => return done(Err(BlockError::NotSupported), buf),
+                        Err(_) => return done.call(Err(BlockError::NotSupported), buf),
                     };
                     let len = list.len() as u16;
                     cmds.push_back((cdb::unmap(len), DataDir::Write(u32::from(len)), list));
@@ -382,10 +408,10 @@ impl Backend for IscsiBackend {
             }
             BlockOp::WriteZeroes { lba, blocks } => {
                 if !self.info.can_write_same() {
-                    return done(Err(BlockError::NotSupported), buf);
+                    return done.call(Err(BlockError::NotSupported), buf);
                 }
                 if !end_ok(lba, blocks) {
-                    return done(Err(BlockError::OutOfRange), buf);
+                    return done.call(Err(BlockError::OutOfRange), buf);
                 }
                 // WRITE SAME(16) with one zeroed block of data, unmapping
                 // when the LU reads unmapped blocks back as zeros; split by
@@ -446,12 +472,12 @@ impl IscsiBackend {
         done: BlockDone,
     ) {
         let Some((c, dir, data)) = cmds.pop_front() else {
-            return done(Ok(()), caller_buf);
+            return done.call(Ok(()), caller_buf);
         };
         let next = self.with_info(self.info.clone());
-        let step: BlockDone = Box::new(move |r, _data| match r {
+        let step = BlockDone::new(move |r, _data| match r {
             Ok(()) => next.chain(cmds, caller_buf, done),
-            Err(e) => done(Err(e), caller_buf),
+            Err(e) => done.call(Err(e), caller_buf),
         });
         send(self.pending(c, dir, step), data);
     }
@@ -468,6 +494,7 @@ impl IscsiBackend {
             attempts: 0,
             uas: 0,
             done,
+            table: Arc::clone(&self.table),
         }
     }
 }

@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{Backend, BlockError, BlockOp};
+use crate::completion::{Done, Sink, Slots};
 use crate::iscsi::session;
 use crate::netlink::{self, GenlSocket, MsgBuilder, NLM_F_ACK, NLM_F_REQUEST, NetlinkError, Reply};
 
@@ -592,6 +593,23 @@ struct Replies {
     sock: Mutex<UnixStream>,
     queue: Mutex<ReplyQueue>,
     pool: Arc<Pool>,
+    /// Requests with the backend, by slot (one per buffer: no more can be
+    /// in flight), so a completion allocates nothing.
+    sent: Slots<Request>,
+}
+
+impl session::Idle for Replies {
+    fn idle(self: Arc<Self>) {
+        self.write();
+    }
+}
+
+impl Sink<Result<(), BlockError>> for Replies {
+    fn done(self: Arc<Self>, token: usize, r: Result<(), BlockError>, buf: Vec<u8>) {
+        if let Some(req) = self.sent.finish(token, "NBD") {
+            self.push(&req, r, buf);
+        }
+    }
 }
 
 struct ReplyQueue {
@@ -622,9 +640,8 @@ impl Replies {
             }
             q.scheduled = true;
         }
-        let me = Arc::clone(self);
-        if let Err(job) = session::at_reader_idle(Box::new(move || me.write())) {
-            job();
+        if let Err(job) = session::at_reader_idle(session::IdleJob::Wake(self.clone())) {
+            job.run();
         }
     }
 
@@ -680,6 +697,7 @@ fn serve(
             spare: Vec::with_capacity(buffers),
         }),
         pool: Arc::clone(&pool),
+        sent: Slots::with_capacity(buffers),
     });
     let mut r = BufReader::with_capacity(64 * 1024, sock);
     let bs = backend.info().block_size();
@@ -730,8 +748,8 @@ fn serve(
                 continue;
             }
         };
-        let rs = Arc::clone(&replies);
-        backend.submit(op, buf, Box::new(move |res, b| rs.push(&req, res, b)));
+        let slot = replies.sent.insert(req);
+        backend.submit(op, buf, Done::slot(replies.clone(), slot));
     }
 }
 
@@ -787,6 +805,7 @@ mod tests {
                 spare: Vec::new(),
             }),
             pool: Arc::clone(&pool),
+            sent: Slots::with_capacity(0),
         });
         let req = |cmd: u16, h: &[u8; 8]| Request {
             flags: 0,

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use super::{Backend, BlockDone, BlockError, BlockOp};
+use crate::completion::{Done, SLOTS, Sink, Slots};
 use crate::iscsi::session::Session;
 use crate::lun::LunInfo;
 use crate::pathset::policy::{self, Link, PathPolicy, PathView, Selector};
@@ -170,6 +171,9 @@ struct Slot {
 
 struct Inner {
     slots: Vec<Slot>,
+    /// The paths as the chooser sees them, filled for each request (kept
+    /// for its room).
+    views: Vec<PathView>,
     sel: Selector,
     /// Requests waiting for a usable path, or for the fence.
     held: Vec<Parked>,
@@ -209,8 +213,28 @@ impl Default for Timing {
     }
 }
 
+/// Requests sent on a path, by slot: which path and generation took each,
+/// without an allocation per request.
+struct Sent {
+    me: Weak<PathSet>,
+    slots: Slots<(usize, u64, BlockOp, BlockDone)>,
+}
+
+impl Sink<Result<(), BlockError>> for Sent {
+    fn done(self: Arc<Self>, token: usize, r: Result<(), BlockError>, buf: Vec<u8>) {
+        let Some((i, generation, op, done)) = self.slots.finish(token, "path set") else {
+            return;
+        };
+        match self.me.upgrade() {
+            Some(me) => me.completed(i, generation, op, r, buf, done),
+            None => done.call(r, buf),
+        }
+    }
+}
+
 pub struct PathSet {
     me: Weak<PathSet>,
+    sent: Arc<Sent>,
     info: LunInfo,
     /// The LU's size in blocks as last read.
     blocks: AtomicU64,
@@ -238,7 +262,7 @@ impl PathSet {
         events: Option<Sender<PathEvent>>,
     ) -> Arc<PathSet> {
         let down: Vec<usize> = (0..paths.len()).filter(|&i| paths[i].is_none()).collect();
-        let slots = paths
+        let slots: Vec<Slot> = paths
             .into_iter()
             .map(|p| Slot {
                 link: if p.is_some() { Link::Up } else { Link::Down },
@@ -254,10 +278,15 @@ impl PathSet {
             .collect();
         let set = Arc::new_cyclic(|me| PathSet {
             me: me.clone(),
+            sent: Arc::new(Sent {
+                me: me.clone(),
+                slots: Slots::with_capacity(SLOTS),
+            }),
             blocks: AtomicU64::new(info.blocks()),
             info,
             policy,
             inner: Mutex::new(Inner {
+                views: Vec::with_capacity(slots.len()),
                 slots,
                 sel: Selector::default(),
                 held: Vec::new(),
@@ -392,7 +421,7 @@ impl PathSet {
             std::mem::take(&mut g.held)
         };
         for (_, buf, done) in held {
-            done(Err(BlockError::Io(m.clone())), buf);
+            done.call(Err(BlockError::Io(m.clone())), buf);
         }
     }
 
@@ -585,7 +614,7 @@ impl PathSet {
             }
             r => {
                 drop(g);
-                return done(r, buf);
+                return done.call(r, buf);
             }
         }
         g.held.push((op, buf, done));
@@ -830,15 +859,20 @@ fn mark_lost(g: &mut Inner, index: usize, writes: usize) -> Option<Arc<dyn Path>
 }
 
 fn views(slots: &[Slot]) -> Vec<PathView> {
-    slots
-        .iter()
-        .map(|s| PathView {
-            link: s.link,
-            alua: s.alua,
-            preferred: s.preferred,
-            in_flight: s.in_flight,
-        })
-        .collect()
+    let mut v = Vec::with_capacity(slots.len());
+    fill_views(slots, &mut v);
+    v
+}
+
+/// [`views`] into `v`, which keeps its room: for every request.
+fn fill_views(slots: &[Slot], v: &mut Vec<PathView>) {
+    v.clear();
+    v.extend(slots.iter().map(|s| PathView {
+        link: s.link,
+        alua: s.alua,
+        preferred: s.preferred,
+        in_flight: s.in_flight,
+    }));
 }
 
 impl Backend for PathSet {
@@ -850,14 +884,17 @@ impl Backend for PathSet {
         let mut g = self.lock();
         if let Some(m) = g.failed.clone() {
             drop(g);
-            return done(Err(BlockError::Io(m)), buf);
+            return done.call(Err(BlockError::Io(m)), buf);
         }
         if g.fence_needed || g.fencing {
             g.held.push((op, buf, done));
             return;
         }
-        let v = views(&g.slots);
-        let Some(i) = policy::choose(&v, self.policy, &mut g.sel) else {
+        let Inner {
+            slots, views, sel, ..
+        } = &mut *g;
+        fill_views(slots, views);
+        let Some(i) = policy::choose(views, self.policy, sel) else {
             g.held.push((op, buf, done));
             return;
         };
@@ -870,15 +907,8 @@ impl Backend for PathSet {
         s.writes += usize::from(is_write(&op));
         let generation = s.generation;
         drop(g);
-        let me = self.me.clone();
-        io.submit(
-            op,
-            buf,
-            Box::new(move |r, b| match me.upgrade() {
-                Some(me) => me.completed(i, generation, op, r, b, done),
-                None => done(r, b),
-            }),
-        );
+        let slot = self.sent.slots.insert((i, generation, op, done));
+        io.submit(op, buf, Done::slot(self.sent.clone(), slot));
     }
 }
 
@@ -917,7 +947,7 @@ mod tests {
         fn die(&self) {
             let held = std::mem::take(&mut *self.held.lock().unwrap());
             for (b, d) in held {
-                d(Err(BlockError::Transport("connection lost".into())), b);
+                d.call(Err(BlockError::Transport("connection lost".into())), b);
             }
         }
     }
@@ -933,7 +963,7 @@ mod tests {
             if self.hold.load(Ordering::SeqCst) {
                 self.held.lock().unwrap().push((buf, done));
             } else {
-                done(Ok(()), buf);
+                done.call(Ok(()), buf);
             }
         }
         fn fence(&self) -> Result<(), String> {
@@ -1041,7 +1071,7 @@ mod tests {
         set.submit(
             op,
             vec![0u8; 512],
-            Box::new(move |r, _| {
+            BlockDone::new(move |r, _| {
                 let _ = tx.send(r);
             }),
         );
@@ -1212,8 +1242,10 @@ mod tests {
                     .push(format!("{} read {lba}", self.name));
             }
             match st {
-                AccessState::ActiveOptimized | AccessState::ActiveNonOptimized => done(Ok(()), buf),
-                other => done(Err(BlockError::PortState(other, "NOT READY".into())), buf),
+                AccessState::ActiveOptimized | AccessState::ActiveNonOptimized => {
+                    done.call(Ok(()), buf)
+                }
+                other => done.call(Err(BlockError::PortState(other, "NOT READY".into())), buf),
             }
         }
         fn fence(&self) -> Result<(), String> {
@@ -1369,7 +1401,7 @@ mod tests {
         struct Failing;
         impl Path for Failing {
             fn submit(&self, _: BlockOp, buf: Vec<u8>, done: BlockDone) {
-                done(Err(BlockError::Io("MEDIUM ERROR".into())), buf)
+                done.call(Err(BlockError::Io("MEDIUM ERROR".into())), buf)
             }
             fn fence(&self) -> Result<(), String> {
                 Ok(())

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Backend, BlockDone, BlockError, BlockOp, IscsiBackend, UaHook};
+use crate::completion::{Done, SLOTS, Sink, Slots};
 use crate::iscsi::chap::AuthConfig;
 use crate::iscsi::initiator::{self, InitiatorConfig};
 use crate::iscsi::login::{LoginError, Portal};
@@ -254,8 +255,31 @@ pub struct Reconnect {
 
 type Parked = (BlockOp, Vec<u8>, BlockDone);
 
+/// Requests sent on a session, by slot: what one the session lost needs to
+/// be sent again, without an allocation per request.
+struct Sent {
+    me: Weak<RecoveringBackend>,
+    slots: Slots<(u64, BlockOp, BlockDone)>,
+}
+
+impl Sink<Result<(), BlockError>> for Sent {
+    fn done(self: Arc<Self>, token: usize, r: Result<(), BlockError>, buf: Vec<u8>) {
+        let Some((generation, op, done)) = self.slots.finish(token, "recovery") else {
+            return;
+        };
+        match r {
+            Err(BlockError::Transport(reason)) => match self.me.upgrade() {
+                Some(me) => me.lost(generation, op, buf, done, reason),
+                None => done.call(Err(BlockError::Transport(reason)), buf),
+            },
+            other => done.call(other, buf),
+        }
+    }
+}
+
 pub struct RecoveringBackend {
     me: Weak<RecoveringBackend>,
+    sent: Arc<Sent>,
     info: LunInfo,
     /// The LU's size in blocks as last read (it may grow or shrink while
     /// the device lives): what a reconnect compares the LU with.
@@ -282,6 +306,10 @@ impl RecoveringBackend {
     ) -> Arc<RecoveringBackend> {
         Arc::new_cyclic(|me| RecoveringBackend {
             me: me.clone(),
+            sent: Arc::new(Sent {
+                me: me.clone(),
+                slots: Slots::with_capacity(SLOTS),
+            }),
             info: first.info().clone(),
             blocks: AtomicU64::new(first.info().blocks()),
             current: Mutex::new((1, Arc::new(first))),
@@ -348,7 +376,7 @@ impl RecoveringBackend {
     /// A request failed on session `generation` because the session died.
     fn lost(&self, generation: u64, op: BlockOp, buf: Vec<u8>, done: BlockDone, reason: String) {
         if let Some(m) = self.failure() {
-            return done(Err(BlockError::Io(m)), buf);
+            return done.call(Err(BlockError::Io(m)), buf);
         }
         if generation < self.generation.load(Ordering::SeqCst)
             && !self.recovering.load(Ordering::SeqCst)
@@ -487,7 +515,7 @@ impl RecoveringBackend {
             std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
         self.recovering.store(false, Ordering::SeqCst);
         for (_, buf, done) in parked {
-            done(Err(BlockError::Io(m.clone())), buf);
+            done.call(Err(BlockError::Io(m.clone())), buf);
         }
     }
 
@@ -568,7 +596,7 @@ impl Backend for RecoveringBackend {
 
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {
         if let Some(m) = self.failure() {
-            return done(Err(BlockError::Io(m)), buf);
+            return done.call(Err(BlockError::Io(m)), buf);
         }
         if self.recovering.load(Ordering::SeqCst) {
             self.parked
@@ -589,18 +617,8 @@ impl Backend for RecoveringBackend {
             let g = self.current.lock().unwrap_or_else(|p| p.into_inner());
             (g.0, Arc::clone(&g.1))
         };
-        let me = self.me.clone();
-        backend.submit(
-            op,
-            buf,
-            Box::new(move |r, b| match r {
-                Err(BlockError::Transport(reason)) => match me.upgrade() {
-                    Some(me) => me.lost(generation, op, b, done, reason),
-                    None => done(Err(BlockError::Transport(reason)), b),
-                },
-                other => done(other, b),
-            }),
-        );
+        let slot = self.sent.slots.insert((generation, op, done));
+        backend.submit(op, buf, Done::slot(self.sent.clone(), slot));
     }
 }
 

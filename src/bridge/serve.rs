@@ -908,7 +908,7 @@ fn flush_and_log_out(
     backend.submit(
         BlockOp::Flush,
         Vec::new(),
-        Box::new(move |r, _| {
+        super::BlockDone::new(move |r, _| {
             let _ = ftx.send(r);
         }),
     );

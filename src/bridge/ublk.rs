@@ -141,7 +141,8 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use nix::errno::Errno;
 use zerocopy::{FromZeros, IntoBytes};
 
-use super::{Backend, BlockDone, BlockOp};
+use super::{Backend, BlockDone, BlockError, BlockOp};
+use crate::completion::Sink;
 use crate::iscsi::session;
 use crate::lun::LunInfo;
 
@@ -1006,7 +1007,7 @@ fn decode(d: &IoDesc, shift: u8, max_io: usize) -> Result<Request, i32> {
 /// A finished backend request on its way back to its queue.
 struct Done {
     tag: u16,
-    result: i32,
+    res: Result<(), BlockError>,
     buf: Vec<u8>,
 }
 
@@ -1040,11 +1041,10 @@ impl Mailbox {
     /// the completions of one batch from the target wake the queue once.
     fn post(self: &Arc<Self>, d: Done) {
         lock(&self.done).push(d);
-        if !self.armed.swap(true, Ordering::AcqRel) {
-            let me = Arc::clone(self);
-            if let Err(job) = session::at_reader_idle(Box::new(move || me.kick())) {
-                job();
-            }
+        if !self.armed.swap(true, Ordering::AcqRel)
+            && let Err(job) = session::at_reader_idle(session::IdleJob::Wake(self.clone()))
+        {
+            job.run();
         }
     }
 
@@ -1070,6 +1070,21 @@ impl Mailbox {
     fn quit(&self) {
         self.quit.store(true, Ordering::Release);
         self.kick();
+    }
+}
+
+impl session::Idle for Mailbox {
+    fn idle(self: Arc<Self>) {
+        self.kick();
+    }
+}
+
+/// The backend's completions name their tag: no allocation per request.
+impl Sink<Result<(), BlockError>> for Mailbox {
+    fn done(self: Arc<Self>, tag: usize, res: Result<(), BlockError>, buf: Vec<u8>) {
+        // Our own tags, below the queue depth.
+        let tag = tag as u16;
+        self.post(Done { tag, res, buf });
     }
 }
 
@@ -1410,6 +1425,10 @@ struct Slot {
     state: State,
     /// Whether the queued command is the first FETCH (for messages).
     fetching: bool,
+    /// The request the backend has: what it is (for messages) and the
+    /// result a success commits (bytes transferred, or 0).
+    op: BlockOp,
+    ok: i32,
 }
 
 /// How a queue thread ended.
@@ -1484,6 +1503,8 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
                 buf: Some(buf),
                 state: State::Retired,
                 fetching: true,
+                op: BlockOp::Flush,
+                ok: 0,
             }
         })
         .collect();
@@ -1713,20 +1734,9 @@ impl Queue {
         slot.state = State::Backend;
         self.in_backend += 1;
         self.served += 1;
-        let mailbox = Arc::clone(&self.cfg.mailbox);
-        let dev = self.cfg.dev_id;
-        let op = req.op;
-        let ok = req.ok;
-        let done: BlockDone = Box::new(move |r, buf| {
-            let result = match r {
-                Ok(()) => ok,
-                Err(e) => {
-                    log::warn!("ublkb{dev}: {op:?} failed: {e}");
-                    e.errno()
-                }
-            };
-            mailbox.post(Done { tag, result, buf });
-        });
+        slot.op = req.op;
+        slot.ok = req.ok;
+        let done = BlockDone::slot(self.cfg.mailbox.clone(), usize::from(tag));
         self.cfg.backend.submit(req.op, buf, done);
         Ok(())
     }
@@ -1761,7 +1771,14 @@ impl Queue {
             slot.addr = buf.as_ptr() as usize;
         }
         slot.buf = Some(buf);
-        self.queue_commit(d.tag, d.result)
+        let result = match d.res {
+            Ok(()) => slot.ok,
+            Err(e) => {
+                log::warn!("ublkb{}: {:?} failed: {e}", self.cfg.dev_id, slot.op);
+                e.errno()
+            }
+        };
+        self.queue_commit(d.tag, result)
     }
 
     fn queue_commit(&mut self, tag: u16, result: i32) -> io::Result<()> {
@@ -2539,7 +2556,7 @@ mod tests {
                 for tag in 0..100 {
                     m.post(Done {
                         tag,
-                        result: 0,
+                        res: Ok(()),
                         buf: Vec::new(),
                     });
                 }
@@ -2555,7 +2572,7 @@ mod tests {
         // The next post wakes again.
         m.post(Done {
             tag: 1,
-            result: -5,
+            res: Err(BlockError::Io("EIO".into())),
             buf: Vec::new(),
         });
         assert_eq!((&m.rx).read(&mut byte).unwrap(), 1);
@@ -2658,7 +2675,7 @@ mod tests {
             thread::spawn(move || {
                 m.post(Done {
                     tag: 3,
-                    result: 4096,
+                    res: Ok(()),
                     buf: vec![1; 8],
                 })
             })
@@ -2672,7 +2689,10 @@ mod tests {
         poster.join().unwrap();
         let mut got = Vec::new();
         m.woken(&mut got);
-        assert_eq!((got[0].tag, got[0].result, got[0].buf.len()), (3, 4096, 8));
+        assert_eq!(
+            (got[0].tag, got[0].res.is_ok(), got[0].buf.len()),
+            (3, true, 8)
+        );
         // Re-armed, then cancelled on the way out.
         push(&mut ring, &read.into()).unwrap();
         let cancel = opcode::AsyncCancel::new(WAKE).build().user_data(CANCEL);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::common::{self, CmdError, ConnectArgs};
+use crate::completion::{Done, Sink, Slots};
 use crate::exit;
 use crate::iscsi::initiator;
 use crate::iscsi::session::{Command, DataDir, ScsiResult, Session, SessionError};
@@ -81,10 +82,12 @@ struct Run {
     stats: Mutex<Stats>,
     outstanding: AtomicUsize,
     all_done: Mutex<Option<mpsc::Sender<()>>>,
+    /// When each I/O in flight was submitted, by slot.
+    started: Slots<Instant>,
 }
 
-/// Submit one I/O at time `t`; its completion records the latency and
-/// submits the next (at the completion's own time) until the time is up.
+/// Submit one I/O at time `t`; its completion ([`Run::done`]) records the
+/// latency and submits the next.
 fn issue(run: &Arc<Run>, buf: Vec<u8>, t: Instant) {
     let slot = if run.random {
         run.rng.lock().unwrap_or_else(|p| p.into_inner()).next() % run.span
@@ -99,6 +102,7 @@ fn issue(run: &Arc<Run>, buf: Vec<u8>, t: Instant) {
         (cdb::read(lba, n, false), DataDir::Read(run.io as u32))
     };
     let me = Arc::clone(run);
+    let started = run.started.insert(t);
     run.session.submit(
         Command {
             lun: run.lun,
@@ -107,34 +111,47 @@ fn issue(run: &Arc<Run>, buf: Vec<u8>, t: Instant) {
             attr: 1,
         },
         buf,
-        Box::new(move |r: Result<ScsiResult, SessionError>, b: Vec<u8>| {
-            let now = Instant::now();
-            {
-                let mut st = me.stats.lock().unwrap_or_else(|p| p.into_inner());
-                match r {
-                    Ok(res) if res.status == 0 => st
-                        .lat_us
-                        .push(now.duration_since(t).as_micros().min(u128::from(u32::MAX)) as u32),
-                    Ok(res) => {
-                        st.errors += 1;
-                        st.first_error
-                            .get_or_insert_with(|| format!("SCSI status 0x{:02x}", res.status));
-                    }
-                    Err(e) => {
-                        st.errors += 1;
-                        st.first_error.get_or_insert_with(|| e.to_string());
-                    }
+        Done::slot(me, started),
+    );
+}
+
+impl Sink<Result<ScsiResult, SessionError>> for Run {
+    /// Record the latency and submit the next I/O (at the completion's own
+    /// time) until the time is up.
+    fn done(self: Arc<Self>, token: usize, r: Result<ScsiResult, SessionError>, b: Vec<u8>) {
+        let now = Instant::now();
+        let Some(t) = self.started.finish(token, "bench") else {
+            return;
+        };
+        {
+            let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            match r {
+                Ok(res) if res.status == 0 => st
+                    .lat_us
+                    .push(now.duration_since(t).as_micros().min(u128::from(u32::MAX)) as u32),
+                Ok(res) => {
+                    st.errors += 1;
+                    st.first_error
+                        .get_or_insert_with(|| format!("SCSI status 0x{:02x}", res.status));
+                }
+                Err(e) => {
+                    st.errors += 1;
+                    st.first_error.get_or_insert_with(|| e.to_string());
                 }
             }
-            if now < me.end && me.session.failure().is_none() {
-                issue(&me, b, now);
-            } else if me.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
-                && let Some(tx) = me.all_done.lock().unwrap_or_else(|p| p.into_inner()).take()
-            {
-                let _ = tx.send(());
-            }
-        }),
-    );
+        }
+        if now < self.end && self.session.failure().is_none() {
+            issue(&self, b, now);
+        } else if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Some(tx) = self
+                .all_done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        {
+            let _ = tx.send(());
+        }
+    }
 }
 
 fn bench(args: &Args) -> Result<(), CmdError> {
@@ -182,6 +199,7 @@ fn bench(args: &Args) -> Result<(), CmdError> {
         }),
         outstanding: AtomicUsize::new(qd),
         all_done: Mutex::new(Some(done_tx)),
+        started: Slots::with_capacity(qd),
     });
     let cpu0 = cpu_time();
     // Buffers are allocated once and travel with their commands; each

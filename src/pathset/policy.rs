@@ -115,29 +115,24 @@ impl Selector {
     }
 }
 
-/// The path for the next command, or `None` to hold it.
+/// The path for the next command, or `None` to hold it. Allocates
+/// nothing: it runs for every request.
 pub fn choose(paths: &[PathView], policy: PathPolicy, sel: &mut Selector) -> Option<usize> {
-    let ok = usable(paths);
-    let first = *ok.first()?;
+    let best = paths.iter().filter_map(tier).min()?;
+    let ok = |i: &usize| tier(&paths[*i]) == Some(best);
+    let all = || (0..paths.len()).filter(ok);
     let pick = match policy {
-        PathPolicy::RoundRobin => next_after(&ok, sel.last),
+        PathPolicy::RoundRobin => next_after(all(), sel.last)?,
         PathPolicy::QueueDepth => {
             // Fewest in flight; ties go round-robin.
-            let least = ok.iter().map(|&i| paths[i].in_flight).min()?;
-            let tied: Vec<usize> = ok
-                .iter()
-                .copied()
-                .filter(|&i| paths[i].in_flight == least)
-                .collect();
-            next_after(&tied, sel.last)
+            let least = all().map(|i| paths[i].in_flight).min()?;
+            next_after(all().filter(|&i| paths[i].in_flight == least), sel.last)?
         }
         PathPolicy::Failover => match sel.active {
-            Some(a) if ok.contains(&a) => a,
-            _ => ok
-                .iter()
-                .copied()
+            Some(a) if a < paths.len() && ok(&a) => a,
+            _ => all()
                 .find(|&i| paths[i].preferred)
-                .unwrap_or(first),
+                .or_else(|| all().next())?,
         },
     };
     sel.last = Some(pick);
@@ -163,12 +158,13 @@ pub fn active(paths: &[PathView], policy: PathPolicy, sel: &Selector) -> Vec<usi
     pick.into_iter().collect()
 }
 
-/// The first of `ok` (ascending) after `last`, wrapping around.
-fn next_after(ok: &[usize], last: Option<usize>) -> usize {
-    match last {
-        Some(l) => ok.iter().copied().find(|&i| i > l).unwrap_or(ok[0]),
-        None => ok[0],
-    }
+/// The first of `ok` (ascending) after `last`, wrapping round.
+fn next_after(ok: impl Iterator<Item = usize> + Clone, last: Option<usize>) -> Option<usize> {
+    let first = ok.clone().next()?;
+    Some(match last {
+        Some(l) => ok.clone().find(|&i| i > l).unwrap_or(first),
+        None => first,
+    })
 }
 
 /// Whether a new path reaches the LU the first one did: the VPD 0x83 LU

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use super::conn::{ConnError, FrameParams, PduReader, PduWriter};
 use super::escalate::{self, Step};
 use super::pdu::*;
+use crate::completion::Done;
 
 mod lowat;
 mod plug;
@@ -49,7 +50,7 @@ mod timers;
 mod writer;
 
 use plug::*;
-pub use plug::{IdleJob, Plug, at_reader_idle, plug};
+pub use plug::{Idle, IdleJob, Plug, at_reader_idle, plug};
 use reader::*;
 use timers::*;
 use writer::*;
@@ -290,7 +291,7 @@ pub struct Command {
 
 /// Called once when a command ends, with its buffer handed back. Runs on a
 /// session thread: it must be quick (send on a channel, post a completion).
-pub type Completion = Box<dyn FnOnce(Result<ScsiResult, SessionError>, Vec<u8>) + Send>;
+pub type Completion = Done<Result<ScsiResult, SessionError>>;
 
 /// Things the target told us outside any command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -511,7 +512,7 @@ impl Session {
             params,
             opts,
             socket: socket.try_clone()?,
-            tx: Mutex::new(Tx::new(writer)),
+            tx: Mutex::new(Tx::new(writer, usize::from(depth))),
         });
         let r = Arc::clone(&shared);
         let reader_t = crate::threads::named("iscsi-rx").spawn(move || reader_loop(r, reader))?;
@@ -541,7 +542,7 @@ impl Session {
             DataDir::Read(n) | DataDir::Write(n) => n as usize,
         };
         if buf.len() < need {
-            done(
+            done.call(
                 Err(SessionError::Protocol(format!(
                     "buffer of {} bytes for a {need}-byte transfer",
                     buf.len()
@@ -554,12 +555,12 @@ impl Session {
         loop {
             if let Some(e) = st.failed.clone() {
                 drop(st);
-                done(Err(e), buf);
+                done.call(Err(e), buf);
                 return;
             }
             if st.closing {
                 drop(st);
-                done(Err(SessionError::Closed), buf);
+                done.call(Err(SessionError::Closed), buf);
                 return;
             }
             if !st.free.is_empty() {
@@ -585,7 +586,7 @@ impl Session {
         }
         let Some(slot) = alloc_slot(&mut st) else {
             drop(st);
-            done(Err(SessionError::Closed), buf);
+            done.call(Err(SessionError::Closed), buf);
             return;
         };
         let generation = next_generation(&mut st);
@@ -631,7 +632,7 @@ impl Session {
         self.submit(
             cmd,
             buf,
-            Box::new(move |r, b| {
+            Done::new(move |r, b| {
                 let _ = tx.send((r, b));
             }),
         );
@@ -1006,7 +1007,7 @@ fn fail_all(shared: &Shared, err: SessionError) {
         }
     }
     for (d, b) in done {
-        d(Err(err.clone()), b);
+        d.call(Err(err.clone()), b);
     }
     for c in ctl {
         let _ = c.send(Err(err.clone()));
@@ -1042,7 +1043,7 @@ fn finish(
         shared.slot_free.notify_one();
     }
     if let Some(d) = task.done.take() {
-        d(result, task.buf.take().unwrap_or_default());
+        d.call(result, task.buf.take().unwrap_or_default());
     } else if let Some(c) = task.ctl_done.take() {
         let _ = c.send(result.map(|r| r.status));
     }
@@ -1124,9 +1125,9 @@ mod tests {
         // Not a reader thread: the job comes back to be run by the caller.
         let ran = std::rc::Rc::new(std::cell::Cell::new(false));
         let r = std::rc::Rc::clone(&ran);
-        match at_reader_idle(Box::new(move || r.set(true))) {
+        match at_reader_idle(IdleJob::Call(Box::new(move || r.set(true)))) {
             Ok(()) => panic!("queued on a thread that is no reader"),
-            Err(job) => job(),
+            Err(job) => job.run(),
         }
         assert!(ran.get());
     }

@@ -11,10 +11,52 @@ thread_local! {
     pub(super) static PLUGGED: RefCell<Option<Vec<Arc<Shared>>>> = const { RefCell::new(None) };
     /// Jobs a reader thread runs before it next waits for its target.
     pub(super) static AT_IDLE: RefCell<Vec<IdleJob>> = const { RefCell::new(Vec::new()) };
+    /// The other half of each of the two lists above: a list is swapped
+    /// with its spare when it is worked through, so both keep their
+    /// capacity and a burst allocates nothing once one of its size has
+    /// been seen.
+    static SPARE_PLUGGED: RefCell<Vec<Arc<Shared>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_IDLE: RefCell<Vec<IdleJob>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A long-lived object with work for a reader's idle point (a bridge's
+/// queue to wake, replies to write): queued as an `Arc`, no allocation.
+pub trait Idle: Send + Sync {
+    fn idle(self: Arc<Self>);
 }
 
 /// Work for a reader thread's idle point: see [`at_reader_idle`].
-pub type IdleJob = Box<dyn FnOnce()>;
+pub enum IdleJob {
+    /// A closure: one heap allocation.
+    Call(Box<dyn FnOnce()>),
+    Wake(Arc<dyn Idle>),
+}
+
+impl IdleJob {
+    pub fn run(self) {
+        match self {
+            IdleJob::Call(f) => f(),
+            IdleJob::Wake(w) => w.idle(),
+        }
+    }
+}
+
+/// This thread's held sessions, for sending; an empty list (the spare)
+/// takes their place.
+fn take_plugged() -> Option<Vec<Arc<Shared>>> {
+    PLUGGED.with(|p| {
+        let mut p = p.borrow_mut();
+        let held = p.as_mut()?;
+        let spare = SPARE_PLUGGED.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        Some(std::mem::replace(held, spare))
+    })
+}
+
+/// A list from [`take_plugged`], worked through: kept as the next spare.
+fn give_back_plugged(mut v: Vec<Arc<Shared>>) {
+    v.clear();
+    SPARE_PLUGGED.with(|s| *s.borrow_mut() = v);
+}
 
 /// Commands submitted on this thread while a `Plug` lives are queued but
 /// not sent; dropping it (or [`Plug::flush`]) sends them, several commands
@@ -33,7 +75,7 @@ pub fn plug() -> Plug {
         if p.is_some() {
             false
         } else {
-            *p = Some(Vec::new());
+            *p = Some(SPARE_PLUGGED.with(|s| std::mem::take(&mut *s.borrow_mut())));
             true
         }
     });
@@ -53,17 +95,22 @@ impl Drop for Plug {
     fn drop(&mut self) {
         if self.outer {
             send_plugged();
-            PLUGGED.with(|p| p.borrow_mut().take());
+            if let Some(v) = PLUGGED.with(|p| p.borrow_mut().take()) {
+                give_back_plugged(v);
+            }
         }
     }
 }
 
 /// Send the commands this thread's plug holds.
 pub(super) fn send_plugged() {
-    let held = PLUGGED.with(|p| p.borrow_mut().as_mut().map(std::mem::take));
-    for s in held.unwrap_or_default() {
+    let Some(mut held) = take_plugged() else {
+        return;
+    };
+    for s in held.drain(..) {
         send_now(&s);
     }
+    give_back_plugged(held);
 }
 
 /// Send whatever `shared` has queued: here if the transmit side is free,
@@ -124,16 +171,22 @@ pub(super) fn segment_bytes(shared: &Shared, len: usize) -> usize {
 /// may resubmit on another one). Until nothing is left.
 pub(super) fn reader_idle(shared: &Shared) -> Result<(), SessionError> {
     loop {
-        let jobs = AT_IDLE.with(|q| std::mem::take(&mut *q.borrow_mut()));
+        let mut jobs = AT_IDLE.with(|q| {
+            let spare = SPARE_IDLE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+            std::mem::replace(&mut *q.borrow_mut(), spare)
+        });
         let ran = !jobs.is_empty();
-        for j in jobs {
-            j();
+        for j in jobs.drain(..) {
+            j.run();
         }
-        let held = PLUGGED.with(|p| p.borrow_mut().as_mut().map(std::mem::take));
-        for s in held.unwrap_or_default() {
-            if !std::ptr::eq(Arc::as_ptr(&s), shared) {
-                send_now(&s);
+        SPARE_IDLE.with(|s| *s.borrow_mut() = jobs);
+        if let Some(mut held) = take_plugged() {
+            for s in held.drain(..) {
+                if !std::ptr::eq(Arc::as_ptr(&s), shared) {
+                    send_now(&s);
+                }
             }
+            give_back_plugged(held);
         }
         if has_work(&lock(&shared.state)) {
             let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());

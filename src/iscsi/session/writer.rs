@@ -28,14 +28,20 @@ pub(super) struct Tx {
     outs: Vec<Out>,
     /// Buffers lent out for the batch, by slot.
     lent: Vec<(u16, Vec<u8>)>,
+    /// Tasks answered while their buffer was lent out, finished once every
+    /// buffer is back (kept for its room, like the two above).
+    answered: Vec<(u16, Result<ScsiResult, SessionError>)>,
 }
 
 impl Tx {
-    pub(super) fn new(w: PduWriter<TcpStream>) -> Tx {
+    /// Room for a batch of every task slot's command (`depth`) and a
+    /// Data-Out each, allocated now rather than on the I/O path.
+    pub(super) fn new(w: PduWriter<TcpStream>, depth: usize) -> Tx {
         Tx {
             w,
-            outs: Vec::new(),
-            lent: Vec::new(),
+            outs: Vec::with_capacity(2 * depth),
+            lent: Vec::with_capacity(depth),
+            answered: Vec::with_capacity(depth),
         }
     }
 }
@@ -106,7 +112,7 @@ pub(super) fn flush(shared: &Shared, tx: &mut Tx) -> Result<(), SessionError> {
         };
         outs.clear();
         tx.outs = outs;
-        give_back(shared, &mut lent);
+        give_back(shared, &mut lent, &mut tx.answered);
         tx.lent = lent;
         result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))?;
         if !more {
@@ -117,22 +123,25 @@ pub(super) fn flush(shared: &Shared, tx: &mut Tx) -> Result<(), SessionError> {
 
 /// Return the buffers lent for a batch; complete the tasks answered
 /// meanwhile.
-fn give_back(shared: &Shared, lent: &mut Vec<(u16, Vec<u8>)>) {
+fn give_back(
+    shared: &Shared,
+    lent: &mut Vec<(u16, Vec<u8>)>,
+    answered: &mut Vec<(u16, Result<ScsiResult, SessionError>)>,
+) {
     if lent.is_empty() {
         return;
     }
     let mut st = lock(&shared.state);
-    let mut to_finish = Vec::new();
     for (slot, b) in lent.drain(..) {
         if let Some(Some(t)) = st.tasks.get_mut(usize::from(slot)) {
             t.buf = Some(b);
             if let Some(r) = t.parked.take() {
-                to_finish.push((slot, r));
+                answered.push((slot, r));
             }
         }
     }
     drop(st);
-    for (slot, r) in to_finish {
+    for (slot, r) in answered.drain(..) {
         finish(shared, lock(&shared.state), slot, r);
     }
 }

@@ -586,6 +586,11 @@ fn carrier(
     Ok((Carrier::Set { set, portals }, all, isids))
 }
 
+/// Log in, open the LU, build the carrier, make (or take back) the device,
+/// record it and tell the starter, then serve it until it goes; finally
+/// flush and log out. Fails before the device is ready when the login,
+/// the LU, the device or `on_ready` fails; after, only when a thread
+/// cannot be started.
 fn serve_inner(
     spec: &ServeSpec,
     pipe: &mut Option<OwnedFd>,
@@ -595,6 +600,70 @@ fn serve_inner(
     // Signals are taken by one thread with sigwait: block them everywhere
     // before any thread starts.
     let sigs = block_signals();
+    let (cfg, several) = device_config(spec);
+    let isids = path_isids(spec, &cfg, several);
+    let (ev_tx, ev_rx) = mpsc::channel::<Event>();
+    let (sess_tx, sess_rx) = mpsc::channel::<SessionEvent>();
+    let (psess_tx, psess_rx) = mpsc::channel::<(usize, SessionEvent)>();
+    let mut prepared: Vec<Option<Result<(), String>>> = vec![None; spec.paths.len()];
+    let mut prep = |i: usize| prepared[i].get_or_insert_with(|| prepare(i)).clone();
+    let (session, login) = log_in(spec, &cfg, &isids, &mut prep, several, &sess_tx, &psess_tx)?;
+    let target = &spec.paths[login.used].target;
+    let chosen = choose_lun(spec, &session, target)?;
+    let spec = chosen.as_ref().unwrap_or(spec);
+    let first = read_lu(spec, session, &login, target)?;
+    let info = first.info.clone();
+    let (carrier, all_paths, isids) = carrier(
+        spec, &cfg, first, isids, &mut prep, &ev_tx, sess_tx, psess_tx,
+    )?;
+    let backend = carrier.backend();
+    let ident = format!("sanroot:{target}:{}", spec.lun);
+    let dev = make_device(spec, &backend, &cfg, &info, &ident)?;
+    let dev_path = dev.path();
+    let (lu_bytes, dev_bytes) = device_size(spec, &info, &dev_path);
+    let mut record = device_record(&dev, target, &login, &cfg, &info, dev_bytes);
+    record.portals = path_records(&all_paths, &isids, matches!(carrier, Carrier::Set { .. }));
+    record.paths = carrier.paths(&record);
+    let dev = Arc::new(dev);
+    if let Err(e) = on_ready(&mut record, login.used) {
+        log::error!("{dev_path}: {e}: removing the device");
+        remove_device(dev, &carrier);
+        return Err(e);
+    }
+    let (run, boot_record) = publish(spec, target, &record, &dev_path, &info, pipe);
+    let grew = lu_bytes > dev_bytes;
+    let waiter = start_event_threads(sigs, &ev_tx, sess_rx, psess_rx, &dev, grew)?;
+    let mut serving = Serving {
+        spec,
+        dev_path: &dev_path,
+        dev: &dev,
+        carrier: &carrier,
+        first_path: login.used,
+        info: &info,
+        ident: &ident,
+        run: &run,
+        boot_record,
+        record,
+        dev_bytes,
+        rescans: Rescans::default(),
+        probe_tx: ev_tx,
+    };
+    if let Flow::Detach = serving.run(&ev_rx) {
+        let _ = waiter.join();
+    }
+    if let Ok(d) = Arc::try_unwrap(dev)
+        && let Err(e) = d.finish()
+    {
+        log::warn!("{dev_path}: {e}");
+    }
+    flush_and_log_out(&backend, &carrier, &dev_path, &run);
+    Ok(())
+}
+
+/// The session settings for the life of the device. Returns them with
+/// one ISID fixed (the dead daemon's when taking over), and whether each
+/// path has a session of its own (then with the path set's quick pings).
+fn device_config(spec: &ServeSpec) -> (InitiatorConfig, bool) {
     let mut cfg = spec.cfg.clone();
     if let Some(t) = &spec.take_over {
         // The dead daemon's ISID: the target replaces its session.
@@ -609,78 +678,116 @@ fn serve_inner(
     if several {
         multipath_timeouts(&mut cfg.session);
     }
-    let isids = path_isids(spec, &cfg, several);
-    let (ev_tx, ev_rx) = mpsc::channel::<Event>();
-    let (sess_tx, sess_rx) = mpsc::channel::<SessionEvent>();
-    let (psess_tx, psess_rx) = mpsc::channel::<(usize, SessionEvent)>();
-    let mut prepared: Vec<Option<Result<(), String>>> = vec![None; spec.paths.len()];
-    let mut prep = |i: usize| prepared[i].get_or_insert_with(|| prepare(i)).clone();
+    (cfg, several)
+}
+
+/// The first login, its session aside: where it went (for the carrier)
+/// and what the device record keeps of it.
+struct Login {
+    /// The index of the path that carried it.
+    used: usize,
+    portal: String,
+    isid: [u8; 6],
+    tsih: u16,
+    tpgt: Option<u16>,
+}
+
+/// The first login ([`first_login`]), each session's events going to
+/// `sess_tx`, or with `several` tagged with its path's index to
+/// `psess_tx`. Returns the session and the login's facts; fails as
+/// [`first_login`] does.
+fn log_in(
+    spec: &ServeSpec,
+    cfg: &InitiatorConfig,
+    isids: &[[u8; 6]],
+    prep: &mut PreparePath<'_>,
+    several: bool,
+    sess_tx: &mpsc::Sender<SessionEvent>,
+    psess_tx: &mpsc::Sender<(usize, SessionEvent)>,
+) -> Result<(Arc<Session>, Login), CmdError> {
     let events_for = |i: usize| {
         if several {
-            super::sessionpath::tagged(&psess_tx, i)
+            super::sessionpath::tagged(psess_tx, i)
         } else {
             Some(sess_tx.clone())
         }
     };
-    let (conn, used) = first_login(
-        &spec.paths,
-        &cfg,
-        &isids,
-        spec.login_wait,
-        &mut prep,
-        &events_for,
-    )?;
-    let path = &spec.paths[used];
-    let (tsih, portal_s) = (conn.tsih, conn.portal.to_string());
-    log::info!(
-        "logged in to {} at {portal_s} (ISID {}, TSIH {tsih})",
-        path.target,
-        state::hex(&conn.isid)
-    );
-    let isid = conn.isid;
-    let tpgt = conn.tpgt;
-    let session = Arc::new(conn.session);
-    let chosen;
-    let spec = if spec.lun_auto {
-        let n = crate::lun::pick_disk(&session, spec.lun)
-            .map_err(|e| CmdError::new(exit::IO, format!("{}: {e}", path.target)))?;
-        if n != spec.lun {
-            log::warn!(
-                "{}: no LUN given and LUN {} is not a disk: serving LUN {n}, the first disk the target reports",
-                path.target,
-                spec.lun
-            );
-        }
-        chosen = ServeSpec {
-            lun: n,
-            lun_auto: false,
-            ..spec.clone()
-        };
-        &chosen
-    } else {
-        spec
+    let (conn, used) = first_login(&spec.paths, cfg, isids, spec.login_wait, prep, &events_for)?;
+    let login = Login {
+        used,
+        portal: conn.portal.to_string(),
+        isid: conn.isid,
+        tsih: conn.tsih,
+        tpgt: conn.tpgt,
     };
+    log::info!(
+        "logged in to {} at {} (ISID {}, TSIH {})",
+        spec.paths[used].target,
+        login.portal,
+        state::hex(&login.isid),
+        login.tsih
+    );
+    Ok((Arc::new(conn.session), login))
+}
+
+/// With `lun_auto`, the spec serving the LUN asked for if it is a disk,
+/// else the first disk the target reports (asked on `session`). Returns
+/// None when the spec names its LUN; fails (exit::IO) when the target
+/// cannot say.
+fn choose_lun(
+    spec: &ServeSpec,
+    session: &Session,
+    target: &str,
+) -> Result<Option<ServeSpec>, CmdError> {
+    if !spec.lun_auto {
+        return Ok(None);
+    }
+    let n = crate::lun::pick_disk(session, spec.lun)
+        .map_err(|e| CmdError::new(exit::IO, format!("{target}: {e}")))?;
+    if n != spec.lun {
+        log::warn!(
+            "{target}: no LUN given and LUN {} is not a disk: serving LUN {n}, the first disk the target reports",
+            spec.lun
+        );
+    }
+    Ok(Some(ServeSpec {
+        lun: n,
+        lun_auto: false,
+        ..spec.clone()
+    }))
+}
+
+/// Read the LU on the first session. Returns what the carrier is built
+/// from; fails (exit::IO) when the LU cannot be read, or when it is not
+/// the disk a device taken back was.
+fn read_lu(
+    spec: &ServeSpec,
+    session: Arc<Session>,
+    login: &Login,
+    target: &str,
+) -> Result<FirstLogin, CmdError> {
     let lun = Lun::open(Arc::clone(&session), spec.lun)
-        .map_err(|e| CmdError::new(exit::IO, format!("{} LUN {}: {e}", path.target, spec.lun)))?;
+        .map_err(|e| CmdError::new(exit::IO, format!("{target} LUN {}: {e}", spec.lun)))?;
     let info = lun.info.clone();
     drop(lun);
-    same_disk_as_taken_over(spec, &path.target, &info)?;
-    let (carrier, all_paths, isids) = carrier(
-        spec,
-        &cfg,
-        FirstLogin {
-            session,
-            tpgt,
-            used,
-            info: info.clone(),
-        },
-        isids,
-        &mut prep,
-        &ev_tx,
-        sess_tx,
-        psess_tx,
-    )?;
-    let backend = carrier.backend();
+    same_disk_as_taken_over(spec, target, &info)?;
+    Ok(FirstLogin {
+        session,
+        tpgt: login.tpgt,
+        used: login.used,
+        info,
+    })
+}
+
+/// Make the device over `backend`, or take back the one a dead daemon
+/// left. Returns it; fails (exit::FAILURE) when the bridge cannot.
+fn make_device(
+    spec: &ServeSpec,
+    backend: &Arc<dyn Backend>,
+    cfg: &InitiatorConfig,
+    info: &LunInfo,
+    ident: &str,
+) -> Result<Device, CmdError> {
     let kind = match &spec.take_over {
         Some(t) => t.bridge,
         None => spec.bridge.resolve(),
@@ -688,10 +795,9 @@ fn serve_inner(
     // ublk's daemon gets its own mount namespace: its exit must never wait
     // on a mount of the device it serves.
     daemon::harden(kind == BridgeKind::Ublk);
-    let ident = format!("sanroot:{}:{}", path.target, spec.lun);
     let dev = match &spec.take_over {
-        Some(t) => Device::take_over(t, &backend, &cfg, &ident)?,
-        None => Device::create(kind, &backend, &cfg, &info, &ident)?,
+        Some(t) => Device::take_over(t, backend, cfg, ident)?,
+        None => Device::create(kind, backend, cfg, info, ident)?,
     };
     if spec.take_over.is_some() {
         log::warn!(
@@ -699,10 +805,14 @@ fn serve_inner(
             dev.path()
         );
     }
-    let dev_path = dev.path();
+    Ok(dev)
+}
+
+/// The LU's size and the device's in the kernel: a device taken back
+/// keeps the one it was made (or last grown) with. A device larger than
+/// the LU is logged as an error. Returns (LU bytes, device bytes).
+fn device_size(spec: &ServeSpec, info: &LunInfo, dev_path: &str) -> (u64, u64) {
     let lu_bytes = info.capacity.bytes().unwrap_or(0);
-    // The device's size in the kernel: a device taken back keeps the one
-    // it was made (or last grown) with.
     let dev_bytes = match &spec.take_over {
         Some(t) if t.size_bytes > 0 => t.size_bytes,
         _ => lu_bytes,
@@ -717,40 +827,42 @@ fn serve_inner(
             )
         );
     }
-    let mut record = device_record(
-        &dev,
-        &path.target,
-        portal_s,
-        &cfg,
-        (&isid, tsih),
-        &info,
-        dev_bytes,
-    );
-    record.portals = path_records(&all_paths, &isids, matches!(carrier, Carrier::Set { .. }));
-    record.paths = carrier.paths(&record);
-    let dev = Arc::new(dev);
-    if let Err(e) = on_ready(&mut record, used) {
-        log::error!("{dev_path}: {e}: removing the device");
-        let _ = dev.shut_down();
-        if let Ok(d) = Arc::try_unwrap(dev) {
-            let _ = d.finish();
-        }
-        let _ = carrier.close(Duration::from_secs(5));
-        return Err(e);
+    (lu_bytes, dev_bytes)
+}
+
+/// `on_ready` failed: stop and release the device, then log out. Errors
+/// are ignored: the start fails with `on_ready`'s.
+fn remove_device(dev: Arc<Device>, carrier: &Carrier) {
+    let _ = dev.shut_down();
+    if let Ok(d) = Arc::try_unwrap(dev) {
+        let _ = d.finish();
     }
-    // The records' directories, held open: the boot daemon keeps
-    // updating them after switch-root moved /run away from under it.
+    let _ = carrier.close(Duration::from_secs(5));
+}
+
+/// Write the device's record under /run, say it is served, and tell the
+/// starter it is ready. Returns the records' directories (/run's and
+/// boot.json's with its name), held open: the boot daemon keeps updating
+/// them after switch-root moved /run away from under it. Never fails: a
+/// record that cannot be written is logged.
+fn publish(
+    spec: &ServeSpec,
+    target: &str,
+    record: &DeviceRecord,
+    dev_path: &str,
+    info: &LunInfo,
+    pipe: &mut Option<OwnedFd>,
+) -> (state::PinnedDir, Option<(state::PinnedDir, String)>) {
     let run = state::PinnedDir::open(&state::run_dir());
     let boot_record = spec.boot_record.as_ref().and_then(|b| {
         let name = b.file_name()?.to_string_lossy().into_owned();
         Some((state::PinnedDir::open(b.parent()?), name))
     });
-    if let Err(e) = state::save_pinned(&run, &record) {
+    if let Err(e) = state::save_pinned(&run, record) {
         log::warn!("cannot write {}: {e}", run.path().display());
     }
     log::info!(
-        "{dev_path}: serving {} LUN {} ({})",
-        path.target,
+        "{dev_path}: serving {target} LUN {} ({})",
         spec.lun,
         info.capacity
     );
@@ -758,8 +870,22 @@ fn serve_inner(
         crate::outln!("{dev_path}");
     }
     ready(pipe, &format!("ok {dev_path}\n"));
+    (run, boot_record)
+}
 
-    // Forward signals, session events and the end of the device.
+/// Start the threads that feed the serving loop on `ev_tx`: signals, the
+/// sessions' events and the end of the device; first, when the LU `grew`
+/// while no daemon served it, ask for it to be read again. Returns the
+/// thread waiting for the device's end; fails (exit::FAILURE) when a
+/// thread cannot be started.
+fn start_event_threads(
+    sigs: SigSet,
+    ev_tx: &mpsc::Sender<Event>,
+    sess_rx: mpsc::Receiver<SessionEvent>,
+    psess_rx: mpsc::Receiver<(usize, SessionEvent)>,
+    dev: &Arc<Device>,
+    grew: bool,
+) -> Result<std::thread::JoinHandle<()>, CmdError> {
     {
         let tx = ev_tx.clone();
         crate::threads::spawn("sanroot-signals", move || {
@@ -771,61 +897,19 @@ fn serve_inner(
         })
         .map_err(thread_error)?;
     }
-    forward(&ev_tx, sess_rx, Event::Session)?;
-    forward(&ev_tx, psess_rx, |(i, e)| Event::PathSession(i, e))?;
-    let probe_tx = ev_tx.clone();
-    if lu_bytes > dev_bytes {
+    forward(ev_tx, sess_rx, Event::Session)?;
+    forward(ev_tx, psess_rx, |(i, e)| Event::PathSession(i, e))?;
+    if grew {
         // The LU grew while no daemon served it.
-        let _ = probe_tx.send(Event::Rescan(UnitAttentionReason::CapacityChanged));
+        let _ = ev_tx.send(Event::Rescan(UnitAttentionReason::CapacityChanged));
     }
-    let waiter = {
-        let tx = ev_tx.clone();
-        let d = Arc::clone(&dev);
-        crate::threads::spawn("sanroot-devwait", move || {
-            d.wait();
-            let _ = tx.send(Event::DeviceGone);
-        })
-        .map_err(thread_error)?
-    };
-    drop(ev_tx);
-    let mut serving = Serving {
-        spec,
-        dev_path: &dev_path,
-        dev: &dev,
-        carrier: &carrier,
-        first_path: used,
-        info: &info,
-        ident: &ident,
-        run: &run,
-        boot_record,
-        record,
-        dev_bytes,
-        rescans: Rescans::default(),
-        probe_tx,
-    };
-    loop {
-        match ev_rx.recv() {
-            Ok(ev) => match serving.handle(ev) {
-                Flow::Serve => {}
-                Flow::Detach => {
-                    let _ = waiter.join();
-                    break;
-                }
-                Flow::Gone => break,
-            },
-            Err(_) => {
-                log::info!("{dev_path}: disconnected by the kernel");
-                break;
-            }
-        }
-    }
-    if let Ok(d) = Arc::try_unwrap(dev)
-        && let Err(e) = d.finish()
-    {
-        log::warn!("{dev_path}: {e}");
-    }
-    flush_and_log_out(&backend, &carrier, &dev_path, &run);
-    Ok(())
+    let tx = ev_tx.clone();
+    let d = Arc::clone(dev);
+    crate::threads::spawn("sanroot-devwait", move || {
+        d.wait();
+        let _ = tx.send(Event::DeviceGone);
+    })
+    .map_err(thread_error)
 }
 
 /// The record's paths: where to log in again, with each path's ISID
@@ -851,9 +935,8 @@ fn path_records(paths: &[PathSpec], isids: &[[u8; 6]], own: bool) -> Vec<state::
 fn device_record(
     dev: &Device,
     target: &str,
-    portal: String,
+    login: &Login,
     cfg: &InitiatorConfig,
-    (isid, tsih): (&[u8; 6], u16),
     info: &LunInfo,
     size_bytes: u64,
 ) -> DeviceRecord {
@@ -862,12 +945,12 @@ fn device_record(
         bridge: dev.kind().into(),
         index: dev.index(),
         target: target.to_string(),
-        portal,
+        portal: login.portal.clone(),
         portals: Vec::new(),
         lun: info.lun,
         initiator: cfg.initiator_name.clone(),
-        isid: state::hex(isid),
-        tsih,
+        isid: state::hex(&login.isid),
+        tsih: login.tsih,
         pid: std::process::id(),
         pid_start: state::start_time(std::process::id()).unwrap_or(0),
         state: "running".into(),
@@ -955,6 +1038,25 @@ struct Serving<'a> {
 }
 
 impl Serving<'_> {
+    /// Handle events until the device goes. Returns how it went:
+    /// [`Flow::Detach`] after a signal, [`Flow::Gone`] when the kernel took
+    /// it away (or every event's sender is gone).
+    fn run(&mut self, events: &mpsc::Receiver<Event>) -> Flow {
+        loop {
+            match events.recv() {
+                Ok(ev) => match self.handle(ev) {
+                    Flow::Serve => {}
+                    end => return end,
+                },
+                Err(_) => {
+                    log::info!("{}: disconnected by the kernel", self.dev_path);
+                    return Flow::Gone;
+                }
+            }
+        }
+    }
+
+    /// One event: what it changes, and whether serving goes on.
     fn handle(&mut self, ev: Event) -> Flow {
         let dev_path = self.dev_path;
         match ev {

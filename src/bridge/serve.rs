@@ -648,9 +648,12 @@ fn serve_inner(
         rescans: Rescans::default(),
         probe_tx: ev_tx,
     };
-    if let Flow::Detach = serving.run(&ev_rx) {
-        let _ = waiter.join();
-    }
+    // Detach (a signal) or Gone (the waiter saw the device go): either way
+    // the waiter's wait has returned or is returning; its handle to the
+    // device must be dropped before ours can be the last, or the device's
+    // release (for ublk: DEL_DEV) would be skipped.
+    let _ = serving.run(&ev_rx);
+    let _ = waiter.join();
     if let Ok(d) = Arc::try_unwrap(dev)
         && let Err(e) = d.finish()
     {

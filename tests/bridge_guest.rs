@@ -6,7 +6,8 @@
 //! is clean, a write into a partition landed at the right offset, a thin LUN
 //! got its holes back after fstrim.
 //!
-//! One boot per bridge runs all seven cases (fs, pattern, ro, 4k, trim,
+//! One boot per bridge runs all eight cases (fs, pattern, ro, orphan: the
+//! daemon is killed and `detach` removes its device, 4k, trim,
 //! resize: the LUN grows on the host while attached; secrets: mutual CHAP
 //! secrets given through the environment leave no trace in the guest's
 //! /proc and the daemon is not dumpable, issue 14)
@@ -455,6 +456,42 @@ fn ro(bridge: &'static str) {
     c.detached();
 }
 
+/// The daemon was SIGKILLed; `sanroot detach` cleaned up after it: the
+/// device is removed (for ublk, a quiesced device would otherwise hold its
+/// I/O for a daemon that never comes), and a read it held ended with an
+/// error instead of waiting for ever.
+fn orphan(bridge: &'static str) {
+    let c = Case::new("orphan", bridge);
+    c.attached(16 * MIB);
+    c.eq("daemon_gone", "yes", "the daemon was killed (SIGKILL)");
+    c.eq("detach_rc", "0", "sanroot detach after the daemon died");
+    let held = c.get("held_read");
+    c.check(
+        held.starts_with("ended rc=") && held != "ended rc=0",
+        &format!(
+            "a read sent after the daemon died must end with an error once the device is detached, not {held:?}"
+        ),
+    );
+    c.eq(
+        "status_lists_dev_after_detach",
+        "no",
+        "sanroot status no longer lists the detached device",
+    );
+    match bridge {
+        "nbd" => {
+            if c.get("dev_after_detach") == "present" {
+                c.eq("size_after_detach", "0", "a detached nbd device has size 0");
+            }
+        }
+        _ => c.eq(
+            "dev_after_detach",
+            "gone",
+            "the dead daemon's ublk device is deleted",
+        ),
+    }
+    c.eq("guest_rc", "0", "the case ran every step");
+}
+
 fn four_k(bridge: &'static str) {
     let c = Case::new("4k", bridge);
     c.attached(128 * MIB);
@@ -796,6 +833,10 @@ fn nbd_ro() {
     ro("nbd");
 }
 #[test]
+fn nbd_orphan() {
+    orphan("nbd");
+}
+#[test]
 fn nbd_4k() {
     four_k("nbd");
 }
@@ -827,6 +868,10 @@ fn ublk_pattern() {
 #[test]
 fn ublk_ro() {
     ro("ublk");
+}
+#[test]
+fn ublk_orphan() {
+    orphan("ublk");
 }
 #[test]
 fn ublk_4k() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{nbd, serve};
+use super::{nbd, serve, ublk};
 use crate::exit::{self, CmdError};
 use crate::state;
 
@@ -59,6 +59,16 @@ pub fn detach_device(device: &str) -> Result<(), CmdError> {
         // The daemon is gone: disconnect the device ourselves.
         nbd::disconnect_index(rec.index)
             .map_err(|e| CmdError::new(exit::FAILURE, e.to_string()))?;
+    } else if rec.bridge == "ublk" {
+        // The daemon is gone and the device waits, quiesced, for a new one
+        // (`attach --recover`), holding its I/O: stop it (the held I/O
+        // fails) and delete it.
+        ublk::detach(rec.index).map_err(|e| {
+            CmdError::new(
+                exit::FAILURE,
+                format!("{dev}: the daemon is gone, and removing the device failed: {e}"),
+            )
+        })?;
     }
     state::remove(&run, &dev);
     eprintln!("sanroot: detached {dev}");

@@ -630,9 +630,18 @@ fn serve_inner(
         remove_device(dev, &carrier);
         return Err(e);
     }
-    let (run, boot_record) = publish(spec, target, &record, &dev_path, &info, pipe);
+    // The threads first: a failure is still the starter's to hear (after
+    // publish it has been told "ok"), and the device is removed.
     let grew = lu_bytes > dev_bytes;
-    let waiter = start_event_threads(sigs, &ev_tx, sess_rx, psess_rx, &dev, grew)?;
+    let waiter = match start_event_threads(sigs, &ev_tx, sess_rx, psess_rx, &dev, grew) {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("{dev_path}: {e}: removing the device");
+            remove_device(dev, &carrier);
+            return Err(e);
+        }
+    };
+    let (run, boot_record) = publish(spec, target, &record, &dev_path, &info, pipe);
     let mut serving = Serving {
         spec,
         dev_path: &dev_path,

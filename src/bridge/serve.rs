@@ -472,21 +472,120 @@ struct FirstLogin {
     info: LunInfo,
 }
 
-/// The carrier, every path (the first one's first) and their ISIDs.
+/// The carrier, every path (with one session, the first login's first)
+/// and their ISIDs.
 type Carried = (Carrier, Vec<PathSpec>, Vec<[u8; 6]>);
 
 /// The carrier of the device's requests: a path set when there are
-/// several paths (given, or learnt from SendTargets), else one recovering
-/// session. Its events are forwarded to `ev_tx`.
+/// several paths (given, or learnt from SendTargets) and not one session
+/// at a time ([`path_set`]), else one recovering session
+/// ([`one_session`]). Its events are forwarded to `ev_tx`. Returns it with
+/// every path and their ISIDs; fails (exit::FAILURE) only when a thread
+/// forwarding its events cannot be started.
 #[allow(clippy::too_many_arguments)]
 fn carrier(
     spec: &ServeSpec,
     cfg: &InitiatorConfig,
     first: FirstLogin,
-    mut isids: Vec<[u8; 6]>,
+    isids: Vec<[u8; 6]>,
     prepare: &mut PreparePath<'_>,
     ev_tx: &mpsc::Sender<Event>,
     sess_tx: mpsc::Sender<SessionEvent>,
+    path_sessions: mpsc::Sender<(usize, SessionEvent)>,
+) -> Result<Carried, CmdError> {
+    // The given paths, then the target's other portals from SendTargets
+    // (multipath targets list them all), asked through the path that
+    // worked first.
+    let mut all = spec.paths.clone();
+    all.extend(super::recover::discover_other_portals(
+        &spec.paths[first.used],
+        &spec.paths,
+        cfg,
+    ));
+    if all.len() == 1 || spec.single_session {
+        let (one, all) = one_session(spec, cfg, first, all, ev_tx, sess_tx)?;
+        return Ok((one, all, isids));
+    }
+    path_set(spec, cfg, first, all, isids, prepare, ev_tx, path_sessions)
+}
+
+/// The first login's session, kept by a [`RecoveringBackend`] that logs
+/// in again through `all` (the path that carried the first login first)
+/// when it is lost. Session events go to `sess_tx`, recovery events and
+/// unit attentions to `ev_tx`. Returns the carrier and the paths in the
+/// order reconnects try them; fails (exit::FAILURE) when the thread
+/// forwarding recovery events cannot be started.
+fn one_session(
+    spec: &ServeSpec,
+    cfg: &InitiatorConfig,
+    first: FirstLogin,
+    all: Vec<PathSpec>,
+    ev_tx: &mpsc::Sender<Event>,
+    sess_tx: mpsc::Sender<SessionEvent>,
+) -> Result<(Carrier, Vec<PathSpec>), CmdError> {
+    let FirstLogin {
+        session,
+        tpgt,
+        used,
+        info,
+    } = first;
+    let on_ua = ua_hook(ev_tx);
+    let all = used_first(&all, used);
+    let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
+    forward(ev_tx, rec_rx, Event::Recovery)?;
+    let alua = super::sessionpath::alua_state(&session, &info);
+    let backend = RecoveringBackend::new(
+        IscsiBackend::new(session, info).with_ua_hook(Some(Arc::clone(&on_ua))),
+        Reconnect {
+            paths: all.clone(),
+            lun: spec.lun,
+            cfg: cfg.clone(),
+            session_events: Some(sess_tx),
+            on_ua: Some(on_ua),
+        },
+        RecoveryPolicy::default(),
+        Some(rec_tx),
+    );
+    Ok((
+        Carrier::One {
+            backend,
+            alua,
+            tpgt,
+        },
+        all,
+    ))
+}
+
+/// `paths` with `paths[used]` first, the others after it in their order.
+fn used_first(paths: &[PathSpec], used: usize) -> Vec<PathSpec> {
+    let mut order = vec![paths[used].clone()];
+    order.extend(
+        paths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != used)
+            .map(|(_, p)| p.clone()),
+    );
+    order
+}
+
+/// A session on each of `all`: the first login's joins as its path, the
+/// other given paths are prepared (a failure is only logged) and the set
+/// logs every other path in, with its quick pings. Paths beyond `isids`
+/// get a new ISID. The sessions it logs in send their events to
+/// `path_sessions` tagged with their path; path events and unit
+/// attentions go to `ev_tx`. Returns the carrier, `all` (in its order)
+/// and every path's ISID; fails (exit::FAILURE) when the thread
+/// forwarding path events cannot be started.
+#[allow(clippy::too_many_arguments)]
+fn path_set(
+    spec: &ServeSpec,
+    cfg: &InitiatorConfig,
+    first: FirstLogin,
+    all: Vec<PathSpec>,
+    mut isids: Vec<[u8; 6]>,
+    prepare: &mut PreparePath<'_>,
+    ev_tx: &mpsc::Sender<Event>,
     path_sessions: mpsc::Sender<(usize, SessionEvent)>,
 ) -> Result<Carried, CmdError> {
     let FirstLogin {
@@ -495,50 +594,7 @@ fn carrier(
         used,
         info,
     } = first;
-    let path = &spec.paths[used];
-    // The path that worked first, then the others, then the target's other
-    // portals from SendTargets (multipath targets list them all).
-    let mut all = spec.paths.clone();
-    all.extend(super::recover::discover_other_portals(
-        path,
-        &spec.paths,
-        cfg,
-    ));
     let on_ua = ua_hook(ev_tx);
-    if all.len() == 1 || spec.single_session {
-        let mut order = vec![all[used].clone()];
-        order.extend(
-            all.iter()
-                .enumerate()
-                .filter(|(i, _)| *i != used)
-                .map(|(_, p)| p.clone()),
-        );
-        all = order;
-        let (rec_tx, rec_rx) = mpsc::channel::<RecoveryEvent>();
-        forward(ev_tx, rec_rx, Event::Recovery)?;
-        let alua = super::sessionpath::alua_state(&session, &info);
-        let backend = RecoveringBackend::new(
-            IscsiBackend::new(session, info).with_ua_hook(Some(Arc::clone(&on_ua))),
-            Reconnect {
-                paths: all.clone(),
-                lun: spec.lun,
-                cfg: cfg.clone(),
-                session_events: Some(sess_tx),
-                on_ua: Some(on_ua),
-            },
-            RecoveryPolicy::default(),
-            Some(rec_tx),
-        );
-        return Ok((
-            Carrier::One {
-                backend,
-                alua,
-                tpgt,
-            },
-            all,
-            isids,
-        ));
-    }
     while isids.len() < all.len() {
         isids.push(crate::iscsi::login::random_isid());
     }
@@ -573,7 +629,7 @@ fn carrier(
     );
     log::info!(
         "{} LUN {}: a session on each of {} paths ({}), policy {}",
-        path.target,
+        spec.paths[used].target,
         spec.lun,
         all.len(),
         all.iter()

@@ -509,6 +509,33 @@ fn target_pings_are_answered_during_io() {
     })
 }
 
+/// A session logged in without pings (as the only path) that turns out to
+/// be one of several gets the quick pings from then on (`set_ping`).
+#[test]
+fn pings_start_when_set_after_login() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default());
+        let mut cfg = config();
+        cfg.session.nop_interval = None;
+        let c = connect(&f, &cfg);
+        let pings = |f: &FakeTarget| {
+            f.log()
+                .pdus
+                .iter()
+                .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
+                .count()
+        };
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(pings(&f), 0, "no pings before they are asked for");
+        c.session
+            .set_ping(Some(Duration::from_millis(200)), Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(c.session.failure().is_none(), "{:?}", c.session.failure());
+        assert!(pings(&f) >= 2, "{} pings after set_ping", pings(&f));
+        f.assert_clean();
+    })
+}
+
 #[test]
 fn liveness_pings_keep_a_live_session() {
     within(|| {

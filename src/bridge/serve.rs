@@ -600,6 +600,9 @@ fn path_set(
     }
     let mut pcfg = cfg.clone();
     multipath_timeouts(&mut pcfg.session);
+    // The first session may have logged in as the only path (more portals
+    // were found through it): it now needs the quick pings of every path.
+    session.set_ping(pcfg.session.nop_interval, pcfg.session.nop_timeout);
     let connector = Arc::new(SessionConnector {
         paths: all.clone(),
         isids: isids.clone(),

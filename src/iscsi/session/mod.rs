@@ -380,6 +380,10 @@ struct State {
     /// header taken from what an earlier read buffered needs no new time.
     last_rx_bytes: u64,
     ping_out: Option<(u16, Instant)>,
+    /// The liveness ping's timings: the options' at login, changed by
+    /// [`Session::set_ping`].
+    ping_every: Option<Duration>,
+    ping_timeout: Duration,
     events: Option<Sender<SessionEvent>>,
     /// Async messages the target may still send now (see [`EVENT_BURST`]).
     event_tokens: Tokens,
@@ -450,6 +454,11 @@ pub struct Session {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// A write blocked this long means the target stopped reading.
+fn write_timeout(ping_timeout: Duration) -> Duration {
+    ping_timeout.max(Duration::from_secs(5)) * 3
+}
+
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding the lock cannot leave the table half-updated
     // in a way that matters more than losing the session; keep going.
@@ -487,7 +496,7 @@ impl Session {
         let _ = socket.set_nodelay(true);
         // A write blocked this long means the target stopped reading: the
         // connection is dead, and recovery must not wait forever on it.
-        let _ = socket.set_write_timeout(Some(opts.nop_timeout.max(Duration::from_secs(5)) * 3));
+        let _ = socket.set_write_timeout(Some(write_timeout(opts.nop_timeout)));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 tasks: (0..depth).map(|_| None).collect(),
@@ -501,6 +510,8 @@ impl Session {
                 last_rx: Instant::now(),
                 last_rx_bytes: 0,
                 ping_out: None,
+                ping_every: opts.nop_interval,
+                ping_timeout: opts.nop_timeout,
                 events,
                 event_tokens: Tokens::new(EVENT_BURST, Instant::now()),
                 escalation: None,
@@ -531,6 +542,23 @@ impl Session {
     /// The session's error, if it has failed.
     pub fn failure(&self) -> Option<SessionError> {
         lock(&self.shared.state).failed.clone()
+    }
+
+    /// Ping after `every` of silence and give up on the connection when a
+    /// ping goes unanswered for `timeout` (and a write blocks for a few
+    /// times that), from now on: for a session logged in before it was
+    /// known to be one path of several, which want loss noticed sooner.
+    pub fn set_ping(&self, every: Option<Duration>, timeout: Duration) {
+        let _ = self
+            .shared
+            .socket
+            .set_write_timeout(Some(write_timeout(timeout)));
+        let mut st = lock(&self.shared.state);
+        st.ping_every = every;
+        st.ping_timeout = timeout;
+        drop(st);
+        // The writer sleeps until the next ping is due: by the old timings.
+        self.shared.wake_writer.notify_all();
     }
 
     /// Queue a SCSI command; `done` runs when it ends. Blocks while every

@@ -11,7 +11,7 @@ pub(super) fn timers_due(
     shared: &Shared,
 ) -> Result<Option<Duration>, SessionError> {
     let cmd = command_due(st, &shared.opts, Instant::now())?;
-    let ping = ping_due(st, shared)?;
+    let ping = ping_due(st)?;
     Ok(match (cmd, ping) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -239,17 +239,18 @@ pub(super) fn retry_task(st: &mut State, slot: u16) -> Result<(), SessionError> 
 /// Check the liveness ping: send one after `nop_interval` of silence, fail
 /// the session when one goes unanswered past `nop_timeout`. Returns how
 /// long the writer may sleep.
-pub(super) fn ping_due(st: &mut State, shared: &Shared) -> Result<Option<Duration>, SessionError> {
-    let Some(interval) = shared.opts.nop_interval else {
+pub(super) fn ping_due(st: &mut State) -> Result<Option<Duration>, SessionError> {
+    let Some(interval) = st.ping_every else {
         return Ok(None);
     };
+    let timeout = st.ping_timeout;
     let now = Instant::now();
     if let Some((_, sent)) = st.ping_out {
         let waited = now.saturating_duration_since(sent);
-        if waited >= shared.opts.nop_timeout {
-            return Err(SessionError::PingTimeout(shared.opts.nop_timeout));
+        if waited >= timeout {
+            return Err(SessionError::PingTimeout(timeout));
         }
-        return Ok(Some(shared.opts.nop_timeout - waited));
+        return Ok(Some(timeout - waited));
     }
     let idle = now.saturating_duration_since(st.last_rx);
     if idle < interval {
@@ -263,5 +264,5 @@ pub(super) fn ping_due(st: &mut State, shared: &Shared) -> Result<Option<Duratio
     st.tasks[usize::from(slot)] = Some(Task::control(generation, TaskKind::Ping, None));
     let pdu = ping_pdu(itt_of(slot, generation), &st.sn);
     st.ctl_queue.push_back(Ctl::Immediate { slot, pdu });
-    Ok(Some(shared.opts.nop_timeout))
+    Ok(Some(timeout))
 }

@@ -527,11 +527,13 @@ fn pings_start_when_set_after_login() {
         };
         std::thread::sleep(Duration::from_millis(600));
         assert_eq!(pings(&f), 0, "no pings before they are asked for");
+        // The first ping is due 200 ms after this; the next ones come when
+        // the writer next wakes, at the latest the timeout (2 s) later.
         c.session
             .set_ping(Some(Duration::from_millis(200)), Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(1500));
         assert!(c.session.failure().is_none(), "{:?}", c.session.failure());
-        assert!(pings(&f) >= 2, "{} pings after set_ping", pings(&f));
+        assert!(pings(&f) >= 1, "no ping in 1.5 s after set_ping");
         f.assert_clean();
     })
 }

@@ -538,6 +538,41 @@ fn pings_start_when_set_after_login() {
     })
 }
 
+/// An answered ping schedules the next one an interval after the answer,
+/// not a timeout after the ping: the writer sleeps until the ping's
+/// timeout and must be woken when the answer comes. With a 150 ms interval
+/// and a 30 s timeout, a writer that is not woken sends its second ping
+/// 30 s after the first; this asks for four within 15 s (with the wake
+/// they come about 150 ms apart).
+#[test]
+fn an_answered_ping_schedules_the_next_an_interval_later() {
+    within(|| {
+        let f = FakeTarget::start(Behaviour::default());
+        let mut cfg = config();
+        cfg.session.nop_interval = Some(Duration::from_millis(150));
+        cfg.session.nop_timeout = Duration::from_secs(30);
+        let c = connect(&f, &cfg);
+        let pings = |f: &FakeTarget| {
+            f.log()
+                .pdus
+                .iter()
+                .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while pings(&f) < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            pings(&f) >= 4,
+            "{} pings in 15 s with a 150 ms interval: the writer slept until the 30 s ping timeout after an answered ping",
+            pings(&f)
+        );
+        assert!(c.session.failure().is_none(), "{:?}", c.session.failure());
+        f.assert_clean();
+    })
+}
+
 #[test]
 fn liveness_pings_keep_a_live_session() {
     within(|| {

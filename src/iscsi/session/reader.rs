@@ -339,10 +339,19 @@ fn on_nop_in(
             )));
         }
         let slot = slot_of(n.itt).0;
-        if st.ping_out.is_some_and(|(s, _)| s == slot) {
+        let answered = st.ping_out.is_some_and(|(s, _)| s == slot);
+        if answered {
             st.ping_out = None;
         }
         finish(shared, st, slot, Ok(ScsiResult::default()));
+        if answered {
+            // The writer sleeps until the ping's timeout: wake it to
+            // schedule the next one an interval after this answer, not
+            // a timeout after the ping (which made a silent loss take
+            // interval + 2 × timeout to notice instead of interval +
+            // timeout).
+            shared.wake_writer.notify_all();
+        }
     } else if n.ttt != RESERVED_TAG {
         // The target pings us: answer with its TTT and its data.
         // A target that pings faster than we can answer is

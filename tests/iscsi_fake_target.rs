@@ -527,8 +527,8 @@ fn pings_start_when_set_after_login() {
         };
         std::thread::sleep(Duration::from_millis(600));
         assert_eq!(pings(&f), 0, "no pings before they are asked for");
-        // The first ping is due 200 ms after this; the next ones come when
-        // the writer next wakes, at the latest the timeout (2 s) later.
+        // The first ping is due 200 ms after this (the cadence after an
+        // answer is `an_answered_ping_schedules_the_next_an_interval_later`).
         c.session
             .set_ping(Some(Duration::from_millis(200)), Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(1500));

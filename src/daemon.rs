@@ -7,7 +7,7 @@
 //!   does not recurse into its I/O;
 //! - chdir("/") and its own mount namespace, so it holds nothing of the
 //!   filesystem it serves (and, for ublk, its exit cannot deadlock on it);
-//! - argv[0] starting with '@' when started from an initramfs, so systemd
+//! - argv\[0\] starting with '@' when started from an initramfs, so systemd
 //!   skips it in the kill sweeps at switch-root and shutdown.
 //!
 //! Each step logs a warning when it fails and carries on: an unprivileged
@@ -21,8 +21,8 @@ pub fn in_initramfs() -> bool {
     Path::new("/etc/initrd-release").exists()
 }
 
-/// If we were started from an initramfs and argv[0] does not start with
-/// '@', exec ourselves again with "@sanroot" as argv[0]. Returns only when
+/// If we were started from an initramfs and argv\[0\] does not start with
+/// '@', exec ourselves again with "@sanroot" as argv\[0\]. Returns only when
 /// no re-exec was needed (or it failed).
 pub fn ensure_at_argv0() {
     if !in_initramfs() {

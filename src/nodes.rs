@@ -165,7 +165,7 @@ impl Startup {
 }
 
 /// One record in open-iscsi's node format (`iscsiadm -m node -o show`
-/// layout, as stored under DB/nodes/<iqn>/<ip>,<port>,<tpgt>/default, DB
+/// layout, as stored under `DB/nodes/<iqn>/<ip>,<port>,<tpgt>/default`, DB
 /// being /etc/iscsi or /var/lib/iscsi: see [`detect_node_db`]).
 /// Only the keys that differ from open-iscsi's defaults or identify the
 /// node are written; iscsiadm fills in the rest when it reads the file.

@@ -61,7 +61,7 @@ pub struct DeviceRecord {
 /// One path of a device as it is now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathState {
-    /// "IP:PORT" ("[v6]:PORT").
+    /// "IP:PORT" ("\[v6\]:PORT").
     pub portal: String,
     /// The target portal group tag the login reported; `null` before a
     /// login (or when the target did not say).
@@ -80,7 +80,7 @@ pub struct PathState {
 /// secret: CHAP settings come from whoever takes the device back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathRecord {
-    /// "IP:PORT" ("[v6]:PORT").
+    /// "IP:PORT" ("\[v6\]:PORT").
     pub portal: String,
     pub target: String,
     /// Hex ISID of this path's session when every path has one at once
@@ -297,7 +297,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 impl DeviceRecord {
     /// Whether the daemon this record names is still running: its PID is
     /// alive and is the same process (same start time; for an old record
-    /// without one, a process whose argv[0] is sanroot's). A PID reused by
+    /// without one, a process whose argv\[0\] is sanroot's). A PID reused by
     /// another process is not the daemon: nothing may signal it.
     pub fn daemon_alive(&self) -> bool {
         let Some(stat) = live_stat(self.pid) else {

@@ -92,7 +92,7 @@ impl IscsiUrl {
         })
     }
 
-    /// The portal as "host:port" ("[v6]:port").
+    /// The portal as "host:port" ("\[v6\]:port").
     pub fn portal(&self) -> String {
         format_portal(&self.host, self.port)
     }
@@ -129,7 +129,7 @@ pub fn format_portal(host: &str, port: u16) -> String {
     }
 }
 
-/// "host", "host:port", "[v6]", "[v6]:port" -> (host without brackets, port).
+/// "host", "host:port", "\[v6\]", "\[v6\]:port" -> (host without brackets, port).
 pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
     if s.is_empty() {
         return Err("empty host".into());

@@ -95,7 +95,7 @@ pub struct BootRecord {
     /// "ibft", "cmdline", with detail.
     pub source: String,
     pub target: String,
-    /// "10.0.2.2:3260", "[fd00::2]:3260" ([`portal`]).
+    /// "10.0.2.2:3260", "\[fd00::2\]:3260" ([`portal`]).
     pub portal: String,
     pub lun: u64,
     pub initiator: String,
@@ -242,7 +242,7 @@ fn write_files(root: &Path, rec: &BootRecord, missing_only: bool) -> io::Result<
     Ok(written)
 }
 
-/// Rewrite the record alone (after [`write`], e.g. with
+/// Rewrite the record alone (after [`write()`], e.g. with
 /// [`BootRecord::hidden_node_records`] filled in).
 pub fn write_record(root: &Path, rec: &BootRecord) -> io::Result<()> {
     let json = serde_json::to_string_pretty(rec)
@@ -636,7 +636,7 @@ fn iscsi_dropin(rec: &BootRecord) -> String {
     s
 }
 
-/// Where [`second_login_rules`] go.
+/// Where `second_login_rules` go.
 pub const SECOND_LOGIN_RULES: &str = "run/udev/rules.d/62-sanroot-second-login.rules";
 
 /// A name usable in a udev glob and a shell word unquoted: the characters
@@ -777,7 +777,7 @@ fn networkd_files(rec: &BootRecord, nics: &[Nic<'_>]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Where [`ifupdown_files`] puts `EXCLUDE_INTERFACES` for networking.service.
+/// Where `ifupdown_files` puts `EXCLUDE_INTERFACES` for networking.service.
 pub const IFUPDOWN_ENV: &str = "run/sanroot/ifupdown.env";
 
 /// Debian's ifupdown under systemd (`/etc/network/interfaces`, the

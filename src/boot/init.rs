@@ -16,7 +16,7 @@
 //! "halt", "kexec"). We unmount /oldroot, have the daemon flush, log out
 //! and remove the device (`sanroot detach`), and power off.
 //!
-//! Both are entered from `main` when the process is PID 1 and argv[0] is
+//! Both are entered from `main` when the process is PID 1 and argv\[0\] is
 //! `…/init` or `…/shutdown` ([`role`]).
 
 use std::ffi::OsString;
@@ -57,7 +57,7 @@ pub enum Role {
     Shutdown,
 }
 
-/// [`Role`] from the pid and argv[0]; `None` for the command-line tool.
+/// [`Role`] from the pid and argv\[0\]; `None` for the command-line tool.
 pub fn role() -> Option<Role> {
     if std::process::id() != 1 {
         return None;

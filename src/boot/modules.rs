@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The list's name under /lib/modules/<release>/.
+/// The list's name under `/lib/modules/<release>/`.
 pub const LIST: &str = "sanroot.modules";
 
 /// finit_module(2): the file is compressed; the kernel decompresses it

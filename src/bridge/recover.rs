@@ -93,7 +93,7 @@ const MAX_DISCOVERED: usize = 8;
 /// the unspecified address; loopback addresses unless `via` itself is on
 /// loopback (a target behind NAT or a port forward often lists its own
 /// 127.0.0.1, which from here would be this machine); IPv6 link-local
-/// addresses. At most [`MAX_DISCOVERED`].
+/// addresses. At most `MAX_DISCOVERED`.
 pub fn discovered_paths(
     via: &PathSpec,
     paths: &[PathSpec],

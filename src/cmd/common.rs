@@ -112,7 +112,7 @@ pub fn auth_config(
 }
 
 /// The session's CHAP credentials ([`auth_config`]) and, when `args`
-/// asks for them, the discovery sessions' ([`discovery_auth_config`]):
+/// asks for them, the discovery sessions' (`read_discovery_auth_config`):
 /// both read before the environment is wiped (a wiped variable reads as
 /// empty).
 pub fn auth_configs(

@@ -1,7 +1,7 @@
 //! The iSCSI Boot Firmware Table: finding it, validating it, showing it.
 //!
 //! - [`wire`]: byte-level views (where each field is);
-//! - [`parse`]: validation of a raw table into [`Ibft`];
+//! - [`mod@parse`]: validation of a raw table into [`Ibft`];
 //! - [`emit`]: raw tables from values (tests, fuzz seeds);
 //! - [`sysfs`]: the kernel's parsed view, as a last resort;
 //! - [`source`]: which of ACPI, low memory and sysfs has the table;

@@ -481,7 +481,7 @@ impl<W: Write> PduWriter<W> {
     }
 
     /// Send PDUs given as (BHS already carrying its data segment length,
-    /// the data segment), [`CHUNK`] at most per vectored write, without
+    /// the data segment), `CHUNK` at most per vectored write, without
     /// allocating: the session's writer sends every batch this way.
     pub fn send_each<'a, I>(&mut self, pdus: I) -> io::Result<()>
     where

@@ -20,7 +20,7 @@
 //!   interface (virtio buses skipped, as for virtio-net) must be PCI.
 //! - onboard `o<index>`: the PCI device's `acpi_index`, else its SMBIOS
 //!   `index`; 0 only from v240; at most 16383 before v249, 65535 since.
-//! - slot `s<n>`: a /sys/bus/pci/slots/<n> whose `address` starts the
+//! - slot `s<n>`: a `/sys/bus/pci/slots/<n>` whose `address` starts the
 //!   PCI device's name, else its upstream bridges'; s390 `function_id`
 //!   slots from v249 (their domain is left out). A slot found on a bridge
 //!   is not used from v247, and from v251 used only when the device is

@@ -10,7 +10,7 @@
 //!   caller's business).
 //!
 //! The steps, in order: find the link whose MAC (current or permanent) is
-//! the NIC's; set it up; for a VLAN, reuse or create "<parent>.<vid>" and
+//! the NIC's; set it up; for a VLAN, reuse or create `<parent>.<vid>` and
 //! set that up; wait (bounded) for carrier; add the address with
 //! NLM_F_CREATE|NLM_F_REPLACE; for IPv6 wait for duplicate address
 //! detection to finish; replace the main table's default route with one via

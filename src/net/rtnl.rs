@@ -601,7 +601,7 @@ pub fn parse_addr(payload: &[u8]) -> Result<Addr, ParseError> {
     })
 }
 
-/// The name of VLAN `vid` on `parent`: "<parent>.<vid>", the parent's
+/// The name of VLAN `vid` on `parent`: `<parent>.<vid>`, the parent's
 /// name shortened when the whole would not fit in IFNAMSIZ.
 pub fn vlan_name(parent: &str, vid: u16) -> String {
     let suffix = format!(".{vid}");

@@ -78,6 +78,16 @@ fn login_error(fake: &FakeTarget, target: &str, cfg: &InitiatorConfig) -> LoginE
     }
 }
 
+/// How many pings (NOP-Outs with an ITT: ours, not answers to the
+/// target's) the fake target has seen.
+fn pings(f: &FakeTarget) -> usize {
+    f.log()
+        .pdus
+        .iter()
+        .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
+        .count()
+}
+
 fn open(c: Connection) -> Lun {
     Lun::open(Arc::new(c.session), 0).unwrap_or_else(|e| panic!("open LUN 0: {e}"))
 }
@@ -518,13 +528,6 @@ fn pings_start_when_set_after_login() {
         let mut cfg = config();
         cfg.session.nop_interval = None;
         let c = connect(&f, &cfg);
-        let pings = |f: &FakeTarget| {
-            f.log()
-                .pdus
-                .iter()
-                .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
-                .count()
-        };
         std::thread::sleep(Duration::from_millis(600));
         assert_eq!(pings(&f), 0, "no pings before they are asked for");
         // The first ping is due 200 ms after this (the cadence after an
@@ -552,13 +555,6 @@ fn an_answered_ping_schedules_the_next_an_interval_later() {
         cfg.session.nop_interval = Some(Duration::from_millis(150));
         cfg.session.nop_timeout = Duration::from_secs(30);
         let c = connect(&f, &cfg);
-        let pings = |f: &FakeTarget| {
-            f.log()
-                .pdus
-                .iter()
-                .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
-                .count()
-        };
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while pings(&f) < 4 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -583,12 +579,7 @@ fn liveness_pings_keep_a_live_session() {
         let c = connect(&f, &cfg);
         std::thread::sleep(Duration::from_millis(3500));
         assert!(c.session.failure().is_none(), "{:?}", c.session.failure());
-        let pings = f
-            .log()
-            .pdus
-            .iter()
-            .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
-            .count();
+        let pings = pings(&f);
         assert!(pings >= 2, "{pings} pings in 3.5 s with a 1 s interval");
         let lun = open(c);
         lun.test_unit_ready().expect("the session still works");

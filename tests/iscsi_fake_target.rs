@@ -81,8 +81,12 @@ fn login_error(fake: &FakeTarget, target: &str, cfg: &InitiatorConfig) -> LoginE
 /// How many pings (NOP-Outs with an ITT: ours, not answers to the
 /// target's) the fake target has seen.
 fn pings(f: &FakeTarget) -> usize {
-    f.log()
-        .pdus
+    pings_in(&f.log())
+}
+
+/// [`pings`] in a log already taken.
+fn pings_in(log: &support::fake_target::Log) -> usize {
+    log.pdus
         .iter()
         .filter(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG))
         .count()
@@ -555,8 +559,8 @@ fn an_answered_ping_schedules_the_next_an_interval_later() {
         cfg.session.nop_interval = Some(Duration::from_millis(150));
         cfg.session.nop_timeout = Duration::from_secs(30);
         let c = connect(&f, &cfg);
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while pings(&f) < 4 && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while pings(&f) < 4 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(
@@ -620,12 +624,7 @@ fn a_command_without_an_answer_times_out() {
         );
         assert!(lun.session().failure().is_some(), "{e}");
         let log = f.log();
-        assert!(
-            log.pdus
-                .iter()
-                .any(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG)),
-            "the pings were answered meanwhile"
-        );
+        assert!(pings_in(&log) > 0, "the pings were answered meanwhile");
         let reads: Vec<u32> = log
             .commands()
             .filter(|(c, _)| is_read(c))
@@ -825,13 +824,7 @@ fn silent_target() -> (SessionError, Duration, SessionError, String) {
             other => panic!("expected a Failed event, got {other:?}"),
         };
         let failure = c.session.failure().expect("the session failed");
-        assert!(
-            f.log()
-                .pdus
-                .iter()
-                .any(|s| matches!(&s.pdu, Pdu::NopOut(o) if o.itt != RESERVED_TAG)),
-            "the initiator pinged"
-        );
+        assert!(pings(&f) > 0, "the initiator pinged");
         (e, took, failure, event)
     })
 }

@@ -339,10 +339,7 @@ fn on_nop_in(
             )));
         }
         let slot = slot_of(n.itt).0;
-        let answered = st.ping_out.is_some_and(|(s, _)| s == slot);
-        if answered {
-            st.ping_out = None;
-        }
+        let answered = st.ping_out.take_if(|(s, _)| *s == slot).is_some();
         finish(shared, st, slot, Ok(ScsiResult::default()));
         if answered {
             // The writer sleeps until the ping's timeout: wake it to

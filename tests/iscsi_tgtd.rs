@@ -614,3 +614,179 @@ fn cli_bench_reports_json() {
         }
     }
 }
+
+/// Tells the test when the session's reader has parked for a hand-over.
+struct Parked(std::sync::atomic::AtomicBool);
+
+impl sanroot::iscsi::session::Idle for Parked {
+    fn idle(self: Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+type Answer = (
+    Result<sanroot::iscsi::session::ScsiResult, sanroot::iscsi::session::SessionError>,
+    Vec<u8>,
+    std::thread::ThreadId,
+);
+
+/// Submit a read or write of `buf` at `lba` (512-byte blocks); its answer,
+/// with the thread its completion ran on, arrives on `tx`.
+fn submit_io(
+    s: &sanroot::iscsi::session::Session,
+    lba: u64,
+    buf: Vec<u8>,
+    write: bool,
+    tx: &std::sync::mpsc::Sender<Answer>,
+) {
+    use sanroot::iscsi::session::{Command, DataDir};
+    let blocks = (buf.len() / 512) as u32;
+    let c = if write {
+        sanroot::scsi::cdb::write(lba, blocks, false)
+    } else {
+        sanroot::scsi::cdb::read(lba, blocks, false)
+    };
+    let len = buf.len() as u32;
+    let tx = tx.clone();
+    s.submit(
+        Command {
+            lun: 1,
+            cdb: c.bytes,
+            dir: if write {
+                DataDir::Write(len)
+            } else {
+                DataDir::Read(len)
+            },
+            attr: 1,
+        },
+        buf,
+        sanroot::completion::Done::new(move |r, b| {
+            let _ = tx.send((r, b, std::thread::current().id()));
+        }),
+    );
+}
+
+/// Pump `rx` until `n` answers arrived on `rx_done`; every one must have
+/// completed on this thread.
+fn pump_answers(
+    rx: &mut sanroot::iscsi::session::Rx,
+    done: &std::sync::mpsc::Receiver<Answer>,
+    n: usize,
+) -> Vec<(Vec<u8>, bool)> {
+    let me = std::thread::current().id();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n {
+        assert!(std::time::Instant::now() < deadline, "answers within 30 s");
+        let mut fds = [nix::libc::pollfd {
+            fd: rx.fd(),
+            events: nix::libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one pollfd that lives across the call.
+        unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, 1000) };
+        rx.pump(16).expect("pump");
+        while let Ok((r, b, on)) = done.try_recv() {
+            assert_eq!(on, me, "the completion ran on the pumping thread");
+            let ok = matches!(r, Ok(ref s) if s.status == 0);
+            got.push((b, ok));
+        }
+    }
+    got
+}
+
+#[test]
+fn receive_side_handed_over_and_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = Tgtd::start();
+    t.target(1, IQN);
+    let backing = t.lun(1, 1, &mib(64)).unwrap();
+    let lun = open(&t, &InitiatorConfig::new(INITIATOR), 1);
+    let s = Arc::clone(lun.session());
+    let (tx, done) = std::sync::mpsc::channel::<Answer>();
+
+    // Nobody asked: there is nothing to take.
+    assert!(s.take_rx().is_none());
+    let parked = Arc::new(Parked(AtomicBool::new(false)));
+    s.request_rx(parked.clone());
+    // The reader parks at its next PDU boundary: after the answer to this.
+    submit_io(&s, 0, vec![0u8; 4096], false, &tx);
+    let (r, _, on) = done.recv_timeout(Duration::from_secs(30)).expect("answer");
+    r.expect("read before the hand-over");
+    assert_ne!(on, std::thread::current().id(), "answered by the reader");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !parked.0.load(Ordering::Acquire) {
+        assert!(std::time::Instant::now() < deadline, "the reader parks");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut rx = s.take_rx().expect("the receive side");
+    assert!(s.take_rx().is_none(), "taken once");
+
+    // Writes (1 MiB needs R2Ts: Data-Out goes out from the pump's idle
+    // points) and reads, answered on this thread.
+    let big = pattern(1 << 20, 11);
+    submit_io(&s, 4096, big.clone(), true, &tx);
+    for i in 0..8u64 {
+        submit_io(&s, 8 * i, pattern(4096, i as u8), true, &tx);
+    }
+    let w = pump_answers(&mut rx, &done, 9);
+    assert!(w.iter().all(|(_, ok)| *ok), "every write GOOD");
+    submit_io(&s, 4096, vec![0u8; 1 << 20], false, &tx);
+    for i in 0..8u64 {
+        submit_io(&s, 8 * i, vec![0u8; 4096], false, &tx);
+    }
+    let mut reads = pump_answers(&mut rx, &done, 9);
+    assert!(reads.iter().all(|(_, ok)| *ok), "every read GOOD");
+    reads.sort_by_key(|(b, _)| b.len());
+    let big_back = reads.pop().unwrap().0;
+    assert!(big_back == big, "the 1 MiB read is what was written");
+    let mut small: Vec<Vec<u8>> = reads.into_iter().map(|(b, _)| b).collect();
+    let mut want: Vec<Vec<u8>> = (0..8u8).map(|i| pattern(4096, i)).collect();
+    small.sort();
+    want.sort();
+    assert!(small == want, "the 4 KiB reads are what was written");
+    let file = std::fs::read(&backing).expect("backing file");
+    assert!(file[4096 * 512..4096 * 512 + (1 << 20)] == big[..]);
+
+    // Given back: the reader answers again.
+    drop(rx);
+    let (r, b) = lun.read(4096, vec![0u8; 1 << 20]);
+    r.expect("read after the hand-over");
+    assert!(b == big);
+
+    // Taken again, and the session fails under the pump: the command in
+    // flight fails, the pump reports it, and nothing hangs.
+    let parked = Arc::new(Parked(AtomicBool::new(false)));
+    s.request_rx(parked.clone());
+    submit_io(&s, 0, vec![0u8; 4096], false, &tx);
+    done.recv_timeout(Duration::from_secs(30))
+        .expect("answer")
+        .0
+        .expect("read");
+    while !parked.0.load(Ordering::Acquire) {
+        assert!(std::time::Instant::now() < deadline, "the reader parks");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut rx = s.take_rx().expect("the receive side, again");
+    submit_io(&s, 0, vec![0u8; 4096], false, &tx);
+    s.abort("test: the path is given up");
+    let (r, _, _) = done.recv_timeout(Duration::from_secs(30)).expect("answer");
+    assert!(r.is_err(), "the read in flight fails with the session");
+    let mut failed = false;
+    for _ in 0..100 {
+        match rx.pump(16) {
+            Err(_) => {
+                failed = true;
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(failed, "the pump reports the failed session");
+    assert!(rx.pump(16).is_err(), "a spent receive side stays spent");
+    drop(rx);
+    assert!(s.failure().is_some());
+    // The reader thread ends, and the session drops without a hang.
+    drop(s);
+    drop(lun);
+}

@@ -16,8 +16,9 @@
 //! Files: this one (the types, the task table, submission, control tasks,
 //! failing and finishing tasks), `writer.rs`, `reader.rs`, `timers.rs`
 //! (the liveness ping and overdue commands), `plug.rs` (batched
-//! submission and the reader's idle point) and `lowat.rs` (the reader
-//! woken once per batch of answers).
+//! submission and the reader's idle point), `lowat.rs` (the reader
+//! woken once per batch of answers) and `handover.rs` (the receive side
+//! lent to another thread's event loop: a ublk queue).
 //!
 //! A command's buffer is owned by the session while the command runs and
 //! handed back with its completion: nothing on the data path is copied
@@ -43,12 +44,14 @@ use super::escalate::{self, Step};
 use super::pdu::*;
 use crate::completion::Done;
 
+mod handover;
 mod lowat;
 mod plug;
 mod reader;
 mod timers;
 mod writer;
 
+pub use handover::Rx;
 use plug::*;
 pub use plug::{Idle, IdleJob, Plug, at_reader_idle, plug};
 use reader::*;
@@ -446,6 +449,8 @@ struct Shared {
     /// wire order is CmdSN order. Submitters write directly when it is
     /// free (no thread hop); the writer thread takes over when it is busy.
     tx: Mutex<Tx>,
+    /// The receive side handed to another thread (see `handover`).
+    handover: handover::Handover,
 }
 
 /// A logged-in session in its full-feature phase.
@@ -524,6 +529,7 @@ impl Session {
             opts,
             socket: socket.try_clone()?,
             tx: Mutex::new(Tx::new(writer, usize::from(depth))),
+            handover: handover::Handover::new(),
         });
         let r = Arc::clone(&shared);
         let reader_t = crate::threads::named("iscsi-rx").spawn(move || reader_loop(r, reader))?;
@@ -843,6 +849,7 @@ impl Session {
         let _ = self.shared.socket.shutdown(Shutdown::Both);
         self.shared.wake_writer.notify_all();
         self.shared.slot_free.notify_all();
+        self.shared.handover.stop();
         let me = std::thread::current().id();
         for t in self.threads.drain(..) {
             // The last owner may be a completion running on one of the

@@ -17,6 +17,9 @@ thread_local! {
     /// been seen.
     static SPARE_PLUGGED: RefCell<Vec<Arc<Shared>>> = const { RefCell::new(Vec::new()) };
     static SPARE_IDLE: RefCell<Vec<IdleJob>> = const { RefCell::new(Vec::new()) };
+    /// Set while a thread pumps a session's receive side it took over
+    /// (see `handover`): its idle points do not wait for batches.
+    pub(super) static PUMPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A long-lived object with work for a reader's idle point (a bridge's
@@ -153,6 +156,8 @@ pub(super) fn idle_before(shared: &Shared, r: &PduReader<TcpStream>, need: usize
         return;
     }
     match reader_idle(shared) {
+        // A pumping thread waits in its own loop, never here for a batch.
+        Ok(()) if PUMPING.with(|p| p.get()) => {}
         Ok(()) => lowat::before_wait(shared, r, need - buffered),
         Err(e) => fail(shared, e),
     }

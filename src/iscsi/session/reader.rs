@@ -12,27 +12,43 @@ pub(super) fn reader_loop(shared: Arc<Shared>, mut r: PduReader<TcpStream>) {
     crate::daemon::io_thread();
     let header = BHS_LEN + if shared.params.header_digest { 4 } else { 0 };
     let err = loop {
+        // Another thread wants to receive (see `handover`): at this PDU
+        // boundary, until it gives the receive side back.
+        if shared.handover.asked() {
+            match handover::park(&shared, r) {
+                Some(back) => {
+                    r = back;
+                    continue;
+                }
+                None => return,
+            }
+        }
         // Before waiting for the target: first what completions left for
         // now (replies, resubmissions, Data-Out for R2Ts, NOP answers), in
         // one batch.
         idle_before(&shared, &r, header);
-        let e = match rx_one(&shared, &mut r) {
+        match rx_one(&shared, &mut r) {
             Ok(()) => continue,
-            Err(e) => e,
-        };
-        let closing = lock(&shared.state).closing;
-        break match e {
-            RxError::Conn(ConnError::Closed) if closing => SessionError::Closed,
-            RxError::Conn(ConnError::Io(_)) if closing => SessionError::Closed,
-            RxError::Conn(c) => SessionError::ConnectionLost(c.to_string()),
-            RxError::Protocol(m) => SessionError::Protocol(m),
-            RxError::Session(e) => e,
-        };
+            Err(e) => break rx_failure(&shared, e),
+        }
     };
     fail(&shared, err);
     // The failed commands' completions may have left work too (and other
     // sessions may have been given commands).
     let _ = reader_idle(&shared);
+}
+
+/// The session error a receive error means (a connection closed or shut
+/// down while the session closes is the close, not a loss).
+pub(super) fn rx_failure(shared: &Shared, e: RxError) -> SessionError {
+    let closing = lock(&shared.state).closing;
+    match e {
+        RxError::Conn(ConnError::Closed) if closing => SessionError::Closed,
+        RxError::Conn(ConnError::Io(_)) if closing => SessionError::Closed,
+        RxError::Conn(c) => SessionError::ConnectionLost(c.to_string()),
+        RxError::Protocol(m) => SessionError::Protocol(m),
+        RxError::Session(e) => e,
+    }
 }
 
 pub(super) enum RxError {

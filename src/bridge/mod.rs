@@ -106,6 +106,12 @@ pub trait Backend: Send + Sync {
     /// bytes and is filled; for writes it holds the data. `done` is called
     /// exactly once. Never blocks for long (at most for a free slot).
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone);
+    /// The sessions whose answers complete requests now, for a bridge that
+    /// receives them on its own thread (see `Session::request_rx`). None
+    /// by default.
+    fn sessions(&self, into: &mut Vec<Arc<Session>>) {
+        let _ = into;
+    }
 }
 
 /// Told about unit attentions that mean the LU changed under us (capacity,
@@ -335,6 +341,10 @@ fn completed(mut p: Pending, r: Result<ScsiResult, SessionError>, buf: Vec<u8>) 
 impl Backend for IscsiBackend {
     fn info(&self) -> &LunInfo {
         &self.info
+    }
+
+    fn sessions(&self, into: &mut Vec<Arc<Session>>) {
+        into.push(Arc::clone(&self.session));
     }
 
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {

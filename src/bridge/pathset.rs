@@ -880,6 +880,16 @@ impl Backend for PathSet {
         &self.info
     }
 
+    fn sessions(&self, into: &mut Vec<Arc<Session>>) {
+        let ios: Vec<Arc<dyn Path>> = self
+            .lock()
+            .slots
+            .iter()
+            .filter_map(|s| s.io.clone())
+            .collect();
+        into.extend(ios.iter().filter_map(|io| io.session()));
+    }
+
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {
         let mut g = self.lock();
         if let Some(m) = g.failed.clone() {

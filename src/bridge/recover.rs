@@ -21,7 +21,7 @@ use crate::completion::{Done, SLOTS, Sink, Slots};
 use crate::iscsi::chap::AuthConfig;
 use crate::iscsi::initiator::{self, InitiatorConfig};
 use crate::iscsi::login::{LoginError, Portal};
-use crate::iscsi::session::SessionEvent;
+use crate::iscsi::session::{Session, SessionEvent};
 use crate::iscsi::text::DiscoveredTarget;
 use crate::lun::{Lun, LunInfo};
 
@@ -592,6 +592,12 @@ use Outcome::{Fatal, Retry};
 impl Backend for RecoveringBackend {
     fn info(&self) -> &LunInfo {
         &self.info
+    }
+
+    fn sessions(&self, into: &mut Vec<Arc<Session>>) {
+        if !self.recovering.load(Ordering::SeqCst) {
+            self.current().sessions(into);
+        }
     }
 
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {

@@ -2,7 +2,7 @@
 //! and a pipe whose read end always has a read queued in the queue's ring.
 
 use std::io::{self, PipeReader, PipeWriter, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::lock;
@@ -31,6 +31,8 @@ pub(super) struct Mailbox {
     pub(super) done: Mutex<Vec<Done>>,
     armed: AtomicBool,
     pub(super) quit: AtomicBool,
+    /// Completions the queue thread posted itself (answers it received).
+    pub(super) own: AtomicU64,
     tx: PipeWriter,
     pub(super) rx: PipeReader,
 }
@@ -42,9 +44,17 @@ impl Mailbox {
             done: Mutex::new(Vec::new()),
             armed: AtomicBool::new(false),
             quit: AtomicBool::new(false),
+            own: AtomicU64::new(0),
             tx,
             rx,
         })
+    }
+
+    /// Mark the calling thread as this mailbox's queue thread: what it
+    /// posts itself (completions of the answers it receives) needs no
+    /// wake-up, its loop takes them before it waits again.
+    pub(super) fn serve_here(self: &Arc<Self>) {
+        OWN.with(|o| o.set(Arc::as_ptr(self) as usize));
     }
 
     /// Hand a completion to the queue thread. On a session's reader thread
@@ -52,6 +62,10 @@ impl Mailbox {
     /// the completions of one batch from the target wake the queue once.
     pub(super) fn post(self: &Arc<Self>, d: Done) {
         lock(&self.done).push(d);
+        if OWN.with(|o| o.get()) == Arc::as_ptr(self) as usize {
+            self.own.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if !self.armed.swap(true, Ordering::AcqRel)
             && let Err(job) = session::at_reader_idle(session::IdleJob::Wake(self.clone()))
         {
@@ -87,6 +101,23 @@ impl Mailbox {
 impl session::Idle for Mailbox {
     fn idle(self: Arc<Self>) {
         self.kick();
+    }
+}
+
+thread_local! {
+    /// The mailbox whose queue thread this is (its address), or 0.
+    static OWN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Wakes the queue thread (once, like a post) with nothing posted: a
+/// session's reader parked for the queue to take its receive side.
+pub(super) struct Nudge(pub(super) Arc<Mailbox>);
+
+impl session::Idle for Nudge {
+    fn idle(self: Arc<Self>) {
+        if !self.0.armed.swap(true, Ordering::AcqRel) {
+            self.0.kick();
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use zerocopy::IntoBytes;
 use super::error::describe;
 use super::mailbox::{CANCEL, Done, Mailbox, WAKE};
 use super::node::open_char_dev;
+use super::receive::{self, Receivers};
 use super::request::{Descriptors, decode};
 use super::ring::{Ring, push, submit_and_wait};
 use super::uapi::{self, DevInfo, IoCmd};
@@ -245,6 +246,8 @@ struct Queue {
     wake_errors: u32,
     /// Requests handed to the backend.
     served: u64,
+    /// The sessions this queue receives for.
+    rx: Receivers,
 }
 
 fn io_cmd(cdev: &File, op: u32, q_id: u16, tag: u16, result: i32, addr: u64) -> squeue::Entry128 {
@@ -270,7 +273,9 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
         q_id: Some(q_id),
         reason,
     };
-    let entries = u32::from(cfg.depth) + 2;
+    // A commit per tag, the wake-up read and its cancel, a poll and a
+    // cancel per session received for.
+    let entries = u32::from(cfg.depth) + 2 + 2 * receive::MAX_SESSIONS as u32;
     let ring = match Ring::builder().build(entries) {
         Ok(r) => r,
         Err(e) => {
@@ -302,7 +307,10 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
             }
         })
         .collect();
+    cfg.mailbox.serve_here();
+    let rx = Receivers::new(&cfg.mailbox, cfg.q_id == 0, usize::from(cfg.depth));
     let mut q = Queue {
+        rx,
         cfg,
         ring,
         descs,
@@ -408,6 +416,9 @@ impl Queue {
             if self.in_kernel == 0 && self.in_backend == 0 {
                 return Exit::Done;
             }
+            if let Err(e) = self.rx.prepare(&*self.cfg.backend, &mut self.ring) {
+                return Exit::Abandoned(format!("io_uring: {e}"));
+            }
             if let Err(e) = submit_and_wait(&self.ring) {
                 return Exit::Abandoned(format!("io_uring: {e}"));
             }
@@ -423,12 +434,18 @@ impl Queue {
         }
     }
 
-    /// One completion: the wake-up read, or a tag's command.
+    /// One completion: the wake-up read, a session's socket poll, or a
+    /// tag's command.
     fn dispatch(&mut self, ud: u64, res: i32, done: &mut Vec<Done>) -> Result<(), String> {
+        if receive::is_poll(ud) {
+            self.rx.on_poll(ud);
+            return Ok(());
+        }
         if ud != WAKE {
             return self.on_cqe(ud, res).map_err(|e| format!("io_uring: {e}"));
         }
         self.wake_queued = false;
+        self.rx.recheck();
         if res < 0 {
             self.wake_errors += 1;
             log::warn!(
@@ -600,7 +617,11 @@ impl Queue {
     fn finish(mut self, exit: Exit, name: &str) {
         let clean = match &exit {
             Exit::Done => {
-                log::info!("{name}: stopped after {} requests", self.served);
+                log::info!(
+                    "{name}: stopped after {} requests ({} completed on this thread)",
+                    self.served,
+                    self.cfg.mailbox.own.load(Ordering::Relaxed)
+                );
                 self.cancel_wake()
             }
             Exit::Abandoned(why) => {

@@ -1,0 +1,189 @@
+//! The queue thread receiving its sessions' answers itself.
+//!
+//! Only a queue's own task may commit its requests. When a session's
+//! reader thread receives an answer, it has to wake the queue thread to
+//! commit it: at one request at a time, that second wake-up is most of
+//! the latency the bridge adds (see the README's QD 1 table). So queue 0
+//! takes over the receive side of every session its backend uses (see
+//! `iscsi::session::handover`): it polls each session's socket in its own
+//! ring and, when one is readable, handles the answers there, in its own
+//! thread, and commits them before it next waits. The sessions' reader
+//! threads park meanwhile; a session given up on (replaced by recovery,
+//! dropped from a path set, failed) gets its receive side back.
+//!
+//! The queue thread must never wait for a task slot of a session it
+//! receives for (only its own receiving frees one): a session is taken
+//! over only when it has [`RESERVE`] slots more than the queue has tags.
+
+use std::io;
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+
+use super::mailbox::{CANCEL, Mailbox, Nudge};
+use super::ring::{Ring, push};
+use crate::bridge::Backend;
+use crate::iscsi::session::{Rx, Session};
+
+/// user_data of the socket polls: this bit plus a sequence number (below
+/// the wake-up's and the cancel's, above any tag).
+pub(super) const POLL: u64 = 1 << 32;
+/// Sessions one queue receives for, at most (a path set's paths).
+pub(super) const MAX_SESSIONS: usize = 8;
+/// Task slots a session needs beyond the queue's tags: for pings, task
+/// management, and commands other threads run on it (a re-read of the LU,
+/// a path check).
+const RESERVE: usize = 8;
+
+/// Whether `ud` is a socket poll's.
+pub(super) fn is_poll(ud: u64) -> bool {
+    ud & POLL != 0 && ud < CANCEL
+}
+
+struct Entry {
+    session: Arc<Session>,
+    /// Taken over (`None`: asked for and not yet parked, or spent).
+    rx: Option<Rx>,
+    /// The poll queued for it.
+    poll: Option<u64>,
+    /// The session failed under us: nothing more to take.
+    spent: bool,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if self.rx.is_none() && !self.spent {
+            self.session.withdraw_rx();
+        }
+        // A taken receive side goes back as the Rx drops.
+    }
+}
+
+pub(super) struct Receivers {
+    entries: Vec<Entry>,
+    scratch: Vec<Arc<Session>>,
+    nudge: Arc<Nudge>,
+    next: u64,
+    /// Look at the backend's sessions again before the next wait.
+    stale: bool,
+    /// Whether this queue receives at all (queue 0 does).
+    enabled: bool,
+    /// PDUs one pump handles at most before the queue looks at its ring.
+    budget: usize,
+    /// The queue's tags.
+    tags: usize,
+}
+
+impl Receivers {
+    pub(super) fn new(mailbox: &Arc<Mailbox>, enabled: bool, tags: usize) -> Receivers {
+        Receivers {
+            entries: Vec::with_capacity(MAX_SESSIONS),
+            scratch: Vec::with_capacity(MAX_SESSIONS),
+            nudge: Arc::new(Nudge(Arc::clone(mailbox))),
+            next: 0,
+            stale: true,
+            enabled,
+            budget: tags.max(1) * 2,
+            tags,
+        }
+    }
+
+    /// The backend may use other sessions now (the queue was woken from
+    /// outside: a completion from another thread, a reader that parked).
+    pub(super) fn recheck(&mut self) {
+        self.stale = true;
+    }
+
+    /// Before the queue waits: follow the backend's sessions, take the
+    /// receive sides that are ready, and poll each one taken.
+    pub(super) fn prepare(&mut self, backend: &dyn Backend, ring: &mut Ring) -> io::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.stale {
+            self.stale = false;
+            self.follow(backend, ring)?;
+        }
+        for e in &mut self.entries {
+            if e.rx.is_none() && !e.spent {
+                e.rx = e.session.take_rx();
+                if e.rx.is_some() {
+                    log::info!("ublk queue 0: receiving a session's answers on its own thread");
+                }
+            }
+            let Some(rx) = e.rx.as_ref() else { continue };
+            if e.poll.is_none() {
+                let ud = POLL | (self.next & 0xffff_ffff);
+                self.next = self.next.wrapping_add(1);
+                let p = opcode::PollAdd::new(types::Fd(rx.fd()), nix::libc::POLLIN as u32)
+                    .build()
+                    .user_data(ud);
+                push(ring, &p.into())?;
+                e.poll = Some(ud);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop sessions the backend no longer uses, ask for new ones'.
+    fn follow(&mut self, backend: &dyn Backend, ring: &mut Ring) -> io::Result<()> {
+        self.scratch.clear();
+        backend.sessions(&mut self.scratch);
+        let mut i = 0;
+        while i < self.entries.len() {
+            let used = self
+                .scratch
+                .iter()
+                .any(|s| Arc::ptr_eq(s, &self.entries[i].session));
+            if used {
+                i += 1;
+                continue;
+            }
+            let e = self.entries.swap_remove(i);
+            if let Some(ud) = e.poll {
+                let c = opcode::AsyncCancel::new(ud).build().user_data(CANCEL);
+                push(ring, &c.into())?;
+            }
+        }
+        for s in self.scratch.drain(..) {
+            if self.entries.len() >= MAX_SESSIONS {
+                break;
+            }
+            if self.entries.iter().any(|e| Arc::ptr_eq(&e.session, &s)) {
+                continue;
+            }
+            if s.depth() < self.tags + RESERVE {
+                log::debug!(
+                    "ublk: a session of {} task slots stays with its reader ({} tags)",
+                    s.depth(),
+                    self.tags
+                );
+                continue;
+            }
+            s.request_rx(self.nudge.clone());
+            self.entries.push(Entry {
+                session: s,
+                rx: None,
+                poll: None,
+                spent: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// A socket poll completed: handle what the session received. Its
+    /// completions are posted to this thread's mailbox without a wake-up.
+    pub(super) fn on_poll(&mut self, ud: u64) {
+        let Some(e) = self.entries.iter_mut().find(|e| e.poll == Some(ud)) else {
+            return; // cancelled, for a session given up on
+        };
+        e.poll = None;
+        let Some(rx) = e.rx.as_mut() else { return };
+        if let Err(err) = rx.pump(self.budget) {
+            log::debug!("ublk queue 0: the session it received for failed: {err}");
+            e.rx = None;
+            e.spent = true;
+            self.stale = true;
+        }
+    }
+}

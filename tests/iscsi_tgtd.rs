@@ -695,9 +695,32 @@ fn pump_answers(
     got
 }
 
+/// Ask for `s`'s receive side and take it once the reader parked (at the
+/// answer to a read submitted for that, which the reader still answers).
+fn hand_over(
+    s: &sanroot::iscsi::session::Session,
+    tx: &std::sync::mpsc::Sender<Answer>,
+    done: &std::sync::mpsc::Receiver<Answer>,
+) -> sanroot::iscsi::session::Rx {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let parked = Arc::new(Parked(AtomicBool::new(false)));
+    s.request_rx(parked.clone());
+    submit_io(s, 0, vec![0u8; 4096], false, tx);
+    let (r, _, on) = done.recv_timeout(Duration::from_secs(30)).expect("answer");
+    r.expect("read before the hand-over");
+    assert_ne!(on, std::thread::current().id(), "answered by the reader");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !parked.0.load(Ordering::Acquire) {
+        assert!(std::time::Instant::now() < deadline, "the reader parks");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rx = s.take_rx().expect("the receive side");
+    assert!(s.take_rx().is_none(), "taken once");
+    rx
+}
+
 #[test]
 fn receive_side_handed_over_and_back() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let t = Tgtd::start();
     t.target(1, IQN);
     let backing = t.lun(1, 1, &mib(64)).unwrap();
@@ -707,20 +730,7 @@ fn receive_side_handed_over_and_back() {
 
     // Nobody asked: there is nothing to take.
     assert!(s.take_rx().is_none());
-    let parked = Arc::new(Parked(AtomicBool::new(false)));
-    s.request_rx(parked.clone());
-    // The reader parks at its next PDU boundary: after the answer to this.
-    submit_io(&s, 0, vec![0u8; 4096], false, &tx);
-    let (r, _, on) = done.recv_timeout(Duration::from_secs(30)).expect("answer");
-    r.expect("read before the hand-over");
-    assert_ne!(on, std::thread::current().id(), "answered by the reader");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !parked.0.load(Ordering::Acquire) {
-        assert!(std::time::Instant::now() < deadline, "the reader parks");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut rx = s.take_rx().expect("the receive side");
-    assert!(s.take_rx().is_none(), "taken once");
+    let mut rx = hand_over(&s, &tx, &done);
 
     // Writes (1 MiB needs R2Ts: Data-Out goes out from the pump's idle
     // points) and reads, answered on this thread.
@@ -756,18 +766,7 @@ fn receive_side_handed_over_and_back() {
 
     // Taken again, and the session fails under the pump: the command in
     // flight fails, the pump reports it, and nothing hangs.
-    let parked = Arc::new(Parked(AtomicBool::new(false)));
-    s.request_rx(parked.clone());
-    submit_io(&s, 0, vec![0u8; 4096], false, &tx);
-    done.recv_timeout(Duration::from_secs(30))
-        .expect("answer")
-        .0
-        .expect("read");
-    while !parked.0.load(Ordering::Acquire) {
-        assert!(std::time::Instant::now() < deadline, "the reader parks");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut rx = s.take_rx().expect("the receive side, again");
+    let mut rx = hand_over(&s, &tx, &done);
     submit_io(&s, 0, vec![0u8; 4096], false, &tx);
     s.abort("test: the path is given up");
     let (r, _, _) = done.recv_timeout(Duration::from_secs(30)).expect("answer");

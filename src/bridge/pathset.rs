@@ -378,13 +378,17 @@ impl PathSet {
 
     /// A session of a path that is up (to read the LU again on).
     pub fn session(&self) -> Option<Arc<Session>> {
-        let ios: Vec<Arc<dyn Path>> = self
-            .lock()
+        self.ios().iter().find_map(|io| io.session())
+    }
+
+    /// The paths that are up (taken out of the lock: a path's own calls
+    /// may lock it).
+    fn ios(&self) -> Vec<Arc<dyn Path>> {
+        self.lock()
             .slots
             .iter()
             .filter_map(|s| s.io.clone())
-            .collect();
-        ios.iter().find_map(|io| io.session())
+            .collect()
     }
 
     /// The LU was read again (it grew or shrank): every path checks
@@ -881,13 +885,7 @@ impl Backend for PathSet {
     }
 
     fn sessions(&self, into: &mut Vec<Arc<Session>>) {
-        let ios: Vec<Arc<dyn Path>> = self
-            .lock()
-            .slots
-            .iter()
-            .filter_map(|s| s.io.clone())
-            .collect();
-        into.extend(ios.iter().filter_map(|io| io.session()));
+        into.extend(self.ios().iter().filter_map(|io| io.session()));
     }
 
     fn submit(&self, op: BlockOp, buf: Vec<u8>, done: BlockDone) {

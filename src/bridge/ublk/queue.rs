@@ -416,10 +416,13 @@ impl Queue {
             if self.in_kernel == 0 && self.in_backend == 0 {
                 return Exit::Done;
             }
-            if let Err(e) = self.rx.prepare(&*self.cfg.backend, &mut self.ring) {
-                return Exit::Abandoned(format!("io_uring: {e}"));
-            }
-            if let Err(e) = submit_and_wait(&self.ring) {
+            // Answers still buffered: look at the ring without waiting.
+            let r = match self.rx.prepare(&*self.cfg.backend, &mut self.ring) {
+                Ok(true) => self.ring.submit().map(|_| ()),
+                Ok(false) => submit_and_wait(&self.ring),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
                 return Exit::Abandoned(format!("io_uring: {e}"));
             }
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -438,7 +441,7 @@ impl Queue {
     /// tag's command.
     fn dispatch(&mut self, ud: u64, res: i32, done: &mut Vec<Done>) -> Result<(), String> {
         if receive::is_poll(ud) {
-            self.rx.on_poll(ud);
+            self.rx.on_poll(ud, res);
             return Ok(());
         }
         if ud != WAKE {

@@ -95,10 +95,13 @@ impl Receivers {
     }
 
     /// Before the queue waits: follow the backend's sessions, take the
-    /// receive sides that are ready, and poll each one taken.
-    pub(super) fn prepare(&mut self, backend: &dyn Backend, ring: &mut Ring) -> io::Result<()> {
+    /// receive sides that are ready, handle what they hold buffered, and
+    /// poll each one taken. `Ok(true)`: answers are still buffered, the
+    /// queue must not wait (no poll reports them).
+    pub(super) fn prepare(&mut self, backend: &dyn Backend, ring: &mut Ring) -> io::Result<bool> {
+        let mut busy = false;
         if !self.enabled {
-            return Ok(());
+            return Ok(busy);
         }
         if self.stale {
             self.stale = false;
@@ -111,7 +114,20 @@ impl Receivers {
                     log::info!("ublk queue 0: receiving a session's answers on its own thread");
                 }
             }
-            let Some(rx) = e.rx.as_ref() else { continue };
+            let Some(rx) = e.rx.as_mut() else { continue };
+            // What is already buffered (the reader's, at the hand-over;
+            // a pump's beyond its budget) no poll would report.
+            if rx.buffered() > 0 {
+                if let Err(err) = rx.pump(self.budget, false) {
+                    log::debug!("ublk queue 0: the session it received for failed: {err}");
+                    e.rx = None;
+                    e.spent = true;
+                    self.stale = true;
+                    continue;
+                }
+                // Still more: the next round, after its completions.
+                busy |= rx.buffered() > 0;
+            }
             if e.poll.is_none() {
                 let ud = POLL | (self.next & 0xffff_ffff);
                 self.next = self.next.wrapping_add(1);
@@ -122,7 +138,7 @@ impl Receivers {
                 e.poll = Some(ud);
             }
         }
-        Ok(())
+        Ok(busy)
     }
 
     /// Drop sessions the backend no longer uses, ask for new ones'.
@@ -171,15 +187,21 @@ impl Receivers {
         Ok(())
     }
 
-    /// A socket poll completed: handle what the session received. Its
-    /// completions are posted to this thread's mailbox without a wake-up.
-    pub(super) fn on_poll(&mut self, ud: u64) {
+    /// A socket poll completed with `res` (its events, or an error):
+    /// handle what the session received. Its completions are posted to
+    /// this thread's mailbox without a wake-up.
+    pub(super) fn on_poll(&mut self, ud: u64, res: i32) {
         let Some(e) = self.entries.iter_mut().find(|e| e.poll == Some(ud)) else {
             return; // cancelled, for a session given up on
         };
         e.poll = None;
         let Some(rx) = e.rx.as_mut() else { return };
-        if let Err(err) = rx.pump(self.budget) {
+        // An error (not readiness) only re-arms the poll.
+        if res <= 0 {
+            log::debug!("ublk queue 0: a session socket's poll ended with {res}");
+            return;
+        }
+        if let Err(err) = rx.pump(self.budget, true) {
             log::debug!("ublk queue 0: the session it received for failed: {err}");
             e.rx = None;
             e.spent = true;

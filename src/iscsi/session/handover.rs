@@ -198,12 +198,20 @@ impl Rx {
         self.shared.socket.as_raw_fd()
     }
 
-    /// Handle the PDUs the target has sent, at most `budget` of them;
-    /// never waits for a PDU to begin, may wait for the rest of one that
-    /// began. `Ok(true)`: more may be there (call again). An error is the
-    /// session's failure: it has been failed (every command in flight
-    /// completed with it); the `Rx` is spent.
-    pub fn pump(&mut self, budget: usize) -> Result<bool, SessionError> {
+    /// Bytes read from the socket and not yet handled: call
+    /// [`Rx::pump`] for them, the socket's poll will not report them.
+    pub fn buffered(&self) -> usize {
+        self.reader.as_ref().map_or(0, |r| r.buffered())
+    }
+
+    /// Handle the PDUs the target has sent, at most `budget` of them: the
+    /// ones buffered, and with `readable` (the socket polled readable)
+    /// what the socket has. Never waits for a PDU to begin (without
+    /// `readable`), may wait for the rest of one that began. `Ok(true)`:
+    /// more is buffered (call again; the socket's poll does not see it).
+    /// An error is the session's failure: it has been failed (every
+    /// command in flight completed with it); the `Rx` is spent.
+    pub fn pump(&mut self, budget: usize, readable: bool) -> Result<bool, SessionError> {
         let shared = Arc::clone(&self.shared);
         let Some(r) = self.reader.as_mut() else {
             return Err(lock(&shared.state)
@@ -214,11 +222,12 @@ impl Rx {
         let _pumping = Pumping::enter();
         let plug = plug();
         let header = BHS_LEN + if shared.params.header_digest { 4 } else { 0 };
-        let mut more = true;
         let mut failed = None;
-        for _ in 0..budget {
-            if r.buffered() == 0 && !readable(shared.socket.as_raw_fd()) {
-                more = false;
+        for i in 0..budget {
+            // What the poll reported is read once; after that only what
+            // is buffered (the poll, armed again, reports what comes
+            // next: no system call here to look).
+            if r.buffered() == 0 && !(readable && i == 0) {
                 break;
             }
             idle_before(&shared, r, header);
@@ -227,6 +236,7 @@ impl Rx {
                 break;
             }
         }
+        let more = r.buffered() > 0;
         let r = match failed {
             None => reader_idle(&shared).map(|()| more),
             Some(e) => Err(e),
@@ -256,24 +266,4 @@ impl Drop for Rx {
         slot.notify = None;
         h.back.notify_all();
     }
-}
-
-/// Whether a read of `fd` would not wait: bytes, end of stream or an error
-/// are there.
-fn readable(fd: RawFd) -> bool {
-    let mut b = [0u8; 1];
-    // SAFETY: a one-byte buffer that lives across the call.
-    let n = unsafe {
-        nix::libc::recv(
-            fd,
-            b.as_mut_ptr().cast(),
-            1,
-            nix::libc::MSG_PEEK | nix::libc::MSG_DONTWAIT,
-        )
-    };
-    if n >= 0 {
-        return true;
-    }
-    let e = nix::errno::Errno::last();
-    !(e == nix::errno::Errno::EAGAIN || e == nix::errno::Errno::EINTR)
 }

@@ -416,7 +416,7 @@ impl Queue {
             if self.in_kernel == 0 && self.in_backend == 0 {
                 return Exit::Done;
             }
-            // Answers still buffered: look at the ring without waiting.
+            // Answers handled or still buffered: go round without waiting.
             let r = match self.rx.prepare(&*self.cfg.backend, &mut self.ring) {
                 Ok(true) => self.ring.submit().map(|_| ()),
                 Ok(false) => submit_and_wait(&self.ring),

@@ -50,6 +50,26 @@ struct Entry {
     spent: bool,
 }
 
+impl Entry {
+    /// Handle what the session received (see `Rx::pump`). False: the
+    /// session failed, and the entry is spent (its receive side given
+    /// back for the reader to end on).
+    fn pump(&mut self, budget: usize, readable: bool) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return true;
+        };
+        match rx.pump(budget, readable) {
+            Ok(_) => true,
+            Err(err) => {
+                log::debug!("ublk queue 0: the session it received for failed: {err}");
+                self.rx = None;
+                self.spent = true;
+                false
+            }
+        }
+    }
+}
+
 impl Drop for Entry {
     fn drop(&mut self) {
         if self.rx.is_none() && !self.spent {
@@ -96,8 +116,9 @@ impl Receivers {
 
     /// Before the queue waits: follow the backend's sessions, take the
     /// receive sides that are ready, handle what they hold buffered, and
-    /// poll each one taken. `Ok(true)`: answers are still buffered, the
-    /// queue must not wait (no poll reports them).
+    /// poll each one taken. `Ok(true)`: it handled answers (their
+    /// completions wait in the mailbox) or some are still buffered: the
+    /// queue must go round once more without waiting.
     pub(super) fn prepare(&mut self, backend: &dyn Backend, ring: &mut Ring) -> io::Result<bool> {
         let mut busy = false;
         if !self.enabled {
@@ -114,20 +135,18 @@ impl Receivers {
                     log::info!("ublk queue 0: receiving a session's answers on its own thread");
                 }
             }
-            let Some(rx) = e.rx.as_mut() else { continue };
             // What is already buffered (the reader's, at the hand-over;
-            // a pump's beyond its budget) no poll would report.
-            if rx.buffered() > 0 {
-                if let Err(err) = rx.pump(self.budget, false) {
-                    log::debug!("ublk queue 0: the session it received for failed: {err}");
-                    e.rx = None;
-                    e.spent = true;
+            // a pump's beyond its budget) no poll would report. Its
+            // completions are in the mailbox now: the queue must go round
+            // once more to commit them before it waits.
+            if e.rx.as_ref().is_some_and(|rx| rx.buffered() > 0) {
+                busy = true;
+                if !e.pump(self.budget, false) {
                     self.stale = true;
                     continue;
                 }
-                // Still more: the next round, after its completions.
-                busy |= rx.buffered() > 0;
             }
+            let Some(rx) = e.rx.as_ref() else { continue };
             if e.poll.is_none() {
                 let ud = POLL | (self.next & 0xffff_ffff);
                 self.next = self.next.wrapping_add(1);
@@ -195,16 +214,12 @@ impl Receivers {
             return; // cancelled, for a session given up on
         };
         e.poll = None;
-        let Some(rx) = e.rx.as_mut() else { return };
         // An error (not readiness) only re-arms the poll.
         if res <= 0 {
             log::debug!("ublk queue 0: a session socket's poll ended with {res}");
             return;
         }
-        if let Err(err) = rx.pump(self.budget, true) {
-            log::debug!("ublk queue 0: the session it received for failed: {err}");
-            e.rx = None;
-            e.spent = true;
+        if !e.pump(self.budget, true) {
             self.stale = true;
         }
     }

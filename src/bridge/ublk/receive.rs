@@ -40,30 +40,42 @@ pub(super) fn is_poll(ud: u64) -> bool {
     ud & POLL != 0 && ud < CANCEL
 }
 
+/// Where a session's receive side is.
+enum Side {
+    /// Asked for; its reader has not parked yet.
+    Asked,
+    Taken(Rx),
+    /// The session failed under us: given back for its reader to end on,
+    /// nothing more to take.
+    Spent,
+}
+
 struct Entry {
     session: Arc<Session>,
-    /// Taken over (`None`: asked for and not yet parked, or spent).
-    rx: Option<Rx>,
+    side: Side,
     /// The poll queued for it.
     poll: Option<u64>,
-    /// The session failed under us: nothing more to take.
-    spent: bool,
 }
 
 impl Entry {
+    fn rx(&self) -> Option<&Rx> {
+        match &self.side {
+            Side::Taken(rx) => Some(rx),
+            _ => None,
+        }
+    }
+
     /// Handle what the session received (see `Rx::pump`). False: the
-    /// session failed, and the entry is spent (its receive side given
-    /// back for the reader to end on).
+    /// session failed, and the entry is spent.
     fn pump(&mut self, budget: usize, readable: bool) -> bool {
-        let Some(rx) = self.rx.as_mut() else {
+        let Side::Taken(rx) = &mut self.side else {
             return true;
         };
         match rx.pump(budget, readable) {
             Ok(_) => true,
             Err(err) => {
                 log::debug!("ublk queue 0: the session it received for failed: {err}");
-                self.rx = None;
-                self.spent = true;
+                self.side = Side::Spent;
                 false
             }
         }
@@ -72,7 +84,7 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        if self.rx.is_none() && !self.spent {
+        if matches!(self.side, Side::Asked) {
             self.session.withdraw_rx();
         }
         // A taken receive side goes back as the Rx drops.
@@ -124,29 +136,32 @@ impl Receivers {
         if !self.enabled {
             return Ok(busy);
         }
-        if self.stale {
-            self.stale = false;
+        // Only a wake-up from outside changes what there is to take (the
+        // sessions used, a reader that parked: its nudge wakes us).
+        let look = std::mem::take(&mut self.stale);
+        if look {
             self.follow(backend, ring)?;
         }
         for e in &mut self.entries {
-            if e.rx.is_none() && !e.spent {
-                e.rx = e.session.take_rx();
-                if e.rx.is_some() {
-                    log::info!("ublk queue 0: receiving a session's answers on its own thread");
-                }
+            if look
+                && matches!(e.side, Side::Asked)
+                && let Some(rx) = e.session.take_rx()
+            {
+                e.side = Side::Taken(rx);
+                log::info!("ublk queue 0: receiving a session's answers on its own thread");
             }
             // What is already buffered (the reader's, at the hand-over;
             // a pump's beyond its budget) no poll would report. Its
             // completions are in the mailbox now: the queue must go round
             // once more to commit them before it waits.
-            if e.rx.as_ref().is_some_and(|rx| rx.buffered() > 0) {
+            if e.rx().is_some_and(|rx| rx.buffered() > 0) {
                 busy = true;
                 if !e.pump(self.budget, false) {
                     self.stale = true;
                     continue;
                 }
             }
-            let Some(rx) = e.rx.as_ref() else { continue };
+            let Some(rx) = e.rx() else { continue };
             if e.poll.is_none() {
                 let ud = POLL | (self.next & 0xffff_ffff);
                 self.next = self.next.wrapping_add(1);
@@ -198,9 +213,8 @@ impl Receivers {
             s.request_rx(self.nudge.clone());
             self.entries.push(Entry {
                 session: s,
-                rx: None,
+                side: Side::Asked,
                 poll: None,
-                spent: false,
             });
         }
         Ok(())

@@ -34,7 +34,8 @@ pub(super) struct Handover {
     /// Someone asked for the receive side: the reader parks at its next
     /// PDU boundary.
     asked: AtomicBool,
-    /// Session::stop: a parked reader ends.
+    /// Session::stop, or the session failed on a taken receive side: a
+    /// parked reader ends.
     stopping: AtomicBool,
     slot: Mutex<Slot>,
     /// The reader waits here while parked.
@@ -79,8 +80,8 @@ impl Handover {
 
 /// On the reader thread, at a PDU boundary, when asked: finish what the
 /// PDUs so far left to do, leave the receive side for the asker and wait
-/// until it comes back. `None`: the session stopped meanwhile (the reader
-/// ends).
+/// until it comes back. `None`: the session stopped or failed meanwhile
+/// (the reader ends).
 pub(super) fn park(shared: &Shared, r: PduReader<TcpStream>) -> Option<PduReader<TcpStream>> {
     if let Err(e) = reader_idle(shared) {
         fail(shared, e);
@@ -111,7 +112,7 @@ pub(super) fn park(shared: &Shared, r: PduReader<TcpStream>) -> Option<PduReader
 impl Session {
     /// Task slots: commands (and control tasks) in flight at most.
     pub fn depth(&self) -> usize {
-        lock(&self.shared.state).tasks.len()
+        usize::from(self.shared.opts.queue_depth.max(1))
     }
 
     /// Ask for the receive side (see the module documentation of
@@ -149,6 +150,7 @@ impl Session {
         Some(Rx {
             shared: Arc::clone(&self.shared),
             reader: Some(reader),
+            spent: false,
         })
     }
 }
@@ -158,8 +160,10 @@ impl Session {
 /// to the session's reader thread.
 pub struct Rx {
     shared: Arc<Shared>,
-    /// `None` once the session failed on it.
+    /// Taken only when the `Rx` drops (given back).
     reader: Option<PduReader<TcpStream>>,
+    /// The session failed on it.
+    spent: bool,
 }
 
 /// While a thread pumps: completions run as on a reader thread (their
@@ -213,7 +217,7 @@ impl Rx {
     /// command in flight completed with it); the `Rx` is spent.
     pub fn pump(&mut self, budget: usize, readable: bool) -> Result<bool, SessionError> {
         let shared = Arc::clone(&self.shared);
-        let Some(r) = self.reader.as_mut() else {
+        let Some(r) = self.reader.as_mut().filter(|_| !self.spent) else {
             return Err(lock(&shared.state)
                 .failed
                 .clone()
@@ -243,9 +247,8 @@ impl Rx {
         };
         drop(plug);
         if let Err(e) = &r {
-            fail(&shared, e.clone());
-            let _ = reader_idle(&shared);
-            self.reader = None;
+            rx_ended(&shared, e.clone());
+            self.spent = true;
         }
         r
     }
@@ -256,12 +259,13 @@ impl Drop for Rx {
         let _ = self.shared.socket.set_read_timeout(None);
         let h = &self.shared.handover;
         let mut slot = h.slot();
-        // A spent receive side goes back too: the reader's next read
-        // fails at once, and it ends as after any failure.
-        slot.reader = self.reader.take().or_else(|| {
-            let s = self.shared.socket.try_clone().ok()?;
-            Some(PduReader::new(s, FrameParams::login(8192)))
-        });
+        if self.spent {
+            // The session failed on it (and that was handled here): the
+            // reader ends without reading what is left.
+            h.stopping.store(true, Ordering::Release);
+        } else {
+            slot.reader = self.reader.take();
+        }
         h.asked.store(false, Ordering::Release);
         slot.notify = None;
         h.back.notify_all();

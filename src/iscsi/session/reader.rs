@@ -32,10 +32,16 @@ pub(super) fn reader_loop(shared: Arc<Shared>, mut r: PduReader<TcpStream>) {
             Err(e) => break rx_failure(&shared, e),
         }
     };
-    fail(&shared, err);
-    // The failed commands' completions may have left work too (and other
-    // sessions may have been given commands).
-    let _ = reader_idle(&shared);
+    rx_ended(&shared, err);
+}
+
+/// The receive side ended with `err` (on the reader thread or a thread
+/// that took it over): the session fails, and what the failed commands'
+/// completions left is done (other sessions may have been given
+/// commands).
+pub(super) fn rx_ended(shared: &Shared, err: SessionError) {
+    fail(shared, err);
+    let _ = reader_idle(shared);
 }
 
 /// The session error a receive error means (a connection closed or shut

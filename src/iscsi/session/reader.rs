@@ -410,7 +410,13 @@ fn on_tmf_response(
     if let Some(p) = st.escalation.filter(|p| p.tmf() == slot) {
         st.escalation = None;
         let timeout = shared.opts.cmd_timeout.unwrap_or(DEFAULT_CMD_TIMEOUT);
-        tmf_answered(&mut st, p, tm.response, timeout).map_err(RxError::Session)?;
+        if let Err(e) = tmf_answered(&mut st, p, tm.response, timeout) {
+            // The session fails once this lock is released; until then
+            // the step stays pending, so the writer cannot see an overdue
+            // command with no step taken and start the ladder again.
+            st.escalation = Some(p);
+            return Err(RxError::Session(e));
+        }
         shared.wake_writer.notify_one();
     } else if function == TmfFunction::LogicalUnitReset as u8 && tm.response == 0 {
         // A caller's reset (the path set's fence) ended our own commands

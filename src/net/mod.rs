@@ -626,8 +626,21 @@ const UDEV_RUN: &str = "/run/udev";
 /// the interface, still down, is given the name udev would have given it
 /// ([`rename_as_udev_would`]) and the links are listed again.
 fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, NetError> {
-    let start = Instant::now();
     let udev = Path::new(UDEV_RUN).join("control").exists();
+    wait_for_link_with(sock, cfg, udev, &mut |index| {
+        udev_done_with(Path::new(UDEV_RUN), index)
+    })
+}
+
+/// [`wait_for_link`] with udev's presence and its "done with link N"
+/// test given (tests stand in for udev).
+fn wait_for_link_with(
+    sock: &mut RtnlSocket,
+    cfg: &NicConfig,
+    udev: bool,
+    udev_done: &mut dyn FnMut(u32) -> bool,
+) -> Result<Vec<Link>, NetError> {
+    let start = Instant::now();
     let mut loaded = false;
     let mut naming_done = udev;
     let mut next_note = Duration::from_secs(2);
@@ -650,10 +663,18 @@ fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, Ne
                         continue; // list the links again, under the new name
                     }
                 }
-                if !udev || udev_done_with(Path::new(UDEV_RUN), *index) {
-                    if start.elapsed() > Duration::from_millis(100) {
+                if !udev || udev_done(*index) {
+                    // udev renames the link and then writes its database:
+                    // the list above may predate the rename (a boot NIC
+                    // handed off as eth0 while the real root calls it
+                    // ens3). List again, now that the name is final.
+                    let links = if udev { sock.links()? } else { links };
+                    if start.elapsed() > Duration::from_millis(100)
+                        && let Ok(l) = find_link(&cfg.mac, &links)
+                    {
                         log::info!(
-                            "net: {name} ({}) ready after {:.2} s",
+                            "net: {} ({}) ready after {:.2} s",
+                            l.name,
                             format_mac(&cfg.mac),
                             start.elapsed().as_secs_f64()
                         );
@@ -1254,6 +1275,67 @@ pub fn resolv_conf(dns: &[IpAddr], search: Option<&str>) -> String {
 mod tests {
     use super::*;
     use rtnl::{IFF_LOOPBACK, IFF_LOWER_UP, IFF_UP};
+
+    /// udev renames a new link and only then writes its database entry,
+    /// so a link list taken before the rename must not be what the wait
+    /// returns once udev is done (CI, run with two boots at once: a boot
+    /// NIC handed off as eth0 while the real root called it ens3). The
+    /// stand-in for udev renames the link when first asked and says
+    /// "done" at once: the list the wait took just before is stale.
+    /// Needs root (a network namespace of the test thread's own, a veth
+    /// pair in it).
+    #[test]
+    fn a_rename_just_before_udev_is_done_is_seen() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "a_rename_just_before_udev_is_done_is_seen needs root (a network namespace): run the tests as root"
+        );
+        let t = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            // Children of this thread start in its namespace.
+            let ip = |args: &[&str]| {
+                let o = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .expect("running ip (iproute2)");
+                assert!(
+                    o.status.success(),
+                    "ip {args:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            };
+            let mac = [0x52, 0x54, 0x00, 0x5a, 0x00, 0x77];
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "address",
+                "52:54:00:5a:00:77",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "peer0",
+            ]);
+            let mut sock = RtnlSocket::open().expect("rtnetlink socket");
+            let cfg = NicConfig::new(mac);
+            let mut asked = 0;
+            let links = wait_for_link_with(&mut sock, &cfg, true, &mut |_| {
+                asked += 1;
+                if asked == 1 {
+                    ip(&["link", "set", "eth0", "name", "ens3"]);
+                }
+                true
+            })
+            .expect("the link is there");
+            let l = find_link(&mac, &links).expect("found by its MAC");
+            assert_eq!(l.name, "ens3", "the name after udev's rename");
+        });
+        if let Err(e) = t.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 

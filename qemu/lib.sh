@@ -327,8 +327,32 @@ sr_build_initramfs() {
 # control socket is in the abstract namespace, which is per network
 # namespace: sr_tgtadm runs tgtadm there too).
 sr_tgt_start() {
-    local i
+    local attempt
     sr_need tgtd tgtadm
+    # Runs started at the same time (tests/run boots two guests at once)
+    # could pick the same control port before either tgtd has bound it, and
+    # then ask the other run's tgtd whether theirs is up: picking and
+    # starting are one step under a lock (tgtd does not inherit it). A port
+    # taken by anything else makes tgtd exit: it tries again with new ones.
+    local lock
+    exec {lock}>/run/sanroot-tgtd-start.lock
+    flock -w 120 "$lock" || sr_die "sr_tgt_start: /run/sanroot-tgtd-start.lock is held for 120 s"
+    for attempt in 1 2 3 4 5; do
+        if sr_tgt_try_start "$lock"; then
+            exec {lock}>&-
+            return 0
+        fi
+        sr_log "tgtd (attempt $attempt) did not start: $(tail -n 2 "$SR_WORK/tgtd.log" 2>/dev/null | tr '\n' ' ')"
+    done
+    exec {lock}>&-
+    cat "$SR_WORK/tgtd.log" >&2 || true
+    sr_die "tgtd did not start"
+}
+
+# One try of sr_tgt_start (LOCKFD: the start lock's descriptor, closed for
+# tgtd): 1 if tgtd exited or did not answer in 5 s.
+sr_tgt_try_start() {
+    local i lockfd=$1
     SR_TGT_PORT=$(sr_free_port)
     SR_TGT_CTL=
     for i in $(shuf -i 100-4000 -n 50); do
@@ -343,9 +367,9 @@ sr_tgt_start() {
     # kills it, bench/bridge-vs-kernel counts its CPU). `ip netns exec`
     # execs its command, so its pid is tgtd's.
     if [ -n "${SR_TGT_NETNS:-}" ]; then
-        ip netns exec "$SR_TGT_NETNS" tgtd -f -C "$SR_TGT_CTL" --iscsi "portal=${SR_TGT_ADDR:-127.0.0.1}:$SR_TGT_PORT" >"$SR_WORK/tgtd.log" 2>&1 &
+        ip netns exec "$SR_TGT_NETNS" tgtd -f -C "$SR_TGT_CTL" --iscsi "portal=${SR_TGT_ADDR:-127.0.0.1}:$SR_TGT_PORT" >"$SR_WORK/tgtd.log" 2>&1 {lockfd}>&- &
     else
-        tgtd -f -C "$SR_TGT_CTL" --iscsi "portal=${SR_TGT_ADDR:-127.0.0.1}:$SR_TGT_PORT" >"$SR_WORK/tgtd.log" 2>&1 &
+        tgtd -f -C "$SR_TGT_CTL" --iscsi "portal=${SR_TGT_ADDR:-127.0.0.1}:$SR_TGT_PORT" >"$SR_WORK/tgtd.log" 2>&1 {lockfd}>&- &
     fi
     SR_TGT_PID=$!
     for i in $(seq 50); do
@@ -353,11 +377,12 @@ sr_tgt_start() {
             sr_log "tgtd pid $SR_TGT_PID on ${SR_TGT_ADDR:-127.0.0.1}:$SR_TGT_PORT${SR_TGT_NETNS:+ in network namespace $SR_TGT_NETNS} (control $SR_TGT_CTL)"
             return 0
         fi
-        kill -0 "$SR_TGT_PID" 2>/dev/null || break
+        kill -0 "$SR_TGT_PID" 2>/dev/null || return 1
         sleep 0.1
     done
-    cat "$SR_WORK/tgtd.log" >&2 || true
-    sr_die "tgtd did not start"
+    kill "$SR_TGT_PID" 2>/dev/null || true
+    wait "$SR_TGT_PID" 2>/dev/null || true
+    return 1
 }
 
 # sr_tgt_ns CMD...: CMD in tgtd's network namespace (SR_TGT_NETNS, or ours).

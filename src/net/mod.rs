@@ -626,23 +626,21 @@ const UDEV_RUN: &str = "/run/udev";
 /// the interface, still down, is given the name udev would have given it
 /// ([`rename_as_udev_would`]) and the links are listed again.
 fn wait_for_link(sock: &mut RtnlSocket, cfg: &NicConfig) -> Result<Vec<Link>, NetError> {
+    let mut done = |index| udev_done_with(Path::new(UDEV_RUN), index);
     let udev = Path::new(UDEV_RUN).join("control").exists();
-    wait_for_link_with(sock, cfg, udev, &mut |index| {
-        udev_done_with(Path::new(UDEV_RUN), index)
-    })
+    wait_for_link_with(sock, cfg, udev.then_some(&mut done))
 }
 
-/// [`wait_for_link`] with udev's presence and its "done with link N"
-/// test given (tests stand in for udev).
+/// [`wait_for_link`] with udev's "done with link N" test given, `None`
+/// when no udev runs (tests stand in for udev).
 fn wait_for_link_with(
     sock: &mut RtnlSocket,
     cfg: &NicConfig,
-    udev: bool,
-    udev_done: &mut dyn FnMut(u32) -> bool,
+    mut udev_done: Option<&mut dyn FnMut(u32) -> bool>,
 ) -> Result<Vec<Link>, NetError> {
     let start = Instant::now();
     let mut loaded = false;
-    let mut naming_done = udev;
+    let mut naming_done = udev_done.is_some();
     let mut next_note = Duration::from_secs(2);
     loop {
         let links = sock.links()?;
@@ -663,7 +661,8 @@ fn wait_for_link_with(
                         continue; // list the links again, under the new name
                     }
                 }
-                if !udev || udev_done(*index) {
+                let udev = udev_done.is_some();
+                if udev_done.as_mut().is_none_or(|done| done(*index)) {
                     // udev renames the link and then writes its database:
                     // the list above may predate the rename (a boot NIC
                     // handed off as eth0 while the real root calls it
@@ -1321,14 +1320,15 @@ mod tests {
             let mut sock = RtnlSocket::open().expect("rtnetlink socket");
             let cfg = NicConfig::new(mac);
             let mut asked = 0;
-            let links = wait_for_link_with(&mut sock, &cfg, true, &mut |_| {
+            let mut udev_done = |_| {
                 asked += 1;
                 if asked == 1 {
                     ip(&["link", "set", "eth0", "name", "ens3"]);
                 }
                 true
-            })
-            .expect("the link is there");
+            };
+            let links = wait_for_link_with(&mut sock, &cfg, Some(&mut udev_done))
+                .expect("the link is there");
             let l = find_link(&mac, &links).expect("found by its MAC");
             assert_eq!(l.name, "ens3", "the name after udev's rename");
         });

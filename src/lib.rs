@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod cmd;
 pub mod completion;
 pub mod daemon;
+pub mod direct;
 pub mod exit;
 pub mod ibft;
 pub mod iscsi;

@@ -1806,3 +1806,102 @@ fn reconnects_use_the_portals_that_discovery_lists() {
         second.assert_clean();
     });
 }
+
+// ------------------------------------------------- reads into a bridge
+
+/// A bridge that lent one buffer (see `sanroot::direct`): what reached it,
+/// by offset, and how many read attempts began.
+struct Lender {
+    addr: usize,
+    got: Mutex<Vec<u8>>,
+    begun: Mutex<usize>,
+}
+
+impl sanroot::direct::DirectRx for Lender {
+    fn lookup(&self, addr: usize) -> Option<usize> {
+        (addr == self.addr).then_some(3)
+    }
+    fn begin(&self, token: usize) {
+        assert_eq!(token, 3);
+        *self.begun.lock().unwrap() += 1;
+    }
+    fn put(&self, token: usize, off: usize, bytes: &[u8]) -> std::io::Result<()> {
+        assert_eq!(token, 3);
+        self.got.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+    fn receive(
+        &self,
+        token: usize,
+        off: usize,
+        src: &mut dyn sanroot::direct::Source,
+        scratch: &mut [u8],
+    ) -> std::io::Result<()> {
+        // Not through `scratch`: the test shows the bytes never touch the
+        // task's buffer.
+        let mut own = vec![0u8; scratch.len()];
+        src.read_exact(&mut own)?;
+        self.put(token, off, &own)
+    }
+}
+
+/// Read `len` bytes at LBA 0 into a buffer a [`Lender`] lent, with `cfg`:
+/// (the buffer handed back, the lender, the data written).
+fn read_lent(cfg: InitiatorConfig, len: usize) -> (Vec<u8>, Arc<Lender>, Vec<u8>) {
+    let f = FakeTarget::start(Behaviour::default());
+    let lun = open(connect(&f, &cfg));
+    let data = pattern(len, 9);
+    let (r, _) = lun.write(0, data.clone(), false);
+    r.expect("write the pattern");
+    let buf = vec![0xeeu8; len];
+    let lender = Arc::new(Lender {
+        addr: buf.as_ptr() as usize,
+        got: Mutex::new(vec![0u8; len]),
+        begun: Mutex::new(0),
+    });
+    let as_rx: Arc<dyn sanroot::direct::DirectRx> = lender.clone();
+    sanroot::direct::register(Arc::clone(&as_rx));
+    let (r, back) = lun.read(0, buf);
+    sanroot::direct::unregister(&as_rx);
+    r.expect("read the pattern back");
+    f.assert_clean();
+    (back, lender, data)
+}
+
+/// Zero copy's contract on the session side: a read into a buffer that a
+/// bridge lent goes to the bridge, every byte (the ones the session had
+/// buffered through `put`, the rest from the socket through `receive`),
+/// and none into the buffer; the bridge hears that the attempt began.
+#[test]
+fn read_data_goes_to_the_bridge_that_lent_the_buffer() {
+    within(|| {
+        let len = 384 << 10;
+        let (back, lender, data) = read_lent(config(), len);
+        assert_eq!(*lender.begun.lock().unwrap(), 1, "one attempt");
+        assert!(
+            *lender.got.lock().unwrap() == data,
+            "the bridge got the data"
+        );
+        assert!(
+            back.iter().all(|&b| b == 0xee),
+            "no byte went into the task's buffer"
+        );
+    })
+}
+
+/// With a data digest the session must check the bytes before anyone
+/// sees them: the bridge hears the attempt began (so it copies the
+/// buffer), and the data goes into the buffer.
+#[test]
+fn with_a_data_digest_read_data_stays_in_the_buffer() {
+    within(|| {
+        let len = 128 << 10;
+        let (back, lender, data) = read_lent(digests(), len);
+        assert_eq!(*lender.begun.lock().unwrap(), 1, "one attempt");
+        assert!(
+            lender.got.lock().unwrap().iter().all(|&b| b == 0),
+            "nothing went to the bridge"
+        );
+        assert!(back == data, "the buffer holds the data");
+    })
+}

@@ -374,6 +374,77 @@ impl<R: Read> PduReader<R> {
     }
 }
 
+impl PduReader<std::net::TcpStream> {
+    /// Hand the pending data segment, which must be `dst.len()` bytes and
+    /// come without a data digest, to a bridge's request (see
+    /// [`crate::direct`]): what is buffered through [`DirectRx::put`], the
+    /// rest straight from the socket through [`DirectRx::receive`], at byte
+    /// `off` of request `token`. `dst` is the task's own buffer for the
+    /// segment, lent to the bridge as scratch.
+    ///
+    /// [`DirectRx::put`]: crate::direct::DirectRx::put
+    /// [`DirectRx::receive`]: crate::direct::DirectRx::receive
+    pub fn read_data_direct(
+        &mut self,
+        to: &dyn crate::direct::DirectRx,
+        token: usize,
+        off: usize,
+        dst: &mut [u8],
+    ) -> Result<(), ConnError> {
+        let Some((op, itt, len)) = self.pending.take() else {
+            return Err(ConnError::LengthMismatch {
+                opcode: Opcode::Reject,
+                len: 0,
+                buffer: dst.len(),
+            });
+        };
+        if dst.len() != len || self.params.data_digest {
+            // Keep framing: consume the segment, then report.
+            self.skip(op, itt, len)?;
+            return Err(ConnError::LengthMismatch {
+                opcode: op,
+                len,
+                buffer: dst.len(),
+            });
+        }
+        self.direct = len >= DIRECT_MIN;
+        let b = self.r.buffer();
+        let n = b.len().min(len);
+        to.put(token, off, &b[..n])?;
+        self.r.consume(n);
+        if n < len {
+            let mut src = SocketSource(self.r.get_mut());
+            to.receive(token, off + n, &mut src, &mut dst[n..])?;
+        }
+        let mut pad = [0u8; 3];
+        let pad = &mut pad[..pad4(len) - len];
+        self.read_small(pad)?;
+        Ok(())
+    }
+}
+
+/// The socket under a [`PduReader`], for a bridge reading from it.
+struct SocketSource<'a>(&'a mut Counted<std::net::TcpStream>);
+
+impl crate::direct::Source for SocketSource<'_> {
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.r.as_raw_fd()
+    }
+
+    fn timeout(&self) -> Option<std::time::Duration> {
+        self.0.r.read_timeout().ok().flatten()
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        Read::read_exact(self.0, buf)
+    }
+
+    fn count(&mut self, n: usize) {
+        self.0.n += n as u64;
+    }
+}
+
 /// Fill `buf` from `done` on; end of stream before its first byte is
 /// [`ConnError::Closed`].
 fn read_exact_or_closed<R: Read>(

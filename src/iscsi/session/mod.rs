@@ -349,6 +349,9 @@ struct Task {
     r2ts: u32,
     /// Times the command was sent again after a timeout.
     retries: u8,
+    /// The current read attempt's data goes straight into a bridge's
+    /// request (see [`crate::direct`]): decided at its first Data-In.
+    direct: Option<(Arc<dyn crate::direct::DirectRx>, usize)>,
 }
 
 enum Ctl {
@@ -948,6 +951,7 @@ impl Task {
             sent: None,
             r2ts: 0,
             retries: 0,
+            direct: None,
         }
     }
 }

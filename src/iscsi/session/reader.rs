@@ -201,11 +201,19 @@ fn on_data_in(
     }
     t.next_data_sn = t.next_data_sn.wrapping_add(1);
     let mut buf = t.buf.take().unwrap_or_default();
+    if off == 0 {
+        t.direct = direct_attempt(&buf, r.params().data_digest);
+    }
+    let direct = t.direct.clone();
     drop(st);
     idle_before(shared, r, segment_bytes(shared, len));
-    // The payload goes straight into the command's buffer.
+    // The payload goes straight into the command's buffer, or into the
+    // bridge's request that lent it.
     let rd = match buf.get_mut(off..off + len) {
-        Some(dst) => r.read_data(dst),
+        Some(dst) => match &direct {
+            Some((to, token)) => r.read_data_direct(&**to, *token, off, dst),
+            None => r.read_data(dst),
+        },
         None => Err(ConnError::LengthMismatch {
             opcode: Opcode::DataIn,
             len,
@@ -239,6 +247,20 @@ fn on_data_in(
         );
     }
     Ok(())
+}
+
+/// A read attempt begins (its Data-In at offset 0) into `buf`: when a
+/// bridge lent it (see [`crate::direct`]), the attempt's data goes to the
+/// bridge's request, unless a data digest has to be checked over it first.
+/// The bridge hears of every attempt, so one that fills `buf` after one
+/// that went straight through is not mistaken for it.
+fn direct_attempt(
+    buf: &[u8],
+    data_digest: bool,
+) -> Option<(Arc<dyn crate::direct::DirectRx>, usize)> {
+    let (to, token) = crate::direct::find(buf.as_ptr() as usize)?;
+    to.begin(token);
+    (!data_digest).then_some((to, token))
 }
 
 /// SCSI Response: ExpDataSN and, for a GOOD read, the bytes that arrived

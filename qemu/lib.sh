@@ -720,8 +720,12 @@ sr_copy_open_iscsi() {
         command -v "$f" >/dev/null 2>&1 || sr_die "no $f (apt-get install open-iscsi)"
     done
     sr_copy_dynamic "$root" "$(command -v iscsid)" "$(command -v iscsiadm)"
-    # libiscsi_tcp asks the crypto API for "crc32c" even without digests.
-    sr_copy_modules_deps "$root/lib/modules" crc32c_generic scsi_transport_iscsi libiscsi \
+    # libiscsi_tcp asks the crypto API for "crc32c" even without digests;
+    # since Linux 6.15 it calls the crc32c library, and there is no
+    # crc32c_generic module (SR_GUEST_KERNEL=backports).
+    local crc=
+    modinfo -b "$SR_MODROOT" -k "$SR_KVER" -n crc32c_generic >/dev/null 2>&1 && crc=crc32c_generic
+    sr_copy_modules_deps "$root/lib/modules" $crc scsi_transport_iscsi libiscsi \
         libiscsi_tcp iscsi_tcp sd_mod
 }
 

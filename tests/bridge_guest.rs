@@ -17,11 +17,12 @@
 //! the static binary first and sets SANROOT_STATIC_BIN. The guest's serial
 //! log is kept as target/bridge-guest-BRIDGE.log.
 //!
-//! `ublk_resize_live_on_6_16` boots once more, on the newest 6.16-or-newer
-//! kernel of Debian's trixie-backports (fetched once with `apt-get
-//! download` into /var/cache/sanroot/kernels: qemu/lib.sh
-//! `sr_fetch_kernel`), for the resize case on ublk alone: there the device
-//! grows live (UBLK_U_CMD_UPDATE_SIZE).
+//! `ublk_resize_live_on_6_16` and `ublk_zero_copy_on_6_16` share one more
+//! boot, on the newest 6.16-or-newer kernel of Debian's trixie-backports
+//! (fetched once with `apt-get download` into /var/cache/sanroot/kernels:
+//! qemu/lib.sh `sr_fetch_kernel`), for the fs and resize cases on ublk:
+//! there the device grows live (UBLK_U_CMD_UPDATE_SIZE) and read data goes
+//! from the socket into the requests (UBLK_F_AUTO_BUF_REG).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -378,6 +379,20 @@ fn boot_ok(bridge: &'static str) {
 
 fn fs(bridge: &'static str) {
     let c = Case::new("fs", bridge);
+    fs_checks(&c);
+    if bridge == "ublk" {
+        // Debian's 6.12 has no UBLK_F_AUTO_BUF_REG: the driver copies.
+        c.eq(
+            "zero_copy",
+            "0",
+            "zero copy claimed on a kernel without UBLK_F_AUTO_BUF_REG",
+        );
+    }
+}
+
+/// The fs case's checks, on the boot `c` belongs to.
+fn fs_checks(c: &Case) {
+    let bridge = c.boot.bridge;
     c.attached(256 * MIB);
     c.eq("mkfs_rc", "0", "mkfs.ext4 on the device");
     c.eq("mount_rc", "0", "mount the new ext4");
@@ -897,6 +912,52 @@ fn ublk_secrets() {
     secrets("ublk");
 }
 
+/// One boot of the newest 6.16+ kernel of trixie-backports, shared by the
+/// tests that need it: the fs and resize cases on ublk, the daemon at -vv.
+/// None (a skip, which fails under CI=true) when the kernel cannot be had.
+fn backports_boot(test: &str) -> Option<&'static Boot> {
+    static BOOT: OnceLock<Result<Boot, String>> = OnceLock::new();
+    let env = [
+        ("SR_GUEST_KERNEL", "backports"),
+        ("SR_BRIDGE_ATTACH_V", "-vv"),
+        ("SR_BRIDGE_DEVKMSG", "1"),
+    ];
+    match BOOT.get_or_init(|| run_guest("fs-ublk,resize-ublk", "ublk", "ublk-backports", &env)) {
+        Ok(b) => Some(b),
+        Err(e) if e.contains("error: guest kernel:") && std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP {test}: no 6.16+ guest kernel here: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// ublk zero copy (issue 16) on a kernel that has it: the daemon set up
+/// the device with UBLK_F_AUTO_BUF_REG and UBLK_F_USER_COPY, read data
+/// went from the socket straight into the requests' pages, and the fs case
+/// holds all the same: the files written read back (after the page cache
+/// was dropped) in the guest and on the host, and e2fsck is clean.
+#[test]
+fn ublk_zero_copy_on_6_16() {
+    let Some(boot) = backports_boot("ublk_zero_copy_on_6_16") else {
+        return;
+    };
+    let c = Case::on(boot, "fs");
+    fs_checks(&c);
+    c.eq(
+        "zero_copy",
+        "1",
+        "the daemon says the device has zero copy (\"zero copy: read data goes from the socket\")",
+    );
+    let kib = c.num("zero_copy_kib");
+    eprintln!("ublk_zero_copy_on_6_16: {kib} KiB of read data went into the requests directly");
+    // The fs case reads 17.7 MiB of files back, and e2fsck the metadata.
+    c.check(
+        kib >= 4096,
+        &format!("only {kib} KiB of read data went from the socket into the requests"),
+    );
+}
+
 /// The version X.Y of a kernel release string such as "6.16.12+deb13-amd64".
 fn kernel_series(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(['.', '-', '+']);
@@ -918,18 +979,8 @@ fn kernel_series(release: &str) -> Option<(u32, u32)> {
 /// the kernel skips the test; under CI=true that fails it.
 #[test]
 fn ublk_resize_live_on_6_16() {
-    let env = [
-        ("SR_GUEST_KERNEL", "backports"),
-        ("SR_BRIDGE_ATTACH_V", "-vv"),
-        ("SR_BRIDGE_DEVKMSG", "1"),
-    ];
-    let boot = match run_guest("resize-ublk", "ublk", "ublk-backports", &env) {
-        Ok(b) => &*Box::leak(Box::new(b)),
-        Err(e) if e.contains("error: guest kernel:") && std::env::var_os("CI").is_none() => {
-            eprintln!("SKIP ublk_resize_live_on_6_16: no 6.16+ guest kernel here: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(boot) = backports_boot("ublk_resize_live_on_6_16") else {
+        return;
     };
     let c = Case::on(boot, "resize");
     let booted = boot

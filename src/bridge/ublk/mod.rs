@@ -146,6 +146,7 @@
 //! [`session::Rx`]: crate::iscsi::session::Rx
 
 mod ctrl;
+mod direct;
 mod error;
 mod mailbox;
 mod node;
@@ -198,6 +199,10 @@ pub struct UblkOptions {
     /// How long [`UblkDevice::recover`] waits for the old daemon's hold on
     /// the device to go away.
     pub recover_wait: Duration,
+    /// Zero copy when the kernel offers it (UBLK_F_AUTO_BUF_REG with
+    /// UBLK_F_USER_COPY, Linux 6.16): reads the queue thread receives go
+    /// from the socket into the request (see `direct`). Default true.
+    pub zero_copy: bool,
 }
 
 impl Default for UblkOptions {
@@ -212,6 +217,7 @@ impl Default for UblkOptions {
             reissue: false,
             dev_id: None,
             recover_wait: Duration::from_secs(10),
+            zero_copy: true,
         }
     }
 }
@@ -290,6 +296,10 @@ impl UblkDevice {
         // Live resize when the kernel has it (6.16+); masked off below
         // when GET_FEATURES does not list it.
         flags |= uapi::UBLK_F_UPDATE_SIZE;
+        let zero_copy = uapi::UBLK_F_AUTO_BUF_REG | uapi::UBLK_F_USER_COPY;
+        if opts.zero_copy {
+            flags |= zero_copy;
+        }
         match ctrl.features() {
             Ok(f) => {
                 log::debug!("ublk features: {f:#x}");
@@ -302,8 +312,13 @@ impl UblkDevice {
             }
             Err(e) => {
                 log::info!("{e}; assuming a kernel before 6.5");
-                flags &= !uapi::UBLK_F_UPDATE_SIZE;
+                flags &= !(uapi::UBLK_F_UPDATE_SIZE | zero_copy);
             }
+        }
+        // Both or neither: USER_COPY alone would only move the driver's
+        // copy into the daemon (6.5 to 6.15 have it without AUTO_BUF_REG).
+        if flags & zero_copy != zero_copy {
+            flags &= !zero_copy;
         }
 
         let want_id = opts.dev_id.unwrap_or(u32::MAX);
@@ -332,6 +347,11 @@ impl UblkDevice {
         if info.flags & uapi::UBLK_F_USER_RECOVERY == 0 {
             log::warn!(
                 "ublk device {dev_id}: no USER_RECOVERY: a daemon restart will lose the device"
+            );
+        }
+        if info.flags & zero_copy == zero_copy {
+            log::info!(
+                "ublk device {dev_id}: zero copy: read data goes from the socket into the request"
             );
         }
 

@@ -15,6 +15,7 @@ use io_uring::{opcode, squeue, types};
 use nix::errno::Errno;
 use zerocopy::IntoBytes;
 
+use super::direct::{self, ZeroCopy};
 use super::error::describe;
 use super::mailbox::{CANCEL, Done, Mailbox, WAKE};
 use super::node::open_char_dev;
@@ -53,6 +54,9 @@ pub(super) struct Queues {
     ready: Mutex<Option<mpsc::Receiver<Result<(), UblkError>>>>,
     /// A thread that could not be started (reported by `await_ready`).
     spawn_err: Mutex<Option<UblkError>>,
+    /// With UBLK_F_USER_COPY: the requests, as the layers below see them
+    /// (registered with `crate::direct` while the queues run).
+    pub(super) zc: Option<Arc<ZeroCopy>>,
 }
 
 /// What a queue thread serves.
@@ -66,6 +70,7 @@ struct QueueConfig {
     cdev: Arc<File>,
     backend: Arc<dyn Backend>,
     mailbox: Arc<Mailbox>,
+    zc: Option<Arc<ZeroCopy>>,
 }
 
 impl Queues {
@@ -83,6 +88,17 @@ impl Queues {
             live: Mutex::new(0),
             cv: Condvar::new(),
         });
+        let zc = (info.flags & uapi::UBLK_F_USER_COPY != 0).then(|| {
+            Arc::new(ZeroCopy::new(
+                Arc::clone(&cdev),
+                info.nr_hw_queues,
+                info.queue_depth,
+                info.flags & uapi::UBLK_F_AUTO_BUF_REG != 0,
+            ))
+        });
+        if let Some(z) = &zc {
+            crate::direct::register(z.clone());
+        }
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::new();
         let mut mailboxes = Vec::new();
@@ -105,6 +121,7 @@ impl Queues {
                 cdev: Arc::clone(&cdev),
                 backend: Arc::clone(backend),
                 mailbox: Arc::clone(&mailbox),
+                zc: zc.clone(),
             };
             *lock(&life.live) += 1;
             let guard = LiveGuard(Arc::clone(&life));
@@ -129,6 +146,7 @@ impl Queues {
             life,
             ready: Mutex::new(Some(rx)),
             spawn_err: Mutex::new(spawn_err),
+            zc,
         })
     }
 
@@ -161,6 +179,8 @@ impl Queues {
         while *n > 0 {
             n = self.life.cv.wait(n).unwrap_or_else(|p| p.into_inner());
         }
+        drop(n);
+        self.retire();
     }
 
     pub(super) fn join(&self) {
@@ -171,12 +191,31 @@ impl Queues {
                 log::error!("{name} panicked");
             }
         }
+        self.retire();
     }
 
     pub(super) fn quit(&self) {
         for m in &self.mailboxes {
             m.quit();
         }
+    }
+}
+
+impl Queues {
+    /// The queues ended (or never will serve): sessions stop handing read
+    /// data to them, and /dev/ublkcN is let go of.
+    fn retire(&self) {
+        if let Some(z) = &self.zc {
+            z.retire();
+            let z: Arc<dyn crate::direct::DirectRx> = z.clone();
+            crate::direct::unregister(&z);
+        }
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        self.retire();
     }
 }
 
@@ -248,21 +287,35 @@ struct Queue {
     served: u64,
     /// The sessions this queue receives for.
     rx: Receivers,
+    /// Completions reaped by a read into a request (see `direct`) that
+    /// were not its own: handled with the next batch.
+    stash: Vec<(u64, i32)>,
 }
 
-fn io_cmd(cdev: &File, op: u32, q_id: u16, tag: u16, result: i32, addr: u64) -> squeue::Entry128 {
+/// A FETCH_REQ or COMMIT_AND_FETCH_REQ for `tag`, lending the buffer at
+/// `addr` (None: with UBLK_F_USER_COPY, no buffer; then with `auto_reg`
+/// the request's pages go to the ring's buffer table at index `tag`).
+fn io_cmd(
+    cdev: &File,
+    op: u32,
+    (q_id, tag): (u16, u16),
+    result: i32,
+    addr: Option<u64>,
+    auto_reg: bool,
+) -> squeue::Entry128 {
     let cmd = IoCmd {
         q_id,
         tag,
         result,
-        addr,
+        addr: addr.unwrap_or(0),
     };
     let mut area = [0u8; 80];
     area[..size_of::<IoCmd>()].copy_from_slice(cmd.as_bytes());
-    opcode::UringCmd80::new(types::Fd(cdev.as_raw_fd()), op)
-        .cmd(area)
-        .build()
-        .user_data(u64::from(tag))
+    let mut e = opcode::UringCmd80::new(types::Fd(cdev.as_raw_fd()), op).cmd(area);
+    if auto_reg {
+        e = e.addr(Some(uapi::auto_buf_reg(tag, true)));
+    }
+    e.build().user_data(u64::from(tag))
 }
 
 fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guard: LiveGuard) {
@@ -294,7 +347,7 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
     };
     // Every buffer up front, every page touched (non-zero fill: calloc'd
     // zero pages would only be allocated at the first request).
-    let slots = (0..cfg.depth)
+    let slots: Vec<Slot> = (0..cfg.depth)
         .map(|_| {
             let buf = vec![0x5au8; cfg.buf_bytes];
             Slot {
@@ -307,6 +360,22 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
             }
         })
         .collect();
+    if let Some(z) = &cfg.zc {
+        if z.auto_reg
+            && let Err(e) = ring
+                .submitter()
+                .register_buffers_sparse(u32::from(cfg.depth))
+        {
+            let _ = ready.send(Err(setup_err(
+                UblkError::os("io_uring: a buffer table for the requests' pages", &e).to_string(),
+            )));
+            return;
+        }
+        for (tag, s) in slots.iter().enumerate() {
+            let s: &Slot = s;
+            z.lend(cfg.q_id, tag as u16, None, s.addr);
+        }
+    }
     cfg.mailbox.serve_here();
     let rx = Receivers::new(&cfg.mailbox, cfg.q_id == 0, usize::from(cfg.depth));
     let mut q = Queue {
@@ -321,6 +390,7 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
         wake_queued: false,
         wake_errors: 0,
         served: 0,
+        stash: Vec::with_capacity(entries as usize),
     };
     let r = q.start();
     let started = r.is_ok();
@@ -347,10 +417,10 @@ impl Queue {
             let e = io_cmd(
                 &self.cfg.cdev,
                 uapi::UBLK_U_IO_FETCH_REQ,
-                self.cfg.q_id,
-                tag,
+                (self.cfg.q_id, tag),
                 0,
-                buf.as_mut_ptr() as u64,
+                self.cfg.zc.is_none().then_some(buf.as_mut_ptr() as u64),
+                self.cfg.zc.as_ref().is_some_and(|z| z.auto_reg),
             );
             push(&mut self.ring, &e).map_err(|e| format!("io_uring: {e}"))?;
             slot.state = State::Kernel;
@@ -417,14 +487,19 @@ impl Queue {
                 return Exit::Done;
             }
             // Answers handled or still buffered: go round without waiting.
-            let r = match self.rx.prepare(&*self.cfg.backend, &mut self.ring) {
-                Ok(true) => self.ring.submit().map(|_| ()),
-                Ok(false) => submit_and_wait(&self.ring),
+            let r = match self
+                .rx
+                .prepare(&*self.cfg.backend, &mut self.ring, &mut self.stash)
+            {
+                // (Completions a read into a request reaped wait too.)
+                Ok(false) if self.stash.is_empty() => submit_and_wait(&self.ring),
+                Ok(_) => self.ring.submit().map(|_| ()),
                 Err(e) => Err(e),
             };
             if let Err(e) = r {
                 return Exit::Abandoned(format!("io_uring: {e}"));
             }
+            cqes.append(&mut self.stash);
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             // The requests of one wake-up go to the target together.
             let plug = session::plug();
@@ -440,8 +515,12 @@ impl Queue {
     /// One completion: the wake-up read, a session's socket poll, or a
     /// tag's command.
     fn dispatch(&mut self, ud: u64, res: i32, done: &mut Vec<Done>) -> Result<(), String> {
+        if ud == direct::READ || ud == direct::READ_TIMEOUT {
+            // Left over from a read into a request that gave up.
+            return Ok(());
+        }
         if receive::is_poll(ud) {
-            self.rx.on_poll(ud, res);
+            self.rx.on_poll(ud, res, &mut self.ring, &mut self.stash);
             return Ok(());
         }
         if ud != WAKE {
@@ -545,6 +624,24 @@ impl Queue {
             return Ok(());
         };
         set_data_len(&mut buf, req.len, self.cfg.buf_bytes);
+        if let Some(z) = &self.cfg.zc {
+            z.arrived(
+                self.cfg.q_id,
+                tag,
+                d.op_flags & uapi::UBLK_IO_F_NEED_REG_BUF == 0,
+            );
+            if let BlockOp::Write { .. } = req.op
+                && let Err(e) = z.fetch_data(self.cfg.q_id, tag, &mut buf)
+            {
+                log::warn!(
+                    "ublkb{} queue {}: tag {tag}: reading the write's data from the request: {e}",
+                    self.cfg.dev_id,
+                    self.cfg.q_id
+                );
+                slot.buf = Some(buf);
+                return self.queue_commit(tag, -(Errno::EIO as i32));
+            }
+        }
         slot.state = State::Backend;
         self.in_backend += 1;
         self.served += 1;
@@ -582,16 +679,22 @@ impl Queue {
             if buf.len() < buf_bytes {
                 buf.resize(buf_bytes, 0);
             }
+            if let Some(z) = &self.cfg.zc {
+                z.lend(self.cfg.q_id, d.tag, Some(slot.addr), buf.as_ptr() as usize);
+            }
             slot.addr = buf.as_ptr() as usize;
         }
-        slot.buf = Some(buf);
         let result = match d.res {
-            Ok(()) => slot.ok,
+            Ok(()) => match &self.cfg.zc {
+                Some(z) => store_read(z, (self.cfg.q_id, d.tag), slot, &buf),
+                None => slot.ok,
+            },
             Err(e) => {
                 log::warn!("ublkb{}: {:?} failed: {e}", self.cfg.dev_id, slot.op);
                 e.errno()
             }
         };
+        slot.buf = Some(buf);
         self.queue_commit(d.tag, result)
     }
 
@@ -604,10 +707,10 @@ impl Queue {
         let e = io_cmd(
             &self.cfg.cdev,
             uapi::UBLK_U_IO_COMMIT_AND_FETCH_REQ,
-            self.cfg.q_id,
-            tag,
+            (self.cfg.q_id, tag),
             result,
-            addr,
+            self.cfg.zc.is_none().then_some(addr),
+            self.cfg.zc.as_ref().is_some_and(|z| z.auto_reg),
         );
         slot.state = State::Kernel;
         self.in_kernel += 1;
@@ -625,6 +728,13 @@ impl Queue {
                     self.served,
                     self.cfg.mailbox.own.load(Ordering::Relaxed)
                 );
+                if let Some(z) = self.cfg.zc.as_ref().filter(|_| self.cfg.q_id == 0) {
+                    log::info!(
+                        "{name}: zero copy: {} data segments ({} KiB) read into requests",
+                        z.fixed_reads.load(Ordering::Relaxed),
+                        z.fixed_bytes.load(Ordering::Relaxed) >> 10
+                    );
+                }
                 self.cancel_wake()
             }
             Exit::Abandoned(why) => {
@@ -632,6 +742,9 @@ impl Queue {
                 false
             }
         };
+        if let Some(z) = &self.cfg.zc {
+            z.forget_queue(self.cfg.q_id);
+        }
         let Queue {
             ring,
             descs,
@@ -685,6 +798,38 @@ impl Queue {
             }
         }
         false
+    }
+}
+
+/// With UBLK_F_USER_COPY, a read the backend finished: its data goes into
+/// the request, unless the session put it there itself (see `direct`).
+/// The result to commit.
+fn store_read(z: &ZeroCopy, (q_id, tag): (u16, u16), slot: &Slot, buf: &[u8]) -> i32 {
+    let BlockOp::Read { .. } = slot.op else {
+        return slot.ok;
+    };
+    let len = usize::try_from(slot.ok).unwrap_or(0);
+    let there = z.delivered(q_id, tag);
+    let r = if there == len {
+        Ok(())
+    } else if there > 0 {
+        Err(format!(
+            "{there} of its {len} bytes went straight into the request and the rest did not"
+        ))
+    } else {
+        match buf.get(..len) {
+            Some(data) => z
+                .store_data(q_id, tag, 0, data)
+                .map_err(|e| format!("writing the data into the request: {e}")),
+            None => Err(format!("the backend returned {} of {len} bytes", buf.len())),
+        }
+    };
+    match r {
+        Ok(()) => slot.ok,
+        Err(why) => {
+            log::error!("ublk queue {q_id}: tag {tag}: a read fails: {why}");
+            -(Errno::EIO as i32)
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use io_uring::{opcode, types};
 
+use super::direct::with_ring;
 use super::mailbox::{CANCEL, Mailbox, Nudge};
 use super::ring::{Ring, push};
 use crate::bridge::Backend;
@@ -131,7 +132,12 @@ impl Receivers {
     /// poll each one taken. `Ok(true)`: it handled answers (their
     /// completions wait in the mailbox) or some are still buffered: the
     /// queue must go round once more without waiting.
-    pub(super) fn prepare(&mut self, backend: &dyn Backend, ring: &mut Ring) -> io::Result<bool> {
+    pub(super) fn prepare(
+        &mut self,
+        backend: &dyn Backend,
+        ring: &mut Ring,
+        stash: &mut Vec<(u64, i32)>,
+    ) -> io::Result<bool> {
         let mut busy = false;
         if !self.enabled {
             return Ok(busy);
@@ -156,7 +162,8 @@ impl Receivers {
             // once more to commit them before it waits.
             if e.rx().is_some_and(|rx| rx.buffered() > 0) {
                 busy = true;
-                if !e.pump(self.budget, false) {
+                let budget = self.budget;
+                if !with_ring(ring, stash, 0, || e.pump(budget, false)) {
                     self.stale = true;
                     continue;
                 }
@@ -223,7 +230,13 @@ impl Receivers {
     /// A socket poll completed with `res` (its events, or an error):
     /// handle what the session received. Its completions are posted to
     /// this thread's mailbox without a wake-up.
-    pub(super) fn on_poll(&mut self, ud: u64, res: i32) {
+    pub(super) fn on_poll(
+        &mut self,
+        ud: u64,
+        res: i32,
+        ring: &mut Ring,
+        stash: &mut Vec<(u64, i32)>,
+    ) {
         let Some(e) = self.entries.iter_mut().find(|e| e.poll == Some(ud)) else {
             return; // cancelled, for a session given up on
         };
@@ -233,7 +246,8 @@ impl Receivers {
             log::debug!("ublk queue 0: a session socket's poll ended with {res}");
             return;
         }
-        if !e.pump(self.budget, true) {
+        let budget = self.budget;
+        if !with_ring(ring, stash, 0, || e.pump(budget, true)) {
             self.stale = true;
         }
     }

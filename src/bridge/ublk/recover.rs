@@ -37,6 +37,19 @@ impl UblkDevice {
                     "ublk device {dev_id} was created without USER_RECOVERY: it cannot be taken over"
                 )));
             }
+            // How its requests' data moves was fixed at ADD_DEV: a mode
+            // we do not serve would hand the kernel unread buffers.
+            let moves = info.flags
+                & (uapi::UBLK_F_SUPPORT_ZERO_COPY
+                    | uapi::UBLK_F_NEED_GET_DATA
+                    | uapi::UBLK_F_USER_COPY
+                    | uapi::UBLK_F_AUTO_BUF_REG);
+            if moves != 0 && moves != uapi::UBLK_F_USER_COPY | uapi::UBLK_F_AUTO_BUF_REG {
+                return Err(UblkError::Unsupported(format!(
+                    "ublk device {dev_id} moves data in a way this daemon does not serve (flags {:#x})",
+                    info.flags
+                )));
+            }
             match info.state {
                 uapi::UBLK_S_DEV_QUIESCED => break info,
                 uapi::UBLK_S_DEV_LIVE if !dead_seen && !pid_alive(info.ublksrv_pid) => {

@@ -25,6 +25,34 @@ pub(super) fn push(ring: &mut Ring, e: &squeue::Entry128) -> io::Result<()> {
     Err(io::Error::other("submission queue stays full"))
 }
 
+/// Queue `first` and `then` in one submission: a linked pair (an
+/// operation and its LINK_TIMEOUT) must not be split by a submit, or the
+/// timeout is refused and the operation runs without one.
+pub(super) fn push_linked(
+    ring: &mut Ring,
+    first: &squeue::Entry128,
+    then: &squeue::Entry128,
+) -> io::Result<()> {
+    let room = {
+        let sq = ring.submission();
+        sq.capacity() - sq.len()
+    };
+    if room < 2 {
+        ring.submit()?;
+    }
+    // SAFETY: as in `push`; and both fit now (a submit leaves the whole
+    // queue free: the kernel consumed what it was given).
+    let ok = unsafe {
+        let mut sq = ring.submission();
+        sq.push(first).is_ok() && sq.push(then).is_ok()
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::other("submission queue stays full"))
+    }
+}
+
 /// Submit and wait for at least one completion, riding out signals.
 pub(super) fn submit_and_wait(ring: &Ring) -> io::Result<()> {
     loop {

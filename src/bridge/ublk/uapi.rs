@@ -56,6 +56,28 @@ pub const UBLK_IO_RES_ABORT: i32 = -19; // -ENODEV
 
 pub const UBLKSRV_CMD_BUF_OFFSET: u64 = 0;
 pub const UBLK_MAX_QUEUE_DEPTH: u16 = 4096;
+/// With UBLK_F_USER_COPY: pread/pwrite on /dev/ublkcN at this offset plus
+/// [`user_copy_offset`] reach a request's pages.
+pub const UBLKSRV_IO_BUF_OFFSET: u64 = 0x8000_0000;
+const UBLK_TAG_OFF: u32 = 25;
+const UBLK_QID_OFF: u32 = UBLK_TAG_OFF + 16;
+
+/// Where byte `off` of request (`q_id`, `tag`) is, for pread/pwrite on
+/// /dev/ublkcN (UBLK_F_USER_COPY; a request is at most 32 MiB).
+pub fn user_copy_offset(q_id: u16, tag: u16, off: usize) -> u64 {
+    UBLKSRV_IO_BUF_OFFSET
+        + (u64::from(q_id) << UBLK_QID_OFF)
+        + (u64::from(tag) << UBLK_TAG_OFF)
+        + (off as u64 & ((1 << UBLK_TAG_OFF) - 1))
+}
+
+/// With UBLK_F_AUTO_BUF_REG, the SQE's `addr` of a FETCH_REQ or
+/// COMMIT_AND_FETCH_REQ (struct ublk_auto_buf_reg): install the request's
+/// pages at `index` of the ring's buffer table; with FALLBACK, deliver the
+/// request anyway (flagged UBLK_IO_F_NEED_REG_BUF) when that fails.
+pub fn auto_buf_reg(index: u16, fallback: bool) -> u64 {
+    u64::from(index) | if fallback { 1 << 16 } else { 0 }
+}
 
 // Device flags (ublksrv_ctrl_dev_info.flags).
 pub const UBLK_F_SUPPORT_ZERO_COPY: u64 = 1 << 0;
@@ -69,6 +91,9 @@ pub const UBLK_F_USER_COPY: u64 = 1 << 7;
 pub const UBLK_F_ZONED: u64 = 1 << 8;
 /// Linux 6.16+: UBLK_U_CMD_UPDATE_SIZE resizes a live device.
 pub const UBLK_F_UPDATE_SIZE: u64 = 1 << 10;
+/// Linux 6.16+: each request's pages are installed in the fetching ring's
+/// buffer table (see [`auto_buf_reg`]), for io_uring's fixed-buffer ops.
+pub const UBLK_F_AUTO_BUF_REG: u64 = 1 << 11;
 
 // Device states (ublksrv_ctrl_dev_info.state).
 pub const UBLK_S_DEV_DEAD: u16 = 0;
@@ -91,6 +116,8 @@ pub const UBLK_IO_F_META: u32 = 1 << 11;
 pub const UBLK_IO_F_FUA: u32 = 1 << 13;
 pub const UBLK_IO_F_NOUNMAP: u32 = 1 << 15;
 pub const UBLK_IO_F_SWAP: u32 = 1 << 16;
+/// UBLK_F_AUTO_BUF_REG with FALLBACK: the pages are not in the table.
+pub const UBLK_IO_F_NEED_REG_BUF: u32 = 1 << 17;
 
 // ublk_param_basic.attrs
 pub const UBLK_ATTR_READ_ONLY: u32 = 1 << 0;
@@ -339,5 +366,19 @@ mod tests {
         assert_eq!(UBLK_U_IO_FETCH_REQ, 0xc010_7520);
         assert_eq!(UBLK_U_IO_COMMIT_AND_FETCH_REQ, 0xc010_7521);
         assert_eq!(UBLK_IO_RES_ABORT, -(Errno::ENODEV as i32));
+    }
+
+    #[test]
+    fn user_copy_offsets_and_auto_registration_encode_as_the_header_says() {
+        // ublk_cmd.h: UBLKSRV_IO_BUF_OFFSET + (q_id << 41 | tag << 25 | off).
+        assert_eq!(user_copy_offset(0, 0, 0), 0x8000_0000);
+        assert_eq!(user_copy_offset(0, 1, 4096), 0x8000_0000 + (1 << 25) + 4096);
+        assert_eq!(
+            user_copy_offset(3, 63, 0x1_ffff),
+            0x8000_0000 + (3 << 41) + (63 << 25) + 0x1_ffff
+        );
+        // ublk_sqe_addr_to_auto_buf_reg: index in bits 0-15, flags 16-23.
+        assert_eq!(auto_buf_reg(5, false), 5);
+        assert_eq!(auto_buf_reg(0xffff, true), 0x1_ffff);
     }
 }

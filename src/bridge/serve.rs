@@ -1468,9 +1468,9 @@ fn ublk_options(cfg: &InitiatorConfig) -> UblkOptions {
         // one (same ISID: the session is reinstated), instead of failing
         // with EIO and aborting a journal.
         reissue: true,
-        // Zero copy when the kernel has it; SANROOT_UBLK_ZERO_COPY=0 turns
-        // it off (to compare, or to rule it out).
-        zero_copy: std::env::var_os("SANROOT_UBLK_ZERO_COPY").is_none_or(|v| v != "0"),
+        // Zero copy, where the kernel has it, on request
+        // (SANROOT_UBLK_ZERO_COPY=1): see UblkOptions::zero_copy.
+        zero_copy: std::env::var_os("SANROOT_UBLK_ZERO_COPY").is_some_and(|v| v == "1"),
         ..UblkOptions::default()
     }
 }

@@ -3,17 +3,18 @@
 //! A bridge that can receive a read's data into the kernel's request
 //! (ublk with `UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY`) registers a
 //! [`DirectRx`] here, naming the request buffers it lends to the layers
-//! below. The session, about to receive a Data-In segment into a task's
-//! buffer, asks [`find`] whether that buffer is such a request's; if it
-//! is, the segment's bytes go to the request through the bridge instead
-//! of into the buffer (see `iscsi::session`'s `on_data_in`).
+//! below. The session, about to receive a large Data-In segment into a
+//! task's buffer, asks [`find`] whether that buffer is such a request's;
+//! if it is, the bytes still on the socket go through the bridge, which
+//! may read them straight into the request instead of into the buffer
+//! (see `iscsi::session`'s `on_data_in`).
 //!
-//! The rule that keeps this safe: a read attempt (its Data-In from offset
-//! 0 on) either goes through the bridge whole, or not at all. The bridge
-//! counts the bytes each attempt delivered ([`DirectRx::begin`] starts
-//! the count): when the request ends, all of them (nothing to copy), none
-//! (the buffer holds the data: copy it) or some (refuse the request) is
-//! what it decides on.
+//! The rule that keeps this safe: every byte of a read attempt is either
+//! in the buffer or, where the bridge took it, in the request, and the
+//! bridge remembers where it took them. [`DirectRx::begin`] (at each
+//! attempt's first Data-In, from any session) makes it forget an earlier
+//! attempt's. When the request ends, the bridge copies the rest from the
+//! buffer.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -38,13 +39,12 @@ pub trait Source {
 pub trait DirectRx: Send + Sync {
     /// The request whose buffer starts at `addr`, if it is one of ours.
     fn lookup(&self, addr: usize) -> Option<usize>;
-    /// A read attempt on `token` begins (its Data-In at offset 0).
+    /// A read attempt on `token` begins (its Data-In at offset 0): what
+    /// an earlier one put into the request no longer counts.
     fn begin(&self, token: usize);
-    /// Put `bytes` at byte `off` of the request.
-    fn put(&self, token: usize, off: usize, bytes: &[u8]) -> io::Result<()>;
-    /// Put the next `scratch.len()` bytes of `src` at byte `off` of the
-    /// request. `scratch` (that part of the request's own buffer) is there
-    /// for a bridge that cannot read into the request from this thread.
+    /// The next `scratch.len()` bytes of `src`, for byte `off` of the
+    /// request: read into `scratch` (that part of the request's buffer),
+    /// or straight into the request (then remembered).
     fn receive(
         &self,
         token: usize,
@@ -98,19 +98,16 @@ mod tests {
             (addr == self.addr).then_some(7)
         }
         fn begin(&self, _: usize) {}
-        fn put(&self, _: usize, off: usize, bytes: &[u8]) -> io::Result<()> {
-            self.got.lock().unwrap().push((off, bytes.to_vec()));
-            Ok(())
-        }
         fn receive(
             &self,
-            t: usize,
+            _: usize,
             off: usize,
             src: &mut dyn Source,
             scratch: &mut [u8],
         ) -> io::Result<()> {
             src.read_exact(scratch)?;
-            self.put(t, off, scratch)
+            self.got.lock().unwrap().push((off, scratch.to_vec()));
+            Ok(())
         }
     }
 

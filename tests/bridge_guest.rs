@@ -383,7 +383,11 @@ fn fs(bridge: &'static str) {
     if bridge == "ublk" {
         // Not asked for (and Debian's 6.12 has no UBLK_F_AUTO_BUF_REG):
         // the driver copies.
-        c.eq("zero_copy", "0", "zero copy claimed without being asked for");
+        c.eq(
+            "zero_copy",
+            "0",
+            "zero copy claimed without being asked for",
+        );
     }
 }
 

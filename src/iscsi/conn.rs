@@ -375,14 +375,12 @@ impl<R: Read> PduReader<R> {
 }
 
 impl PduReader<std::net::TcpStream> {
-    /// Hand the pending data segment, which must be `dst.len()` bytes and
-    /// come without a data digest, to a bridge's request (see
-    /// [`crate::direct`]): what is buffered through [`DirectRx::put`], the
-    /// rest straight from the socket through [`DirectRx::receive`], at byte
-    /// `off` of request `token`. `dst` is the task's own buffer for the
-    /// segment, lent to the bridge as scratch.
+    /// [`PduReader::read_data`] for a segment (without a data digest) of
+    /// a read into a bridge's request (see [`crate::direct`]): a large
+    /// one's bytes still on the socket go through [`DirectRx::receive`]
+    /// (byte `off` of request `token`), which may take them straight into
+    /// the request instead of `dst`.
     ///
-    /// [`DirectRx::put`]: crate::direct::DirectRx::put
     /// [`DirectRx::receive`]: crate::direct::DirectRx::receive
     pub fn read_data_direct(
         &mut self,
@@ -407,14 +405,15 @@ impl PduReader<std::net::TcpStream> {
                 buffer: dst.len(),
             });
         }
-        self.direct = len >= DIRECT_MIN;
-        let b = self.r.buffer();
-        let n = b.len().min(len);
-        to.put(token, off, &b[..n])?;
-        self.r.consume(n);
-        if n < len {
-            let mut src = SocketSource(self.r.get_mut());
-            to.receive(token, off + n, &mut src, &mut dst[n..])?;
+        if len < DIRECT_MIN {
+            self.read_payload(dst)?;
+        } else {
+            self.direct = true;
+            let n = self.take_buffered(dst);
+            if n < len {
+                let mut src = SocketSource(self.r.get_mut());
+                to.receive(token, off + n, &mut src, &mut dst[n..])?;
+            }
         }
         let mut pad = [0u8; 3];
         let pad = &mut pad[..pad4(len) - len];

@@ -2,65 +2,122 @@
 //! kernel's request.
 //!
 //! With `UBLK_F_USER_COPY` the driver copies nothing between a request
-//! and the tag's buffer: the daemon moves the bytes itself, with pread and
-//! pwrite on /dev/ublkcN at the request's offset. With
+//! and the tag's buffer: the daemon moves the bytes itself, by reading
+//! and writing /dev/ublkcN at the request's offset. With
 //! `UBLK_F_AUTO_BUF_REG` as well (Linux 6.16), the driver installs each
 //! request's pages in the fetching ring's buffer table, at the tag's
 //! index, until the tag's next COMMIT_AND_FETCH. Together:
 //!
-//! - A Data-In segment of a read that the queue's own thread receives
-//!   (queue 0 pumps its sessions, see `receive`) is read from the socket
-//!   with `IORING_OP_READ_FIXED` into the request's pages: the one copy,
-//!   from the socket, that any read needs. Before, the bytes went to the
-//!   tag's buffer and were copied again by the driver at commit.
-//! - Any other read data (bytes the session had buffered, a segment
-//!   received on a reader thread, a request of another queue) is read into
-//!   the tag's buffer and written to the request with pwrite: the copy the
-//!   driver used to make, made by us.
-//! - A write's data is read from the request with pread when it arrives:
-//!   again the driver's copy, made by us.
+//! - A read's Data-In segment of 16 KiB or more that the queue's own
+//!   thread receives (queue 0 pumps its sessions, see `receive`) is read
+//!   from the socket with `IORING_OP_READ_FIXED` into the request's
+//!   pages: the one copy, from the socket, that any read needs. Before,
+//!   the bytes went to the tag's buffer and were copied again by the
+//!   driver at commit.
+//! - Every other byte of a read (bytes the session had buffered, small
+//!   segments, a segment received on a reader thread) is in the tag's
+//!   buffer, and goes into the request by an `IORING_OP_WRITE` on
+//!   /dev/ublkcN linked ahead of the tag's COMMIT_AND_FETCH: the driver's
+//!   copy, made in the same submission, with no system call of its own.
+//! - A write's data is read from the request into the tag's buffer by an
+//!   `IORING_OP_READ` on /dev/ublkcN when it arrives: again the driver's
+//!   copy, in the queue's next submission.
 //!
-//! Which reads went straight through is counted per request (see
-//! [`crate::direct`]): at commit the queue copies the buffer only when
-//! nothing did, and fails a request that was served half and half.
+//! Which parts of a read went straight in is remembered per request (see
+//! [`crate::direct`]); [`ZeroCopy::rest`] gives the commit the others.
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use io_uring::{opcode, squeue, types};
 use nix::errno::Errno;
 
-use super::ring::{Ring, push, push_linked, submit_and_wait};
-use super::uapi::user_copy_offset;
+use super::ring::{Ring, push, push_chain, submit_and_wait};
 use crate::direct::{DirectRx, Source};
 
 /// user_data of a READ_FIXED and of its linked timeout (below the
 /// mailbox's WAKE and CANCEL, above the socket polls' range).
 pub(super) const READ: u64 = u64::MAX - 16;
 pub(super) const READ_TIMEOUT: u64 = u64::MAX - 15;
+/// user_data of a copy into a request: this bit and the tag (not a socket
+/// poll's: bit 32 is clear).
+pub(super) const COPY: u64 = 1 << 33;
+/// user_data of a write's data read from its request: this bit and the tag.
+pub(super) const FILL: u64 = 1 << 34;
 
 /// Segments shorter than this are read into the tag's buffer and copied:
 /// a ring round trip costs more than copying a few KiB.
 const MIN_FIXED: usize = 16 * 1024;
+/// Parts of one read taken straight into the request, at most: a request
+/// of 512 KiB in segments of 64 KiB, and a margin. Past it the rest of
+/// the read goes through the buffer.
+pub(super) const MAX_PARTS: usize = 12;
+
+/// The parts of a request read straight into it: byte ranges, ascending.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Took {
+    parts: [(u32, u32); MAX_PARTS],
+    n: usize,
+}
+
+impl Took {
+    fn full(&self) -> bool {
+        self.n == MAX_PARTS
+    }
+
+    /// [start, end) went in; false (and nothing kept) when it does not
+    /// follow the last part or there is no room.
+    fn add(&mut self, start: u32, end: u32) -> bool {
+        if start >= end {
+            return true;
+        }
+        if let Some(last) = self.n.checked_sub(1).map(|i| &mut self.parts[i]) {
+            if start < last.1 {
+                return false;
+            }
+            if start == last.1 {
+                last.1 = end;
+                return true;
+            }
+        }
+        if self.full() {
+            return false;
+        }
+        self.parts[self.n] = (start, end);
+        self.n += 1;
+        true
+    }
+
+    /// The ranges of [0, len) not taken, in order, into `out`.
+    pub(super) fn rest(&self, len: u32, out: &mut Vec<(u32, u32)>) {
+        out.clear();
+        let mut at = 0;
+        for &(s, e) in &self.parts[..self.n] {
+            let (s, e) = (s.min(len), e.min(len));
+            if s > at {
+                out.push((at, s));
+            }
+            at = at.max(e);
+        }
+        if at < len {
+            out.push((at, len));
+        }
+    }
+}
 
 /// A device's requests, as the layers below see them (see the module
 /// documentation).
 pub(super) struct ZeroCopy {
-    /// /dev/ublkcN, until the queues end: DEL_DEV waits for its last close,
-    /// and a session may hold on to this (a finished task's) longer.
-    cdev: RwLock<Option<Arc<File>>>,
     depth: u16,
     /// Whether requests' pages are installed in the queues' rings.
     pub(super) auto_reg: bool,
     /// Tag buffer address → token (queue × depth + tag).
     buffers: RwLock<HashMap<usize, usize>>,
-    /// Bytes the current read attempt put straight into the request.
-    delivered: Vec<AtomicUsize>,
+    /// What the current read attempt put straight into the request.
+    took: Vec<Mutex<Took>>,
     /// The request's pages are in its queue's buffer table.
     registered: Vec<AtomicBool>,
     /// Segments and bytes read from a socket into a request's pages.
@@ -69,14 +126,13 @@ pub(super) struct ZeroCopy {
 }
 
 impl ZeroCopy {
-    pub(super) fn new(cdev: Arc<File>, queues: u16, depth: u16, auto_reg: bool) -> ZeroCopy {
+    pub(super) fn new(queues: u16, depth: u16, auto_reg: bool) -> ZeroCopy {
         let n = usize::from(queues) * usize::from(depth);
         ZeroCopy {
-            cdev: RwLock::new(Some(cdev)),
             depth,
             auto_reg,
             buffers: RwLock::new(HashMap::with_capacity(n)),
-            delivered: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            took: (0..n).map(|_| Mutex::new(Took::default())).collect(),
             registered: (0..n).map(|_| AtomicBool::new(false)).collect(),
             fixed_reads: AtomicU64::new(0),
             fixed_bytes: AtomicU64::new(0),
@@ -90,6 +146,10 @@ impl ZeroCopy {
     fn split(&self, token: usize) -> (u16, u16) {
         let d = usize::from(self.depth.max(1));
         ((token / d) as u16, (token % d) as u16)
+    }
+
+    fn took(&self, token: usize) -> std::sync::MutexGuard<'_, Took> {
+        self.took[token].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The buffer of (`q_id`, `tag`) now starts at `addr` (instead of
@@ -110,44 +170,26 @@ impl ZeroCopy {
         g.retain(|_, t| !(first..first + d).contains(t));
     }
 
-    /// A request arrived on (`q_id`, `tag`); `reg` says whether its pages
-    /// are in the queue's buffer table.
-    pub(super) fn arrived(&self, q_id: u16, tag: u16, reg: bool) {
-        let t = self.token(q_id, tag);
-        self.delivered[t].store(0, Ordering::Relaxed);
-        self.registered[t].store(reg && self.auto_reg, Ordering::Relaxed);
-    }
-
-    /// Bytes the last read attempt on (`q_id`, `tag`) delivered itself.
-    pub(super) fn delivered(&self, q_id: u16, tag: u16) -> usize {
-        self.delivered[self.token(q_id, tag)].load(Ordering::Acquire)
-    }
-
-    /// The queues ended: let go of /dev/ublkcN.
+    /// The queues ended: no buffer is lent any more.
     pub(super) fn retire(&self) {
-        *self.cdev.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.buffers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
     }
 
-    fn cdev(&self) -> io::Result<Arc<File>> {
-        let g = self.cdev.read().unwrap_or_else(|p| p.into_inner());
-        g.clone()
-            .ok_or_else(|| io::Error::other("the ublk device's queues have ended"))
+    /// A request arrived on (`q_id`, `tag`); `reg` says whether its pages
+    /// are in the queue's buffer table.
+    pub(super) fn arrived(&self, q_id: u16, tag: u16, reg: bool) {
+        let t = self.token(q_id, tag);
+        *self.took(t) = Took::default();
+        self.registered[t].store(reg && self.auto_reg, Ordering::Relaxed);
     }
 
-    /// Copy a write request's data into `buf` (its length).
-    pub(super) fn fetch_data(&self, q_id: u16, tag: u16, buf: &mut [u8]) -> io::Result<()> {
-        self.cdev()?
-            .read_exact_at(buf, user_copy_offset(q_id, tag, 0))
-    }
-
-    /// Copy a read's data from `buf` into the request.
-    pub(super) fn store_data(&self, q_id: u16, tag: u16, off: usize, buf: &[u8]) -> io::Result<()> {
-        self.cdev()?
-            .write_all_at(buf, user_copy_offset(q_id, tag, off))
+    /// The ranges of the first `len` bytes of the read on (`q_id`, `tag`)
+    /// that are still to be copied from its buffer, into `out`.
+    pub(super) fn rest(&self, q_id: u16, tag: u16, len: u32, out: &mut Vec<(u32, u32)>) {
+        self.took(self.token(q_id, tag)).rest(len, out);
     }
 }
 
@@ -158,22 +200,9 @@ impl DirectRx for ZeroCopy {
     }
 
     fn begin(&self, token: usize) {
-        if let Some(d) = self.delivered.get(token) {
-            d.store(0, Ordering::Release);
+        if token < self.took.len() {
+            *self.took(token) = Took::default();
         }
-    }
-
-    fn put(&self, token: usize, off: usize, bytes: &[u8]) -> io::Result<()> {
-        let Some(d) = self.delivered.get(token) else {
-            return Err(io::Error::other("no such ublk request"));
-        };
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let (q, tag) = self.split(token);
-        self.store_data(q, tag, off, bytes)?;
-        d.fetch_add(bytes.len(), Ordering::AcqRel);
-        Ok(())
     }
 
     fn receive(
@@ -189,20 +218,32 @@ impl DirectRx for ZeroCopy {
                 .registered
                 .get(token)
                 .is_some_and(|r| r.load(Ordering::Relaxed));
-        if fixed && let Some(here) = HERE.get().filter(|h| h.q_id == q) {
-            // SAFETY: `HERE` is only set by `with_ring`, on this thread,
-            // for the length of its closure, to a ring and a stash that
-            // closure's caller lent it exclusively; we are inside it.
-            let (ring, stash) = unsafe { (&mut *here.ring, &mut *here.stash) };
-            // A request's pages are addressed by their offset.
-            let n = read_fixed(ring, stash, src, tag, off as u64, scratch.len())?;
-            self.delivered[token].fetch_add(n, Ordering::AcqRel);
-            self.fixed_reads.fetch_add(1, Ordering::Relaxed);
-            self.fixed_bytes.fetch_add(n as u64, Ordering::Relaxed);
-            return Ok(());
+        if fixed
+            && let Some(here) = HERE.get().filter(|h| h.q_id == q)
+            && let (Ok(start), Ok(end)) = (u32::try_from(off), u32::try_from(off + scratch.len()))
+        {
+            let mut took = self.took(token);
+            if !took.full() {
+                // SAFETY: `HERE` is only set by `with_ring`, on this
+                // thread, for the length of its closure, to a ring and a
+                // stash that closure's caller lent it exclusively; we are
+                // inside it.
+                let (ring, stash) = unsafe { (&mut *here.ring, &mut *here.stash) };
+                // A request's pages are addressed by their offset.
+                let n = read_fixed(ring, stash, src, tag, u64::from(start), scratch.len())?;
+                if took.add(start, end) {
+                    self.fixed_reads.fetch_add(1, Ordering::Relaxed);
+                    self.fixed_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // (Not after the last part: the session would have failed
+                // the read. Refuse rather than lose track.)
+                return Err(io::Error::other(format!(
+                    "ublk tag {tag}: data at {start} arrived out of order"
+                )));
+            }
         }
-        src.read_exact(scratch)?;
-        self.put(token, off, scratch)
+        src.read_exact(scratch)
     }
 }
 
@@ -268,7 +309,7 @@ fn read_fixed(
             Some(ts) => {
                 read = read.flags(squeue::Flags::IO_LINK);
                 let t = opcode::LinkTimeout::new(ts).build().user_data(READ_TIMEOUT);
-                push_linked(ring, &read.into(), &t.into())?;
+                push_chain(ring, &[read.into(), t.into()])?;
             }
             None => push(ring, &read.into())?,
         }
@@ -314,8 +355,7 @@ mod tests {
 
     #[test]
     fn tokens_name_queue_and_tag() {
-        let f = Arc::new(tempfile_like());
-        let z = ZeroCopy::new(f, 2, 32, true);
+        let z = ZeroCopy::new(2, 32, true);
         assert_eq!(z.token(1, 5), 37);
         assert_eq!(z.split(37), (1, 5));
         z.lend(1, 5, None, 0x1000);
@@ -329,8 +369,30 @@ mod tests {
         assert_eq!(z.lookup(0x3000), Some(1));
     }
 
-    fn tempfile_like() -> File {
-        File::open("/dev/null").expect("/dev/null")
+    #[test]
+    fn what_is_not_taken_is_copied() {
+        let mut t = Took::default();
+        let mut out = Vec::new();
+        t.rest(4096, &mut out);
+        assert_eq!(out, vec![(0, 4096)], "nothing taken: all copied");
+        assert!(t.add(100, 20000));
+        assert!(t.add(20000, 40000), "contiguous parts merge");
+        assert!(t.add(50000, 65536));
+        t.rest(65536, &mut out);
+        assert_eq!(out, vec![(0, 100), (40000, 50000)]);
+        assert!(!t.add(60000, 70000), "an overlap is refused");
+        t.rest(131072, &mut out);
+        assert_eq!(out, vec![(0, 100), (40000, 50000), (65536, 131072)]);
+        // Full: no more parts, the rest stays with the buffer.
+        let mut t = Took::default();
+        for i in 0..MAX_PARTS as u32 {
+            assert!(t.add(i * 10 + 1, i * 10 + 5));
+        }
+        assert!(t.full());
+        assert!(!t.add(1000, 1001));
+        t.rest(10 * MAX_PARTS as u32, &mut out);
+        assert_eq!(out.len(), MAX_PARTS + 1);
+        assert_eq!(out[0], (0, 1));
     }
 
     /// A socket as the session's connection would lend it.

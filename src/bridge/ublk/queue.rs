@@ -21,7 +21,7 @@ use super::mailbox::{CANCEL, Done, Mailbox, WAKE};
 use super::node::open_char_dev;
 use super::receive::{self, Receivers};
 use super::request::{Descriptors, decode};
-use super::ring::{Ring, push, submit_and_wait};
+use super::ring::{Ring, push, push_chain, submit_and_wait};
 use super::uapi::{self, DevInfo, IoCmd};
 use super::{UblkError, lock, page_size};
 use crate::bridge::{Backend, BlockDone, BlockOp};
@@ -90,13 +90,24 @@ impl Queues {
         });
         let zc = (info.flags & uapi::UBLK_F_USER_COPY != 0).then(|| {
             Arc::new(ZeroCopy::new(
-                Arc::clone(&cdev),
                 info.nr_hw_queues,
                 info.queue_depth,
                 info.flags & uapi::UBLK_F_AUTO_BUF_REG != 0,
             ))
         });
         if let Some(z) = &zc {
+            // The copies into requests run inline in the submission only
+            // on a file io_uring may try without blocking (which ublk's
+            // reads and writes never do); else each goes to a worker
+            // thread. FETCH and COMMIT do not look at the flag.
+            use nix::fcntl::{FcntlArg, OFlag, fcntl};
+            let nonblocking = fcntl(&*cdev, FcntlArg::F_GETFL).and_then(|f| {
+                let f = OFlag::from_bits_retain(f) | OFlag::O_NONBLOCK;
+                fcntl(&*cdev, FcntlArg::F_SETFL(f))
+            });
+            if let Err(e) = nonblocking {
+                log::warn!("ublk device {dev_id}: O_NONBLOCK on /dev/ublkc{dev_id}: {e}");
+            }
             crate::direct::register(z.clone());
         }
         let (tx, rx) = mpsc::channel();
@@ -203,7 +214,7 @@ impl Queues {
 
 impl Queues {
     /// The queues ended (or never will serve): sessions stop handing read
-    /// data to them, and /dev/ublkcN is let go of.
+    /// data to them.
     fn retire(&self) {
         if let Some(z) = &self.zc {
             z.retire();
@@ -245,6 +256,9 @@ enum State {
     /// A FETCH or COMMIT_AND_FETCH is queued: the kernel may write the
     /// buffer.
     Kernel,
+    /// A write's data is being read from the request into the buffer (with
+    /// UBLK_F_USER_COPY): the kernel writes the buffer.
+    Filling,
     /// The backend has the buffer.
     Backend,
     /// Done: aborted or failed.
@@ -259,6 +273,8 @@ struct Slot {
     state: State,
     /// Whether the queued command is the first FETCH (for messages).
     fetching: bool,
+    /// Copies into the request are linked ahead of the queued commit.
+    copying: bool,
     /// The request the backend has: what it is (for messages) and the
     /// result a success commits (bytes transferred, or 0).
     op: BlockOp,
@@ -290,6 +306,9 @@ struct Queue {
     /// Completions reaped by a read into a request (see `direct`) that
     /// were not its own: handled with the next batch.
     stash: Vec<(u64, i32)>,
+    /// Room for a commit's copies (`queue_commit_copying`).
+    parts: Vec<(u32, u32)>,
+    chain: Vec<squeue::Entry128>,
 }
 
 /// A FETCH_REQ or COMMIT_AND_FETCH_REQ for `tag`, lending the buffer at
@@ -355,6 +374,7 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
                 buf: Some(buf),
                 state: State::Retired,
                 fetching: true,
+                copying: false,
                 op: BlockOp::Flush,
                 ok: 0,
             }
@@ -391,6 +411,8 @@ fn queue_main(cfg: QueueConfig, ready: mpsc::Sender<Result<(), UblkError>>, guar
         wake_errors: 0,
         served: 0,
         stash: Vec::with_capacity(entries as usize),
+        parts: Vec::with_capacity(direct::MAX_PARTS + 1),
+        chain: Vec::with_capacity(direct::MAX_PARTS + 2),
     };
     let r = q.start();
     let started = r.is_ok();
@@ -519,6 +541,23 @@ impl Queue {
             // Left over from a read into a request that gave up.
             return Ok(());
         }
+        if ud & !0xffff == direct::FILL {
+            return self
+                .filled((ud & 0xffff) as u16, res)
+                .map_err(|e| format!("io_uring: {e}"));
+        }
+        if ud & !0xffff == direct::COPY {
+            if res < 0 {
+                log::warn!(
+                    "ublkb{} queue {}: tag {}: copying a read's data into the request: {}",
+                    self.cfg.dev_id,
+                    self.cfg.q_id,
+                    ud & 0xffff,
+                    Errno::from_raw(-res)
+                );
+            }
+            return Ok(());
+        }
         if receive::is_poll(ud) {
             self.rx.on_poll(ud, res, &mut self.ring, &mut self.stash);
             return Ok(());
@@ -561,6 +600,14 @@ impl Queue {
             return Ok(());
         }
         self.in_kernel -= 1;
+        if std::mem::take(&mut slot.copying) && res == -(Errno::ECANCELED as i32) {
+            // A copy linked ahead of the commit failed (or came up short),
+            // and took the commit with it: the read fails instead.
+            log::error!(
+                "ublkb{dev} queue {q}: tag {tag}: the read's data could not be copied into the request: it fails with EIO"
+            );
+            return self.queue_commit(tag, -(Errno::EIO as i32));
+        }
         let what = if slot.fetching {
             "FETCH_REQ"
         } else {
@@ -624,32 +671,85 @@ impl Queue {
             return Ok(());
         };
         set_data_len(&mut buf, req.len, self.cfg.buf_bytes);
+        slot.op = req.op;
+        slot.ok = req.ok;
         if let Some(z) = &self.cfg.zc {
             z.arrived(
                 self.cfg.q_id,
                 tag,
                 d.op_flags & uapi::UBLK_IO_F_NEED_REG_BUF == 0,
             );
-            if let BlockOp::Write { .. } = req.op
-                && let Err(e) = z.fetch_data(self.cfg.q_id, tag, &mut buf)
-            {
-                log::warn!(
-                    "ublkb{} queue {}: tag {tag}: reading the write's data from the request: {e}",
-                    self.cfg.dev_id,
-                    self.cfg.q_id
-                );
-                slot.buf = Some(buf);
-                return self.queue_commit(tag, -(Errno::EIO as i32));
+            if let BlockOp::Write { .. } = req.op {
+                return self.fill(tag, buf);
             }
         }
+        self.hand_over(tag, buf);
+        Ok(())
+    }
+
+    /// With UBLK_F_USER_COPY, read a write's data from the request into
+    /// `buf` (its length) by a READ on /dev/ublkcN in the ring: it runs in
+    /// the next submission, which the queue makes anyway, and its
+    /// completion hands the request to the backend (`filled`).
+    fn fill(&mut self, tag: u16, mut buf: Vec<u8>) -> io::Result<()> {
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let e = opcode::Read::new(types::Fd(self.cfg.cdev.as_raw_fd()), buf.as_mut_ptr(), len)
+            .offset(uapi::user_copy_offset(self.cfg.q_id, tag, 0))
+            .build()
+            .user_data(direct::FILL | u64::from(tag));
+        let slot = &mut self.slots[usize::from(tag)];
+        slot.buf = Some(buf);
+        slot.state = State::Filling;
+        self.in_kernel += 1;
+        push(&mut self.ring, &e.into())
+    }
+
+    /// A write's data is in its buffer (`res`: the READ's result).
+    fn filled(&mut self, tag: u16, res: i32) -> io::Result<()> {
+        let Some(slot) = self
+            .slots
+            .get_mut(usize::from(tag))
+            .filter(|s| s.state == State::Filling)
+        else {
+            log::error!(
+                "ublkb{} queue {}: tag {tag}: a write's data arrived for no write",
+                self.cfg.dev_id,
+                self.cfg.q_id
+            );
+            return Ok(());
+        };
+        self.in_kernel -= 1;
+        slot.state = State::Retired;
+        let want = slot.buf.as_ref().map_or(0, Vec::len);
+        if usize::try_from(res).ok() != Some(want) {
+            log::warn!(
+                "ublkb{} queue {}: tag {tag}: reading the write's data from the request: {}",
+                self.cfg.dev_id,
+                self.cfg.q_id,
+                if res < 0 {
+                    Errno::from_raw(-res).to_string()
+                } else {
+                    format!("{res} of {want} bytes")
+                }
+            );
+            return self.queue_commit(tag, -(Errno::EIO as i32));
+        }
+        match slot.buf.take() {
+            Some(buf) => self.hand_over(tag, buf),
+            None => slot.state = State::Retired,
+        }
+        Ok(())
+    }
+
+    /// Give the request on `tag` (its op and result already in the slot)
+    /// to the backend with its buffer.
+    fn hand_over(&mut self, tag: u16, buf: Vec<u8>) {
+        let slot = &mut self.slots[usize::from(tag)];
         slot.state = State::Backend;
         self.in_backend += 1;
         self.served += 1;
-        slot.op = req.op;
-        slot.ok = req.ok;
         let done = BlockDone::slot(self.cfg.mailbox.clone(), usize::from(tag));
-        self.cfg.backend.submit(req.op, buf, done);
-        Ok(())
+        self.cfg.backend.submit(slot.op, buf, done);
     }
 
     /// The backend finished a request: commit it and fetch the next.
@@ -685,17 +785,62 @@ impl Queue {
             slot.addr = buf.as_ptr() as usize;
         }
         let result = match d.res {
-            Ok(()) => match &self.cfg.zc {
-                Some(z) => store_read(z, (self.cfg.q_id, d.tag), slot, &buf),
-                None => slot.ok,
-            },
+            Ok(()) => slot.ok,
             Err(e) => {
                 log::warn!("ublkb{}: {:?} failed: {e}", self.cfg.dev_id, slot.op);
                 e.errno()
             }
         };
+        let read = matches!(slot.op, BlockOp::Read { .. });
         slot.buf = Some(buf);
-        self.queue_commit(d.tag, result)
+        match &self.cfg.zc {
+            Some(z) if read && result > 0 => {
+                let z = Arc::clone(z);
+                self.queue_commit_copying(&z, d.tag, result)
+            }
+            _ => self.queue_commit(d.tag, result),
+        }
+    }
+
+    /// With UBLK_F_USER_COPY, commit a read the backend finished: what of
+    /// its data the session did not put straight into the request (see
+    /// `direct`) is copied from the tag's buffer by writes on /dev/ublkcN
+    /// linked ahead of the commit, in the same submission. Should a copy
+    /// fail, the commit is cancelled with it (see `on_cqe`).
+    fn queue_commit_copying(&mut self, z: &ZeroCopy, tag: u16, result: i32) -> io::Result<()> {
+        let q_id = self.cfg.q_id;
+        z.rest(q_id, tag, result.unsigned_abs(), &mut self.parts);
+        let slot = &mut self.slots[usize::from(tag)];
+        let Some(base) = slot.buf.as_ref().map(|b| b.as_ptr()) else {
+            return Err(io::Error::other("commit without a buffer"));
+        };
+        let fd = types::Fd(self.cfg.cdev.as_raw_fd());
+        self.chain.clear();
+        for &(start, end) in &self.parts {
+            // SAFETY (of the pointer): start < end <= result <= the
+            // buffer's initialised length (the read's), so the range is
+            // inside the Vec, which stays in the slot, untouched, until
+            // this tag's next request: after the commit the write precedes.
+            let w = opcode::Write::new(fd, base.wrapping_add(start as usize), end - start)
+                .offset(uapi::user_copy_offset(q_id, tag, start as usize))
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(direct::COPY | u64::from(tag));
+            self.chain.push(w.into());
+        }
+        slot.copying = !self.parts.is_empty();
+        slot.state = State::Kernel;
+        self.in_kernel += 1;
+        let e = io_cmd(
+            &self.cfg.cdev,
+            uapi::UBLK_U_IO_COMMIT_AND_FETCH_REQ,
+            (q_id, tag),
+            result,
+            None,
+            z.auto_reg,
+        );
+        self.chain.push(e);
+        push_chain(&mut self.ring, &self.chain)
     }
 
     fn queue_commit(&mut self, tag: u16, result: i32) -> io::Result<()> {
@@ -760,7 +905,7 @@ impl Queue {
         }
         let mut leaked = 0usize;
         for slot in slots {
-            if !clean && slot.state == State::Kernel {
+            if !clean && matches!(slot.state, State::Kernel | State::Filling) {
                 std::mem::forget(slot.buf);
                 leaked += 1;
             }
@@ -798,38 +943,6 @@ impl Queue {
             }
         }
         false
-    }
-}
-
-/// With UBLK_F_USER_COPY, a read the backend finished: its data goes into
-/// the request, unless the session put it there itself (see `direct`).
-/// The result to commit.
-fn store_read(z: &ZeroCopy, (q_id, tag): (u16, u16), slot: &Slot, buf: &[u8]) -> i32 {
-    let BlockOp::Read { .. } = slot.op else {
-        return slot.ok;
-    };
-    let len = usize::try_from(slot.ok).unwrap_or(0);
-    let there = z.delivered(q_id, tag);
-    let r = if there == len {
-        Ok(())
-    } else if there > 0 {
-        Err(format!(
-            "{there} of its {len} bytes went straight into the request and the rest did not"
-        ))
-    } else {
-        match buf.get(..len) {
-            Some(data) => z
-                .store_data(q_id, tag, 0, data)
-                .map_err(|e| format!("writing the data into the request: {e}")),
-            None => Err(format!("the backend returned {} of {len} bytes", buf.len())),
-        }
-    };
-    match r {
-        Ok(()) => slot.ok,
-        Err(why) => {
-            log::error!("ublk queue {q_id}: tag {tag}: a read fails: {why}");
-            -(Errno::EIO as i32)
-        }
     }
 }
 

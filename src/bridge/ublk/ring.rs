@@ -25,27 +25,21 @@ pub(super) fn push(ring: &mut Ring, e: &squeue::Entry128) -> io::Result<()> {
     Err(io::Error::other("submission queue stays full"))
 }
 
-/// Queue `first` and `then` in one submission: a linked pair (an
-/// operation and its LINK_TIMEOUT) must not be split by a submit, or the
-/// timeout is refused and the operation runs without one.
-pub(super) fn push_linked(
-    ring: &mut Ring,
-    first: &squeue::Entry128,
-    then: &squeue::Entry128,
-) -> io::Result<()> {
+/// Queue `chain` in one submission: a linked chain (an operation and its
+/// LINK_TIMEOUT, copies and the commit they must precede) must not be
+/// split by a submit, or its links are cut.
+pub(super) fn push_chain(ring: &mut Ring, chain: &[squeue::Entry128]) -> io::Result<()> {
     let room = {
         let sq = ring.submission();
         sq.capacity() - sq.len()
     };
-    if room < 2 {
+    if room < chain.len() {
         ring.submit()?;
     }
-    // SAFETY: as in `push`; and both fit now (a submit leaves the whole
-    // queue free: the kernel consumed what it was given).
-    let ok = unsafe {
-        let mut sq = ring.submission();
-        sq.push(first).is_ok() && sq.push(then).is_ok()
-    };
+    // SAFETY: as in `push`; and the chain fits now (a submit leaves the
+    // whole queue free: the kernel consumed what it was given), or the
+    // push fails.
+    let ok = unsafe { ring.submission().push_multiple(chain) }.is_ok();
     if ok {
         Ok(())
     } else {

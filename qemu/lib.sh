@@ -602,12 +602,19 @@ sr_boot_sanhook() {
 # built-in modules are skipped), decompressed, as DIR/NNN-name.ko so that
 # the glob order of DIR/*.ko is a valid insmod order. Modules already in DIR
 # are not copied twice; numbering continues after the highest present.
+# crc32c_generic (which ext4, jbd2 and libiscsi_tcp asked the crypto API
+# for) is skipped on kernels that no longer have it: since 6.15 they call
+# the crc32c library (the kernels of SR_GUEST_KERNEL=backports).
 sr_copy_modules_deps() {
     local dir=$1 name
     shift
     [ -n "${SR_KVER:-}" ] || sr_find_kernel
     mkdir -p "$dir"
     for name in "$@"; do
+        if [ "$name" = crc32c_generic ] &&
+            ! modinfo -b "${SR_MODROOT:-/}" -k "$SR_KVER" -n crc32c_generic >/dev/null 2>&1; then
+            continue
+        fi
         _sr_copy_module_rec "$dir" "${name//-/_}" ""
     done
 }
@@ -720,12 +727,8 @@ sr_copy_open_iscsi() {
         command -v "$f" >/dev/null 2>&1 || sr_die "no $f (apt-get install open-iscsi)"
     done
     sr_copy_dynamic "$root" "$(command -v iscsid)" "$(command -v iscsiadm)"
-    # libiscsi_tcp asks the crypto API for "crc32c" even without digests;
-    # since Linux 6.15 it calls the crc32c library, and there is no
-    # crc32c_generic module (SR_GUEST_KERNEL=backports).
-    local crc=
-    modinfo -b "$SR_MODROOT" -k "$SR_KVER" -n crc32c_generic >/dev/null 2>&1 && crc=crc32c_generic
-    sr_copy_modules_deps "$root/lib/modules" $crc scsi_transport_iscsi libiscsi \
+    # libiscsi_tcp asks the crypto API for "crc32c" even without digests.
+    sr_copy_modules_deps "$root/lib/modules" crc32c_generic scsi_transport_iscsi libiscsi \
         libiscsi_tcp iscsi_tcp sd_mod
 }
 

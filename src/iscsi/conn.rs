@@ -257,26 +257,9 @@ impl<R: Read> PduReader<R> {
     /// Read the pending data segment into `dst`, which must be exactly as
     /// long as the segment; then the padding and the data digest.
     pub fn read_data(&mut self, dst: &mut [u8]) -> Result<(), ConnError> {
-        let Some((op, itt, len)) = self.pending.take() else {
-            return if dst.is_empty() {
-                Ok(())
-            } else {
-                Err(ConnError::LengthMismatch {
-                    opcode: Opcode::Reject,
-                    len: 0,
-                    buffer: dst.len(),
-                })
-            };
+        let Some((op, itt, len)) = self.segment_for(dst.len())? else {
+            return Ok(());
         };
-        if dst.len() != len {
-            // Keep framing: consume the segment, then report.
-            self.skip(op, itt, len)?;
-            return Err(ConnError::LengthMismatch {
-                opcode: op,
-                len,
-                buffer: dst.len(),
-            });
-        }
         self.read_payload(dst)?;
         let mut pad = [0u8; 3];
         let pad = &mut pad[..pad4(len) - len];
@@ -296,6 +279,33 @@ impl<R: Read> PduReader<R> {
             }
         }
         Ok(())
+    }
+
+    /// The pending data segment (opcode, ITT, length), which a caller
+    /// will read into a destination of `dst_len` bytes: None when there
+    /// is none and the destination is empty; an error (after consuming
+    /// the segment, to keep framing) when the lengths differ.
+    fn segment_for(&mut self, dst_len: usize) -> Result<Option<(Opcode, u32, usize)>, ConnError> {
+        let Some((op, itt, len)) = self.pending.take() else {
+            return if dst_len == 0 {
+                Ok(None)
+            } else {
+                Err(ConnError::LengthMismatch {
+                    opcode: Opcode::Reject,
+                    len: 0,
+                    buffer: dst_len,
+                })
+            };
+        };
+        if dst_len != len {
+            self.skip(op, itt, len)?;
+            return Err(ConnError::LengthMismatch {
+                opcode: op,
+                len,
+                buffer: dst_len,
+            });
+        }
+        Ok(Some((op, itt, len)))
     }
 
     /// Read the pending data segment into a new vector (text, sense,
@@ -375,8 +385,8 @@ impl<R: Read> PduReader<R> {
 }
 
 impl PduReader<std::net::TcpStream> {
-    /// [`PduReader::read_data`] for a segment (without a data digest) of
-    /// a read into a bridge's request (see [`crate::direct`]): a large
+    /// [`PduReader::read_data`] for a segment of a read into a bridge's
+    /// request (see [`crate::direct`]): without a data digest, a large
     /// one's bytes still on the socket go through [`DirectRx::receive`]
     /// (byte `off` of request `token`), which may take them straight into
     /// the request instead of `dst`.
@@ -389,22 +399,13 @@ impl PduReader<std::net::TcpStream> {
         off: usize,
         dst: &mut [u8],
     ) -> Result<(), ConnError> {
-        let Some((op, itt, len)) = self.pending.take() else {
-            return Err(ConnError::LengthMismatch {
-                opcode: Opcode::Reject,
-                len: 0,
-                buffer: dst.len(),
-            });
-        };
-        if dst.len() != len || self.params.data_digest {
-            // Keep framing: consume the segment, then report.
-            self.skip(op, itt, len)?;
-            return Err(ConnError::LengthMismatch {
-                opcode: op,
-                len,
-                buffer: dst.len(),
-            });
+        if self.params.data_digest {
+            // The bytes must be checked before anyone sees them.
+            return self.read_data(dst);
         }
+        let Some((_, _, len)) = self.segment_for(dst.len())? else {
+            return Ok(());
+        };
         if len < DIRECT_MIN {
             self.read_payload(dst)?;
         } else {

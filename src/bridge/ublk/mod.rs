@@ -202,8 +202,8 @@ pub struct UblkOptions {
     /// Zero copy when the kernel offers it (UBLK_F_AUTO_BUF_REG with
     /// UBLK_F_USER_COPY, Linux 6.16): reads the queue thread receives go
     /// from the socket into the request (see `direct`). Default false:
-    /// every other request then costs a system call more, and under TCG
-    /// that outweighed the copy saved (see the README's measurements).
+    /// the daemon then copies every other request's data itself, and under
+    /// TCG that outweighed the copy saved (see the README's measurements).
     pub zero_copy: bool,
 }
 

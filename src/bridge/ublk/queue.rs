@@ -210,9 +210,7 @@ impl Queues {
             m.quit();
         }
     }
-}
 
-impl Queues {
     /// The queues ended (or never will serve): sessions stop handing read
     /// data to them.
     fn retire(&self) {
@@ -306,32 +304,26 @@ struct Queue {
     /// Completions reaped by a read into a request (see `direct`) that
     /// were not its own: handled with the next batch.
     stash: Vec<(u64, i32)>,
-    /// Room for a commit's copies (`queue_commit_copying`).
+    /// Room for a commit's copies (`queue_commit`).
     parts: Vec<(u32, u32)>,
     chain: Vec<squeue::Entry128>,
 }
 
-/// A FETCH_REQ or COMMIT_AND_FETCH_REQ for `tag`, lending the buffer at
-/// `addr` (None: with UBLK_F_USER_COPY, no buffer; then with `auto_reg`
-/// the request's pages go to the ring's buffer table at index `tag`).
-fn io_cmd(
-    cdev: &File,
-    op: u32,
-    (q_id, tag): (u16, u16),
-    result: i32,
-    addr: Option<u64>,
-    auto_reg: bool,
-) -> squeue::Entry128 {
+/// A FETCH_REQ or COMMIT_AND_FETCH_REQ for `tag`: without
+/// UBLK_F_USER_COPY it lends the tag's buffer at `addr`; with it, no
+/// buffer, and with `auto_reg` the request's pages go to the ring's buffer
+/// table at index `tag`.
+fn io_cmd(cfg: &QueueConfig, op: u32, tag: u16, result: i32, addr: u64) -> squeue::Entry128 {
     let cmd = IoCmd {
-        q_id,
+        q_id: cfg.q_id,
         tag,
         result,
-        addr: addr.unwrap_or(0),
+        addr: if cfg.zc.is_some() { 0 } else { addr },
     };
     let mut area = [0u8; 80];
     area[..size_of::<IoCmd>()].copy_from_slice(cmd.as_bytes());
-    let mut e = opcode::UringCmd80::new(types::Fd(cdev.as_raw_fd()), op).cmd(area);
-    if auto_reg {
+    let mut e = opcode::UringCmd80::new(types::Fd(cfg.cdev.as_raw_fd()), op).cmd(area);
+    if cfg.zc.as_ref().is_some_and(|z| z.auto_reg) {
         e = e.addr(Some(uapi::auto_buf_reg(tag, true)));
     }
     e.build().user_data(u64::from(tag))
@@ -437,12 +429,11 @@ impl Queue {
                 continue;
             };
             let e = io_cmd(
-                &self.cfg.cdev,
+                &self.cfg,
                 uapi::UBLK_U_IO_FETCH_REQ,
-                (self.cfg.q_id, tag),
+                tag,
                 0,
-                self.cfg.zc.is_none().then_some(buf.as_mut_ptr() as u64),
-                self.cfg.zc.as_ref().is_some_and(|z| z.auto_reg),
+                buf.as_mut_ptr() as u64,
             );
             push(&mut self.ring, &e).map_err(|e| format!("io_uring: {e}"))?;
             slot.state = State::Kernel;
@@ -791,29 +782,29 @@ impl Queue {
                 e.errno()
             }
         };
-        let read = matches!(slot.op, BlockOp::Read { .. });
         slot.buf = Some(buf);
-        match &self.cfg.zc {
-            Some(z) if read && result > 0 => {
-                let z = Arc::clone(z);
-                self.queue_commit_copying(&z, d.tag, result)
-            }
-            _ => self.queue_commit(d.tag, result),
-        }
+        self.queue_commit(d.tag, result)
     }
 
-    /// With UBLK_F_USER_COPY, commit a read the backend finished: what of
-    /// its data the session did not put straight into the request (see
-    /// `direct`) is copied from the tag's buffer by writes on /dev/ublkcN
-    /// linked ahead of the commit, in the same submission. Should a copy
-    /// fail, the commit is cancelled with it (see `on_cqe`).
-    fn queue_commit_copying(&mut self, z: &ZeroCopy, tag: u16, result: i32) -> io::Result<()> {
+    /// Commit `result` for `tag` and fetch its next request. With
+    /// UBLK_F_USER_COPY a read's data (what the session did not put
+    /// straight into the request, see `direct`) goes in first: copied from
+    /// the tag's buffer by writes on /dev/ublkcN linked ahead of the
+    /// commit, in the same submission. Should a copy fail, the commit is
+    /// cancelled with it (see `on_cqe`).
+    fn queue_commit(&mut self, tag: u16, result: i32) -> io::Result<()> {
         let q_id = self.cfg.q_id;
-        z.rest(q_id, tag, result.unsigned_abs(), &mut self.parts);
         let slot = &mut self.slots[usize::from(tag)];
-        let Some(base) = slot.buf.as_ref().map(|b| b.as_ptr()) else {
+        let Some(base) = slot.buf.as_mut().map(|b| b.as_mut_ptr()) else {
             return Err(io::Error::other("commit without a buffer"));
         };
+        self.parts.clear();
+        if let Some(z) = &self.cfg.zc
+            && result > 0
+            && matches!(slot.op, BlockOp::Read { .. })
+        {
+            z.rest(q_id, tag, result.unsigned_abs(), &mut self.parts);
+        }
         let fd = types::Fd(self.cfg.cdev.as_raw_fd());
         self.chain.clear();
         for &(start, end) in &self.parts {
@@ -832,34 +823,14 @@ impl Queue {
         slot.state = State::Kernel;
         self.in_kernel += 1;
         let e = io_cmd(
-            &self.cfg.cdev,
+            &self.cfg,
             uapi::UBLK_U_IO_COMMIT_AND_FETCH_REQ,
-            (q_id, tag),
+            tag,
             result,
-            None,
-            z.auto_reg,
+            base as u64,
         );
         self.chain.push(e);
         push_chain(&mut self.ring, &self.chain)
-    }
-
-    fn queue_commit(&mut self, tag: u16, result: i32) -> io::Result<()> {
-        let slot = &mut self.slots[usize::from(tag)];
-        let addr = match slot.buf.as_mut() {
-            Some(b) => b.as_mut_ptr() as u64,
-            None => return Err(io::Error::other("commit without a buffer")),
-        };
-        let e = io_cmd(
-            &self.cfg.cdev,
-            uapi::UBLK_U_IO_COMMIT_AND_FETCH_REQ,
-            (self.cfg.q_id, tag),
-            result,
-            self.cfg.zc.is_none().then_some(addr),
-            self.cfg.zc.as_ref().is_some_and(|z| z.auto_reg),
-        );
-        slot.state = State::Kernel;
-        self.in_kernel += 1;
-        push(&mut self.ring, &e)
     }
 
     /// Tear down. After a clean end only the wake-up read is queued: cancel

@@ -3,6 +3,11 @@
 # that may pass (network, login, I/O) queue itself again, up to
 # rd.sanroot.retries times (default 5), 3 s apart.
 #
+# `sanroot-boot --early`: the first attempt, started in the background by
+# sanroot-pre-trigger.sh (dracut's shell init only), before udev's coldplug,
+# holding /tmp/sanroot.lock until it is done. The queued job then only
+# waits for that lock and takes the result (a failure is retried here).
+#
 # The daemon `sanroot boot` leaves behind ('@sanroot') outlives the
 # initramfs:
 #  - with systemd, it is a child of dracut-initqueue.service, whose
@@ -13,37 +18,46 @@
 #  - without systemd, dracut's init execs switch_root, which kills nothing.
 # At power-off it is stopped last, from this initramfs (need_shutdown below,
 # sanroot-shutdown.sh).
+#
+# Under a slow CPU every process costs: the common path (the first attempt,
+# ublk) forks nothing but modprobe and sanroot, and reads the command line
+# only when it has to.
 
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
-_n=$(cat /tmp/sanroot.attempts 2> /dev/null || echo 0)
-_n=$((_n + 1))
-echo "$_n" > /tmp/sanroot.attempts
+# Load the bridges' modules and run `sanroot boot` (attempt $1); its
+# status. The lock's descriptor (8, when --early) is not passed on: the
+# resident daemon must not hold the lock.
+sanroot_run() {
+    # ublk first, NBD as the fallback; sanroot picks (rd.sanroot.bridge=).
+    # nbd only when it may be used: a second attempt, ublk not usable here
+    # (no /dev/ublk-control, io_uring disabled), or asked for. Loading it
+    # makes 16 idle /dev/nbdN for udev to process here and again in the
+    # real root's coldplug, for nothing when the root goes over ublk.
+    modprobe -q ublk_drv 2> /dev/null
+    _iou=0 _cl=
+    read -r _iou 2> /dev/null < /proc/sys/kernel/io_uring_disabled
+    # sanroot itself reads rd.sanroot.bridge= from /proc/cmdline.
+    read -r _cl 2> /dev/null < /proc/cmdline
+    case " $_cl " in
+        *" rd.sanroot.bridge=nbd "*) _iou=nbd ;;
+    esac
+    if [ "$1" -gt 1 ] || [ ! -e /dev/ublk-control ] || [ "$_iou" = 2 ] || [ "$_iou" = nbd ]; then
+        modprobe -q nbd 2> /dev/null
+    fi
+    unset _iou _cl
+    # sanroot reads the iBFT or netroot=/ip= and rd.sanroot.bridge= itself
+    # and logs to /dev/kmsg; it prints the device on stdout. Into a file,
+    # not a pipe: the resident daemon must not hold up a command
+    # substitution.
+    /usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err 8>&-
+}
 
-# ublk first, NBD as the fallback; sanroot picks (rd.sanroot.bridge=).
-# nbd only when it may be used: asked for, ublk not usable here (no
-# /dev/ublk-control, io_uring disabled), or a second attempt. Loading it
-# makes 16 idle /dev/nbdN for udev to process here and again in the real
-# root's coldplug, for nothing when the root goes over ublk.
-modprobe -q ublk_drv 2> /dev/null
-if [ "$_n" -gt 1 ] || [ "$(getarg rd.sanroot.bridge=)" = nbd ] || [ ! -e /dev/ublk-control ] \
-    || [ "$(cat /proc/sys/kernel/io_uring_disabled 2> /dev/null)" = 2 ]; then
-    modprobe -q nbd 2> /dev/null
-fi
-_max=$(getargnum 5 1 100 rd.sanroot.retries)
-
-# sanroot reads the iBFT or netroot=/ip= and rd.sanroot.bridge= itself and
-# logs to /dev/kmsg; it prints the device on stdout. Into a file, not a
-# pipe: the resident daemon must not hold up a command substitution.
-/usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
-_rc=$?
-read -r _dev < /tmp/sanroot.out 2> /dev/null
-# What it said on stderr (usage errors, before its kmsg logging is up).
-if [ "$_rc" != 0 ]; then
-    while read -r _l; do warn "sanroot: $_l"; done < /tmp/sanroot.err
-fi
-if [ "$_rc" = 0 ]; then
-    info "sanroot: root LUN is ${_dev} (attempt $_n)"
+# The root disk is there (attempt $1).
+sanroot_ready() {
+    _dev=
+    read -r _dev 2> /dev/null < /tmp/sanroot.out
+    info "sanroot: root LUN is ${_dev} (attempt $1)"
     echo "${_dev}" > /tmp/sanroot.dev
     # The disk and its partitions exist; udev still has to make root='s
     # link (/dev/disk/by-uuid/…). Wait for just that here (settle returns
@@ -72,23 +86,67 @@ if [ "$_rc" = 0 ]; then
             break
         fi
     done < /proc/mounts
-    unset _src _mp _type _opts _rest
-else
-    case "$_rc" in
+    unset _dev _src _mp _type _opts _rest
+}
+
+# `sanroot boot` failed with status $2 (attempt $1): say what it said, and
+# queue the job again when trying again may help.
+sanroot_failed() {
+    # What it said on stderr (usage errors, before its kmsg logging is up).
+    while read -r _l; do warn "sanroot: $_l"; done < /tmp/sanroot.err
+    case "$2" in
         2 | 3 | 4)
             # usage, nothing to boot from, invalid iBFT: trying again will
             # not help.
-            warn "sanroot: 'sanroot boot' failed with status $_rc (attempt $_n); not retrying"
+            warn "sanroot: 'sanroot boot' failed with status $2 (attempt $1); not retrying"
             ;;
         *)
-            if [ "$_n" -lt "$_max" ]; then
-                warn "sanroot: 'sanroot boot' failed with status $_rc (attempt $_n of $_max); trying again"
+            _max=$(getargnum 5 1 100 rd.sanroot.retries)
+            if [ "$1" -lt "$_max" ]; then
+                warn "sanroot: 'sanroot boot' failed with status $2 (attempt $1 of $_max); trying again"
                 sleep 3
+                # shellcheck disable=SC2046
                 /sbin/initqueue $(cat /tmp/sanroot.when 2> /dev/null) --onetime --unique --name sanroot /sbin/sanroot-boot
             else
-                warn "sanroot: 'sanroot boot' failed with status $_rc; giving up after $_n attempts"
+                warn "sanroot: 'sanroot boot' failed with status $2; giving up after $1 attempts"
             fi
             ;;
     esac
+    unset _l _max
+}
+
+if [ "${1-}" = --early ]; then
+    echo 1 > /tmp/sanroot.attempts
+    sanroot_run 1
+    _rc=$?
+    [ "$_rc" = 0 ] && sanroot_ready 1
+    # The queued job takes it from here (and retries a failure).
+    echo "$_rc" > /tmp/sanroot.early
+    exit 0
 fi
-unset _dev _rc _n _max
+
+# The early attempt: wait until it is done, then take its result.
+if [ -e /tmp/sanroot.lock ]; then
+    flock -s /tmp/sanroot.lock true
+fi
+if [ -e /tmp/sanroot.early ]; then
+    _rc=1
+    read -r _rc < /tmp/sanroot.early
+    rm -f /tmp/sanroot.early /tmp/sanroot.lock
+    [ "$_rc" = 0 ] || sanroot_failed 1 "$_rc"
+    unset _rc
+    exit 0
+fi
+
+_n=0
+read -r _n 2> /dev/null < /tmp/sanroot.attempts
+_n=$((_n + 1))
+echo "$_n" > /tmp/sanroot.attempts
+sanroot_run "$_n"
+_rc=$?
+if [ "$_rc" = 0 ]; then
+    sanroot_ready "$_n"
+else
+    sanroot_failed "$_n" "$_rc"
+fi
+unset _rc _n

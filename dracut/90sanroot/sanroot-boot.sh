@@ -35,17 +35,18 @@ sanroot_run() {
     # makes 16 idle /dev/nbdN for udev to process here and again in the
     # real root's coldplug, for nothing when the root goes over ublk.
     modprobe -q ublk_drv 2> /dev/null
-    _iou=0 _cl=
+    _iou=0 _cl= _nbd=
     read -r _iou 2> /dev/null < /proc/sys/kernel/io_uring_disabled
     # sanroot itself reads rd.sanroot.bridge= from /proc/cmdline.
     read -r _cl 2> /dev/null < /proc/cmdline
     case " $_cl " in
-        *" rd.sanroot.bridge=nbd "*) _iou=nbd ;;
+        *" rd.sanroot.bridge=nbd "*) _nbd=1 ;;
     esac
-    if [ "$1" -gt 1 ] || [ ! -e /dev/ublk-control ] || [ "$_iou" = 2 ] || [ "$_iou" = nbd ]; then
-        modprobe -q nbd 2> /dev/null
+    if [ "$1" -gt 1 ] || [ ! -e /dev/ublk-control ] || [ "$_iou" = 2 ]; then
+        _nbd=1
     fi
-    unset _iou _cl
+    [ -n "$_nbd" ] && modprobe -q nbd 2> /dev/null
+    unset _iou _cl _nbd
     # sanroot reads the iBFT or netroot=/ip= and rd.sanroot.bridge= itself
     # and logs to /dev/kmsg; it prints the device on stdout. Into a file,
     # not a pipe: the resident daemon must not hold up a command

@@ -748,9 +748,19 @@ fn receive_side_handed_over_and_back() {
     }
     let w = pump_answers(&mut rx, &done, 9);
     assert!(w.iter().all(|(_, ok)| *ok), "every write GOOD");
+    // All answered: the socket has nothing (a poll's readiness from before
+    // the last pump would be stale: a pump told "readable" would wait for
+    // the target's next PDU), and a pump not told so returns at once.
+    assert!(!rx.readable_now(), "nothing left on the socket");
+    assert!(!rx.pump(16, false).expect("pump"), "nothing buffered");
     submit_io(&s, 4096, vec![0u8; 1 << 20], false, &tx);
     for i in 0..8u64 {
         submit_io(&s, 8 * i, vec![0u8; 4096], false, &tx);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !rx.readable_now() {
+        assert!(std::time::Instant::now() < deadline, "answers within 30 s");
+        std::thread::sleep(Duration::from_millis(1));
     }
     let mut reads = pump_answers(&mut rx, &done, 9);
     assert!(reads.iter().all(|(_, ok)| *ok), "every read GOOD");

@@ -56,6 +56,9 @@ struct Entry {
     side: Side,
     /// The poll queued for it.
     poll: Option<u64>,
+    /// A pump read from the socket while that poll was queued: the
+    /// readiness it reports may be for bytes already taken.
+    stale: bool,
 }
 
 impl Entry {
@@ -162,6 +165,9 @@ impl Receivers {
             // once more to commit them before it waits.
             if e.rx().is_some_and(|rx| rx.buffered() > 0) {
                 busy = true;
+                // (Left over from a pump that ran out of budget: it may
+                // read on to the end of a PDU, and beyond, into the buffer.)
+                e.stale |= e.poll.is_some();
                 let budget = self.budget;
                 if !with_ring(ring, stash, 0, || e.pump(budget, false)) {
                     self.stale = true;
@@ -177,6 +183,7 @@ impl Receivers {
                     .user_data(ud);
                 push(ring, &p.into())?;
                 e.poll = Some(ud);
+                e.stale = false;
             }
         }
         Ok(busy)
@@ -222,6 +229,7 @@ impl Receivers {
                 session: s,
                 side: Side::Asked,
                 poll: None,
+                stale: false,
             });
         }
         Ok(())
@@ -244,6 +252,12 @@ impl Receivers {
         // An error (not readiness) only re-arms the poll.
         if res <= 0 {
             log::debug!("ublk queue 0: a session socket's poll ended with {res}");
+            return;
+        }
+        // What it reported may have been read already: a pump would then
+        // wait for the target's next PDU, with requests waiting to be
+        // committed (the next prepare polls again).
+        if std::mem::take(&mut e.stale) && e.rx().is_some_and(|rx| !rx.readable_now()) {
             return;
         }
         let budget = self.budget;

@@ -202,6 +202,19 @@ impl Rx {
         self.shared.socket.as_raw_fd()
     }
 
+    /// Whether the socket has bytes to read now (a look that does not
+    /// wait): for a caller whose poll reported readiness that a pump since
+    /// may have taken (see [`Rx::pump`]'s `readable`).
+    pub fn readable_now(&self) -> bool {
+        let mut p = nix::libc::pollfd {
+            fd: self.fd(),
+            events: nix::libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd living across the call; no wait.
+        unsafe { nix::libc::poll(&mut p, 1, 0) > 0 }
+    }
+
     /// Bytes read from the socket and not yet handled: call
     /// [`Rx::pump`] for them, the socket's poll will not report them.
     pub fn buffered(&self) -> usize {
@@ -209,8 +222,9 @@ impl Rx {
     }
 
     /// Handle the PDUs the target has sent, at most `budget` of them: the
-    /// ones buffered, and with `readable` (the socket polled readable)
-    /// what the socket has. Never waits for a PDU to begin (without
+    /// ones buffered, and with `readable` (the socket polled readable, and
+    /// nothing read from it since: else see [`Rx::readable_now`]) what the
+    /// socket has; a stale `readable` would wait for the target's next PDU. Never waits for a PDU to begin (without
     /// `readable`), may wait for the rest of one that began. `Ok(true)`:
     /// more is buffered (call again; the socket's poll does not see it).
     /// An error is the session's failure: it has been failed (every

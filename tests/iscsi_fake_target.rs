@@ -1910,3 +1910,114 @@ fn with_a_data_digest_read_data_stays_in_the_buffer() {
         assert!(back == data, "the buffer holds the data");
     })
 }
+
+/// The receive side never waits for the transmit side. The target answers
+/// a 16 MiB read without reading anything meanwhile (as tgtd does while a
+/// send of its own is blocked: it retries the full socket in a loop), and
+/// the initiator has 16 MiB of writes (immediate data) on the way to it:
+/// the thread sending them blocks on the full socket, holding the
+/// connection's transmit side, and more writes wait to be sent. The reader
+/// reaches idle points (between Data-In segments) with those writes
+/// waiting: if it waited there for the transmit side, reader and target
+/// would each wait for the other until a timeout broke the session. Every
+/// command must complete GOOD, the read with the target's bytes.
+#[test]
+fn the_reader_never_waits_for_a_blocked_writer() {
+    const READ: usize = 16 << 20;
+    const WRITE: usize = 256 << 10;
+    within(|| {
+        let f = FakeTarget::start(
+            Behaviour {
+                first_burst: WRITE as u32,
+                cmd_window: 128,
+                ..Behaviour::default()
+            }
+            .on_command(is_read, |ctx, c| {
+                // Let the writes pile up against a target that reads
+                // nothing, then answer without reading either.
+                std::thread::sleep(Duration::from_millis(500));
+                ctx.data_in(c, &pattern(READ, 7));
+            }),
+        );
+        let s = Arc::new(connect(&f, &config()).session);
+        let (tx, done) = mpsc::channel();
+        let submit =
+            move |s: &sanroot::iscsi::session::Session, lba: u64, buf: Vec<u8>, write: bool| {
+                let blocks = (buf.len() / BLOCK) as u32;
+                let (c, dir) = if write {
+                    (
+                        cdb::write(lba, blocks, false),
+                        DataDir::Write(buf.len() as u32),
+                    )
+                } else {
+                    (
+                        cdb::read(lba, blocks, false),
+                        DataDir::Read(buf.len() as u32),
+                    )
+                };
+                let tx = tx.clone();
+                s.submit(
+                    Command {
+                        lun: 0,
+                        cdb: c.bytes,
+                        dir,
+                        attr: 1,
+                    },
+                    buf,
+                    sanroot::completion::Done::new(
+                        move |r: Result<sanroot::iscsi::session::ScsiResult, SessionError>,
+                              b: Vec<u8>| {
+                            let _ = tx.send((write, r.map(|s| s.status), b));
+                        },
+                    ),
+                );
+            };
+        submit(&s, 0, vec![0u8; READ], false);
+        assert!(
+            f.wait_for(Duration::from_secs(5), |l| l
+                .commands()
+                .any(|(c, _)| is_read(c))),
+            "the target has the read"
+        );
+        // Two submitters: the first blocks in the socket write, holding
+        // the transmit side; the second's writes are queued behind it.
+        let writers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let s = Arc::clone(&s);
+                let submit = submit.clone();
+                std::thread::spawn(move || {
+                    for i in 0..32u64 {
+                        if t == 1 && i == 0 {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        let lba = ((t * 32 + i) % 32) * (WRITE / BLOCK) as u64;
+                        submit(&s, lba, pattern(WRITE, i as u8), true);
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < 65 {
+            let a = done
+                .recv_timeout(Duration::from_secs(15))
+                .expect("every command answered (a reader waiting for the writer waits forever)");
+            got.push(a);
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        for (write, r, b) in &got {
+            assert_eq!(
+                r.as_ref().ok(),
+                Some(&0),
+                "GOOD ({})",
+                if *write { "write" } else { "read" }
+            );
+            if !*write {
+                assert!(*b == pattern(READ, 7), "the read has the target's bytes");
+            }
+        }
+        assert!(s.failure().is_none(), "the session lives");
+        f.assert_clean();
+    })
+}

@@ -194,8 +194,16 @@ pub(super) fn reader_idle(shared: &Shared) -> Result<(), SessionError> {
             give_back_plugged(held);
         }
         if has_work(&lock(&shared.state)) {
-            let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());
-            flush(shared, &mut w)?;
+            // Here if the transmit side is free, else by whoever holds it
+            // (the writer, or the thread it wakes). The receive side never
+            // waits for the transmit side: a writer blocked by a target
+            // that reads nothing while its own send is blocked (tgtd
+            // retries a full socket in a loop) waits for us to read.
+            match shared.tx.try_lock() {
+                Ok(mut w) => flush(shared, &mut w)?,
+                Err(std::sync::TryLockError::Poisoned(p)) => flush(shared, &mut p.into_inner())?,
+                Err(std::sync::TryLockError::WouldBlock) => shared.wake_writer.notify_one(),
+            }
         }
         if !ran && AT_IDLE.with(|q| q.borrow().is_empty()) {
             return Ok(());

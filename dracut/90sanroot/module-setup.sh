@@ -204,7 +204,7 @@ install() {
         return 1
     }
     inst_simple "$bin" /usr/sbin/sanroot
-    inst_multiple -o modprobe ln sleep udevadm flock
+    inst_multiple -o modprobe ln sleep udevadm
     # Name NICs here as the real root will (predictable names: udev's
     # 80-net-setup-link.rules is in the image, the .link files are not unless
     # a network module adds them). Otherwise the boot NIC is eth0 here and
@@ -218,12 +218,6 @@ install() {
     inst_rules "$moddir/61-sanroot-ublk.rules"
     inst_hook cmdline 90 "$moddir/parse-sanroot.sh"
     inst_script "$moddir/sanroot-boot.sh" /sbin/sanroot-boot
-    # The shell init's first attempt starts before udev's coldplug. Not
-    # with systemd, where the hook would only start one more unit ahead of
-    # the coldplug (its initqueue does not wait for the settle anyway).
-    if ! dracut_module_included "systemd"; then
-        inst_hook pre-trigger 90 "$moddir/sanroot-pre-trigger.sh"
-    fi
     inst_hook initqueue/timeout 95 "$moddir/sanroot-timeout.sh"
     # The real root is mounted: hide the boot target's open-iscsi node
     # records from it (no second login from an installer's record).

@@ -51,9 +51,6 @@ if [ -n "$sanroot_why" ]; then
     # wait for the whole coldplug to settle, which is most of the
     # initramfs's time on a slow machine. From netroot= the NIC is only
     # named: wait until udev has settled (driver loaded, name final).
-    # dracut's shell init runs its initqueue only after the coldplug has
-    # settled: there sanroot-pre-trigger.sh starts the first attempt
-    # before the coldplug, and the job takes its result.
     sanroot_when=--settled
     case "$sanroot_why" in rd.iscsi.*) sanroot_when= ;; esac
     echo "$sanroot_when" > /tmp/sanroot.when

@@ -3,11 +3,6 @@
 # that may pass (network, login, I/O) queue itself again, up to
 # rd.sanroot.retries times (default 5), 3 s apart.
 #
-# `sanroot-boot --early`: the first attempt, started in the background by
-# sanroot-pre-trigger.sh (dracut's shell init only), before udev's coldplug,
-# holding /tmp/sanroot.lock until it is done. The queued job then only
-# waits for that lock and takes the result (a failure is retried here).
-#
 # The daemon `sanroot boot` leaves behind ('@sanroot') outlives the
 # initramfs:
 #  - with systemd, it is a child of dracut-initqueue.service, whose
@@ -26,8 +21,7 @@
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
 # Load the bridges' modules and run `sanroot boot` (attempt $1); its
-# status. The lock's descriptor (8, when --early) is not passed on: the
-# resident daemon must not hold the lock.
+# status.
 sanroot_run() {
     # ublk first, NBD as the fallback; sanroot picks (rd.sanroot.bridge=).
     # nbd only when it may be used: a second attempt, ublk not usable here
@@ -51,7 +45,7 @@ sanroot_run() {
     # and logs to /dev/kmsg; it prints the device on stdout. Into a file,
     # not a pipe: the resident daemon must not hold up a command
     # substitution.
-    /usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err 8>&-
+    /usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
 }
 
 # The root disk is there (attempt $1).
@@ -115,29 +109,6 @@ sanroot_failed() {
     esac
     unset _l _max
 }
-
-if [ "${1-}" = --early ]; then
-    echo 1 > /tmp/sanroot.attempts
-    sanroot_run 1
-    _rc=$?
-    [ "$_rc" = 0 ] && sanroot_ready 1
-    # The queued job takes it from here (and retries a failure).
-    echo "$_rc" > /tmp/sanroot.early
-    exit 0
-fi
-
-# The early attempt: wait until it is done, then take its result.
-if [ -e /tmp/sanroot.lock ]; then
-    flock -s /tmp/sanroot.lock true
-fi
-if [ -e /tmp/sanroot.early ]; then
-    _rc=1
-    read -r _rc < /tmp/sanroot.early
-    rm -f /tmp/sanroot.early /tmp/sanroot.lock
-    [ "$_rc" = 0 ] || sanroot_failed 1 "$_rc"
-    unset _rc
-    exit 0
-fi
 
 _n=0
 read -r _n 2> /dev/null < /tmp/sanroot.attempts

@@ -9,12 +9,6 @@
 
 type warn > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
-# The shell init's early attempt (sanroot-pre-trigger.sh) may still be
-# finishing (need_shutdown, /run made exec) when the root was found
-# without the queued job: wait for it.
-if [ -e /tmp/sanroot.lock ]; then
-    flock -s /tmp/sanroot.lock true
-fi
 if [ -e /run/sanroot/boot.json ]; then
     if ! /usr/sbin/sanroot boot --pre-pivot "${NEWROOT:-/sysroot}" 2> /tmp/sanroot-pre-pivot.err; then
         while read -r _l; do warn "sanroot: $_l"; done < /tmp/sanroot-pre-pivot.err

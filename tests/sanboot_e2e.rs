@@ -1799,6 +1799,72 @@ fn bios_shell_initrd_mutual() {
     );
 }
 
+/// The target is not there when the machine boots: dracut's shell init
+/// with an iBFT from sanroot's emitter (-acpitable; iPXE would need the
+/// target itself), whose portal is a forwarder that refuses connections
+/// (qemu/sanboot --late-target). The first attempt gives up after
+/// `rd.sanroot.timeout=5` with status 5 (LOGIN); the initqueue job queues
+/// itself again; the host brings the portal up when the console shows it;
+/// the second attempt logs in (the NIC already configured by the first)
+/// and the boot is as any other: same checks (the NIC's name among them),
+/// one session, no second login.
+#[test]
+fn late_target_shell_initrd_retries() {
+    let b = run(
+        "late-target-shell",
+        &[
+            "--boot",
+            "acpitable",
+            "--initrd",
+            "shell",
+            "--auth",
+            "chap",
+            "--late-target",
+        ],
+    );
+    b.check(
+        !b.r.contains_key("late.retry_timeout"),
+        "the initramfs said it would try sanroot again (late.retry_line)",
+    );
+    let retry = b.get("late.retry_line");
+    b.check(
+        retry.contains("'sanroot boot' failed with status 5 (attempt 1 of 5); trying again"),
+        &format!("the first attempt failed to log in (status 5) and is retried: {retry}"),
+    );
+    b.check(
+        b.get("late.up_reply").contains("\"ok\": true"),
+        &format!("the portal came up: {}", b.get("late.up_reply")),
+    );
+    let console = std::fs::read_to_string(&b.log)
+        .unwrap_or_default()
+        .replace('\r', "");
+    let ready: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("sanroot: root LUN is "))
+        .collect();
+    // Both attempts used the NIC under udev's name (an attempt before the
+    // coldplug's pass once took it as eth0, just before udev renamed it).
+    let kernel_named: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("sanroot[") && l.contains("net: use eth0"))
+        .collect();
+    b.check(
+        kernel_named.is_empty(),
+        &format!("no attempt used the NIC under the kernel's name: {kernel_named:?}"),
+    );
+    b.check(
+        ready.len() == 1 && ready[0].contains("(attempt 2)"),
+        &format!("the root LUN came with the second attempt, once: {ready:?}"),
+    );
+    assert_boot(
+        &b,
+        Expect {
+            systemd_initrd: false,
+            ..no_ipxe(Net::V4, true, false, "ublk")
+        },
+    );
+}
+
 /// No iPXE and no iBFT: QEMU loads the image's kernel and dracut (systemd)
 /// initramfs itself, and dracut's own command line describes the root:
 /// `netroot=iscsi:USER:SECRET@10.0.2.2::PORT:1:IQN` (one-way CHAP, the

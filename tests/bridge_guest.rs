@@ -403,13 +403,18 @@ fn fs_checks(c: &Case) {
     c.files_agree(&["empty", "one", "4k", "1m7", "16m"]);
     c.detached();
     if bridge == "ublk" {
-        // The queue thread took the session's receive side over: nearly
-        // every request was completed from an answer it read itself (a
-        // few before the reader parked, at its next answer, are not).
+        // The queue thread took the session's receive side over: most
+        // requests were completed from an answer it read itself. Not
+        // all: a few before the reader parked (at its next answer), and
+        // writes whose data the session's writer sent because the socket
+        // had no room for them just then (the queue thread never waits
+        // on it): one the target answers before the writer is done with
+        // its buffer is completed by the writer. Without the hand-over
+        // it would be none.
         let n = |k: &str| c.get(k).parse::<u64>().unwrap_or(0);
         let (here, served) = (n("completed_here"), n("served"));
         c.check(
-            served > 100 && here * 10 >= served * 9,
+            served > 100 && here * 3 >= served * 2,
             &format!(
                 "requests completed on the queue's own thread: {here} of {served} (the receive side handed over)"
             ),

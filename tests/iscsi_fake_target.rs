@@ -1911,68 +1911,110 @@ fn with_a_data_digest_read_data_stays_in_the_buffer() {
     })
 }
 
+/// An answer the big-exchange tests collect: write or read, status, buffer.
+type Big = (bool, Result<u8, SessionError>, Vec<u8>);
+
+/// Submit a READ(10) or WRITE(10) of `buf` at `lba` on LUN 0; its answer
+/// goes to `tx`.
+fn submit_big(
+    s: &sanroot::iscsi::session::Session,
+    lba: u64,
+    buf: Vec<u8>,
+    write: bool,
+    tx: &mpsc::Sender<Big>,
+) {
+    let blocks = (buf.len() / BLOCK) as u32;
+    let (c, dir) = if write {
+        (
+            cdb::write(lba, blocks, false),
+            DataDir::Write(buf.len() as u32),
+        )
+    } else {
+        (
+            cdb::read(lba, blocks, false),
+            DataDir::Read(buf.len() as u32),
+        )
+    };
+    let tx = tx.clone();
+    s.submit(
+        Command {
+            lun: 0,
+            cdb: c.bytes,
+            dir,
+            attr: 1,
+        },
+        buf,
+        sanroot::completion::Done::new(
+            move |r: Result<sanroot::iscsi::session::ScsiResult, SessionError>, b: Vec<u8>| {
+                let _ = tx.send((write, r.map(|s| s.status), b));
+            },
+        ),
+    );
+}
+
+const BIG_READ: usize = 16 << 20;
+const BIG_WRITE: usize = 256 << 10;
+
+/// A fake target that answers a read of [`BIG_READ`] bytes after half a
+/// second, reading nothing meanwhile (as tgtd does while a send of its own
+/// is blocked: it retries the full socket in a loop), and takes writes of
+/// [`BIG_WRITE`] bytes as immediate data.
+fn deaf_while_sending() -> FakeTarget {
+    FakeTarget::start(
+        Behaviour {
+            first_burst: BIG_WRITE as u32,
+            cmd_window: 128,
+            ..Behaviour::default()
+        }
+        .on_command(
+            |c| is_read(c) && c.expected_len as usize == BIG_READ,
+            |ctx, c| {
+                std::thread::sleep(Duration::from_millis(500));
+                ctx.data_in(c, &pattern(BIG_READ, 7));
+            },
+        ),
+    )
+}
+
+/// `n` answers from `done`, each GOOD, the big read with the target's
+/// bytes.
+fn all_good(done: &mpsc::Receiver<Big>, n: usize, mut pump: impl FnMut()) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut got = 0;
+    while got < n {
+        pump();
+        match done.recv_timeout(Duration::from_millis(5)) {
+            Ok((write, r, b)) => {
+                assert_eq!(r.as_ref().ok(), Some(&0), "GOOD (write {write})");
+                if !write {
+                    assert!(b == pattern(BIG_READ, 7), "the read has the target's bytes");
+                }
+                got += 1;
+            }
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "{got} of {n} commands answered in 15 s: reader and target wait for each other"
+            ),
+        }
+    }
+}
+
 /// The receive side never waits for the transmit side. The target answers
-/// a 16 MiB read without reading anything meanwhile (as tgtd does while a
-/// send of its own is blocked: it retries the full socket in a loop), and
-/// the initiator has 16 MiB of writes (immediate data) on the way to it:
-/// the thread sending them blocks on the full socket, holding the
-/// connection's transmit side, and more writes wait to be sent. The reader
-/// reaches idle points (between Data-In segments) with those writes
-/// waiting: if it waited there for the transmit side, reader and target
-/// would each wait for the other until a timeout broke the session. Every
-/// command must complete GOOD, the read with the target's bytes.
+/// a 16 MiB read without reading anything meanwhile, and the initiator has
+/// 16 MiB of writes (immediate data) on the way to it: the thread sending
+/// them blocks on the full socket, holding the connection's transmit
+/// side, and more writes wait to be sent. The reader reaches idle points
+/// (between Data-In segments) with those writes waiting: if it waited
+/// there for the transmit side, reader and target would each wait for the
+/// other until a timeout broke the session. Every command must complete
+/// GOOD, the read with the target's bytes.
 #[test]
 fn the_reader_never_waits_for_a_blocked_writer() {
-    const READ: usize = 16 << 20;
-    const WRITE: usize = 256 << 10;
     within(|| {
-        let f = FakeTarget::start(
-            Behaviour {
-                first_burst: WRITE as u32,
-                cmd_window: 128,
-                ..Behaviour::default()
-            }
-            .on_command(is_read, |ctx, c| {
-                // Let the writes pile up against a target that reads
-                // nothing, then answer without reading either.
-                std::thread::sleep(Duration::from_millis(500));
-                ctx.data_in(c, &pattern(READ, 7));
-            }),
-        );
+        let f = deaf_while_sending();
         let s = Arc::new(connect(&f, &config()).session);
         let (tx, done) = mpsc::channel();
-        let submit =
-            move |s: &sanroot::iscsi::session::Session, lba: u64, buf: Vec<u8>, write: bool| {
-                let blocks = (buf.len() / BLOCK) as u32;
-                let (c, dir) = if write {
-                    (
-                        cdb::write(lba, blocks, false),
-                        DataDir::Write(buf.len() as u32),
-                    )
-                } else {
-                    (
-                        cdb::read(lba, blocks, false),
-                        DataDir::Read(buf.len() as u32),
-                    )
-                };
-                let tx = tx.clone();
-                s.submit(
-                    Command {
-                        lun: 0,
-                        cdb: c.bytes,
-                        dir,
-                        attr: 1,
-                    },
-                    buf,
-                    sanroot::completion::Done::new(
-                        move |r: Result<sanroot::iscsi::session::ScsiResult, SessionError>,
-                              b: Vec<u8>| {
-                            let _ = tx.send((write, r.map(|s| s.status), b));
-                        },
-                    ),
-                );
-            };
-        submit(&s, 0, vec![0u8; READ], false);
+        submit_big(&s, 0, vec![0u8; BIG_READ], false, &tx);
         assert!(
             f.wait_for(Duration::from_secs(5), |l| l
                 .commands()
@@ -1983,40 +2025,84 @@ fn the_reader_never_waits_for_a_blocked_writer() {
         // the transmit side; the second's writes are queued behind it.
         let writers: Vec<_> = (0..2u64)
             .map(|t| {
-                let s = Arc::clone(&s);
-                let submit = submit.clone();
+                let (s, tx) = (Arc::clone(&s), tx.clone());
                 std::thread::spawn(move || {
+                    if t == 1 {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
                     for i in 0..32u64 {
-                        if t == 1 && i == 0 {
-                            std::thread::sleep(Duration::from_millis(200));
-                        }
-                        let lba = ((t * 32 + i) % 32) * (WRITE / BLOCK) as u64;
-                        submit(&s, lba, pattern(WRITE, i as u8), true);
+                        let lba = i * (BIG_WRITE / BLOCK) as u64;
+                        submit_big(&s, lba, pattern(BIG_WRITE, i as u8), true, &tx);
                     }
                 })
             })
             .collect();
-        let mut got = Vec::new();
-        while got.len() < 65 {
-            let a = done
-                .recv_timeout(Duration::from_secs(15))
-                .expect("every command answered (a reader waiting for the writer waits forever)");
-            got.push(a);
-        }
+        all_good(&done, 65, || {});
         for w in writers {
             w.join().unwrap();
         }
-        for (write, r, b) in &got {
-            assert_eq!(
-                r.as_ref().ok(),
-                Some(&0),
-                "GOOD ({})",
-                if *write { "write" } else { "read" }
-            );
-            if !*write {
-                assert!(*b == pattern(READ, 7), "the read has the target's bytes");
+        assert!(s.failure().is_none(), "the session lives");
+        f.assert_clean();
+    })
+}
+
+/// A thread that took a session's receive side over (a ublk queue) and
+/// submits on it never waits on the socket to send: there it would stop
+/// reading the target's answers, and a target that reads nothing while
+/// its own send is blocked would never read the rest of the commands.
+/// Against the same target as above, this thread submits the read and 16
+/// MiB of writes itself, then pumps: what the socket cannot take at once
+/// is left to the session's writer. Every command must complete GOOD.
+#[test]
+fn a_receiving_thread_never_waits_to_send() {
+    within(|| {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Parked(AtomicBool);
+        impl sanroot::iscsi::session::Idle for Parked {
+            fn idle(self: Arc<Self>) {
+                self.0.store(true, Ordering::Release);
             }
         }
+        let f = deaf_while_sending();
+        let s = Arc::new(connect(&f, &config()).session);
+        let (tx, done) = mpsc::channel();
+        // The reader parks at its next PDU boundary: a small read's answer.
+        let parked = Arc::new(Parked(AtomicBool::new(false)));
+        s.request_rx(parked.clone());
+        submit_big(&s, 0, vec![0u8; 4096], false, &tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !parked.0.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the reader parks");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut rx = s.take_rx().expect("the receive side");
+        let mut pump = move || {
+            let mut p = nix::libc::pollfd {
+                fd: rx.fd(),
+                events: nix::libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd living across the call.
+            let n = unsafe { nix::libc::poll(&mut p, 1, 5) };
+            while rx.pump(64, n > 0).expect("pump") {}
+        };
+        // The small read's answer came to the reader or comes to us.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (w, r, _) = loop {
+            if let Ok(a) = done.try_recv() {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "the small read is answered");
+            pump();
+        };
+        assert!(!w && r.is_ok());
+        submit_big(&s, 0, vec![0u8; BIG_READ], false, &tx);
+        for i in 0..64u64 {
+            let lba = (i % 32) * (BIG_WRITE / BLOCK) as u64;
+            submit_big(&s, lba, pattern(BIG_WRITE, i as u8), true, &tx);
+        }
+        all_good(&done, 65, &mut pump);
+        drop(pump);
         assert!(s.failure().is_none(), "the session lives");
         f.assert_clean();
     })

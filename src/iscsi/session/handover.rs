@@ -147,6 +147,9 @@ impl Session {
         // write may block (the target stopped sending).
         let timeout = write_timeout(lock(&self.shared.state).ping_timeout);
         let _ = self.shared.socket.set_read_timeout(Some(timeout));
+        // This thread now reads the target's answers: it must never wait
+        // on a socket to send (see `writer::flush_with`).
+        RECEIVER.with(|r| r.set(true));
         Some(Rx {
             shared: Arc::clone(&self.shared),
             reader: Some(reader),

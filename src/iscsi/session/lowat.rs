@@ -178,29 +178,12 @@ fn wait_ns(bytes: usize) -> i64 {
 
 /// SIOCINQ (FIONREAD): bytes waiting to be read from the socket now.
 fn queued(fd: i32) -> usize {
-    let mut v: nix::libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int, to `v`, which lives across the
-    // call; `fd` is the session's socket.
-    let r = unsafe { nix::libc::ioctl(fd, nix::libc::FIONREAD, &mut v) };
-    if r == 0 { v.max(0) as usize } else { 0 }
+    sockinfo::queued(fd, nix::libc::FIONREAD).unwrap_or(0)
 }
 
 /// SO_RCVBUF: the socket's receive buffer now, in bytes (0 if unknown).
 fn rcvbuf(fd: i32) -> usize {
-    let mut v: nix::libc::c_int = 0;
-    let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
-    // SAFETY: `v` and `len` live across the call and describe `v`'s size;
-    // `fd` is the session's socket.
-    let r = unsafe {
-        nix::libc::getsockopt(
-            fd,
-            nix::libc::SOL_SOCKET,
-            nix::libc::SO_RCVBUF,
-            (&mut v as *mut nix::libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 { v.max(0) as usize } else { 0 }
+    sockinfo::option(fd, nix::libc::SO_RCVBUF).unwrap_or(0)
 }
 
 /// Whether the socket becomes readable (threshold reached, closed, or an

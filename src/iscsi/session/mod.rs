@@ -48,6 +48,7 @@ mod handover;
 mod lowat;
 mod plug;
 mod reader;
+mod sockinfo;
 mod timers;
 mod writer;
 
@@ -398,6 +399,9 @@ struct State {
     /// Threads waiting on `slot_free` (a notify is a system call even with
     /// nobody waiting: skip it then).
     slot_waiters: usize,
+    /// A batch waits in the transmit side for the writer (see
+    /// `writer::flush_with`).
+    held: bool,
     /// Task tags of commands sent again after the target ended them (an
     /// abort, a LU reset), with when: a late answer for one is read and
     /// dropped instead of failing the session. LIO answers a command that
@@ -525,6 +529,7 @@ impl Session {
                 escalation: None,
                 retired: VecDeque::new(),
                 slot_waiters: 0,
+                held: false,
             }),
             wake_writer: Condvar::new(),
             slot_free: Condvar::new(),

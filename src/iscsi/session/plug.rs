@@ -20,6 +20,9 @@ thread_local! {
     /// Set while a thread pumps a session's receive side it took over
     /// (see `handover`): its idle points do not wait for batches.
     pub(super) static PUMPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set on a thread that took a session's receive side over: it never
+    /// waits on a socket to send (see `writer::flush_with`).
+    pub(super) static RECEIVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A long-lived object with work for a reader's idle point (a bridge's
@@ -119,15 +122,28 @@ pub(super) fn send_plugged() {
 /// Send whatever `shared` has queued: here if the transmit side is free,
 /// else by the writer thread.
 pub(super) fn send_now(shared: &Shared) {
-    match shared.tx.try_lock() {
-        Ok(mut w) => {
-            if let Err(e) = flush(shared, &mut w) {
-                drop(w);
-                fail(shared, e);
-            }
-        }
-        Err(_) => shared.wake_writer.notify_one(),
+    if let Err(e) = send_here(shared) {
+        fail(shared, e);
     }
+}
+
+/// [`send_now`], the failure returned. Here if the transmit side is free
+/// (and, on a thread that receives for sessions, as far as the socket
+/// takes it without waiting), else by whoever holds it (the writer, or a
+/// thread whose flush takes what is queued; the writer sees it when it
+/// looks again). Never waits for the transmit side: a writer blocked by a
+/// target that reads nothing while its own send is blocked (tgtd retries
+/// a full socket in a loop) may be waiting for this very thread to read.
+fn send_here(shared: &Shared) -> Result<(), SessionError> {
+    let mut w = match shared.tx.try_lock() {
+        Ok(w) => w,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            shared.wake_writer.notify_one();
+            return Ok(());
+        }
+    };
+    flush_with(shared, &mut w, !RECEIVER.with(|r| r.get()))
 }
 
 /// On a session's reader thread (where completions run): run `job` once
@@ -194,16 +210,8 @@ pub(super) fn reader_idle(shared: &Shared) -> Result<(), SessionError> {
             give_back_plugged(held);
         }
         if has_work(&lock(&shared.state)) {
-            // Here if the transmit side is free, else by whoever holds it
-            // (the writer, or the thread it wakes). The receive side never
-            // waits for the transmit side: a writer blocked by a target
-            // that reads nothing while its own send is blocked (tgtd
-            // retries a full socket in a loop) waits for us to read.
-            match shared.tx.try_lock() {
-                Ok(mut w) => flush(shared, &mut w)?,
-                Err(std::sync::TryLockError::Poisoned(p)) => flush(shared, &mut p.into_inner())?,
-                Err(std::sync::TryLockError::WouldBlock) => shared.wake_writer.notify_one(),
-            }
+            // The receive side never waits for the transmit side.
+            send_here(shared)?;
         }
         if !ran && AT_IDLE.with(|q| q.borrow().is_empty()) {
             return Ok(());

@@ -3,6 +3,8 @@
 //! pings and task management, batched into vectored writes (of up to 32
 //! PDUs each, with no allocation per batch).
 
+use std::os::fd::AsRawFd;
+
 use super::*;
 
 // ---------------------------------------------------------------- writer
@@ -31,6 +33,14 @@ pub(super) struct Tx {
     /// Tasks answered while their buffer was lent out, finished once every
     /// buffer is back (kept for its room, like the two above).
     answered: Vec<(u16, Result<ScsiResult, SessionError>)>,
+    /// `outs` and `lent` hold a batch taken off the queues by a thread
+    /// that must not block on the socket, left for the writer: it goes
+    /// out before anything else (see [`flush_with`]).
+    held: bool,
+    /// The socket's send buffer as last asked (it grows as the kernel
+    /// tunes it), and the looks since (see [`room_for`]).
+    sndbuf: usize,
+    sndbuf_age: u32,
 }
 
 impl Tx {
@@ -42,6 +52,9 @@ impl Tx {
             outs: Vec::with_capacity(2 * depth),
             lent: Vec::with_capacity(depth),
             answered: Vec::with_capacity(depth),
+            held: false,
+            sndbuf: 0,
+            sndbuf_age: 0,
         }
     }
 }
@@ -54,9 +67,14 @@ pub(super) fn writer_loop(shared: Arc<Shared>) {
             let mut st = lock(&shared.state);
             loop {
                 if st.failed.is_some() {
+                    // A batch left for us goes back to its tasks (the
+                    // send fails at once), which then complete.
+                    drop(st);
+                    let mut w = shared.tx.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = send_held(&shared, &mut w);
                     return;
                 }
-                if has_work(&st) {
+                if has_work(&st) || st.held {
                     break;
                 }
                 let timeout = match timers_due(&mut st, &shared) {
@@ -67,7 +85,7 @@ pub(super) fn writer_loop(shared: Arc<Shared>) {
                         return;
                     }
                 };
-                if has_work(&st) {
+                if has_work(&st) || st.held {
                     break;
                 }
                 st = match timeout {
@@ -101,10 +119,45 @@ pub(super) fn has_work(st: &State) -> bool {
 /// The caller holds the transmit lock, which keeps CmdSN order equal to
 /// wire order.
 pub(super) fn flush(shared: &Shared, tx: &mut Tx) -> Result<(), SessionError> {
+    flush_with(shared, tx, true)
+}
+
+/// [`flush`]; without `may_block`, for a thread that receives for
+/// sessions (see `handover`): it must never wait on the socket, or
+/// nothing reads the target's answers while the target, blocked on a
+/// send of its own, reads nothing of ours. A batch the socket has no room
+/// for is left in `tx` for the writer thread, which sends it first; so is
+/// everything after it (wire order is CmdSN order).
+pub(super) fn flush_with(
+    shared: &Shared,
+    tx: &mut Tx,
+    may_block: bool,
+) -> Result<(), SessionError> {
+    if tx.held {
+        if !may_block {
+            return Ok(());
+        }
+        send_held(shared, tx)?;
+    }
     loop {
         let mut outs = std::mem::take(&mut tx.outs);
         let mut lent = std::mem::take(&mut tx.lent);
         let more = fill_batch(shared, &mut outs, &mut lent);
+        if more && !may_block && !room_for(shared, tx, &outs, &lent) {
+            tx.outs = outs;
+            tx.lent = lent;
+            tx.held = true;
+            let mut st = lock(&shared.state);
+            if st.failed.is_some() {
+                // No writer to leave it to: the send fails at once and the
+                // buffers go back to their tasks.
+                drop(st);
+                return send_held(shared, tx);
+            }
+            st.held = true;
+            shared.wake_writer.notify_one();
+            return Ok(());
+        }
         let result = if more {
             send_outs(&mut tx.w, &mut outs, &lent)
         } else {
@@ -120,6 +173,50 @@ pub(super) fn flush(shared: &Shared, tx: &mut Tx) -> Result<(), SessionError> {
         }
     }
 }
+
+/// Send the batch left in `tx` (see [`flush_with`]), if any.
+fn send_held(shared: &Shared, tx: &mut Tx) -> Result<(), SessionError> {
+    if !std::mem::take(&mut tx.held) {
+        return Ok(());
+    }
+    lock(&shared.state).held = false;
+    let mut outs = std::mem::take(&mut tx.outs);
+    let mut lent = std::mem::take(&mut tx.lent);
+    let result = send_outs(&mut tx.w, &mut outs, &lent);
+    outs.clear();
+    tx.outs = outs;
+    give_back(shared, &mut lent, &mut tx.answered);
+    tx.lent = lent;
+    result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))
+}
+
+/// Whether the socket takes the batch without blocking: what it still
+/// holds (unsent or unacknowledged) and the batch, with room for the
+/// kernel's overhead, within its send buffer. Unknown: no. The buffer's
+/// size is asked again every [`SNDBUF_LOOKS`] looks, and before a no.
+fn room_for(shared: &Shared, tx: &mut Tx, outs: &[Out], lent: &[(u16, Vec<u8>)]) -> bool {
+    let digests =
+        4 * (usize::from(shared.params.header_digest) + usize::from(shared.params.data_digest));
+    let bytes: usize = outs
+        .iter()
+        .map(|o| BHS_LEN + pad4(data_of(o, lent).len()) + digests)
+        .sum();
+    let fd = shared.socket.as_raw_fd();
+    let Some(queued) = sockinfo::queued(fd, nix::libc::TIOCOUTQ) else {
+        return false;
+    };
+    let need = queued + bytes;
+    let fits = |sndbuf: usize| need + need / 4 + 8192 <= sndbuf;
+    tx.sndbuf_age += 1;
+    if tx.sndbuf_age >= SNDBUF_LOOKS || !fits(tx.sndbuf) {
+        tx.sndbuf = sockinfo::option(fd, nix::libc::SO_SNDBUF).unwrap_or(0);
+        tx.sndbuf_age = 0;
+    }
+    fits(tx.sndbuf)
+}
+
+/// Looks at the send queue between two looks at the send buffer's size.
+const SNDBUF_LOOKS: u32 = 64;
 
 /// Return the buffers lent for a batch; complete the tasks answered
 /// meanwhile.

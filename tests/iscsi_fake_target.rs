@@ -2056,22 +2056,15 @@ fn the_reader_never_waits_for_a_blocked_writer() {
 #[test]
 fn a_receiving_thread_never_waits_to_send() {
     within(|| {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        struct Parked(AtomicBool);
-        impl sanroot::iscsi::session::Idle for Parked {
-            fn idle(self: Arc<Self>) {
-                self.0.store(true, Ordering::Release);
-            }
-        }
         let f = deaf_while_sending();
         let s = Arc::new(connect(&f, &config()).session);
         let (tx, done) = mpsc::channel();
         // The reader parks at its next PDU boundary: a small read's answer.
-        let parked = Arc::new(Parked(AtomicBool::new(false)));
+        let parked = Arc::new(support::parked::Parked::default());
         s.request_rx(parked.clone());
         submit_big(&s, 0, vec![0u8; 4096], false, &tx);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !parked.0.load(Ordering::Acquire) {
+        while !parked.parked() {
             assert!(Instant::now() < deadline, "the reader parks");
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -615,15 +615,6 @@ fn cli_bench_reports_json() {
     }
 }
 
-/// Tells the test when the session's reader has parked for a hand-over.
-struct Parked(std::sync::atomic::AtomicBool);
-
-impl sanroot::iscsi::session::Idle for Parked {
-    fn idle(self: Arc<Self>) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
-    }
-}
-
 type Answer = (
     Result<sanroot::iscsi::session::ScsiResult, sanroot::iscsi::session::SessionError>,
     Vec<u8>,
@@ -704,13 +695,12 @@ fn hand_over(
     tx: &std::sync::mpsc::Sender<Answer>,
     done: &std::sync::mpsc::Receiver<Answer>,
 ) -> sanroot::iscsi::session::Rx {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let parked = Arc::new(Parked(AtomicBool::new(false)));
+    let parked = Arc::new(support::parked::Parked::default());
     s.request_rx(parked.clone());
     submit_io(s, 0, vec![0u8; 4096], false, tx);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut answered = false;
-    while !parked.0.load(Ordering::Acquire) {
+    while !parked.parked() {
         assert!(std::time::Instant::now() < deadline, "the reader parks");
         if let Ok((r, _, _)) = done.recv_timeout(Duration::from_millis(5)) {
             r.expect("read before the hand-over");

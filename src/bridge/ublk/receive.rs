@@ -58,7 +58,7 @@ struct Entry {
     poll: Option<u64>,
     /// A pump read from the socket while that poll was queued: the
     /// readiness it reports may be for bytes already taken.
-    stale: bool,
+    poll_stale: bool,
 }
 
 impl Entry {
@@ -167,7 +167,7 @@ impl Receivers {
                 busy = true;
                 // (Left over from a pump that ran out of budget: it may
                 // read on to the end of a PDU, and beyond, into the buffer.)
-                e.stale |= e.poll.is_some();
+                e.poll_stale |= e.poll.is_some();
                 let budget = self.budget;
                 if !with_ring(ring, stash, 0, || e.pump(budget, false)) {
                     self.stale = true;
@@ -183,7 +183,7 @@ impl Receivers {
                     .user_data(ud);
                 push(ring, &p.into())?;
                 e.poll = Some(ud);
-                e.stale = false;
+                e.poll_stale = false;
             }
         }
         Ok(busy)
@@ -229,7 +229,7 @@ impl Receivers {
                 session: s,
                 side: Side::Asked,
                 poll: None,
-                stale: false,
+                poll_stale: false,
             });
         }
         Ok(())
@@ -257,7 +257,7 @@ impl Receivers {
         // What it reported may have been read already: a pump would then
         // wait for the target's next PDU, with requests waiting to be
         // committed (the next prepare polls again).
-        if std::mem::take(&mut e.stale) && e.rx().is_some_and(|rx| !rx.readable_now()) {
+        if std::mem::take(&mut e.poll_stale) && e.rx().is_some_and(|rx| !rx.readable_now()) {
             return;
         }
         let budget = self.budget;

@@ -209,13 +209,7 @@ impl Rx {
     /// wait): for a caller whose poll reported readiness that a pump since
     /// may have taken (see [`Rx::pump`]'s `readable`).
     pub fn readable_now(&self) -> bool {
-        let mut p = nix::libc::pollfd {
-            fd: self.fd(),
-            events: nix::libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd living across the call; no wait.
-        unsafe { nix::libc::poll(&mut p, 1, 0) > 0 }
+        sockinfo::readable(self.fd(), 0)
     }
 
     /// Bytes read from the socket and not yet handled: call
@@ -227,8 +221,9 @@ impl Rx {
     /// Handle the PDUs the target has sent, at most `budget` of them: the
     /// ones buffered, and with `readable` (the socket polled readable, and
     /// nothing read from it since: else see [`Rx::readable_now`]) what the
-    /// socket has; a stale `readable` would wait for the target's next PDU. Never waits for a PDU to begin (without
-    /// `readable`), may wait for the rest of one that began. `Ok(true)`:
+    /// socket has; a stale `readable` would wait for the target's next
+    /// PDU. Never waits for a PDU to begin (without `readable`), may wait
+    /// for the rest of one that began. `Ok(true)`:
     /// more is buffered (call again; the socket's poll does not see it).
     /// An error is the session's failure: it has been failed (every
     /// command in flight completed with it); the `Rx` is spent.

@@ -86,7 +86,7 @@ pub(super) fn before_wait(shared: &Shared, r: &PduReader<TcpStream>, need: usize
         l.fitted = fit(fd, asked, need);
     }
     if l.fitted > 1 && set_lowat(fd, l.fitted) {
-        let ready = readable(fd, wait_ns(l.fitted));
+        let ready = sockinfo::readable(fd, wait_ns(l.fitted));
         set_lowat(fd, 1);
         // Readable is not always the threshold reached (the kernel also
         // wakes a reader whose receive window is nearly closed): count.
@@ -184,24 +184,6 @@ fn queued(fd: i32) -> usize {
 /// SO_RCVBUF: the socket's receive buffer now, in bytes (0 if unknown).
 fn rcvbuf(fd: i32) -> usize {
     sockinfo::option(fd, nix::libc::SO_RCVBUF).unwrap_or(0)
-}
-
-/// Whether the socket becomes readable (threshold reached, closed, or an
-/// error) within `ns` nanoseconds (less than a second).
-fn readable(fd: i32, ns: i64) -> bool {
-    let mut p = nix::libc::pollfd {
-        fd,
-        events: nix::libc::POLLIN,
-        revents: 0,
-    };
-    let t = nix::libc::timespec {
-        tv_sec: 0,
-        tv_nsec: ns.min(999_999_999),
-    };
-    // SAFETY: one valid pollfd and a valid timespec, both living across
-    // the call; no signal mask. An interrupted wait counts as a timeout.
-    let r = unsafe { nix::libc::ppoll(&mut p, 1, &t, std::ptr::null()) };
-    r > 0
 }
 
 #[cfg(test)]

@@ -158,20 +158,29 @@ pub(super) fn flush_with(
             shared.wake_writer.notify_one();
             return Ok(());
         }
-        let result = if more {
-            send_outs(&mut tx.w, &mut outs, &lent)
-        } else {
-            Ok(())
-        };
-        outs.clear();
-        tx.outs = outs;
-        give_back(shared, &mut lent, &mut tx.answered);
-        tx.lent = lent;
-        result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))?;
         if !more {
+            tx.outs = outs;
+            tx.lent = lent;
             return Ok(());
         }
+        send_batch(shared, tx, outs, lent)?;
     }
+}
+
+/// Send a batch, then keep its lists (emptied) in `tx` and give the
+/// buffers it borrowed back to their tasks, whether or not it went out.
+fn send_batch(
+    shared: &Shared,
+    tx: &mut Tx,
+    mut outs: Vec<Out>,
+    mut lent: Vec<(u16, Vec<u8>)>,
+) -> Result<(), SessionError> {
+    let result = send_outs(&mut tx.w, &mut outs, &lent);
+    outs.clear();
+    tx.outs = outs;
+    give_back(shared, &mut lent, &mut tx.answered);
+    tx.lent = lent;
+    result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))
 }
 
 /// Send the batch left in `tx` (see [`flush_with`]), if any.
@@ -180,14 +189,9 @@ fn send_held(shared: &Shared, tx: &mut Tx) -> Result<(), SessionError> {
         return Ok(());
     }
     lock(&shared.state).held = false;
-    let mut outs = std::mem::take(&mut tx.outs);
-    let mut lent = std::mem::take(&mut tx.lent);
-    let result = send_outs(&mut tx.w, &mut outs, &lent);
-    outs.clear();
-    tx.outs = outs;
-    give_back(shared, &mut lent, &mut tx.answered);
-    tx.lent = lent;
-    result.map_err(|e| SessionError::ConnectionLost(format!("sending: {e}")))
+    let outs = std::mem::take(&mut tx.outs);
+    let lent = std::mem::take(&mut tx.lent);
+    send_batch(shared, tx, outs, lent)
 }
 
 /// Whether the socket takes the batch without blocking: what it still

@@ -204,6 +204,10 @@ install() {
         return 1
     }
     inst_simple "$bin" /usr/sbin/sanroot
+    # The same binary as '@sanroot': started through PATH under that name,
+    # its argv[0] already starts with '@' (systemd's kill sweeps spare the
+    # daemon) and it need not exec itself again to get there.
+    ln -sf sanroot "${initdir}/usr/sbin/@sanroot"
     inst_multiple -o modprobe ln sleep udevadm
     # Name NICs here as the real root will (predictable names: udev's
     # 80-net-setup-link.rules is in the image, the .link files are not unless

@@ -45,7 +45,14 @@ sanroot_run() {
     # and logs to /dev/kmsg; it prints the device on stdout. Into a file,
     # not a pipe: the resident daemon must not hold up a command
     # substitution.
-    /usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
+    # Started as '@sanroot' (module-setup.sh's link, found through PATH),
+    # the daemon's name is what systemd's kill sweeps spare, without the
+    # exec of itself sanroot does otherwise.
+    if [ -e /usr/sbin/@sanroot ]; then
+        PATH=/usr/sbin:$PATH @sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
+    else
+        /usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
+    fi
 }
 
 # The root disk is there (attempt $1).

@@ -5,6 +5,8 @@
 //! change. The binary is the one the guest tests run
 //! (`SANROOT_STATIC_BIN`, else the default release build).
 
+use byteorder::{ByteOrder, LittleEndian as LE};
+
 #[path = "support/guest.rs"]
 mod guest;
 
@@ -23,16 +25,6 @@ const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
 const DT_NEEDED: u64 = 1;
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// A 64-bit little-endian ELF file's program headers, dynamic tags and
 /// section names (panics, with the offset, on anything else: a test).
 fn parse_elf(b: &[u8]) -> Elf {
@@ -40,10 +32,19 @@ fn parse_elf(b: &[u8]) -> Elf {
         b.len() >= 64 && &b[..4] == b"\x7fELF" && b[4] == 2 && b[5] == 1,
         "not a 64-bit little-endian ELF file"
     );
-    let (phoff, shoff) = (u64_at(b, 32) as usize, u64_at(b, 40) as usize);
-    let (phentsize, phnum) = (usize::from(u16_at(b, 54)), usize::from(u16_at(b, 56)));
-    let (shentsize, shnum) = (usize::from(u16_at(b, 58)), usize::from(u16_at(b, 60)));
-    let shstrndx = usize::from(u16_at(b, 62));
+    let (phoff, shoff) = (
+        LE::read_u64(&b[32..]) as usize,
+        LE::read_u64(&b[40..]) as usize,
+    );
+    let (phentsize, phnum) = (
+        usize::from(LE::read_u16(&b[54..])),
+        usize::from(LE::read_u16(&b[56..])),
+    );
+    let (shentsize, shnum) = (
+        usize::from(LE::read_u16(&b[58..])),
+        usize::from(LE::read_u16(&b[60..])),
+    );
+    let shstrndx = usize::from(LE::read_u16(&b[62..]));
     let mut elf = Elf {
         program_types: Vec::new(),
         dynamic_tags: Vec::new(),
@@ -51,13 +52,16 @@ fn parse_elf(b: &[u8]) -> Elf {
     };
     for i in 0..phnum {
         let ph = phoff + i * phentsize;
-        let ty = u32_at(b, ph);
+        let ty = LE::read_u32(&b[ph..]);
         elf.program_types.push(ty);
         if ty == PT_DYNAMIC {
             // Elf64_Dyn: d_tag, d_val; DT_NULL ends the table.
-            let (off, size) = (u64_at(b, ph + 8) as usize, u64_at(b, ph + 32) as usize);
+            let (off, size) = (
+                LE::read_u64(&b[ph + 8..]) as usize,
+                LE::read_u64(&b[ph + 32..]) as usize,
+            );
             for at in (off..off + size).step_by(16) {
-                let tag = u64_at(b, at);
+                let tag = LE::read_u64(&b[at..]);
                 if tag == 0 {
                     break;
                 }
@@ -67,9 +71,9 @@ fn parse_elf(b: &[u8]) -> Elf {
     }
     if shnum > 0 {
         let strtab = shoff + shstrndx * shentsize;
-        let str_off = u64_at(b, strtab + 24) as usize;
+        let str_off = LE::read_u64(&b[strtab + 24..]) as usize;
         for i in 0..shnum {
-            let name = str_off + u32_at(b, shoff + i * shentsize) as usize;
+            let name = str_off + LE::read_u32(&b[shoff + i * shentsize..]) as usize;
             let end = b[name..]
                 .iter()
                 .position(|&c| c == 0)

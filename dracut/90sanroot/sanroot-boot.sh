@@ -48,11 +48,7 @@ sanroot_run() {
     # Started as '@sanroot' (module-setup.sh's link, found through PATH),
     # the daemon's name is what systemd's kill sweeps spare, without the
     # exec of itself sanroot does otherwise.
-    if [ -e /usr/sbin/@sanroot ]; then
-        PATH=/usr/sbin:$PATH @sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
-    else
-        /usr/sbin/sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
-    fi
+    PATH=/usr/sbin:$PATH @sanroot boot > /tmp/sanroot.out 2> /tmp/sanroot.err
 }
 
 # The root disk is there (attempt $1).

@@ -5,85 +5,15 @@
 //! change. The binary is the one the guest tests run
 //! (`SANROOT_STATIC_BIN`, else the default release build).
 
-use byteorder::{ByteOrder, LittleEndian as LE};
-
+#[path = "support/elf.rs"]
+mod elf;
 #[path = "support/guest.rs"]
 mod guest;
 
+use elf::{DT_NEEDED, PT_INTERP, parse_elf};
+
 /// Issue 16: "Binary ≤ 2 MiB stripped, still static".
 const BUDGET: u64 = 2 * 1024 * 1024;
-
-/// What the ELF headers say about linking: the program header types and
-/// the section names (read through the section header string table).
-struct Elf {
-    program_types: Vec<u32>,
-    dynamic_tags: Vec<u64>,
-    sections: Vec<String>,
-}
-
-const PT_DYNAMIC: u32 = 2;
-const PT_INTERP: u32 = 3;
-const DT_NEEDED: u64 = 1;
-
-/// A 64-bit little-endian ELF file's program headers, dynamic tags and
-/// section names (panics, with the offset, on anything else: a test).
-fn parse_elf(b: &[u8]) -> Elf {
-    assert!(
-        b.len() >= 64 && &b[..4] == b"\x7fELF" && b[4] == 2 && b[5] == 1,
-        "not a 64-bit little-endian ELF file"
-    );
-    let (phoff, shoff) = (
-        LE::read_u64(&b[32..]) as usize,
-        LE::read_u64(&b[40..]) as usize,
-    );
-    let (phentsize, phnum) = (
-        usize::from(LE::read_u16(&b[54..])),
-        usize::from(LE::read_u16(&b[56..])),
-    );
-    let (shentsize, shnum) = (
-        usize::from(LE::read_u16(&b[58..])),
-        usize::from(LE::read_u16(&b[60..])),
-    );
-    let shstrndx = usize::from(LE::read_u16(&b[62..]));
-    let mut elf = Elf {
-        program_types: Vec::new(),
-        dynamic_tags: Vec::new(),
-        sections: Vec::new(),
-    };
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        let ty = LE::read_u32(&b[ph..]);
-        elf.program_types.push(ty);
-        if ty == PT_DYNAMIC {
-            // Elf64_Dyn: d_tag, d_val; DT_NULL ends the table.
-            let (off, size) = (
-                LE::read_u64(&b[ph + 8..]) as usize,
-                LE::read_u64(&b[ph + 32..]) as usize,
-            );
-            for at in (off..off + size).step_by(16) {
-                let tag = LE::read_u64(&b[at..]);
-                if tag == 0 {
-                    break;
-                }
-                elf.dynamic_tags.push(tag);
-            }
-        }
-    }
-    if shnum > 0 {
-        let strtab = shoff + shstrndx * shentsize;
-        let str_off = LE::read_u64(&b[strtab + 24..]) as usize;
-        for i in 0..shnum {
-            let name = str_off + LE::read_u32(&b[shoff + i * shentsize..]) as usize;
-            let end = b[name..]
-                .iter()
-                .position(|&c| c == 0)
-                .unwrap_or_else(|| panic!("section name at offset {name} has no end"));
-            elf.sections
-                .push(String::from_utf8_lossy(&b[name..name + end]).into_owned());
-        }
-    }
-    elf
-}
 
 #[test]
 fn the_static_binary_fits_its_budget() {
@@ -101,9 +31,7 @@ fn the_static_binary_fits_its_budget() {
         bin.display()
     );
     assert!(
-        !elf.sections
-            .iter()
-            .any(|s| s == ".symtab" || s.starts_with(".debug")),
+        !elf.has_symbols(),
         "{} is not stripped (sections: {})",
         bin.display(),
         elf.sections.join(" ")
@@ -130,9 +58,7 @@ fn the_checks_catch_symbols_and_an_interpreter() {
     let exe = std::env::current_exe().expect("this test's path");
     let elf = parse_elf(&std::fs::read(&exe).expect("read this test"));
     assert!(
-        elf.sections
-            .iter()
-            .any(|s| s == ".symtab" || s.starts_with(".debug")),
+        elf.has_symbols(),
         "the test profile's binary should carry symbols: {}",
         elf.sections.join(" ")
     );

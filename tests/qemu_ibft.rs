@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+#[path = "support/elf.rs"]
+mod elf;
 #[path = "support/guest.rs"]
 mod guest;
 use guest::{repo, static_bin};
@@ -114,38 +116,16 @@ fn sanhook_table_is_read_in_guest() {
 #[test]
 fn release_binary_is_static() {
     let bin = std::fs::read(static_bin()).expect("read the binary");
-    assert_eq!(&bin[..4], b"\x7fELF", "an ELF file");
-    assert_eq!(bin[4], 2, "64-bit");
-    let u16_at = |o: usize| u16::from_le_bytes([bin[o], bin[o + 1]]) as usize;
-    let u32_at = |o: usize| u32::from_le_bytes([bin[o], bin[o + 1], bin[o + 2], bin[o + 3]]);
-    let u64_at = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bin[o..o + 8]);
-        u64::from_le_bytes(b) as usize
-    };
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    let mut dynamic = None;
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        let ty = u32_at(ph);
-        assert_ne!(
-            ty, 3,
-            "PT_INTERP present: the binary needs a dynamic loader"
-        );
-        if ty == 2 {
-            dynamic = Some((u64_at(ph + 8), u64_at(ph + 32)));
-        }
-    }
-    // static-pie has a PT_DYNAMIC for relocations, but no DT_NEEDED (1).
-    if let Some((off, size)) = dynamic {
-        for e in (off..off + size).step_by(16) {
-            assert_ne!(
-                u64_at(e),
-                1,
-                "DT_NEEDED present: the binary links a shared library"
-            );
-        }
-    }
+    let elf = elf::parse_elf(&bin);
+    assert!(
+        !elf.program_types.contains(&elf::PT_INTERP),
+        "PT_INTERP present: the binary needs a dynamic loader"
+    );
+    // static-pie has a PT_DYNAMIC for relocations, but no DT_NEEDED.
+    assert!(
+        !elf.dynamic_tags.contains(&elf::DT_NEEDED),
+        "DT_NEEDED present: the binary links a shared library"
+    );
     let text = String::from_utf8_lossy(&bin);
     assert!(!text.contains("libnss_"), "NSS modules referenced");
 }
